@@ -1,0 +1,228 @@
+"""Stable Diffusion 1.x (and any model in its folder layout) as a DiffusionBackbone.
+
+The folder layout is diffusers': unet/, text_encoder/, tokenizer/, scheduler/ and, for latent
+models, vae/. Pixel-space compact models simply have no vae/.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import AutoModel, AutoTokenizer, CLIPTextModel, PreTrainedModel
+
+from diffclust.backbones.base import PLACEHOLDER, DiffusionBackbone, PromptEncoding, UNetPass
+from diffclust.backbones.capture import ActivationCapture, AttentionCapture
+from diffclust.errors import BackboneNotFoundError, DiffclustError
+
+logger = logging.getLogger(__name__)
+
+
+def _load_text_encoder(source: str, **kwargs) -> PreTrainedModel:
+    """The class named in text_encoder/config.json (CLIP for SD), else whatever AutoModel finds."""
+    config_path = Path(source) / "text_encoder" / "config.json"
+    if config_path.is_file() and "CLIPTextModel" in json.loads(config_path.read_text()).get("architectures", ["CLIPTextModel"]):
+        return CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kwargs)
+    if not config_path.is_file():  # hub id: SD-1.x repositories use CLIP
+        return CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kwargs)
+    return AutoModel.from_pretrained(source, subfolder="text_encoder", **kwargs)
+
+
+class StableDiffusionBackbone(DiffusionBackbone):
+    """A frozen SD-1.x-layout model: UNet2DConditionModel, optional VAE, text encoder, tokenizer."""
+
+    def __init__(self, unet, text_encoder, tokenizer, scheduler, vae=None, reference: str = "custom"):
+        self.unet = unet
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.scheduler = DDPMScheduler.from_config(scheduler.config)
+        self.vae = vae
+        self.reference = reference
+        self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor, int, int | None]] = {}
+        self._use_attention_mask = not isinstance(text_encoder, CLIPTextModel)
+        self.freeze()
+
+    # ----------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        local_files_only: bool | None = None,
+        reference: str | None = None,
+    ) -> "StableDiffusionBackbone":
+        """Load from a local folder or a Hugging Face hub id (cached or downloadable)."""
+        source = str(source)
+        is_folder = Path(source).expanduser().is_dir()
+        if is_folder:
+            source = str(Path(source).expanduser())
+            if not (Path(source) / "unet").is_dir():
+                raise BackboneNotFoundError(
+                    f"'{source}' is a folder but has no unet/ sub-folder; a backbone folder has the diffusers "
+                    "layout unet/, text_encoder/, tokenizer/, scheduler/ and optionally vae/."
+                )
+        kwargs = {"local_files_only": True} if (is_folder or local_files_only) else {}
+        try:
+            unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **kwargs)
+            has_vae = (Path(source) / "vae").is_dir() if is_folder else True
+            vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **kwargs) if has_vae else None
+            text_encoder = _load_text_encoder(source, dtype=dtype, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(source, subfolder="tokenizer", **kwargs)
+            scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **kwargs)
+        except (OSError, ValueError) as error:
+            if is_folder:
+                raise BackboneNotFoundError(f"Could not load the backbone folder '{source}': {error}") from error
+            raise BackboneNotFoundError(
+                f"Could not load backbone '{source}' from the Hugging Face hub, nor from its local cache "
+                f"(no network here, or no such repository: {type(error).__name__}). Download it once on a machine "
+                f"with network, e.g. `hf download {source} --local-dir sd15`, then pass "
+                "--backbone sd15 (a local folder works fully offline). Built-in backbones: tiny-random."
+            ) from error
+        backbone = cls(unet, text_encoder, tokenizer, scheduler, vae=vae, reference=reference or source)
+        return backbone.to(device)
+
+    def to(self, device: str | torch.device) -> "StableDiffusionBackbone":
+        for module in self._modules():
+            module.to(device)
+        self._prompt_cache.clear()
+        return self
+
+    def _modules(self) -> list[torch.nn.Module]:
+        return [module for module in (self.unet, self.text_encoder, self.vae) if module is not None]
+
+    def freeze(self) -> "StableDiffusionBackbone":
+        for module in self._modules():
+            module.requires_grad_(False)
+            module.eval()
+        return self
+
+    # ----------------------------------------------------------------------------- geometry
+    @property
+    def vae_scale_factor(self) -> int:
+        return 1 if self.vae is None else 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def resolution(self) -> int:
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler.config.num_train_timesteps)
+
+    @property
+    def token_dim(self) -> int:
+        return int(self.text_encoder.get_input_embeddings().embedding_dim)
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    def latent_shape(self, resolution: int) -> tuple[int, int, int]:
+        factor = self.vae_scale_factor
+        if resolution % (factor * 2 ** (len(self.unet.config.block_out_channels) - 1)):
+            step = factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+            raise DiffclustError(f"Resolution {resolution} must be a multiple of {step} for this backbone.")
+        return int(self.unet.config.in_channels), resolution // factor, resolution // factor
+
+    # ----------------------------------------------------------------------------- diffusion
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        pixels = pixels.to(self.device, self.dtype)
+        if self.vae is None:
+            return pixels
+        # The posterior mean, not a sample: the cached latent must be the same on every read.
+        latents = self.vae.encode(pixels).latent_dist.mean
+        return latents * self.vae.config.scaling_factor
+
+    def add_noise(self, latents, noise, timesteps):
+        return self.scheduler.add_noise(latents, noise, timesteps.to(latents.device))
+
+    def prediction_target(self, latents, noise, timesteps):
+        kind = self.scheduler.config.prediction_type
+        if kind == "epsilon":
+            return noise
+        if kind == "v_prediction":
+            return self.scheduler.get_velocity(latents, noise, timesteps.to(latents.device))
+        if kind == "sample":
+            return latents
+        raise DiffclustError(f"Unsupported prediction_type '{kind}' in the scheduler config.")
+
+    # ----------------------------------------------------------------------------- text
+    def _tokenize(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor, int, int | None]:
+        """Token ids for `prompt`, with one ordinary token standing where the placeholder is."""
+        if prompt in self._prompt_cache:
+            return self._prompt_cache[prompt]
+        tokenizer = self.tokenizer
+        max_length = min(int(tokenizer.model_max_length), int(self.text_encoder.config.max_position_embeddings))
+        if prompt.count(PLACEHOLDER) > 1:
+            raise DiffclustError(f"Prompt '{prompt}' has more than one {PLACEHOLDER} placeholder.")
+        if PLACEHOLDER in prompt:
+            prefix, suffix = prompt.split(PLACEHOLDER)
+            prefix_ids = tokenizer(prefix.strip()).input_ids
+            suffix_ids = tokenizer(suffix.strip(), add_special_tokens=False).input_ids
+            stand_in = tokenizer("*", add_special_tokens=False).input_ids[:1] or [prefix_ids[-1]]
+            ids = prefix_ids[:-1] + stand_in + suffix_ids + prefix_ids[-1:]
+            placeholder_index = len(prefix_ids) - 1
+        else:
+            ids = tokenizer(prompt).input_ids
+            placeholder_index = None
+        if len(ids) > max_length:
+            raise DiffclustError(f"Prompt '{prompt}' is {len(ids)} tokens long; this text encoder takes {max_length}.")
+        end_index = len(ids) - 1
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else ids[-1]
+        mask = [1] * len(ids) + [0] * (max_length - len(ids))
+        ids = ids + [pad_id] * (max_length - len(ids))
+        entry = (torch.tensor([ids]), torch.tensor([mask]), end_index, placeholder_index)
+        self._prompt_cache[prompt] = entry
+        return entry
+
+    def encode_prompt(self, prompt: str, batch_size: int, proxy: torch.Tensor | None = None) -> PromptEncoding:
+        ids, mask, end_index, placeholder_index = self._tokenize(prompt)
+        if (proxy is None) != (placeholder_index is None):
+            raise DiffclustError(
+                f"Prompt '{prompt}' and proxy disagree: a proxy word needs exactly one {PLACEHOLDER} in the prompt."
+            )
+        ids = ids.to(self.device).expand(batch_size, -1)
+        kwargs = {"attention_mask": mask.to(self.device).expand(batch_size, -1)} if self._use_attention_mask else {}
+        if proxy is None:
+            with torch.no_grad():
+                hidden = self.text_encoder(input_ids=ids, **kwargs)[0]
+            return PromptEncoding(hidden, end_index, None)
+
+        def splice(module, inputs, output):
+            word = proxy.to(output.dtype)[:, None, :]
+            return torch.cat([output[:, :placeholder_index], word, output[:, placeholder_index + 1 :]], dim=1)
+
+        handle = self.text_encoder.get_input_embeddings().register_forward_hook(splice)
+        try:
+            hidden = self.text_encoder(input_ids=ids, **kwargs)[0]
+        finally:
+            handle.remove()
+        return PromptEncoding(hidden, end_index, placeholder_index)
+
+    # ----------------------------------------------------------------------------- UNet
+    def run_unet(
+        self,
+        noisy: torch.Tensor,
+        timesteps: torch.Tensor,
+        prompt: PromptEncoding,
+        capture: Sequence[str] = (),
+        attention_token: int | None = None,
+        stop_after_capture: bool = False,
+    ) -> UNetPass:
+        prediction = None
+        timesteps = timesteps.to(self.device)
+        context = prompt.embeddings.to(self.dtype)
+        with ActivationCapture(self.unet, capture, stop_after_capture and bool(capture)) as activations:
+            with AttentionCapture(self.unet, attention_token, tuple(noisy.shape[-2:])) as attention:
+                prediction = self.unet(noisy.to(self.dtype), timesteps, encoder_hidden_states=context).sample
+        return UNetPass(prediction, activations.outputs, attention.mean_map())

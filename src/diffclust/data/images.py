@@ -1,0 +1,67 @@
+"""Decode any common image file to RGB and bring it to a square, fixed-size tensor.
+
+Deterministic on purpose: short side resized, centre crop, no augmentation, so that the
+per-image constants DiFiC caches are the same every time an image is read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+_HIGH_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert grayscale, palette, alpha, CMYK and 16-bit images to 8-bit RGB.
+
+    Transparent pixels are composited on white, which is how a person sees them.
+    """
+    if image.mode in _HIGH_DEPTH_MODES:
+        values = np.asarray(image, dtype=np.float64)
+        scale = 65535.0 if values.max(initial=0) > 255 or image.mode != "I" else 255.0
+        image = Image.fromarray(np.clip(values / scale * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    elif image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        scale = 1.0 if values.max(initial=0) <= 1.0 else 255.0
+        image = Image.fromarray(np.clip(values / scale * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open and fully decode an image (raises on truncated or non-image files)."""
+    with Image.open(path) as image:
+        image.load()
+        return to_rgb(image)
+
+
+def resize_center_crop(image: Image.Image, resolution: int) -> Image.Image:
+    """Resize the short side to `resolution`, then crop the centre square."""
+    width, height = image.size
+    scale = resolution / min(width, height)
+    new_size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+    image = image.resize(new_size, Image.Resampling.BICUBIC)
+    left = (new_size[0] - resolution) // 2
+    top = (new_size[1] - resolution) // 2
+    return image.crop((left, top, left + resolution, top + resolution))
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> float tensor (3, H, W) in [-1, 1], the range diffusion models expect."""
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array.transpose(2, 0, 1).copy())
+
+
+def load_image_tensor(path: str | Path, resolution: int) -> torch.Tensor:
+    """The whole preprocessing chain for one file."""
+    return image_to_tensor(resize_center_crop(load_rgb(path), resolution))

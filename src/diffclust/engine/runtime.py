@@ -1,0 +1,39 @@
+"""Devices, processes and progress bars, through accelerate, for every training loop."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from tqdm.auto import tqdm
+
+from diffclust.errors import DiffclustError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+def make_accelerator(device: str | None = "auto", mixed_precision: str = "no") -> Accelerator:
+    """One Accelerator per run. `device` is auto/cpu/cuda/mps; several processes come from
+    `accelerate launch` (or torchrun), not from a setting here."""
+    device = device or "auto"
+    if device not in DEVICES:
+        raise DiffclustError(f"device must be one of {', '.join(DEVICES)} (got '{device}'); pick GPUs with CUDA_VISIBLE_DEVICES.")
+    if mixed_precision not in MIXED_PRECISION:
+        raise DiffclustError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)} (got '{mixed_precision}').")
+    accelerator = Accelerator(
+        cpu=device == "cpu",
+        mixed_precision=mixed_precision,
+        # warm-up epochs leave the cluster head unused; DDP must tolerate that
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    wanted = {"cuda": "cuda", "mps": "mps"}.get(device)
+    if wanted and accelerator.device.type != wanted:
+        raise DiffclustError(f"device '{device}' was asked for but is not available here (found {accelerator.device}).")
+    return accelerator
+
+
+def progress(iterable: Iterable | None = None, accelerator: Accelerator | None = None, enabled: bool = True, **kwargs) -> tqdm:
+    """A tqdm bar shown by the main process only."""
+    show = enabled and (accelerator is None or accelerator.is_main_process)
+    return tqdm(iterable, disable=not show, dynamic_ncols=True, **kwargs)

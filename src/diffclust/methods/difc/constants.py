@@ -1,0 +1,178 @@
+"""Per-image constants of DiFiC, computed once and cached.
+
+The latent, the feature z (block b at t-hat with the empty prompt and one noise tensor shared
+by all images) and the object mask (t-tilde) never change while f and g train, so each is
+computed once per image. They live in ``.npy`` files (memory-mapped when large), so a resumed
+or repeated run reuses them; several processes each fill their own rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader, Subset
+
+from diffclust.backbones.base import DiffusionBackbone
+from diffclust.data.collection import ImageCollection
+from diffclust.data.dataset import ImageTensorDataset
+from diffclust.engine.checkpoint import atomic_write_json
+from diffclust.engine.runtime import progress
+from diffclust.methods.difc.masks import object_masks
+
+FEATURE_DTYPE = torch.float16  # z is stored at half precision: SD's z is 2.6 MB per image in fp32
+META_NAME = "constants.json"
+
+
+def as_cached_feature(z: torch.Tensor) -> torch.Tensor:
+    """Round z as the cache does, so features computed at predict time match those of fit."""
+    return z.to(FEATURE_DTYPE).float()
+
+
+@dataclass(frozen=True)
+class ConstantSettings:
+    """Everything that decides the constants' values (part of the cache fingerprint)."""
+
+    resolution: int
+    feature_layer: str
+    feature_timestep: int
+    mask_timestep: int
+    mask_prompt: str
+    with_masks: bool
+    seed: int
+
+
+class ConstantComputer:
+    """Computes latents, features and masks for a batch of images with a frozen backbone."""
+
+    def __init__(self, backbone: DiffusionBackbone, settings: ConstantSettings, shared_noise: torch.Tensor):
+        self.backbone = backbone
+        self.settings = settings
+        self.shared_noise = shared_noise.to(backbone.device)
+
+    def _noised(self, latents: torch.Tensor, timestep: int) -> tuple[torch.Tensor, torch.Tensor]:
+        timesteps = torch.full((len(latents),), timestep, dtype=torch.long, device=latents.device)
+        noise = self.shared_noise.to(latents.dtype).expand_as(latents)
+        return self.backbone.add_noise(latents, noise, timesteps), timesteps
+
+    @torch.no_grad()
+    def latents(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.backbone.encode_images(pixels.to(self.backbone.device))
+
+    @torch.no_grad()
+    def features(self, latents: torch.Tensor) -> torch.Tensor:
+        """z: the feature_layer output at feature_timestep, empty prompt, shared noise."""
+        noisy, timesteps = self._noised(latents, self.settings.feature_timestep)
+        prompt = self.backbone.encode_prompt("", len(latents))
+        layer = self.settings.feature_layer
+        run = self.backbone.run_unet(noisy, timesteps, prompt, capture=[layer], stop_after_capture=True)
+        return as_cached_feature(run.activations[layer])
+
+    @torch.no_grad()
+    def attention_maps(self, latents: torch.Tensor) -> torch.Tensor:
+        """End-of-text token's cross-attention at mask_timestep, averaged over heads and layers."""
+        noisy, timesteps = self._noised(latents, self.settings.mask_timestep)
+        prompt = self.backbone.encode_prompt(self.settings.mask_prompt, len(latents))
+        return self.backbone.run_unet(noisy, timesteps, prompt, attention_token=prompt.end_index).attention
+
+    def masks(self, latents: torch.Tensor) -> torch.Tensor:
+        return object_masks(self.attention_maps(latents), seed=self.settings.seed)
+
+    def __call__(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        latents = self.latents(pixels)
+        values = {"latents": latents.float(), "features": self.features(latents)}
+        if self.settings.with_masks:
+            values["masks"] = self.masks(latents)
+        return values
+
+
+class ConstantStore:
+    """Read access to the cached arrays, one batch of rows at a time."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        self.arrays = arrays
+
+    def __len__(self) -> int:
+        return len(self.arrays["latents"])
+
+    def has(self, name: str) -> bool:
+        return name in self.arrays
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.arrays[name].shape[1:])
+
+    def batch(self, name: str, indices: torch.Tensor | np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+        rows = np.asarray(indices.cpu() if isinstance(indices, torch.Tensor) else indices)
+        return torch.from_numpy(np.ascontiguousarray(self.arrays[name][rows])).float().to(device)
+
+
+def fingerprint(backbone: DiffusionBackbone, collection: ImageCollection, settings: ConstantSettings) -> dict:
+    """What the cached values depend on: settings, backbone, and each file's name, size and time."""
+    listing = hashlib.sha256()
+    for record in collection.records:
+        stat = record.path.stat()
+        listing.update(f"{record.file}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return {"settings": asdict(settings), "backbone": backbone.reference, "files": listing.hexdigest(), "count": len(collection)}
+
+
+def _open_store(folder: Path, names: list[str], in_memory_bytes: int) -> ConstantStore:
+    arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in names}
+    if sum(array.nbytes for array in arrays.values()) <= in_memory_bytes:
+        arrays = {name: np.array(array) for name, array in arrays.items()}
+    return ConstantStore(arrays)
+
+
+def load_or_compute_constants(
+    computer: ConstantComputer,
+    collection: ImageCollection,
+    folder: str | Path,
+    accelerator: Accelerator,
+    batch_size: int,
+    num_workers: int = 0,
+    show_progress: bool = True,
+    in_memory_bytes: int = 4 << 30,
+) -> ConstantStore:
+    """Reuse the cache in `folder` if its fingerprint matches, else compute it (sharded)."""
+    folder = Path(folder)
+    names = ["latents", "features"] + (["masks"] if computer.settings.with_masks else [])
+    expected = fingerprint(computer.backbone, collection, computer.settings)
+    meta_path = folder / META_NAME
+    if meta_path.is_file() and json.loads(meta_path.read_text()).get("fingerprint") == expected:
+        return _open_store(folder, names, in_memory_bytes)
+
+    dataset = ImageTensorDataset(collection, computer.settings.resolution)
+    if accelerator.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        meta_path.unlink(missing_ok=True)
+        probe = computer(dataset[0][1][None])  # shapes of every constant, from one image
+        for name in names:
+            dtype = np.float16 if name == "features" else (np.uint8 if name == "masks" else np.float32)
+            shape = (len(dataset),) + tuple(probe[name].shape[1:])
+            np.lib.format.open_memmap(folder / f"{name}.npy.partial", mode="w+", dtype=dtype, shape=shape).flush()
+    accelerator.wait_for_everyone()
+
+    outputs = {name: np.load(folder / f"{name}.npy.partial", mmap_mode="r+") for name in names}
+    mine = list(range(accelerator.process_index, len(dataset), accelerator.num_processes))
+    loader = DataLoader(Subset(dataset, mine), batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    bar = progress(loader, accelerator, show_progress, desc="constants (latent, z, mask)", unit="batch")
+    for indices, pixels in bar:
+        values = computer(pixels)
+        rows = indices.numpy()
+        for name in names:
+            outputs[name][rows] = values[name].cpu().numpy().astype(outputs[name].dtype)
+    for array in outputs.values():
+        array.flush()
+    del outputs
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        for name in names:
+            os.replace(folder / f"{name}.npy.partial", folder / f"{name}.npy")
+        atomic_write_json(meta_path, {"fingerprint": expected})
+    accelerator.wait_for_everyone()
+    return _open_store(folder, names, in_memory_bytes)

@@ -1,0 +1,306 @@
+"""DiFiC as a scikit-learn-shaped estimator: settings in, fit(data) -> self, labels_ out."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from diffclust.backbones.base import DiffusionBackbone
+from diffclust.backbones.registry import SD15_HUB_ID, load_backbone
+from diffclust.backbones.tiny_random import cache_root
+from diffclust.data.collection import ImageCollection, scan_images
+from diffclust.data.dataset import ImageTensorDataset
+from diffclust.engine.checkpoint import atomic_save_tensors, atomic_write_json, load_tensors
+from diffclust.engine.runtime import make_accelerator, progress
+from diffclust.errors import DiffclustError
+from diffclust.methods.difc.constants import ConstantComputer, ConstantSettings, fingerprint, load_or_compute_constants
+from diffclust.methods.difc.network import DiFiCNetwork, assign
+from diffclust.methods.difc.training import TIMESTEP_DISTRIBUTIONS, DiFiCTrainer
+from diffclust.outputs import collection_outputs
+from diffclust.seeding import make_generator, seed_everything
+
+logger = logging.getLogger(__name__)
+
+MODEL_CONFIG = "difc.json"
+MODEL_WEIGHTS = "difc.safetensors"
+FORMAT_VERSION = 1
+
+
+class DiFiC:
+    """Fine-grained clustering by distilling each image into a proxy word of a text-to-image model.
+
+    Defaults follow the paper (SD v1.5, 512 px, block 19 = ``up_blocks.2.attentions.0``,
+    t-hat 150, t-tilde 50, 250 epochs with 100 warm-up, batch 32, AdamW 2e-4). The three
+    modules can be switched for the ablation: ``object_concentration`` (mask the loss) and
+    ``cluster_guidance`` (train the head g after warm-up; without it, k-means on S* decides).
+    ``output_dir`` makes a run folder: checkpoints, metrics log, cache, assignments, model.
+    """
+
+    def __init__(
+        self,
+        n_clusters: int = 10,
+        *,
+        backbone: str | DiffusionBackbone = SD15_HUB_ID,
+        resolution: int | None = None,
+        feature_layer: str = "up_blocks.2.attentions.0",
+        feature_timestep: int = 150,
+        mask_timestep: int = 50,
+        prompt_template: str = "A photo of a S*",
+        mask_prompt: str = "A photo of a",
+        object_concentration: bool = True,
+        cluster_guidance: bool = True,
+        timestep_sampling: str = "cosine",
+        epochs: int = 250,
+        warmup_epochs: int = 100,
+        batch_size: int = 32,
+        lr: float = 2e-4,
+        weight_decay: float = 1e-2,
+        n_neighbours: int = 10,
+        memory_bank_size: int = 512,
+        entropy_weight: float = 5.0,
+        cluster_loss_weight: float = 1.0,
+        extractor_hidden: int | None = None,
+        device: str = "auto",
+        mixed_precision: str = "no",
+        seed: int = 0,
+        output_dir: str | Path | None = None,
+        cache_dir: str | Path | None = None,
+        num_workers: int = 0,
+        strict: bool = False,
+        progress: bool = True,
+    ):
+        self.n_clusters = n_clusters
+        self.backbone = backbone
+        self.resolution = resolution
+        self.feature_layer = feature_layer
+        self.feature_timestep = feature_timestep
+        self.mask_timestep = mask_timestep
+        self.prompt_template = prompt_template
+        self.mask_prompt = mask_prompt
+        self.object_concentration = object_concentration
+        self.cluster_guidance = cluster_guidance
+        self.timestep_sampling = timestep_sampling
+        self.epochs = epochs
+        self.warmup_epochs = warmup_epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.n_neighbours = n_neighbours
+        self.memory_bank_size = memory_bank_size
+        self.entropy_weight = entropy_weight
+        self.cluster_loss_weight = cluster_loss_weight
+        self.extractor_hidden = extractor_hidden
+        self.device = device
+        self.mixed_precision = mixed_precision
+        self.seed = seed
+        self.output_dir = output_dir
+        self.cache_dir = cache_dir
+        self.num_workers = num_workers
+        self.strict = strict
+        self.progress = progress
+
+    # ------------------------------------------------------------------ scikit-learn protocol
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params) -> "DiFiC":
+        for name, value in params.items():
+            if name not in self._param_names():
+                raise DiffclustError(f"DiFiC has no setting '{name}'.")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        return f"DiFiC(n_clusters={self.n_clusters}, backbone={self._backbone_reference()!r}, epochs={self.epochs})"
+
+    def _backbone_reference(self) -> str:
+        return self.backbone.reference if isinstance(self.backbone, DiffusionBackbone) else str(self.backbone)
+
+    def _check_settings(self) -> None:
+        problems = []
+        if not isinstance(self.n_clusters, int) or self.n_clusters < 2:
+            problems.append(f"n_clusters (--k) must be an integer >= 2, got {self.n_clusters!r}")
+        if self.epochs < 0 or self.warmup_epochs < 0:
+            problems.append("epochs and warmup_epochs must be >= 0")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.lr <= 0:
+            problems.append(f"lr must be > 0, got {self.lr}")
+        if self.timestep_sampling not in TIMESTEP_DISTRIBUTIONS:
+            problems.append(f"timestep_sampling must be one of {sorted(TIMESTEP_DISTRIBUTIONS)}, got {self.timestep_sampling!r}")
+        if self.n_neighbours < 1:
+            problems.append(f"n_neighbours must be >= 1, got {self.n_neighbours}")
+        if problems:
+            raise DiffclustError("Invalid DiFiC settings: " + "; ".join(problems) + ".")
+
+    # ------------------------------------------------------------------ helpers
+    def _collect(self, data) -> ImageCollection:
+        if isinstance(data, ImageCollection):
+            return data
+        return scan_images(data, strict=self.strict)
+
+    def _constant_settings(self, resolution: int, with_masks: bool) -> ConstantSettings:
+        return ConstantSettings(resolution, self.feature_layer, self.feature_timestep, self.mask_timestep,
+                                self.mask_prompt, with_masks, self.seed)
+
+    def _cache_folder(self, backbone: DiffusionBackbone, collection: ImageCollection, settings: ConstantSettings) -> Path:
+        if self.output_dir is not None and self.cache_dir is None:
+            return Path(self.output_dir) / "cache"
+        key = hashlib.sha256(json.dumps(fingerprint(backbone, collection, settings), sort_keys=True).encode()).hexdigest()[:16]
+        return Path(self.cache_dir or cache_root() / "constants") / key
+
+    def _shared_noise(self, backbone: DiffusionBackbone, resolution: int) -> torch.Tensor:
+        """The one noise tensor used for every image's z (part of the model: predict needs it)."""
+        return torch.randn(backbone.latent_shape(resolution), generator=make_generator(self.seed))
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, data, y=None, resume: bool = False) -> "DiFiC":
+        """Learn proxy words (and the cluster head) for the images in `data`.
+
+        `data`: a folder (flat, class sub-folders, or with labels.csv) or an ImageCollection.
+        `y` is ignored (clustering is unsupervised); labels found in the data are only reported.
+        `resume` continues the interrupted run in `output_dir`.
+        """
+        self._check_settings()
+        accelerator = make_accelerator(self.device, self.mixed_precision)
+        seed_everything(self.seed)
+        collection = self._collect(data)
+        if self.n_clusters > len(collection):
+            raise DiffclustError(f"n_clusters (--k) is {self.n_clusters} but only {len(collection)} usable images were found.")
+        run_dir = Path(self.output_dir) if self.output_dir is not None else None
+        backbone = load_backbone(self.backbone, device=accelerator.device)
+        resolution = self.resolution or backbone.resolution
+        shared_noise = self._shared_noise(backbone, resolution)
+        settings = self._constant_settings(resolution, self.object_concentration)
+        computer = ConstantComputer(backbone, settings, shared_noise)
+        store = load_or_compute_constants(computer, collection, self._cache_folder(backbone, collection, settings), accelerator,
+                                          self.batch_size, self.num_workers, self.progress)
+        seed_everything(self.seed)  # the network's initial weights must not depend on the cache's history
+        network = DiFiCNetwork(store.shape("features")[0], backbone.token_dim, self.n_clusters, self.cluster_guidance,
+                               self.extractor_hidden).to(accelerator.device)
+        trainer = DiFiCTrainer(self.get_params(), backbone, store, network, accelerator, collection.labels, run_dir)
+        trainer.run(resume=resume)
+
+        self.backbone_ = backbone
+        self.resolution_ = resolution
+        self.feature_shape_ = store.shape("features")
+        self.shared_noise_ = shared_noise
+        self.network_ = trainer.network.eval()
+        proxies, labels, confidence = trainer.assign_all(self.epochs - 1)
+        self.kmeans_centres_ = trainer.centres
+        self.proxy_words_ = proxies.cpu().numpy()
+        self.labels_ = labels
+        self.confidence_ = confidence
+        self.files_ = collection.files
+        self.skipped_ = list(collection.skipped)
+        self.history_ = list(trainer.log.records)
+        if run_dir is not None and accelerator.is_main_process:
+            self.save(run_dir)
+            collection_outputs(run_dir, collection, labels, confidence)
+        accelerator.wait_for_everyone()
+        return self
+
+    def fit_predict(self, data, y=None, resume: bool = False) -> np.ndarray:
+        return self.fit(data, y, resume=resume).labels_
+
+    # ------------------------------------------------------------------ inference
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "network_"):
+            raise DiffclustError("This DiFiC model is not fitted yet: call fit(data) or DiFiC.load(folder) first.")
+
+    @torch.no_grad()
+    def transform(self, data) -> np.ndarray:
+        """Proxy words S* (N, token_dim) of the images in `data`: image -> latent -> z -> f(z)."""
+        return self._proxies(self._collect(data)).cpu().numpy()
+
+    def _proxies(self, collection: ImageCollection) -> torch.Tensor:
+        self._check_fitted()
+        if not hasattr(self, "backbone_"):
+            self.backbone_ = load_backbone(self.backbone, device=make_accelerator(self.device).device)
+        backbone = self.backbone_
+        computer = ConstantComputer(backbone, self._constant_settings(self.resolution_, False), self.shared_noise_)
+        loader = DataLoader(ImageTensorDataset(collection, self.resolution_), batch_size=self.batch_size, num_workers=self.num_workers)
+        extractor = self.network_.extractor.to(backbone.device).eval()
+        words = []
+        for _, pixels in progress(loader, enabled=self.progress, desc="proxy words", unit="batch"):
+            words.append(extractor(computer.features(computer.latents(pixels))).float())
+        return torch.cat(words)
+
+    def predict_with_confidence(self, data) -> tuple[np.ndarray, np.ndarray, ImageCollection]:
+        """Clusters, confidences and the collection they refer to (skipped files included)."""
+        collection = self._collect(data)
+        proxies = self._proxies(collection)
+        # k-means centres exist exactly when the head did not (yet) decide at the end of fit
+        head = self.network_.head if self.kmeans_centres_ is None else None
+        labels, confidence = assign(proxies, head, self.kmeans_centres_)
+        return labels, confidence, collection
+
+    def predict(self, data) -> np.ndarray:
+        """Cluster of each image in `data` with the fitted model."""
+        return self.predict_with_confidence(data)[0]
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, folder: str | Path) -> Path:
+        """difc.json (settings, shapes) + difc.safetensors (f, g, shared noise, k-means centres)."""
+        self._check_fitted()
+        folder = Path(folder)
+        params = self.get_params()
+        params["backbone"] = self._backbone_reference()
+        for key in ("output_dir", "cache_dir"):
+            params[key] = None if params[key] is None else str(params[key])
+        tensors = {f"network.{name}": value for name, value in self.network_.state_dict().items()}
+        tensors["shared_noise"] = self.shared_noise_
+        if self.kmeans_centres_ is not None:
+            tensors["kmeans_centres"] = torch.as_tensor(self.kmeans_centres_)
+        atomic_save_tensors(folder / MODEL_WEIGHTS, tensors)
+        atomic_write_json(folder / MODEL_CONFIG, {
+            "method": "difc",
+            "format_version": FORMAT_VERSION,
+            "settings": params,
+            "state": {
+                "resolution": self.resolution_,
+                "feature_shape": list(self.feature_shape_),
+                "token_dim": int(self.network_.extractor.project.out_features),
+                "has_head": self.network_.head is not None,
+            },
+        })
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, backbone: str | DiffusionBackbone | None = None, device: str | None = None) -> "DiFiC":
+        """A fitted model from `save` (or a run folder). `backbone` overrides the saved reference,
+        e.g. when the SD folder has moved."""
+        folder = Path(folder)
+        config_path = folder / MODEL_CONFIG
+        if not config_path.is_file():
+            raise DiffclustError(f"'{folder}' holds no saved DiFiC model ({MODEL_CONFIG} missing). Is it a finished run folder?")
+        config = json.loads(config_path.read_text())
+        if config.get("method") != "difc":
+            raise DiffclustError(f"{config_path} is not a DiFiC model (method = {config.get('method')!r}).")
+        model = cls(**{key: value for key, value in config["settings"].items() if key in cls._param_names()})
+        if backbone is not None:
+            model.backbone = backbone
+        if device is not None:
+            model.device = device
+        state = config["state"]
+        tensors = load_tensors(folder / MODEL_WEIGHTS)
+        network = DiFiCNetwork(state["feature_shape"][0], state["token_dim"], model.n_clusters, state["has_head"], model.extractor_hidden)
+        network.load_state_dict({name[len("network."):]: value for name, value in tensors.items() if name.startswith("network.")})
+        model.network_ = network.eval()
+        model.resolution_ = state["resolution"]
+        model.feature_shape_ = tuple(state["feature_shape"])
+        model.shared_noise_ = tensors["shared_noise"]
+        model.kmeans_centres_ = tensors["kmeans_centres"].numpy() if "kmeans_centres" in tensors else None
+        return model

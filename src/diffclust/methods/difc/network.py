@@ -1,0 +1,37 @@
+"""The trainable part of DiFiC: extractor f and (optional) cluster head g in one module,
+so one forward call (and one DDP synchronisation) serves a whole training step."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from diffclust.cluster.heads import ClusterHead
+from diffclust.cluster.kmeans import student_t_assignments
+from diffclust.methods.difc.extractor import SemanticExtractor
+
+
+class DiFiCNetwork(nn.Module):
+    def __init__(self, feature_channels: int, token_dim: int, n_clusters: int, with_head: bool, extractor_hidden: int | None = None):
+        super().__init__()
+        self.extractor = SemanticExtractor(feature_channels, token_dim, extractor_hidden)
+        self.head = ClusterHead(token_dim, n_clusters) if with_head else None
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """z -> (proxy words S*, cluster logits g(S*) or None)."""
+        proxies = self.extractor(z)
+        return proxies, (self.head(proxies) if self.head is not None else None)
+
+
+def assign(proxies: torch.Tensor, head: nn.Module | None, centres: torch.Tensor | np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster and confidence of each proxy word: head argmax, or the nearest k-means centre."""
+    with torch.no_grad():
+        if head is not None:
+            probs = head(proxies).float().softmax(dim=1)
+        elif centres is not None:
+            probs = student_t_assignments(proxies, torch.as_tensor(centres, device=proxies.device))
+        else:
+            raise RuntimeError("Neither a cluster head nor k-means centres: the model is not fitted.")
+    confidence, labels = probs.max(dim=1)
+    return labels.cpu().numpy().astype(np.int64), confidence.cpu().numpy()

@@ -1,0 +1,210 @@
+"""DiFiC's training loop: masked diffusion distillation, then cluster guidance after warm-up.
+
+Each epoch: recompute every proxy word (cheap: z is cached), find each one's neighbours if
+the cluster head is training, then go once through the images in a seeded order. The epoch
+ends with an assignment of every image (head, or k-means during warm-up), a log record and an
+atomic checkpoint. Randomness is drawn from generators seeded by (seed, epoch, process), so a
+resumed run continues exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from diffclust.backbones.base import DiffusionBackbone
+from diffclust.cluster.kmeans import fit_kmeans
+from diffclust.cluster.losses import AssignmentMemoryBank, cluster_guidance_loss
+from diffclust.cluster.metrics import clustering_scores
+from diffclust.cluster.neighbours import nearest_neighbours
+from diffclust.engine.checkpoint import atomic_torch_save, load_training_state
+from diffclust.engine.history import MetricsLog
+from diffclust.engine.runtime import progress
+from diffclust.errors import DiffclustError
+from diffclust.methods.difc.constants import ConstantStore
+from diffclust.methods.difc.losses import masked_diffusion_loss
+from diffclust.methods.difc.network import DiFiCNetwork, assign
+from diffclust.methods.difc.timesteps import TimestepSampler, cosine_timestep_probabilities, uniform_timestep_probabilities
+from diffclust.seeding import make_generator
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+#: settings that must not change between an interrupted run and its resumption
+RESUME_KEYS = (
+    "n_clusters", "feature_layer", "feature_timestep", "mask_timestep", "prompt_template", "mask_prompt",
+    "object_concentration", "cluster_guidance", "timestep_sampling", "warmup_epochs", "batch_size",
+    "seed", "extractor_hidden", "n_neighbours", "memory_bank_size",
+)
+TIMESTEP_DISTRIBUTIONS = {"cosine": cosine_timestep_probabilities, "uniform": uniform_timestep_probabilities}
+
+
+class DiFiCTrainer:
+    def __init__(self, params: dict, backbone: DiffusionBackbone, store: ConstantStore, network: DiFiCNetwork,
+                 accelerator: Accelerator, labels: np.ndarray | None, run_dir: Path | None):
+        self.p = params
+        self.backbone = backbone
+        self.store = store
+        self.network = network
+        self.accelerator = accelerator
+        self.labels = labels
+        self.run_dir = run_dir
+        self.optimizer = torch.optim.AdamW(network.parameters(), lr=params["lr"], weight_decay=params["weight_decay"])
+        self.bank = AssignmentMemoryBank(params["memory_bank_size"], params["n_clusters"])
+        self.sampler = TimestepSampler(TIMESTEP_DISTRIBUTIONS[params["timestep_sampling"]](backbone.num_train_timesteps))
+        self.log = MetricsLog(run_dir if accelerator.is_main_process else None)
+        self.start_epoch = 0
+        self.centres: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ phases and assignment
+    def guided(self, epoch: int) -> bool:
+        """True once the cluster head trains (after warm-up, when cluster guidance is on)."""
+        return self.p["cluster_guidance"] and epoch >= self.p["warmup_epochs"]
+
+    @torch.no_grad()
+    def all_proxies(self, chunk: int = 256) -> torch.Tensor:
+        extractor = self.accelerator.unwrap_model(self.network).extractor
+        was_training = extractor.training
+        extractor.eval()
+        device = self.accelerator.device
+        rows = torch.arange(len(self.store))
+        words = [extractor(self.store.batch("features", part, device)).float() for part in rows.split(chunk)]
+        extractor.train(was_training)
+        return torch.cat(words)
+
+    def assign_all(self, epoch: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """(proxy words, labels, confidence) for every image with the model as it is after `epoch`."""
+        proxies = self.all_proxies()
+        if self.guided(epoch):
+            self.centres = None
+            labels, confidence = assign(proxies, self.accelerator.unwrap_model(self.network).head, None)
+        else:
+            self.centres, _ = fit_kmeans(proxies, self.p["n_clusters"], seed=self.p["seed"])
+            labels, confidence = assign(proxies, None, self.centres)
+        return proxies, labels, confidence
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint_path(self) -> Path | None:
+        return None if self.run_dir is None else self.run_dir / CHECKPOINT_NAME
+
+    def save_checkpoint(self, epochs_done: int) -> None:
+        path = self._checkpoint_path()
+        if path is None or not self.accelerator.is_main_process:
+            return
+        atomic_torch_save(path, {
+            "network": self.accelerator.unwrap_model(self.network).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epochs_done": epochs_done,
+            "bank": self.bank.state(),
+            "history": json.dumps(self.log.records),
+            "settings": json.dumps({key: self.p[key] for key in RESUME_KEYS}),
+        })
+
+    def resume(self) -> None:
+        path = self._checkpoint_path()
+        if path is None:
+            raise DiffclustError("resume needs an output folder (output_dir / --out) holding the interrupted run.")
+        if not path.is_file():
+            logger.warning("No checkpoint in %s: starting from epoch 1.", path.parent)
+            return
+        state = load_training_state(path)
+        saved = json.loads(state["settings"])
+        changed = [f"{key}: {saved.get(key)!r} -> {self.p[key]!r}" for key in RESUME_KEYS if saved.get(key) != self.p[key]]
+        if changed:
+            raise DiffclustError(
+                f"Cannot resume {path.parent}: these settings differ from the interrupted run ({'; '.join(changed)}). "
+                "Use the same settings (only epochs may grow), or start a new run in another folder."
+            )
+        self.network.load_state_dict(state["network"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.bank.load_state(state["bank"])
+        self.log.records = json.loads(state["history"])
+        self.start_epoch = int(state["epochs_done"])
+        logger.info("Resuming %s after epoch %d.", path.parent, self.start_epoch)
+
+    # ------------------------------------------------------------------ training
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        """This process's share of a seeded permutation (padded so every process steps equally)."""
+        count, world = len(self.store), self.accelerator.num_processes
+        order = torch.randperm(count, generator=make_generator(self.p["seed"] * 1_000_003 + epoch))
+        padded = math.ceil(count / world) * world
+        order = torch.cat([order, order[: padded - count]])
+        return order[self.accelerator.process_index :: world]
+
+    def _step(self, model, indices: torch.Tensor, neighbours: torch.Tensor | None, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        device, store, backbone = self.accelerator.device, self.store, self.backbone
+        batch = len(indices)
+        z = store.batch("features", indices, device)
+        latents = store.batch("latents", indices, device)
+        mask = store.batch("masks", indices, device) if self.p["object_concentration"] else None
+        if neighbours is not None:
+            picks = torch.randint(neighbours.shape[1], (batch,), generator=generator)
+            z = torch.cat([z, store.batch("features", neighbours[indices, picks], device)])
+        timesteps = self.sampler(batch, generator).to(device)
+        noise = torch.randn(latents.shape, generator=generator).to(device)
+        with self.accelerator.autocast():
+            proxies, logits = model(z)
+            noisy = backbone.add_noise(latents, noise, timesteps)
+            prompt = backbone.encode_prompt(self.p["prompt_template"], batch, proxy=proxies[:batch])
+            prediction = backbone.run_unet(noisy, timesteps, prompt).prediction
+        target = backbone.prediction_target(latents, noise, timesteps)
+        diffusion = masked_diffusion_loss(prediction, target, mask)
+        parts = {"loss": diffusion, "diffusion_loss": diffusion.detach()}
+        if neighbours is not None:
+            probs = logits.float().softmax(dim=1)
+            total, consistency, spread = cluster_guidance_loss(probs[:batch], probs[batch:], self.bank, self.p["entropy_weight"])
+            self.bank.push(probs[:batch])
+            parts["loss"] = diffusion + self.p["cluster_loss_weight"] * total
+            parts.update(consistency_loss=consistency.detach(), assignment_entropy=spread.detach())
+        return parts
+
+    def train_epoch(self, model, optimizer, epoch: int) -> dict[str, float]:
+        guided = self.guided(epoch)
+        neighbours = None
+        if guided:
+            neighbours = torch.from_numpy(nearest_neighbours(self.all_proxies(), self.p["n_neighbours"]))
+        generator = make_generator(self.p["seed"] + 7919 * (epoch + 1) + 104729 * self.accelerator.process_index)
+        batches = self._epoch_order(epoch).split(self.p["batch_size"])
+        phase = "cluster guidance" if guided else ("warm-up" if self.p["cluster_guidance"] else "distillation")
+        bar = progress(batches, self.accelerator, self.p["progress"], desc=f"epoch {epoch + 1}/{self.p['epochs']} ({phase})", unit="batch")
+        totals: dict[str, float] = {}
+        model.train()
+        for indices in bar:
+            parts = self._step(model, indices, neighbours, generator)
+            self.accelerator.backward(parts.pop("loss"))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            for key, value in parts.items():
+                totals[key] = totals.get(key, 0.0) + float(value)
+            bar.set_postfix({key: f"{value / (bar.n + 1):.4f}" for key, value in totals.items()})
+        means = {key: value / max(1, len(batches)) for key, value in totals.items()}
+        if self.accelerator.num_processes > 1:  # average over processes
+            keys = sorted(means)
+            reduced = self.accelerator.reduce(torch.tensor([means[k] for k in keys], device=self.accelerator.device), "mean")
+            means = dict(zip(keys, reduced.tolist()))
+        return means
+
+    def run(self, resume: bool = False) -> None:
+        if resume:
+            self.resume()
+        model, optimizer = self.accelerator.prepare(self.network, self.optimizer)
+        for epoch in range(self.start_epoch, self.p["epochs"]):
+            started = time.perf_counter()
+            record: dict = {"epoch": epoch + 1, "phase": "guided" if self.guided(epoch) else "warm-up"}
+            record.update(self.train_epoch(model, optimizer, epoch))
+            _, labels, confidence = self.assign_all(epoch)
+            record.update(clusters_used=int(len(np.unique(labels))), mean_confidence=float(confidence.mean()))
+            if self.labels is not None:
+                record.update(clustering_scores(self.labels, labels))
+            record["seconds"] = round(time.perf_counter() - started, 3)
+            self.log.append(record)
+            self.save_checkpoint(epoch + 1)
+            self.accelerator.wait_for_everyone()
+        self.network = self.accelerator.unwrap_model(model)
