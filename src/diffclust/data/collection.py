@@ -113,20 +113,21 @@ def _records_from_folder(root: Path) -> tuple[list[ImageRecord], list[SkippedFil
 
 
 def _resolve_manifest_file(root: Path, name: str, row_number: int, manifest: Path) -> Path:
-    """Find a manifest row's file under root/images/ or root/, never outside root."""
+    """Find a manifest row's file under root/images/ or root/; names may not leave root.
+
+    The check is on the name itself (absolute, or climbing with '..'), so images that are
+    symbolic links to elsewhere stay usable.
+    """
     if not name:
         raise DiffclustError(f"{manifest}: row {row_number} has an empty 'file' column.")
-    relative = Path(name)
-    root_resolved = root.resolve()
-    candidates = [root / "images" / relative, root / relative]
-    for candidate in candidates:
-        resolved = candidate.resolve()
-        if resolved != root_resolved and root_resolved not in resolved.parents:
-            raise DiffclustError(
-                f"{manifest}: row {row_number} names '{name}', a path outside {root}. "
-                "List files relative to the folder that holds labels.csv (or its images/ sub-folder)."
-            )
-        if resolved.is_file():
+    relative = Path(os.path.normpath(name))
+    if relative.is_absolute() or relative.parts[:1] == ("..",):
+        raise DiffclustError(
+            f"{manifest}: row {row_number} names '{name}', a path outside {root}. "
+            "List files relative to the folder that holds labels.csv (or its images/ sub-folder)."
+        )
+    for candidate in (root / "images" / relative, root / relative):
+        if candidate.is_file():
             return candidate
     raise DiffclustError(
         f"{manifest}: row {row_number} names '{name}', which does not exist under {root / 'images'} or {root}. "

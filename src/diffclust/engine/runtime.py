@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from tqdm.auto import tqdm
 
@@ -21,8 +22,11 @@ def make_accelerator(device: str | None = "auto", mixed_precision: str = "no") -
         raise DiffclustError(f"device must be one of {', '.join(DEVICES)} (got '{device}'); pick GPUs with CUDA_VISIBLE_DEVICES.")
     if mixed_precision not in MIXED_PRECISION:
         raise DiffclustError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)} (got '{mixed_precision}').")
+    no_accelerator = not torch.cuda.is_available() and not torch.backends.mps.is_available()
     accelerator = Accelerator(
-        cpu=device == "cpu",
+        # "auto" without a GPU must say cpu=True: only then does accelerate join the processes
+        # that torchrun started (otherwise each believes it is alone).
+        cpu=device == "cpu" or (device == "auto" and no_accelerator),
         mixed_precision=mixed_precision,
         # warm-up epochs leave the cluster head unused; DDP must tolerate that
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],

@@ -41,6 +41,8 @@ class DiFiC:
     t-hat 150, t-tilde 50, 250 epochs with 100 warm-up, batch 32, AdamW 2e-4). The three
     modules can be switched for the ablation: ``object_concentration`` (mask the loss) and
     ``cluster_guidance`` (train the head g after warm-up; without it, k-means on S* decides).
+    ``head_init="kmeans"`` starts g from the warm-up's k-means clusters (our addition: the paper
+    does not say; ``"random"`` is the literal reading).
     ``output_dir`` makes a run folder: checkpoints, metrics log, cache, assignments, model.
     """
 
@@ -57,6 +59,7 @@ class DiFiC:
         mask_prompt: str = "A photo of a",
         object_concentration: bool = True,
         cluster_guidance: bool = True,
+        head_init: str = "kmeans",
         timestep_sampling: str = "cosine",
         epochs: int = 250,
         warmup_epochs: int = 100,
@@ -87,6 +90,7 @@ class DiFiC:
         self.mask_prompt = mask_prompt
         self.object_concentration = object_concentration
         self.cluster_guidance = cluster_guidance
+        self.head_init = head_init
         self.timestep_sampling = timestep_sampling
         self.epochs = epochs
         self.warmup_epochs = warmup_epochs
@@ -140,6 +144,8 @@ class DiFiC:
             problems.append(f"lr must be > 0, got {self.lr}")
         if self.timestep_sampling not in TIMESTEP_DISTRIBUTIONS:
             problems.append(f"timestep_sampling must be one of {sorted(TIMESTEP_DISTRIBUTIONS)}, got {self.timestep_sampling!r}")
+        if self.head_init not in ("kmeans", "random"):
+            problems.append(f"head_init must be 'kmeans' or 'random', got {self.head_init!r}")
         if self.n_neighbours < 1:
             problems.append(f"n_neighbours must be >= 1, got {self.n_neighbours}")
         if problems:

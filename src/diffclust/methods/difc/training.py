@@ -41,8 +41,9 @@ CHECKPOINT_NAME = "checkpoint.pt"
 RESUME_KEYS = (
     "n_clusters", "feature_layer", "feature_timestep", "mask_timestep", "prompt_template", "mask_prompt",
     "object_concentration", "cluster_guidance", "timestep_sampling", "warmup_epochs", "batch_size",
-    "seed", "extractor_hidden", "n_neighbours", "memory_bank_size",
+    "seed", "extractor_hidden", "n_neighbours", "memory_bank_size", "head_init",
 )
+HEAD_INIT_STEPS = 200
 TIMESTEP_DISTRIBUTIONS = {"cosine": cosine_timestep_probabilities, "uniform": uniform_timestep_probabilities}
 
 
@@ -89,6 +90,24 @@ class DiFiCTrainer:
             self.centres, _ = fit_kmeans(proxies, self.p["n_clusters"], seed=self.p["seed"])
             labels, confidence = assign(proxies, None, self.centres)
         return proxies, labels, confidence
+
+    def initialise_head(self) -> None:
+        """Start g from the warm-up's clustering: fit it to k-means labels of S* (cross-entropy).
+
+        A randomly initialised head often settles in a merged local optimum (two groups in one
+        cluster) and throws away what warm-up found; this hand-over keeps the k-means clusters
+        as the starting point. Every process computes the same thing from the same seed.
+        """
+        proxies = self.all_proxies()
+        _, targets = fit_kmeans(proxies, self.p["n_clusters"], seed=self.p["seed"])
+        targets = torch.from_numpy(targets).to(proxies.device)
+        head = self.accelerator.unwrap_model(self.network).head
+        optimizer = torch.optim.Adam(head.parameters(), lr=1e-3)
+        for _ in range(HEAD_INIT_STEPS):
+            loss = torch.nn.functional.cross_entropy(head(proxies), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint_path(self) -> Path | None:
@@ -168,6 +187,8 @@ class DiFiCTrainer:
     def train_epoch(self, model, optimizer, epoch: int) -> dict[str, float]:
         guided = self.guided(epoch)
         neighbours = None
+        if guided and epoch == self.p["warmup_epochs"] and self.p["head_init"] == "kmeans":
+            self.initialise_head()
         if guided:
             neighbours = torch.from_numpy(nearest_neighbours(self.all_proxies(), self.p["n_neighbours"]))
         generator = make_generator(self.p["seed"] + 7919 * (epoch + 1) + 104729 * self.accelerator.process_index)
