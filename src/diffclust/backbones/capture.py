@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import torch
@@ -25,15 +26,12 @@ def _first_tensor(output) -> torch.Tensor:
     raise TypeError(f"Cannot read a tensor from a module output of type {type(output).__name__}")
 
 
+_BLOCK_PATTERN = re.compile(r"^(?:(?:down|up)_blocks\.\d+|mid_block)(?:\.(?:attentions|resnets|downsamplers|upsamplers)\.\d+)?$")
+
+
 def capturable_layers(model: torch.nn.Module) -> list[str]:
-    """Names of the blocks worth capturing, for error messages and searches."""
-    prefixes = ("down_blocks.", "mid_block", "up_blocks.")
-    names = []
-    for name, _ in model.named_modules():
-        depth = name.count(".")
-        if name.startswith(prefixes) and (depth <= 2 or name == "mid_block"):
-            names.append(name)
-    return names
+    """Module paths worth capturing (whole blocks and their numbered sub-modules), in run order."""
+    return [name for name, _ in model.named_modules() if _BLOCK_PATTERN.match(name)]
 
 
 class ActivationCapture:

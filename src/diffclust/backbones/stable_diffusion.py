@@ -189,7 +189,7 @@ class StableDiffusionBackbone(DiffusionBackbone):
         ids, mask, end_index, placeholder_index = self._tokenize(prompt)
         if (proxy is None) != (placeholder_index is None):
             raise DiffclustError(
-                f"Prompt '{prompt}' and proxy disagree: a proxy word needs exactly one {PLACEHOLDER} in the prompt."
+                f"Prompt '{prompt}' and proxy disagree: a proxy word needs exactly one {PLACEHOLDER} placeholder in the prompt."
             )
         ids = ids.to(self.device).expand(batch_size, -1)
         kwargs = {"attention_mask": mask.to(self.device).expand(batch_size, -1)} if self._use_attention_mask else {}

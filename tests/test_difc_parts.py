@@ -1,0 +1,121 @@
+"""Each DiFiC module against values worked by hand."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from diffclust.cluster.losses import AssignmentMemoryBank, cluster_guidance_loss, entropy, neighbour_consistency_loss
+from diffclust.cluster.neighbours import nearest_neighbours
+from diffclust.methods.difc.extractor import SemanticExtractor
+from diffclust.methods.difc.losses import masked_diffusion_loss
+from diffclust.methods.difc.masks import gmm_foreground_mask, gmm_threshold
+from diffclust.methods.difc.timesteps import TimestepSampler, cosine_timestep_probabilities
+
+from conftest import SD15_CONFIG, require
+
+
+def test_extractor_maps_sd15_feature_to_a_768_token():
+    extractor = SemanticExtractor(640, 768)
+    assert extractor.project.in_features == 3072  # 768 channels x 2 x 2, as in the paper
+    assert extractor(torch.randn(2, 640, 32, 32)).shape == (2, 768)
+
+
+def test_sd15_config_gives_640_channel_block_19_and_768_tokens():
+    config = json.loads((require(SD15_CONFIG) / "unet" / "config.json").read_text())
+    # up_blocks are the reversed block_out_channels: up_blocks.2 has block_out_channels[1]
+    assert list(reversed(config["block_out_channels"]))[2] == 640
+    assert json.loads((SD15_CONFIG / "text_encoder" / "config.json").read_text())["hidden_size"] == 768
+
+
+@pytest.mark.slow
+def test_full_sd15_unet_gives_z_of_640x32x32_at_512px():
+    from diffusers import UNet2DConditionModel
+
+    from diffclust.backbones.capture import ActivationCapture
+
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(require(SD15_CONFIG) / "unet")).eval()
+    with torch.no_grad(), ActivationCapture(unet, ["up_blocks.2.attentions.0"], stop_after_capture=True) as capture:
+        unet(torch.randn(1, 4, 64, 64), torch.tensor([150]), encoder_hidden_states=torch.randn(1, 77, 768))
+    z = capture.outputs["up_blocks.2.attentions.0"]
+    assert z.shape == (1, 640, 32, 32)
+    assert SemanticExtractor(640, 768)(z).shape == (1, 768)
+
+
+def test_cosine_timestep_probabilities_match_the_formula():
+    probabilities = cosine_timestep_probabilities(1000)
+    # sum_t cos(pi t / T) over t = 0..T-1 is 1 (pairs t, T-t cancel), so Z = T + 1
+    assert probabilities[0].item() == pytest.approx(2 / 1001)
+    assert probabilities[500].item() == pytest.approx(1 / 1001)
+    assert probabilities.sum().item() == pytest.approx(1.0)
+    assert (probabilities[:-1] >= probabilities[1:]).all()
+
+
+def test_timestep_sampler_draws_from_that_distribution():
+    T = 10
+    draws = TimestepSampler(cosine_timestep_probabilities(T))(200_000, torch.Generator().manual_seed(0))
+    frequencies = torch.bincount(draws, minlength=T).double() / len(draws)
+    expected = torch.tensor([(1 + math.cos(math.pi * t / T)) / (T + 1) for t in range(T)], dtype=torch.float64)
+    assert torch.allclose(frequencies, expected, atol=0.004)
+
+
+def test_gmm_mask_recovers_a_known_foreground():
+    rng = np.random.default_rng(0)
+    attention = 0.1 + rng.normal(0, 0.01, size=(16, 16))
+    truth = np.zeros((16, 16), dtype=bool)
+    truth[4:10, 6:13] = True
+    attention[truth] = 0.5 + rng.normal(0, 0.02, size=truth.sum())
+    assert gmm_threshold(attention) == pytest.approx(0.3, abs=0.01)  # midpoint of the two means
+    assert (gmm_foreground_mask(attention) == truth).all()
+
+
+def test_flat_attention_map_keeps_every_pixel():
+    assert gmm_foreground_mask(np.full((8, 8), 0.25)).all()
+
+
+def test_masked_diffusion_loss_by_hand():
+    prediction = torch.zeros(2, 2, 2, 2)
+    target = torch.zeros(2, 2, 2, 2)
+    target[0, :, 0, 0] = torch.tensor([1.0, 3.0])  # pixel (0,0) of image 0: mean sq. error (1 + 9) / 2 = 5
+    target[0, :, 1, 1] = 10.0  # outside image 0's mask: must not count
+    target[1] = 2.0  # image 1: error 4 everywhere
+    mask = torch.zeros(2, 2, 2)
+    mask[0, 0, 0] = 1
+    mask[0, 0, 1] = 1  # image 0: pixels with errors 5 and 0 -> 2.5
+    mask[1] = 1  # image 1: -> 4
+    assert masked_diffusion_loss(prediction, target, mask).item() == pytest.approx((2.5 + 4) / 2)
+    assert masked_diffusion_loss(prediction, target, None).item() == pytest.approx(target.pow(2).mean().item())
+
+
+def test_neighbour_consistency_by_hand():
+    p = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
+    q = torch.tensor([[0.5, 0.5], [0.5, 0.5]])
+    assert neighbour_consistency_loss(p, q).item() == pytest.approx(-math.log(0.5))
+    assert neighbour_consistency_loss(p[:1], p[:1]).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_memory_bank_keeps_the_latest_entries_and_enters_the_entropy():
+    bank = AssignmentMemoryBank(size=2, n_clusters=2)
+    bank.push(torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]]))
+    assert torch.equal(bank.entries, torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+    batch = torch.tensor([[0.0, 1.0], [0.0, 1.0]], requires_grad=True)
+    total, consistency, spread = cluster_guidance_loss(batch, batch, bank, entropy_weight=5.0)
+    assert spread.item() == pytest.approx(math.log(2))  # mean over bank + batch is (0.5, 0.5)
+    assert consistency.item() == pytest.approx(0.0, abs=1e-6)
+    # lambda = 5 (U + N) / N = 5 * 4 / 2 = 10
+    assert total.item() == pytest.approx(consistency.item() - 10 * math.log(2))
+    total.backward()
+    assert batch.grad is not None and bank.entries.grad is None
+
+
+def test_entropy_of_uniform_and_one_hot():
+    assert entropy(torch.full((4,), 0.25)).item() == pytest.approx(math.log(4))
+    assert entropy(torch.tensor([1.0, 0.0, 0.0])).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_nearest_neighbours_exclude_self_and_use_cosine():
+    points = np.array([[1.0, 0.0], [10.0, 0.5], [0.0, 1.0], [0.1, 5.0]])
+    neighbours = nearest_neighbours(points, 1)
+    assert neighbours[:, 0].tolist() == [1, 0, 3, 2]  # direction, not length, decides
