@@ -1,0 +1,153 @@
+"""The CLI on real images: every image gets a row, runs resume, seeds repeat, predict agrees."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffclust.cli import main
+from diffclust.engine.checkpoint import load_training_state
+from diffclust.methods.difc import training
+
+FIT = ["--k", "10", "--backbone", "tiny-random", "--epochs", "2", "--warmup-epochs", "1", "--device", "cpu", "--quiet"]
+
+
+def rows(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def clusters(path: Path) -> dict[str, str]:
+    return {row["file"]: row["cluster"] for row in rows(path)}
+
+
+@pytest.fixture(scope="module")
+def fitted(butterflies, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "butterflies"
+    assert main(["fit", str(butterflies), *FIT, "--out", str(out)]) == 0
+    return out
+
+
+def test_fit_writes_a_row_for_every_image(fitted, butterflies):
+    assignments = rows(fitted / "assignments.csv")
+    assert len(assignments) == 832
+    assert {row["file"] for row in assignments} == {row["file"] for row in rows(butterflies / "labels.csv")}
+    assert all(row["status"] == "ok" and 0 <= int(row["cluster"]) < 10 and 0 < float(row["confidence"]) <= 1 for row in assignments)
+    assert rows(fitted / "skipped.csv") == []
+    log = rows(fitted / "metrics.csv")
+    assert [row["epoch"] for row in log] == ["1", "2"] and [row["phase"] for row in log] == ["warm-up", "guided"]
+    assert all(0 <= float(row["acc"]) <= 1 for row in log)  # labels were found and reported
+    for name in ("difc.json", "difc.safetensors", "checkpoint.pt", "metrics.jsonl", "cache/constants.json"):
+        assert (fitted / name).is_file()
+
+
+def test_predict_on_the_saved_run_matches_fit(fitted, butterflies, tmp_path):
+    out = tmp_path / "predicted.csv"
+    assert main(["predict", str(fitted), str(butterflies), "--out", str(out), "--quiet"]) == 0
+    assert clusters(out) == clusters(fitted / "assignments.csv")
+
+
+def test_same_seed_same_clusters(fitted, butterflies, tmp_path):
+    assert main(["fit", str(butterflies), *FIT, "--out", str(tmp_path / "again")]) == 0
+    assert clusters(tmp_path / "again" / "assignments.csv") == clusters(fitted / "assignments.csv")
+
+
+def test_interrupted_run_resumes_to_the_same_result(fitted, butterflies, tmp_path, monkeypatch):
+    out = tmp_path / "interrupted"
+    original = training.DiFiCTrainer.save_checkpoint
+
+    def crash_after_first_epoch(self, epochs_done):
+        original(self, epochs_done)
+        raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(training.DiFiCTrainer, "save_checkpoint", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        main(["fit", str(butterflies), *FIT, "--out", str(out)])
+    assert load_training_state(out / "checkpoint.pt")["epochs_done"] == 1  # intact, loadable
+    assert not (out / "assignments.csv").exists()
+    monkeypatch.setattr(training.DiFiCTrainer, "save_checkpoint", original)
+    assert main(["fit", str(butterflies), *FIT, "--out", str(out), "--resume"]) == 0
+    assert [row["epoch"] for row in rows(out / "metrics.csv")] == ["1", "2"]
+    assert clusters(out / "assignments.csv") == clusters(fitted / "assignments.csv")
+
+
+def test_resume_refuses_changed_settings(fitted, butterflies, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(fitted, copy)
+    assert main(["fit", str(butterflies), *FIT[:-3], "--seed", "5", "--device", "cpu", "--quiet", "--out", str(copy), "--resume"]) == 2
+    assert "seed" in capsys.readouterr().err
+
+
+def test_evaluate_prints_scores(fitted, butterflies, capsys):
+    assert main(["evaluate", str(fitted / "assignments.csv"), "--labels", str(butterflies / "labels.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "Scored 832 images" in out and "ACC" in out and "NMI" in out and "ARI" in out
+
+
+def _messy_folder(butterflies: Path, folder: Path) -> Path:
+    folder.mkdir()
+    sources = sorted((butterflies / "images").iterdir())[:6]
+    for source in sources:
+        shutil.copy(source, folder / source.name)
+    data = sources[0].read_bytes()
+    (folder / "corrupt.jpg").write_bytes(data[: len(data) // 3])
+    (folder / "zero.jpg").write_bytes(b"")
+    (folder / "letter.jpg").write_text("this is text, not a JPEG")
+    (folder / "notes.txt").write_text("field notes")
+    Image.open(sources[1]).convert("CMYK").save(folder / "cmyk.jpg")
+    Image.fromarray((np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16)).save(folder / "deep16.png")
+    Image.new("RGBA", (40, 30), (200, 10, 10, 128)).save(folder / "alpha.png")
+    return folder
+
+
+def test_messy_folder_completes_and_lists_the_bad_files(butterflies, tmp_path):
+    folder = _messy_folder(butterflies, tmp_path / "messy")
+    out = tmp_path / "run"
+    assert main(["fit", str(folder), "--k", "2", "--backbone", "tiny-random", "--epochs", "1", "--warmup-epochs", "1", "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+    skipped = {row["file"]: row["reason"] for row in rows(out / "skipped.csv")}
+    assert set(skipped) == {"corrupt.jpg", "zero.jpg", "letter.jpg", "notes.txt"}
+    assignments = {row["file"]: row for row in rows(out / "assignments.csv")}
+    for good in ("cmyk.jpg", "deep16.png", "alpha.png"):
+        assert assignments[good]["status"] == "ok"
+    for bad in ("corrupt.jpg", "zero.jpg", "letter.jpg"):
+        assert assignments[bad]["status"].startswith("skipped") and assignments[bad]["cluster"] == ""
+    assert "notes.txt" not in assignments and len(assignments) == 6 + 3 + 3
+    assert main(["fit", str(folder), "--k", "2", "--backbone", "tiny-random", "--strict", "--out", str(tmp_path / "strict")]) == 2
+
+
+def test_too_many_clusters_is_a_clear_error(butterflies, tmp_path, capsys):
+    folder = tmp_path / "three"
+    folder.mkdir()
+    for source in sorted((butterflies / "images").iterdir())[:3]:
+        shutil.copy(source, folder / source.name)
+    assert main(["fit", str(folder), "--k", "5", "--backbone", "tiny-random", "--out", str(tmp_path / "r")]) == 2
+    assert "only 3 usable images" in capsys.readouterr().err
+
+
+def test_two_cpu_processes_complete_with_the_same_output_shape(butterflies, tmp_path):
+    folder = tmp_path / "subset"
+    (folder / "images").mkdir(parents=True)
+    manifest = rows(butterflies / "labels.csv")[::20]
+    with open(folder / "labels.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(manifest[0]))
+        writer.writeheader()
+        writer.writerows(manifest)
+    for row in manifest:
+        shutil.copy(butterflies / "images" / row["file"], folder / "images" / row["file"])
+    out = tmp_path / "two"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "diffclust.cli", "fit", str(folder),
+               "--k", "3", "--backbone", "tiny-random", "--epochs", "2", "--warmup-epochs", "1", "--quiet", "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assignments = rows(out / "assignments.csv")
+    assert len(assignments) == len(manifest) == 42
+    assert {row["file"] for row in assignments} == {row["file"] for row in manifest}
+    assert len(rows(out / "metrics.csv")) == 2
