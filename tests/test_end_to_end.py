@@ -86,6 +86,13 @@ def test_resume_refuses_changed_settings(fitted, butterflies, tmp_path, capsys):
     assert "seed" in capsys.readouterr().err
 
 
+def test_refitting_into_a_finished_run_is_refused(fitted, butterflies, capsys):
+    before = (fitted / "assignments.csv").read_text()
+    assert main(["fit", str(butterflies), *FIT, "--out", str(fitted)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (fitted / "assignments.csv").read_text() == before
+
+
 def test_evaluate_prints_scores(fitted, butterflies, capsys):
     assert main(["evaluate", str(fitted / "assignments.csv"), "--labels", str(butterflies / "labels.csv")]) == 0
     out = capsys.readouterr().out

@@ -23,7 +23,7 @@ from diffclust.engine.runtime import make_accelerator, progress
 from diffclust.errors import DiffclustError
 from diffclust.methods.difc.constants import ConstantComputer, ConstantSettings, fingerprint, load_or_compute_constants
 from diffclust.methods.difc.network import DiFiCNetwork, assign
-from diffclust.methods.difc.training import TIMESTEP_DISTRIBUTIONS, DiFiCTrainer
+from diffclust.methods.difc.training import CHECKPOINT_NAME, TIMESTEP_DISTRIBUTIONS, DiFiCTrainer
 from diffclust.outputs import collection_outputs
 from diffclust.seeding import make_generator, seed_everything
 
@@ -186,6 +186,11 @@ class DiFiC:
         if self.n_clusters > len(collection):
             raise DiffclustError(f"n_clusters (--k) is {self.n_clusters} but only {len(collection)} usable images were found.")
         run_dir = Path(self.output_dir) if self.output_dir is not None else None
+        if run_dir is not None and not resume and (run_dir / CHECKPOINT_NAME).is_file():
+            raise DiffclustError(
+                f"{run_dir} already holds a run (checkpoint.pt). Pass resume=True (--resume) to continue it, "
+                "or choose another output folder (--out): nothing is overwritten."
+            )
         backbone = load_backbone(self.backbone, device=accelerator.device)
         resolution = self.resolution or backbone.resolution
         shared_noise = self._shared_noise(backbone, resolution)
