@@ -3,7 +3,9 @@
 import math
 
 import pytest
+import torch
 
+from diffclust.cluster.kmeans import kmeans_confidences
 from diffclust.cluster.metrics import clustering_scores, hungarian_accuracy, many_to_one_accuracy
 
 
@@ -37,3 +39,12 @@ def test_bad_shapes_are_rejected():
     with pytest.raises(ValueError):
         hungarian_accuracy([], [])
     assert math.isfinite(hungarian_accuracy([3], [7]))
+
+
+@pytest.mark.parametrize("spacing", [1.0, 1000.0])
+def test_kmeans_confidence_is_measured_in_gaps_between_centres(spacing):
+    centres = torch.tensor([[0.0, 0.0], [2.0, 0.0]]) * spacing
+    points = torch.tensor([[0.0, 0.0], [1.0, 0.0]]) * spacing
+    confidence = kmeans_confidences(points, centres).max(dim=1).values
+    # at a centre: squared distances 0 and 4 half-gaps -> 1 / (1 + 1/5); midway: 0.5, at any scale
+    assert confidence.tolist() == pytest.approx([1 / 1.2, 0.5])

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from diffclust.cluster.heads import ClusterHead
-from diffclust.cluster.kmeans import student_t_assignments
+from diffclust.cluster.kmeans import kmeans_confidences
 from diffclust.methods.difc.extractor import SemanticExtractor
 
 
@@ -30,7 +30,7 @@ def assign(proxies: torch.Tensor, head: nn.Module | None, centres: torch.Tensor 
         if head is not None:
             probs = head(proxies).float().softmax(dim=1)
         elif centres is not None:
-            probs = student_t_assignments(proxies, torch.as_tensor(centres, device=proxies.device))
+            probs = kmeans_confidences(proxies, torch.as_tensor(centres, device=proxies.device))
         else:
             raise RuntimeError("Neither a cluster head nor k-means centres: the model is not fitted.")
     confidence, labels = probs.max(dim=1)
