@@ -209,7 +209,7 @@ class DiFiC:
         self.feature_shape_ = store.shape("features")
         self.shared_noise_ = shared_noise
         self.network_ = trainer.network.eval()
-        proxies, labels, confidence = trainer.assign_all(self.epochs - 1)
+        proxies, labels, confidence = trainer.assignment
         self.kmeans_centres_ = trainer.centres
         self.proxy_words_ = proxies.cpu().numpy()
         self.labels_ = labels

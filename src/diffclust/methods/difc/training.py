@@ -63,6 +63,8 @@ class DiFiCTrainer:
         self.log = MetricsLog(run_dir if accelerator.is_main_process else None)
         self.start_epoch = 0
         self.centres: np.ndarray | None = None
+        #: (proxy words, labels, confidence) of every image after the last epoch run
+        self.assignment: tuple[torch.Tensor, np.ndarray, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ phases and assignment
     def guided(self, epoch: int) -> bool:
@@ -220,7 +222,8 @@ class DiFiCTrainer:
             started = time.perf_counter()
             record: dict = {"epoch": epoch + 1, "phase": "guided" if self.guided(epoch) else "warm-up"}
             record.update(self.train_epoch(model, optimizer, epoch))
-            _, labels, confidence = self.assign_all(epoch)
+            self.assignment = self.assign_all(epoch)
+            _, labels, confidence = self.assignment
             record.update(clusters_used=int(len(np.unique(labels))), mean_confidence=float(confidence.mean()))
             if self.labels is not None:
                 record.update(clustering_scores(self.labels, labels))
@@ -229,3 +232,5 @@ class DiFiCTrainer:
             self.save_checkpoint(epoch + 1)
             self.accelerator.wait_for_everyone()
         self.network = self.accelerator.unwrap_model(model)
+        if self.assignment is None:  # nothing left to train (a finished run resumed, or epochs == 0)
+            self.assignment = self.assign_all(self.p["epochs"] - 1)
