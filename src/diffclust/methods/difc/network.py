@@ -24,11 +24,20 @@ class DiFiCNetwork(nn.Module):
         return proxies, (self.head(proxies) if self.head is not None else None)
 
 
+@torch.no_grad()
+def assign_probabilities(head: nn.Module, proxies: torch.Tensor) -> torch.Tensor:
+    """The head's cluster probabilities in prediction mode (running statistics), mode restored."""
+    was_training = head.training
+    probs = head.eval()(proxies).float().softmax(dim=1)
+    head.train(was_training)
+    return probs
+
+
 def assign(proxies: torch.Tensor, head: nn.Module | None, centres: torch.Tensor | np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Cluster and confidence of each proxy word: head argmax, or the nearest k-means centre."""
     with torch.no_grad():
         if head is not None:
-            probs = head(proxies).float().softmax(dim=1)
+            probs = assign_probabilities(head, proxies)
         elif centres is not None:
             probs = kmeans_confidences(proxies, torch.as_tensor(centres, device=proxies.device))
         else:

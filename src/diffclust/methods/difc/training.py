@@ -30,7 +30,7 @@ from diffclust.engine.runtime import progress
 from diffclust.errors import DiffclustError
 from diffclust.methods.difc.constants import ConstantStore
 from diffclust.methods.difc.losses import masked_diffusion_loss
-from diffclust.methods.difc.network import DiFiCNetwork, assign
+from diffclust.methods.difc.network import DiFiCNetwork, assign, assign_probabilities
 from diffclust.methods.difc.timesteps import TimestepSampler, cosine_timestep_probabilities, uniform_timestep_probabilities
 from diffclust.seeding import make_generator
 
@@ -44,6 +44,9 @@ RESUME_KEYS = (
     "seed", "extractor_hidden", "n_neighbours", "memory_bank_size", "head_init",
 )
 HEAD_INIT_STEPS = 200
+#: the head's learning rate ramps up over this many steps once guidance starts: a fresh Adam
+#: state makes the first steps sign(g) * lr for every weight, which flips a good head at once
+HEAD_WARMUP_STEPS = 100
 TIMESTEP_DISTRIBUTIONS = {"cosine": cosine_timestep_probabilities, "uniform": uniform_timestep_probabilities}
 
 
@@ -57,7 +60,10 @@ class DiFiCTrainer:
         self.accelerator = accelerator
         self.labels = labels
         self.run_dir = run_dir
-        self.optimizer = torch.optim.AdamW(network.parameters(), lr=params["lr"], weight_decay=params["weight_decay"])
+        groups = [{"params": network.extractor.parameters()}]
+        if network.head is not None:
+            groups.append({"params": network.head.parameters(), "name": "head"})
+        self.optimizer = torch.optim.AdamW(groups, lr=params["lr"], weight_decay=params["weight_decay"])
         self.bank = AssignmentMemoryBank(params["memory_bank_size"], params["n_clusters"])
         self.sampler = TimestepSampler(TIMESTEP_DISTRIBUTIONS[params["timestep_sampling"]](backbone.num_train_timesteps))
         self.log = MetricsLog(run_dir if accelerator.is_main_process else None)
@@ -103,13 +109,31 @@ class DiFiCTrainer:
         proxies = self.all_proxies()
         _, targets = fit_kmeans(proxies, self.p["n_clusters"], seed=self.p["seed"])
         targets = torch.from_numpy(targets).to(proxies.device)
-        head = self.accelerator.unwrap_model(self.network).head
+        head = self.accelerator.unwrap_model(self.network).head.train()
         optimizer = torch.optim.Adam(head.parameters(), lr=1e-3)
         for _ in range(HEAD_INIT_STEPS):
             loss = torch.nn.functional.cross_entropy(head(proxies), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+
+    def _set_head_lr(self, optimizer, guided_step: int) -> None:
+        for group in optimizer.param_groups:
+            if group.get("name") == "head":
+                group["lr"] = self.p["lr"] * min(1.0, (guided_step + 1) / HEAD_WARMUP_STEPS)
+
+    @torch.no_grad()
+    def fill_bank(self, epoch: int) -> None:
+        """Start the memory bank with the head's assignments of up to `memory_bank_size` images.
+
+        An empty bank makes the first steps' mean assignment that of one small batch: any
+        imbalance in it is 'corrected' by the entropy term, and the first Adam steps on the
+        fresh head can push every image into one cluster, where the softmax saturates.
+        """
+        proxies = self.all_proxies()
+        order = torch.randperm(len(proxies), generator=make_generator(self.p["seed"] + epoch))[: self.p["memory_bank_size"]]
+        head = self.accelerator.unwrap_model(self.network).head
+        self.bank.push(assign_probabilities(head, proxies[order]))
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint_path(self) -> Path | None:
@@ -191,6 +215,8 @@ class DiFiCTrainer:
         neighbours = None
         if guided and epoch == self.p["warmup_epochs"] and self.p["head_init"] == "kmeans":
             self.initialise_head()
+        if guided and len(self.bank) == 0:
+            self.fill_bank(epoch)
         if guided:
             neighbours = torch.from_numpy(nearest_neighbours(self.all_proxies(), self.p["n_neighbours"]))
         generator = make_generator(self.p["seed"] + 7919 * (epoch + 1) + 104729 * self.accelerator.process_index)
@@ -199,7 +225,10 @@ class DiFiCTrainer:
         bar = progress(batches, self.accelerator, self.p["progress"], desc=f"epoch {epoch + 1}/{self.p['epochs']} ({phase})", unit="batch")
         totals: dict[str, float] = {}
         model.train()
-        for indices in bar:
+        guided_steps_before = (epoch - self.p["warmup_epochs"]) * len(batches)
+        for number, indices in enumerate(bar):
+            if guided:
+                self._set_head_lr(optimizer, guided_steps_before + number)
             parts = self._step(model, indices, neighbours, generator)
             self.accelerator.backward(parts.pop("loss"))
             optimizer.step()
