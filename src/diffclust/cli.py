@@ -1,4 +1,4 @@
-"""`diffclust` command line: a thin layer over the library (fit, predict, evaluate)."""
+"""`diffclust` command line: a thin layer over the library (fit, predict, evaluate, pretrain)."""
 
 from __future__ import annotations
 
@@ -73,6 +73,33 @@ def _add_evaluate_parser(commands) -> None:
     evaluate.add_argument("--json", action="store_true", help="print the scores as JSON")
 
 
+def _add_pretrain_parser(commands) -> None:
+    pretrain = commands.add_parser(
+        "pretrain", help="train a compact diffusion backbone (text-conditioned or unconditional)",
+        description="Train a compact pixel-space diffusion backbone on DATA and save it where --backbone can load it. "
+                    "With --eval DIR, only score the saved model DIR as a zero-shot diffusion classifier on DATA.")
+    pretrain.add_argument("data", help="image folder; captions come from labels.csv (class_name or caption column) or class sub-folders")
+    pretrain.add_argument("--out", type=Path, help="model folder to write (unet/, scheduler/, text_encoder/, tokenizer/, samples/, training/)")
+    pretrain.add_argument("--eval", dest="eval_dir", type=Path, default=None, help="evaluate this saved model instead of training")
+    pretrain.add_argument("--unconditional", action="store_true", help="train a UNet2DModel DDPM on the images alone (no captions)")
+    pretrain.add_argument("--captions", default="a photo of a {class_name}", help="caption template over labels.csv's class_name (a 'caption' column wins)")
+    pretrain.add_argument("--text-encoder", default=None, help="folder with a transformers text encoder and tokenizer (default: the bundled all-MiniLM-L6-v2)")
+    pretrain.add_argument("--resolution", type=int, default=32, help="image size in pixels (pixel space, no VAE)")
+    pretrain.add_argument("--channels-per-level", default="32,64,128,128", help="UNet widths per level (4 levels for text-conditioned models)")
+    pretrain.add_argument("--layers-per-block", type=int, default=2, help="resnet layers per UNet block")
+    pretrain.add_argument("--steps", type=int, default=10_000, help="optimisation steps")
+    pretrain.add_argument("--batch-size", type=int, default=64, help="images per step and process")
+    pretrain.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate (linear warm-up over 200 steps)")
+    pretrain.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints, exports and sample grids")
+    pretrain.add_argument("--caption-dropout", type=float, default=0.1, help="fraction of empty captions (classifier-free guidance)")
+    pretrain.add_argument("--eval-images", type=int, default=200, help="held-out images scored by the diffusion classifier")
+    pretrain.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="where to run")
+    pretrain.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no", help="autocast precision on GPU")
+    pretrain.add_argument("--seed", type=int, default=0, help="random seed")
+    pretrain.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    pretrain.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffclust", description="Cluster images without labels using pretrained diffusion models.")
     parser.add_argument("--verbose", action="store_true", help="log debugging detail")
@@ -80,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fit_parser(commands)
     _add_predict_parser(commands)
     _add_evaluate_parser(commands)
+    _add_pretrain_parser(commands)
     return parser
 
 
@@ -146,12 +174,43 @@ def run_evaluate(args) -> int:
     return 0
 
 
+def run_pretrain(args) -> int:
+    from accelerate import PartialState
+
+    from diffclust.data import scan_images
+    from diffclust.pretrain import PretrainSettings, Pretrainer
+    from diffclust.pretrain.evaluation import describe, evaluate_text_pathway
+
+    if args.eval_dir is not None:
+        print(describe(evaluate_text_pathway(args.eval_dir, args.data, args.eval_images, show_progress=not args.quiet)))
+        return 0
+    if args.out is None:
+        raise DiffclustError("pretrain needs --out DIR (or --eval DIR to score a saved model).")
+    try:
+        widths = tuple(int(width) for width in args.channels_per_level.split(","))
+    except ValueError:
+        raise DiffclustError(f"--channels-per-level must be integers separated by commas, got '{args.channels_per_level}'.") from None
+    settings = PretrainSettings(
+        conditional=not args.unconditional, caption_template=args.captions, text_encoder=args.text_encoder,
+        caption_dropout=args.caption_dropout, resolution=args.resolution, block_out_channels=widths,
+        layers_per_block=args.layers_per_block, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device, mixed_precision=args.mixed_precision,
+    )
+    out = Pretrainer(settings, scan_images(args.data), args.out, show_progress=not args.quiet).run(resume=args.resume)
+    if not PartialState().is_main_process:
+        return 0
+    print(f"Saved the backbone to {out} (use it with --backbone {out}); samples in {out / 'samples'}.")
+    if settings.conditional:
+        print(describe(evaluate_text_pathway(out, args.data, args.eval_images, show_progress=not args.quiet)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("diffusers", "transformers", "accelerate", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING if args.verbose else logging.ERROR)
-    runners = {"fit": run_fit, "predict": run_predict, "evaluate": run_evaluate}
+    runners = {"fit": run_fit, "predict": run_predict, "evaluate": run_evaluate, "pretrain": run_pretrain}
     try:
         return runners[args.command](args)
     except DiffclustError as error:

@@ -4,6 +4,7 @@ from diffclust.backbones.base import PLACEHOLDER, DiffusionBackbone, PromptEncod
 from diffclust.backbones.capture import ActivationCapture, AttentionCapture, capturable_layers
 from diffclust.backbones.registry import BUILTIN_BACKBONES, SD15_HUB_ID, load_backbone
 from diffclust.backbones.stable_diffusion import StableDiffusionBackbone
+from diffclust.backbones.unconditional import UnconditionalBackbone
 
 __all__ = [
     "BUILTIN_BACKBONES",
@@ -15,6 +16,7 @@ __all__ = [
     "PromptEncoding",
     "StableDiffusionBackbone",
     "UNetPass",
+    "UnconditionalBackbone",
     "capturable_layers",
     "load_backbone",
 ]

@@ -17,6 +17,16 @@ PLACEHOLDER = "S*"
 """Marks where the proxy word goes in a prompt template, as in the paper's "A photo of a S*"."""
 
 
+def match_channels(pixels: torch.Tensor, channels: int) -> torch.Tensor:
+    """RGB pixels -> what a pixel-space model takes: luminance (ITU-R 601) for 1 channel."""
+    if channels == pixels.shape[1]:
+        return pixels
+    if channels == 1:
+        weights = torch.tensor([0.299, 0.587, 0.114], dtype=pixels.dtype, device=pixels.device)
+        return (pixels * weights.view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+    raise ValueError(f"Cannot feed {pixels.shape[1]}-channel images to a {channels}-channel model.")
+
+
 @dataclass
 class PromptEncoding:
     """A batch of encoded prompts and the positions of the tokens methods care about."""

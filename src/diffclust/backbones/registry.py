@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,6 +11,13 @@ import torch
 from diffclust.backbones.base import DiffusionBackbone
 from diffclust.backbones.stable_diffusion import StableDiffusionBackbone
 from diffclust.backbones.tiny_random import NAME as TINY_RANDOM, ensure_tiny_random
+from diffclust.backbones.unconditional import UnconditionalBackbone
+
+def unet_class(folder: Path) -> str | None:
+    """The diffusers class named in folder/unet/config.json, if any."""
+    config = folder / "unet" / "config.json"
+    return json.loads(config.read_text()).get("_class_name") if config.is_file() else None
+
 
 SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
@@ -23,15 +31,19 @@ def load_backbone(
     dtype: torch.dtype = torch.float32,
     local_files_only: bool | None = None,
 ) -> DiffusionBackbone:
-    """A built-in name (``tiny-random``), a folder in the diffusers SD layout, or a hub id."""
+    """A built-in name (``tiny-random``), a folder in the diffusers SD layout (or holding an
+    unconditional UNet2DModel DDPM), or a hub id."""
     if isinstance(name_or_path, DiffusionBackbone):
         return name_or_path
     reference = str(name_or_path)
     if reference in BUILTIN_BACKBONES:
         folder = BUILTIN_BACKBONES[reference]()
         return StableDiffusionBackbone.from_pretrained(folder, device=device, dtype=dtype, reference=reference)
-    if Path(reference).expanduser().is_dir():
-        reference = str(Path(reference).expanduser().resolve())
+    folder = Path(reference).expanduser()
+    if folder.is_dir():
+        reference = str(folder.resolve())
+        if unet_class(folder) == "UNet2DModel":
+            return UnconditionalBackbone.from_pretrained(folder, device=device, dtype=dtype, reference=reference)
     return StableDiffusionBackbone.from_pretrained(
         reference, device=device, dtype=dtype, local_files_only=local_files_only, reference=reference
     )

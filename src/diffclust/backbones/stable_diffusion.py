@@ -15,24 +15,32 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import AutoModel, AutoTokenizer, CLIPTextModel, PreTrainedModel
 
-from diffclust.backbones.base import PLACEHOLDER, DiffusionBackbone, PromptEncoding, UNetPass
+from diffclust.backbones.base import PLACEHOLDER, DiffusionBackbone, PromptEncoding, UNetPass, match_channels
 from diffclust.backbones.capture import ActivationCapture, AttentionCapture
+from diffclust.backbones.noise import SchedulerNoiseMixin
+from diffclust.backbones.text_encoders import referenced_folder
 from diffclust.errors import BackboneNotFoundError, DiffclustError
 
 logger = logging.getLogger(__name__)
 
 
 def _load_text_encoder(source: str, **kwargs) -> PreTrainedModel:
-    """The class named in text_encoder/config.json (CLIP for SD), else whatever AutoModel finds."""
-    config_path = Path(source) / "text_encoder" / "config.json"
-    if config_path.is_file() and "CLIPTextModel" in json.loads(config_path.read_text()).get("architectures", ["CLIPTextModel"]):
-        return CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kwargs)
+    """The class named in text_encoder/config.json (CLIP for SD), a bundled encoder that
+    text_encoder/ refers to, else whatever AutoModel finds."""
+    folder = Path(source) / "text_encoder"
+    bundled = referenced_folder(folder) if folder.is_dir() else None
+    if bundled is not None:
+        kwargs["local_files_only"] = True
+        return AutoModel.from_pretrained(bundled, **kwargs)
+    config_path = folder / "config.json"
     if not config_path.is_file():  # hub id: SD-1.x repositories use CLIP
+        return CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kwargs)
+    if "CLIPTextModel" in json.loads(config_path.read_text()).get("architectures", ["CLIPTextModel"]):
         return CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kwargs)
     return AutoModel.from_pretrained(source, subfolder="text_encoder", **kwargs)
 
 
-class StableDiffusionBackbone(DiffusionBackbone):
+class StableDiffusionBackbone(SchedulerNoiseMixin, DiffusionBackbone):
     """A frozen SD-1.x-layout model: UNet2DConditionModel, optional VAE, text encoder, tokenizer."""
 
     def __init__(self, unet, text_encoder, tokenizer, scheduler, vae=None, reference: str = "custom"):
@@ -111,10 +119,6 @@ class StableDiffusionBackbone(DiffusionBackbone):
         return int(self.unet.config.sample_size) * self.vae_scale_factor
 
     @property
-    def num_train_timesteps(self) -> int:
-        return int(self.scheduler.config.num_train_timesteps)
-
-    @property
     def token_dim(self) -> int:
         return int(self.text_encoder.get_input_embeddings().embedding_dim)
 
@@ -138,23 +142,10 @@ class StableDiffusionBackbone(DiffusionBackbone):
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         pixels = pixels.to(self.device, self.dtype)
         if self.vae is None:
-            return pixels
+            return match_channels(pixels, int(self.unet.config.in_channels))
         # The posterior mean, not a sample: the cached latent must be the same on every read.
         latents = self.vae.encode(pixels).latent_dist.mean
         return latents * self.vae.config.scaling_factor
-
-    def add_noise(self, latents, noise, timesteps):
-        return self.scheduler.add_noise(latents, noise, timesteps.to(latents.device))
-
-    def prediction_target(self, latents, noise, timesteps):
-        kind = self.scheduler.config.prediction_type
-        if kind == "epsilon":
-            return noise
-        if kind == "v_prediction":
-            return self.scheduler.get_velocity(latents, noise, timesteps.to(latents.device))
-        if kind == "sample":
-            return latents
-        raise DiffclustError(f"Unsupported prediction_type '{kind}' in the scheduler config.")
 
     # ----------------------------------------------------------------------------- text
     def _tokenize(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor, int, int | None]:

@@ -34,6 +34,7 @@ class ImageRecord:
     label: int | None = None
     class_name: str | None = None
     split: str | None = None
+    caption: str | None = None  # a manifest's optional 'caption' column (for pretraining)
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,8 @@ def _records_from_manifest(root: Path, manifest: Path) -> list[ImageRecord]:
                     f"{manifest}: row {row_number} has label '{label_text}'; labels must be integers "
                     "(put names in a 'class_name' column)."
                 ) from None
-            records.append(ImageRecord(path, name, label, row.get("class_name") or None, row.get("split") or None))
+            records.append(ImageRecord(path, name, label, row.get("class_name") or None, row.get("split") or None,
+                                       row.get("caption") or None))
     return records
 
 

@@ -58,10 +58,27 @@ def resize_center_crop(image: Image.Image, resolution: int) -> Image.Image:
 
 def image_to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL image -> float tensor (3, H, W) in [-1, 1], the range diffusion models expect."""
-    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array.transpose(2, 0, 1).copy())
+    return uint8_to_model_range(torch.from_numpy(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()))
 
 
 def load_image_tensor(path: str | Path, resolution: int) -> torch.Tensor:
     """The whole preprocessing chain for one file."""
     return image_to_tensor(resize_center_crop(load_rgb(path), resolution))
+
+
+def load_image_array(paths: list[Path], resolution: int, workers: int = 8) -> torch.Tensor:
+    """Every image preprocessed once into one uint8 tensor (N, 3, R, R): small models train
+    faster from memory than from JPEG decoding at every step."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def read(path: Path) -> np.ndarray:
+        return np.asarray(resize_center_crop(load_rgb(path), resolution), dtype=np.uint8).transpose(2, 0, 1)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        arrays = list(pool.map(read, paths))
+    return torch.from_numpy(np.stack(arrays))
+
+
+def uint8_to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (.., 3, H, W) -> float in [-1, 1]."""
+    return images.float() / 127.5 - 1.0
