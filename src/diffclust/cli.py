@@ -84,13 +84,16 @@ def _add_pretrain_parser(commands) -> None:
     pretrain.add_argument("--unconditional", action="store_true", help="train a UNet2DModel DDPM on the images alone (no captions)")
     pretrain.add_argument("--captions", default="a photo of a {class_name}", help="caption template over labels.csv's class_name (a 'caption' column wins)")
     pretrain.add_argument("--text-encoder", default=None, help="folder with a transformers text encoder and tokenizer (default: the bundled all-MiniLM-L6-v2)")
+    pretrain.add_argument("--text-max-length", type=int, default=48, help="tokens per caption (longer captions are an error)")
     pretrain.add_argument("--resolution", type=int, default=32, help="image size in pixels (pixel space, no VAE)")
     pretrain.add_argument("--channels-per-level", default="32,64,128,128", help="UNet widths per level (4 levels for text-conditioned models)")
     pretrain.add_argument("--layers-per-block", type=int, default=2, help="resnet layers per UNet block")
     pretrain.add_argument("--steps", type=int, default=10_000, help="optimisation steps")
     pretrain.add_argument("--batch-size", type=int, default=64, help="images per step and process")
-    pretrain.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate (linear warm-up over 200 steps)")
+    pretrain.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate")
+    pretrain.add_argument("--warmup-steps", type=int, default=200, help="steps of linear learning-rate warm-up")
     pretrain.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints, exports and sample grids")
+    pretrain.add_argument("--log-every", type=int, default=50, help="steps between loss records in training/metrics.csv")
     pretrain.add_argument("--caption-dropout", type=float, default=0.1, help="fraction of empty captions (classifier-free guidance)")
     pretrain.add_argument("--eval-images", type=int, default=200, help="held-out images scored by the diffusion classifier")
     pretrain.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="where to run")
@@ -192,9 +195,10 @@ def run_pretrain(args) -> int:
         raise DiffclustError(f"--channels-per-level must be integers separated by commas, got '{args.channels_per_level}'.") from None
     settings = PretrainSettings(
         conditional=not args.unconditional, caption_template=args.captions, text_encoder=args.text_encoder,
+        text_max_length=args.text_max_length,
         caption_dropout=args.caption_dropout, resolution=args.resolution, block_out_channels=widths,
         layers_per_block=args.layers_per_block, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-        checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device, mixed_precision=args.mixed_precision,
+        warmup_steps=args.warmup_steps, checkpoint_every=args.checkpoint_every, log_every=args.log_every, seed=args.seed, device=args.device, mixed_precision=args.mixed_precision,
     )
     out = Pretrainer(settings, scan_images(args.data), args.out, show_progress=not args.quiet).run(resume=args.resume)
     if not PartialState().is_main_process:

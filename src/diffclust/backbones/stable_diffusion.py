@@ -167,7 +167,8 @@ class StableDiffusionBackbone(SchedulerNoiseMixin, DiffusionBackbone):
             ids = tokenizer(prompt).input_ids
             placeholder_index = None
         if len(ids) > max_length:
-            raise DiffclustError(f"Prompt '{prompt}' is {len(ids)} tokens long; this text encoder takes {max_length}.")
+            raise DiffclustError(f"Prompt '{prompt}' is {len(ids)} tokens long; this backbone takes {max_length} "
+                                 "(for diffclust pretrain, raise --text-max-length).")
         end_index = len(ids) - 1
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else ids[-1]
         mask = [1] * len(ids) + [0] * (max_length - len(ids))

@@ -20,7 +20,7 @@ class PretrainSettings:
     conditional: bool = True
     caption_template: str = "a photo of a {class_name}"
     text_encoder: str | None = None  # folder with a transformers encoder + tokenizer; None: bundled all-MiniLM-L6-v2
-    text_max_length: int = 24
+    text_max_length: int = 48
     caption_dropout: float = 0.1  # empty caption this often: enables classifier-free guidance in samples
     resolution: int = 32
     channels: int | None = None  # None: 1 if every image is grayscale, else 3

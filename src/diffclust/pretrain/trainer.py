@@ -184,13 +184,13 @@ class Pretrainer:
         if self.s.conditional:
             table, caption_index, captions, empty = self._caption_table()
         unet, optimizer = self.accelerator.prepare(self.unet, self.optimizer)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, self.s.warmup_steps)), last_epoch=-1)
-        for _ in range(self.step):
-            scheduler.step()
         bar = progress(range(self.step, self.s.steps), self.accelerator, self.show_progress, desc="pretrain", unit="step", initial=self.step, total=self.s.steps)
         running, started = [], time.perf_counter()
         unet.train()
         for step in bar:
+            learning_rate = self.s.lr * min(1.0, (step + 1) / max(1, self.s.warmup_steps))  # a function of the step: resumes exactly
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate
             rows = torch.randint(len(images), (self.s.batch_size,), generator=self.generator)
             pixels = uint8_to_model_range(images[rows])
             if self.s.hflip:
@@ -212,13 +212,12 @@ class Pretrainer:
             self.accelerator.backward(loss)
             self.accelerator.clip_grad_norm_(unet.parameters(), 1.0)
             optimizer.step()
-            scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             self.step = step + 1
             self.ema.update(self.accelerator.unwrap_model(unet), self.step)
             running.append(float(loss.detach()))
             if self.step % self.s.log_every == 0 or self.step == self.s.steps:
-                record = {"step": self.step, "loss": float(np.mean(running)), "lr": scheduler.get_last_lr()[0],
+                record = {"step": self.step, "loss": float(np.mean(running)), "lr": learning_rate,
                           "seconds": round(time.perf_counter() - started, 2)}
                 self.log.append(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
