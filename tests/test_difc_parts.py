@@ -119,3 +119,23 @@ def test_nearest_neighbours_exclude_self_and_use_cosine():
     points = np.array([[1.0, 0.0], [10.0, 0.5], [0.0, 1.0], [0.1, 5.0]])
     neighbours = nearest_neighbours(points, 1)
     assert neighbours[:, 0].tolist() == [1, 0, 3, 2]  # direction, not length, decides
+
+
+def test_cluster_head_ignores_a_shift_common_to_every_proxy_word():
+    from diffclust.cluster.heads import ClusterHead
+
+    torch.manual_seed(0)
+    head = ClusterHead(16, 3).train()
+    words = torch.randn(32, 16)
+    shifted = words + 50 * torch.randn(1, 16)  # the drift proxy words share during training
+    assert torch.allclose(head(words), head(shifted), atol=1e-3)
+
+
+def test_calibrated_head_predicts_like_it_trains_on_the_whole_data():
+    from diffclust.cluster.heads import ClusterHead
+
+    torch.manual_seed(0)
+    head = ClusterHead(16, 3)
+    words = torch.randn(64, 16) * torch.linspace(0.01, 3, 16) + 7  # uneven scales, far from the origin
+    head.calibrate(words)
+    assert torch.allclose(head.eval()(words), head.train()(words), atol=1e-4)

@@ -158,3 +158,31 @@ def test_interrupted_pretraining_resumes_to_the_same_weights(digits, tmp_path, m
 
 def test_captions_need_class_names(digits, tmp_path):
     assert main(["pretrain", str(digits), "--out", str(tmp_path / "x"), *TINY, "--steps", "5"]) == 2
+
+
+class _OracleDenoiser(torch.nn.Module):
+    """The optimal noise prediction when every image is the same constant image x0."""
+
+    def __init__(self, scheduler, x0):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the sampler a device
+        self.alphas = scheduler.alphas_cumprod
+        self.x0 = x0
+
+    def forward(self, noisy, timesteps, encoder_hidden_states=None):
+        alpha = self.alphas[timesteps].view(-1, 1, 1, 1)
+        return type("Output", (), {"sample": (noisy - alpha.sqrt() * self.x0) / (1 - alpha).sqrt()})()
+
+
+def test_ddim_sampler_reproduces_the_image_an_exact_denoiser_knows():
+    from diffclust.pretrain.architecture import build_scheduler
+    from diffclust.pretrain.sampling import sample
+    from diffclust.pretrain.settings import PretrainSettings
+
+    scheduler = build_scheduler(PretrainSettings())
+    red = torch.tensor([0.8, -0.7, -0.7]).view(1, 3, 1, 1).expand(1, 3, 8, 8)
+    images = sample(_OracleDenoiser(scheduler, red), scheduler, (2, 3, 8, 8), torch.Generator().manual_seed(0))
+    assert torch.allclose(images, red.expand(2, -1, -1, -1), atol=0.02)
+    context = torch.zeros(2, 1, 4)  # classifier-free guidance path: both halves agree here
+    guided = sample(_OracleDenoiser(scheduler, red), scheduler, (2, 3, 8, 8), torch.Generator().manual_seed(0), context, context[:1])
+    assert torch.allclose(guided, red.expand(2, -1, -1, -1), atol=0.02)

@@ -25,3 +25,13 @@ class ClusterHead(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Logits (batch, n_clusters)."""
         return self.layers(self.standardise(features))
+
+    @torch.no_grad()
+    def calibrate(self, features: torch.Tensor) -> None:
+        """Set the prediction-time statistics to those of `features` (all the data).
+
+        Running statistics trail features that drift during training; predictions made with
+        them can saturate. Recomputing them over the whole data set before predicting fixes that.
+        """
+        self.standardise.running_mean.copy_(features.float().mean(dim=0))
+        self.standardise.running_var.copy_(features.float().var(dim=0, unbiased=False))

@@ -184,6 +184,7 @@ class Pretrainer:
         if self.s.conditional:
             table, caption_index, captions, empty = self._caption_table()
         unet, optimizer = self.accelerator.prepare(self.unet, self.optimizer)
+        self.ema.model.to(device)  # the copy was made before prepare() moved the UNet
         bar = progress(range(self.step, self.s.steps), self.accelerator, self.show_progress, desc="pretrain", unit="step", initial=self.step, total=self.s.steps)
         running, started = [], time.perf_counter()
         unet.train()

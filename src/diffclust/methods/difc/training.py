@@ -93,7 +93,9 @@ class DiFiCTrainer:
         proxies = self.all_proxies()
         if self.guided(epoch):
             self.centres = None
-            labels, confidence = assign(proxies, self.accelerator.unwrap_model(self.network).head, None)
+            head = self.accelerator.unwrap_model(self.network).head
+            head.calibrate(proxies)
+            labels, confidence = assign(proxies, head, None)
         else:
             self.centres, _ = fit_kmeans(proxies, self.p["n_clusters"], seed=self.p["seed"])
             labels, confidence = assign(proxies, None, self.centres)
@@ -133,6 +135,7 @@ class DiFiCTrainer:
         proxies = self.all_proxies()
         order = torch.randperm(len(proxies), generator=make_generator(self.p["seed"] + epoch))[: self.p["memory_bank_size"]]
         head = self.accelerator.unwrap_model(self.network).head
+        head.calibrate(proxies)
         self.bank.push(assign_probabilities(head, proxies[order]))
 
     # ------------------------------------------------------------------ checkpoints
