@@ -185,7 +185,7 @@ def run_pretrain(args) -> int:
     from diffclust.pretrain.evaluation import describe, evaluate_text_pathway
 
     if args.eval_dir is not None:
-        print(describe(evaluate_text_pathway(args.eval_dir, args.data, args.eval_images, show_progress=not args.quiet)))
+        print(describe(evaluate_text_pathway(args.eval_dir, args.data, args.eval_images, device=args.device, show_progress=not args.quiet)))
         return 0
     if args.out is None:
         raise DiffclustError("pretrain needs --out DIR (or --eval DIR to score a saved model).")
@@ -205,7 +205,7 @@ def run_pretrain(args) -> int:
         return 0
     print(f"Saved the backbone to {out} (use it with --backbone {out}); samples in {out / 'samples'}.")
     if settings.conditional:
-        print(describe(evaluate_text_pathway(out, args.data, args.eval_images, show_progress=not args.quiet)))
+        print(describe(evaluate_text_pathway(out, args.data, args.eval_images, device=args.device, show_progress=not args.quiet)))
     return 0
 
 

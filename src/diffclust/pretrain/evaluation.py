@@ -6,6 +6,7 @@ from pathlib import Path
 
 from diffclust.backbones.registry import load_backbone
 from diffclust.data.collection import scan_images
+from diffclust.engine.runtime import make_accelerator
 from diffclust.errors import DiffclustError
 from diffclust.pretrain.captions import class_captions, held_out_indices
 from diffclust.pretrain.classifier import diffusion_classifier_accuracy
@@ -13,7 +14,7 @@ from diffclust.pretrain.settings import PretrainSettings
 
 
 def evaluate_text_pathway(model_dir: str | Path, data: str | Path, max_images: int = 200, n_timesteps: int = 8,
-                          device: str = "cpu", show_progress: bool = True) -> dict:
+                          device: str = "auto", show_progress: bool = True) -> dict:
     """Zero-shot accuracy on the images held out of pretraining (the same split the run used)."""
     model_dir = Path(model_dir)
     settings_path = model_dir / "training" / "settings.json"
@@ -26,7 +27,7 @@ def evaluate_text_pathway(model_dir: str | Path, data: str | Path, max_images: i
     held = held_out_indices(collection, settings.eval_split, settings.eval_fraction, settings.seed)
     if len(held) == 0:
         raise DiffclustError(f"No held-out images in {data} (split '{settings.eval_split}' or {settings.eval_fraction:.0%} of them).")
-    backbone = load_backbone(model_dir, device=device)
+    backbone = load_backbone(model_dir, device=make_accelerator(device).device)
     result = diffusion_classifier_accuracy(backbone, collection.subset(held), class_captions(collection, settings.caption_template),
                                            n_timesteps=n_timesteps, max_images=max_images, seed=settings.seed,
                                            show_progress=show_progress)
