@@ -30,15 +30,15 @@ def diffusion_classifier_accuracy(backbone: DiffusionBackbone, collection: Image
     timesteps = torch.linspace(0.1, 0.9, n_timesteps).mul(backbone.num_train_timesteps).long()
     noises = torch.randn((n_timesteps, *shape), generator=generator)
     device = backbone.device
+    # every (class, timestep) pair of one image is one batch, in chunks
+    pairs_class = torch.arange(len(labels)).repeat_interleave(n_timesteps)
+    pairs_time = torch.arange(n_timesteps).repeat(len(labels))
     correct = 0
     for row in progress(rows, enabled=show_progress, desc="diffusion classifier", unit="image"):
         record = collection.records[int(row)]
         latent = backbone.encode_images(load_image_tensor(record.path, resolution)[None])
         noisy = backbone.add_noise(latent.expand(n_timesteps, *shape), noises.to(device), timesteps.to(device))
         target = backbone.prediction_target(latent.expand(n_timesteps, *shape), noises.to(device), timesteps.to(device))
-        # every (class, timestep) pair as one batch, in chunks
-        pairs_class = torch.arange(len(labels)).repeat_interleave(n_timesteps)
-        pairs_time = torch.arange(n_timesteps).repeat(len(labels))
         errors = torch.empty(len(pairs_class))
         for start in range(0, len(pairs_class), chunk):
             part = slice(start, start + chunk)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from diffclust.errors import DiffclustError
@@ -42,7 +42,6 @@ class PretrainSettings:
     device: str = "auto"
     mixed_precision: str = "no"
     num_workers: int = 8
-    extra: dict = field(default_factory=dict)
 
     def check(self) -> None:
         problems = []
@@ -57,8 +56,6 @@ class PretrainSettings:
             problems.append("caption dropout must be in [0, 1)")
         if self.channels not in (None, 1, 3):
             problems.append("channels must be 1 or 3")
-        if self.conditional and "{" not in self.caption_template and not self.extra.get("captions_from_column"):
-            problems.append(f"caption template '{self.caption_template}' has no {{class_name}} field")
         if problems:
             raise DiffclustError("Invalid pretraining settings: " + "; ".join(problems) + ".")
 
