@@ -195,10 +195,11 @@ def run_pretrain(args) -> int:
         raise DiffclustError(f"--channels-per-level must be integers separated by commas, got '{args.channels_per_level}'.") from None
     settings = PretrainSettings(
         conditional=not args.unconditional, caption_template=args.captions, text_encoder=args.text_encoder,
-        text_max_length=args.text_max_length,
-        caption_dropout=args.caption_dropout, resolution=args.resolution, block_out_channels=widths,
-        layers_per_block=args.layers_per_block, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-        warmup_steps=args.warmup_steps, checkpoint_every=args.checkpoint_every, log_every=args.log_every, seed=args.seed, device=args.device, mixed_precision=args.mixed_precision,
+        text_max_length=args.text_max_length, caption_dropout=args.caption_dropout, resolution=args.resolution,
+        block_out_channels=widths, layers_per_block=args.layers_per_block, steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
+        checkpoint_every=args.checkpoint_every, log_every=args.log_every, seed=args.seed, device=args.device,
+        mixed_precision=args.mixed_precision,
     )
     out = Pretrainer(settings, scan_images(args.data), args.out, show_progress=not args.quiet).run(resume=args.resume)
     if not PartialState().is_main_process:

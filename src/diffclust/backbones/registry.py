@@ -13,6 +13,7 @@ from diffclust.backbones.stable_diffusion import StableDiffusionBackbone
 from diffclust.backbones.tiny_random import NAME as TINY_RANDOM, ensure_tiny_random
 from diffclust.backbones.unconditional import UnconditionalBackbone
 
+
 def unet_class(folder: Path) -> str | None:
     """The diffusers class named in folder/unet/config.json, if any."""
     config = folder / "unet" / "config.json"

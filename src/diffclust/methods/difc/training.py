@@ -101,14 +101,13 @@ class DiFiCTrainer:
             labels, confidence = assign(proxies, None, self.centres)
         return proxies, labels, confidence
 
-    def initialise_head(self) -> None:
+    def initialise_head(self, proxies: torch.Tensor) -> None:
         """Start g from the warm-up's clustering: fit it to k-means labels of S* (cross-entropy).
 
         A randomly initialised head often settles in a merged local optimum (two groups in one
         cluster) and throws away what warm-up found; this hand-over keeps the k-means clusters
         as the starting point. Every process computes the same thing from the same seed.
         """
-        proxies = self.all_proxies()
         _, targets = fit_kmeans(proxies, self.p["n_clusters"], seed=self.p["seed"])
         targets = torch.from_numpy(targets).to(proxies.device)
         head = self.accelerator.unwrap_model(self.network).head.train()
@@ -125,14 +124,13 @@ class DiFiCTrainer:
                 group["lr"] = self.p["lr"] * min(1.0, (guided_step + 1) / HEAD_WARMUP_STEPS)
 
     @torch.no_grad()
-    def fill_bank(self, epoch: int) -> None:
+    def fill_bank(self, proxies: torch.Tensor, epoch: int) -> None:
         """Start the memory bank with the head's assignments of up to `memory_bank_size` images.
 
         An empty bank makes the first steps' mean assignment that of one small batch: any
         imbalance in it is 'corrected' by the entropy term, and the first Adam steps on the
         fresh head can push every image into one cluster, where the softmax saturates.
         """
-        proxies = self.all_proxies()
         order = torch.randperm(len(proxies), generator=make_generator(self.p["seed"] + epoch))[: self.p["memory_bank_size"]]
         head = self.accelerator.unwrap_model(self.network).head
         head.calibrate(proxies)
@@ -216,12 +214,13 @@ class DiFiCTrainer:
     def train_epoch(self, model, optimizer, epoch: int) -> dict[str, float]:
         guided = self.guided(epoch)
         neighbours = None
-        if guided and epoch == self.p["warmup_epochs"] and self.p["head_init"] == "kmeans":
-            self.initialise_head()
-        if guided and len(self.bank) == 0:
-            self.fill_bank(epoch)
-        if guided:
-            neighbours = torch.from_numpy(nearest_neighbours(self.all_proxies(), self.p["n_neighbours"]))
+        if guided:  # one pass of f over every cached z serves the hand-over, the bank and the neighbours
+            proxies = self.all_proxies()
+            if epoch == self.p["warmup_epochs"] and self.p["head_init"] == "kmeans":
+                self.initialise_head(proxies)
+            if len(self.bank) == 0:
+                self.fill_bank(proxies, epoch)
+            neighbours = torch.from_numpy(nearest_neighbours(proxies, self.p["n_neighbours"]))
         generator = make_generator(self.p["seed"] + 7919 * (epoch + 1) + 104729 * self.accelerator.process_index)
         batches = self._epoch_order(epoch).split(self.p["batch_size"])
         phase = "cluster guidance" if guided else ("warm-up" if self.p["cluster_guidance"] else "distillation")
