@@ -24,31 +24,96 @@ BACKBONE_HELP = (
 )
 
 
+METHOD_NAMES = {"difc": "DiFiC", "diec": "DiEC"}
+
+
+def _comma_list(kind):
+    """argparse type: 'a,b,c' -> [kind(a), kind(b), kind(c)]."""
+    def parse(text: str):
+        try:
+            return [kind(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got '{text}'") from None
+
+    return parse
+
+
+def _auto_or_int(text: str):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer, got '{text}'") from None
+
+
+def _add_backbone_and_device(parser) -> None:
+    parser.add_argument("--backbone", default=SD15_HUB_ID, help=BACKBONE_HELP)
+    parser.add_argument("--resolution", type=int, default=None, help="image size in pixels (default: the backbone's own, 512 for SD v1.5)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="where to run (several GPUs: launch with `accelerate launch`)")
+    parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no", help="autocast precision on GPU")
+    parser.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same clusters")
+    parser.add_argument("--strict", action="store_true", help="stop with an error on unreadable images instead of skipping them")
+    parser.add_argument("--num-workers", type=int, default=0, help="image-loading worker processes")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_search_settings(parser) -> None:
+    """DiEC's search settings, shared by `fit --method diec` and `search`."""
+    group = parser.add_argument_group("DiEC search (--method diec, and `diffclust search`)")
+    group.add_argument("--search", choices=["two-stage", "grid"], default="two-stage", help="two-stage: fix the layer, then a Fibonacci (golden-section) search over t; grid: every layer x --search-timesteps")
+    group.add_argument("--search-layer", default="bottleneck", help="two-stage layer: 'bottleneck' (mid_block), 'probe' (best block at --probe-timestep), or a module path")
+    group.add_argument("--probe-timestep", type=int, default=None, help="timestep at which 'probe' compares the blocks (default: a tenth into the range)")
+    group.add_argument("--search-layers", type=_comma_list(str), default=None, help="candidate blocks, comma-separated (default: every top-level UNet block)")
+    group.add_argument("--search-timesteps", type=_comma_list(int), default=None, help="grid timesteps, comma-separated (default: 10 evenly spaced over the range)")
+    group.add_argument("--timestep-range", type=_comma_list(int), default=None, help="LOW,HIGH timesteps searched (default: 0,T-1)")
+    group.add_argument("--search-score", choices=["calinski_harabasz", "silhouette"], default="calinski_harabasz", help="internal index of k-means on the subset")
+    group.add_argument("--search-subset", type=int, default=1000, help="random images the search scores")
+    group.add_argument("--noise-draws", type=int, default=4, help="noise draws averaged per feature")
+    group.add_argument("--pool-size", type=int, default=4, help="activations are average-pooled to this size squared, then flattened")
+
+
 def _add_fit_parser(commands) -> None:
-    fit = commands.add_parser("fit", help="cluster a folder of images with DiFiC",
-                              description="Cluster the images under DATA into K groups with DiFiC and write a run folder.")
+    fit = commands.add_parser("fit", help="cluster a folder of images (DiFiC, or DiEC with --method diec)",
+                              description="Cluster the images under DATA into K groups and write a run folder.")
     fit.add_argument("data", help="image folder: flat, one sub-folder per class, or with a labels.csv (file,label[,class_name,split])")
     fit.add_argument("--k", type=int, required=True, help="number of clusters (2 <= K <= number of images)")
-    fit.add_argument("--backbone", default=SD15_HUB_ID, help=BACKBONE_HELP)
+    fit.add_argument("--method", choices=sorted(METHOD_NAMES), default="difc", help="difc: proxy words (fine-grained, needs a text-to-image backbone); diec: best layer x timestep (any UNet)")
     fit.add_argument("--out", type=Path, default=None, help="run folder for checkpoints, logs, assignments.csv and the model (default: runs/<data folder name>)")
-    fit.add_argument("--epochs", type=int, default=250, help="training epochs in all (paper: 250)")
-    fit.add_argument("--warmup-epochs", type=int, default=100, help="epochs of distillation before the cluster head trains; k-means on S* predicts meanwhile (paper: 100)")
-    fit.add_argument("--batch-size", type=int, default=32, help="images per step and process (paper: 32)")
-    fit.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate (paper: 2e-4)")
-    fit.add_argument("--resolution", type=int, default=None, help="image size in pixels (default: the backbone's own, 512 for SD v1.5)")
-    fit.add_argument("--feature-layer", default="up_blocks.2.attentions.0", help="UNet module whose output is z (paper's block 19 = up_blocks.2.attentions.0)")
-    fit.add_argument("--t-hat", dest="feature_timestep", type=int, default=150, help="timestep at which z is read (paper: 150)")
-    fit.add_argument("--t-tilde", dest="mask_timestep", type=int, default=50, help="timestep of the attention map behind the object mask (paper: 50)")
-    fit.add_argument("--no-object-concentration", dest="object_concentration", action="store_false", help="ablation: diffusion loss over the whole image instead of the object mask")
-    fit.add_argument("--no-cluster-guidance", dest="cluster_guidance", action="store_false", help="ablation: no cluster head; clusters are k-means on the proxy words")
-    fit.add_argument("--timestep-sampling", choices=["cosine", "uniform"], default="cosine", help="p(t) for the diffusion loss: 1 + cos(pi t / T) (paper) or uniform")
-    fit.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="where to run (several GPUs: launch with `accelerate launch`)")
-    fit.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no", help="autocast precision on GPU")
-    fit.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same clusters")
+    fit.add_argument("--epochs", type=int, default=None, help="training epochs in all (default: DiFiC 250 as in the paper, DiEC 50)")
+    fit.add_argument("--batch-size", type=int, default=None, help="images per step and process (default: DiFiC 32, DiEC 256)")
+    fit.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default: DiFiC 2e-4, DiEC 1e-3)")
     fit.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its last checkpoint")
-    fit.add_argument("--strict", action="store_true", help="stop with an error on unreadable images instead of skipping them")
-    fit.add_argument("--num-workers", type=int, default=0, help="image-loading worker processes")
-    fit.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_backbone_and_device(fit)
+    difc = fit.add_argument_group("DiFiC (--method difc)")
+    difc.add_argument("--warmup-epochs", type=int, default=100, help="epochs of distillation before the cluster head trains; k-means on S* predicts meanwhile (paper: 100)")
+    difc.add_argument("--feature-layer", default="up_blocks.2.attentions.0", help="UNet module whose output is z (paper's block 19 = up_blocks.2.attentions.0)")
+    difc.add_argument("--t-hat", dest="feature_timestep", type=int, default=150, help="timestep at which z is read (paper: 150)")
+    difc.add_argument("--t-tilde", dest="mask_timestep", type=int, default=50, help="timestep of the attention map behind the object mask (paper: 50)")
+    difc.add_argument("--no-object-concentration", dest="object_concentration", action="store_false", help="ablation: diffusion loss over the whole image instead of the object mask")
+    difc.add_argument("--no-cluster-guidance", dest="cluster_guidance", action="store_false", help="ablation: no cluster head; clusters are k-means on the proxy words")
+    difc.add_argument("--timestep-sampling", choices=["cosine", "uniform"], default="cosine", help="p(t) for the diffusion loss: 1 + cos(pi t / T) (paper) or uniform")
+    diec = fit.add_argument_group("DiEC (--method diec)")
+    diec.add_argument("--layer", default="auto", help="UNet block to cluster on ('auto': search)")
+    diec.add_argument("--timestep", type=_auto_or_int, default="auto", help="timestep to read it at ('auto': search)")
+    diec.add_argument("--frozen", dest="finetune_unet", action="store_false", help="keep the UNet frozen (no denoising loss; features computed once)")
+    diec.add_argument("--unet-lr", type=float, default=1e-5, help="learning rate of the fine-tuned UNet")
+    diec.add_argument("--graph-weight", type=float, default=1.0, help="weight of the neighbour-agreement (graph) regulariser")
+    diec.add_argument("--entropy-weight", type=float, default=1.0, help="weight of the entropy regulariser against empty clusters")
+    diec.add_argument("--denoising-weight", type=float, default=1.0, help="weight of the parallel denoising loss (fine-tuning only)")
+    _add_search_settings(fit)
+
+
+def _add_search_parser(commands) -> None:
+    search = commands.add_parser("search", help="find the clustering-optimal UNet layer and timestep (DiEC's search)",
+                                 description="Score UNet layers x timesteps by k-means clusterability on a subset of DATA; "
+                                             "print the chosen pair and write search.csv, search.png (heatmap) and search.json to --out.")
+    search.add_argument("data", help="image folder (labels are not used)")
+    search.add_argument("--k", type=int, required=True, help="number of clusters k-means looks for")
+    search.add_argument("--out", type=Path, default=None, help="folder for search.csv/png/json (default: runs/<data folder name>-search)")
+    search.add_argument("--batch-size", type=int, default=256, help="images per UNet batch")
+    _add_backbone_and_device(search)
+    _add_search_settings(search)
 
 
 def _add_predict_parser(commands) -> None:
@@ -95,6 +160,7 @@ def _add_pretrain_parser(commands) -> None:
     pretrain.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints, exports and sample grids")
     pretrain.add_argument("--log-every", type=int, default=50, help="steps between loss records in training/metrics.csv")
     pretrain.add_argument("--caption-dropout", type=float, default=0.1, help="fraction of empty captions (classifier-free guidance)")
+    pretrain.add_argument("--no-hflip", dest="hflip", action="store_false", help="no random horizontal flips (for digits and text, where a flip changes the class)")
     pretrain.add_argument("--eval-images", type=int, default=200, help="held-out images scored by the diffusion classifier")
     pretrain.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="where to run")
     pretrain.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no", help="autocast precision on GPU")
@@ -111,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict_parser(commands)
     _add_evaluate_parser(commands)
     _add_pretrain_parser(commands)
+    _add_search_parser(commands)
     return parser
 
 
@@ -119,36 +186,74 @@ def _print_scores(scores: dict[str, float], prefix: str = "") -> None:
           f"(many-to-one ACC {100 * scores['acc_many_to_one']:.2f}%)")
 
 
+def _search_settings(args) -> dict:
+    return dict(
+        search=args.search, search_layer=args.search_layer, probe_timestep=args.probe_timestep,
+        search_layers=args.search_layers, search_timesteps=args.search_timesteps,
+        timestep_range=tuple(args.timestep_range) if args.timestep_range else None, search_score=args.search_score,
+        search_subset=args.search_subset, noise_draws=args.noise_draws, pool_size=args.pool_size,
+    )
+
+
+def _common_settings(args) -> dict:
+    return dict(backbone=args.backbone, resolution=args.resolution, device=args.device, mixed_precision=args.mixed_precision,
+                seed=args.seed, num_workers=args.num_workers, strict=args.strict, progress=not args.quiet)
+
+
+def _method_settings(args) -> dict:
+    """The chosen method's settings from the command line (unset ones keep the method's default)."""
+    given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
+    settings = {**_common_settings(args), **{key: value for key, value in given.items() if value is not None}}
+    if args.method == "difc":
+        settings.update(warmup_epochs=args.warmup_epochs, feature_layer=args.feature_layer, feature_timestep=args.feature_timestep,
+                        mask_timestep=args.mask_timestep, object_concentration=args.object_concentration,
+                        cluster_guidance=args.cluster_guidance, timestep_sampling=args.timestep_sampling)
+    else:
+        settings.update(layer=args.layer, timestep=args.timestep, finetune_unet=args.finetune_unet, unet_lr=args.unet_lr,
+                        graph_weight=args.graph_weight, entropy_weight=args.entropy_weight,
+                        denoising_weight=args.denoising_weight, **_search_settings(args))
+    return settings
+
+
 def run_fit(args) -> int:
-    from diffclust.methods.difc import DiFiC
+    from diffclust.methods.registry import METHODS
 
     out = args.out or Path("runs") / Path(args.data).resolve().name
-    model = DiFiC(
-        args.k, backbone=args.backbone, resolution=args.resolution, feature_layer=args.feature_layer,
-        feature_timestep=args.feature_timestep, mask_timestep=args.mask_timestep,
-        object_concentration=args.object_concentration, cluster_guidance=args.cluster_guidance,
-        timestep_sampling=args.timestep_sampling, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
-        batch_size=args.batch_size, lr=args.lr, device=args.device, mixed_precision=args.mixed_precision,
-        seed=args.seed, output_dir=out, num_workers=args.num_workers, strict=args.strict, progress=not args.quiet,
-    )
+    model = METHODS[args.method](args.k, output_dir=out, **_method_settings(args))
     model.fit(args.data, resume=args.resume)
     from accelerate import PartialState
 
     if not PartialState().is_main_process:
         return 0
     used = len(np.unique(model.labels_))
-    print(f"Clustered {len(model.labels_)} images into {used} of {args.k} clusters; skipped {sum(s.is_image for s in model.skipped_)} unreadable.")
-    print(f"Run folder: {out}  (assignments.csv, skipped.csv, metrics.csv, model difc.safetensors)")
+    print(f"{METHOD_NAMES[args.method]}: clustered {len(model.labels_)} images into {used} of {args.k} clusters; "
+          f"skipped {sum(s.is_image for s in model.skipped_)} unreadable.")
+    if args.method == "diec":
+        print(f"Clustered at {model.layer_}, t={model.timestep_}" + (" (see search.png)" if model.search_result_ else ""))
+    print(f"Run folder: {out}  (assignments.csv, skipped.csv, metrics.csv, model {model.weights_name()})")
     last = model.history_[-1] if model.history_ else {}
     if "acc" in last:
         _print_scores(last, "Against the labels found in the data: ")
     return 0
 
 
-def run_predict(args) -> int:
-    from diffclust.methods.difc import DiFiC
+def run_search(args) -> int:
+    from diffclust.methods.diec import DiEC
 
-    model = DiFiC.load(args.run_dir, backbone=args.backbone, device=args.device)
+    out = args.out or Path("runs") / (Path(args.data).resolve().name + "-search")
+    model = DiEC(args.k, batch_size=args.batch_size, output_dir=out, **_common_settings(args), **_search_settings(args))
+    result = model.search_pair(args.data)
+    print(f"Chosen: {result.layer} at t={result.timestep} ({result.score_name} {result.score:.4g}); "
+          f"{result.strategy} search, {result.n_evaluations} evaluations over {result.feature_passes} feature passes.")
+    print(f"Use it: diffclust fit {args.data} --method diec --k {args.k} --layer {result.layer} --timestep {result.timestep}")
+    print(f"Wrote {out / 'search.csv'}, {out / 'search.png'} and {out / 'search.json'}.")
+    return 0
+
+
+def run_predict(args) -> int:
+    from diffclust.methods.registry import load_model
+
+    model = load_model(args.run_dir, backbone=args.backbone, device=args.device)
     model.progress = not args.quiet
     model.strict = args.strict
     if args.batch_size:
@@ -198,7 +303,7 @@ def run_pretrain(args) -> int:
         text_max_length=args.text_max_length, caption_dropout=args.caption_dropout, resolution=args.resolution,
         block_out_channels=widths, layers_per_block=args.layers_per_block, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
-        checkpoint_every=args.checkpoint_every, log_every=args.log_every, seed=args.seed, device=args.device,
+        checkpoint_every=args.checkpoint_every, log_every=args.log_every, hflip=args.hflip, seed=args.seed, device=args.device,
         mixed_precision=args.mixed_precision,
     )
     out = Pretrainer(settings, scan_images(args.data), args.out, show_progress=not args.quiet).run(resume=args.resume)
@@ -215,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("diffusers", "transformers", "accelerate", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING if args.verbose else logging.ERROR)
-    runners = {"fit": run_fit, "predict": run_predict, "evaluate": run_evaluate, "pretrain": run_pretrain}
+    runners = {"fit": run_fit, "predict": run_predict, "evaluate": run_evaluate, "pretrain": run_pretrain, "search": run_search}
     try:
         return runners[args.command](args)
     except DiffclustError as error:

@@ -15,7 +15,7 @@ from diffclust.errors import DiffclustError
 ASSIGNMENT_COLUMNS = ("file", "cluster", "confidence", "status")
 
 
-def _csv_text(columns, rows) -> str:
+def csv_text(columns, rows) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(columns)
@@ -27,12 +27,12 @@ def write_assignments(path: str | Path, files: list[str], clusters: np.ndarray, 
     """One row per input image: its cluster and confidence, or `skipped: <reason>`."""
     rows = [(file, int(cluster), f"{float(conf):.4f}", "ok") for file, cluster, conf in zip(files, clusters, confidence)]
     rows += [(item.file, "", "", f"skipped: {item.reason}") for item in skipped if item.is_image]
-    return atomic_write_text(path, _csv_text(ASSIGNMENT_COLUMNS, rows))
+    return atomic_write_text(path, csv_text(ASSIGNMENT_COLUMNS, rows))
 
 
 def write_skipped(path: str | Path, skipped: list[SkippedFile]) -> Path:
     """Every file that was looked at and not used, with the reason (header only if none)."""
-    return atomic_write_text(path, _csv_text(("file", "reason"), [(item.file, item.reason) for item in skipped]))
+    return atomic_write_text(path, csv_text(("file", "reason"), [(item.file, item.reason) for item in skipped]))
 
 
 def read_assignments(path: str | Path) -> tuple[dict[str, int], int]:

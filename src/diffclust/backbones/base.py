@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from diffclust.errors import DiffclustError
+
 PLACEHOLDER = "S*"
 """Marks where the proxy word goes in a prompt template, as in the paper's "A photo of a S*"."""
 
@@ -103,6 +105,10 @@ class DiffusionBackbone(ABC):
     ) -> UNetPass:
         """One UNet call, capturing the outputs of the named modules and, if asked, the
         cross-attention probabilities of one prompt token (averaged over heads and layers)."""
+
+    def denoiser(self) -> torch.nn.Module:
+        """The UNet itself: DiEC lists its blocks and can fine-tune it."""
+        raise DiffclustError(f"Backbone '{self.reference}' exposes no UNet module.")
 
     def freeze(self) -> "DiffusionBackbone":
         """Backbones are frozen by default: methods train their own modules around them."""

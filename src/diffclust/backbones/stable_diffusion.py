@@ -114,6 +114,9 @@ class StableDiffusionBackbone(SchedulerNoiseMixin, DiffusionBackbone):
     def vae_scale_factor(self) -> int:
         return 1 if self.vae is None else 2 ** (len(self.vae.config.block_out_channels) - 1)
 
+    def denoiser(self) -> torch.nn.Module:
+        return self.unet
+
     @property
     def resolution(self) -> int:
         return int(self.unet.config.sample_size) * self.vae_scale_factor

@@ -43,6 +43,9 @@ class UnconditionalBackbone(SchedulerNoiseMixin, DiffusionBackbone):
         self.unet.eval()
         return self
 
+    def denoiser(self) -> torch.nn.Module:
+        return self.unet
+
     @property
     def resolution(self) -> int:
         size = self.unet.config.sample_size

@@ -8,8 +8,15 @@ _EPS = 1e-8
 
 
 def neighbour_consistency_loss(probs: torch.Tensor, neighbour_probs: torch.Tensor) -> torch.Tensor:
-    """-mean_i log(p_i . p_j): a point and its neighbour should fall in the same cluster."""
-    agreement = (probs * neighbour_probs).sum(dim=1)
+    """-mean_i log(p_i . p_j): a point and its neighbour should fall in the same cluster.
+
+    `neighbour_probs` is (batch, K) for one neighbour per point, or (batch, n, K) for n
+    neighbours each (the mean runs over all pairs).
+    """
+    if neighbour_probs.ndim == 3:
+        agreement = torch.einsum("bk,bnk->bn", probs, neighbour_probs)
+    else:
+        agreement = (probs * neighbour_probs).sum(dim=1)
     return -torch.log(agreement.clamp_min(_EPS)).mean()
 
 

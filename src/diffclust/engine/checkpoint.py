@@ -7,6 +7,7 @@ Checkpoints are read back with ``weights_only=True``: no pickled code is ever ex
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable
@@ -15,6 +16,10 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from diffclust.errors import DiffclustError
+
+logger = logging.getLogger(__name__)
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -57,3 +62,24 @@ def atomic_torch_save(path: str | Path, state: dict[str, Any]) -> Path:
 
 def load_training_state(path: str | Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_resume_state(path: Path | None, params: dict[str, Any], resume_keys: tuple[str, ...]) -> dict[str, Any] | None:
+    """The checkpoint to continue from, or None to start afresh (with a warning) when there is none.
+
+    Refuses, naming each one, if a setting in `resume_keys` differs from the interrupted run.
+    """
+    if path is None:
+        raise DiffclustError("resume needs an output folder (output_dir / --out) holding the interrupted run.")
+    if not path.is_file():
+        logger.warning("No checkpoint in %s: starting from epoch 1.", path.parent)
+        return None
+    state = load_training_state(path)
+    saved = json.loads(state["settings"])
+    changed = [f"{key}: {saved.get(key)!r} -> {params[key]!r}" for key in resume_keys if saved.get(key) != params[key]]
+    if changed:
+        raise DiffclustError(
+            f"Cannot resume {path.parent}: these settings differ from the interrupted run ({'; '.join(changed)}). "
+            "Use the same settings (only epochs may grow), or start a new run in another folder."
+        )
+    return state

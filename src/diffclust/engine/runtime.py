@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -9,6 +10,7 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from tqdm.auto import tqdm
 
 from diffclust.errors import DiffclustError
+from diffclust.seeding import make_generator
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -41,3 +43,22 @@ def progress(iterable: Iterable | None = None, accelerator: Accelerator | None =
     """A tqdm bar shown by the main process only."""
     show = enabled and (accelerator is None or accelerator.is_main_process)
     return tqdm(iterable, disable=not show, dynamic_ncols=True, **kwargs)
+
+
+def epoch_order(count: int, seed: int, epoch: int, accelerator: Accelerator) -> torch.Tensor:
+    """This process's share of a permutation seeded by (seed, epoch), padded so every process
+    takes the same number of steps."""
+    world = accelerator.num_processes
+    order = torch.randperm(count, generator=make_generator(seed * 1_000_003 + epoch))
+    padded = math.ceil(count / world) * world
+    order = torch.cat([order, order[: padded - count]])
+    return order[accelerator.process_index :: world]
+
+
+def average_gradients(parameters: Iterable[torch.nn.Parameter], accelerator: Accelerator) -> None:
+    """Mean of each gradient over processes, for modules trained outside a DDP wrapper."""
+    if accelerator.num_processes == 1:
+        return
+    for parameter in parameters:
+        if parameter.grad is not None:
+            parameter.grad.copy_(accelerator.reduce(parameter.grad, "mean"))

@@ -1,5 +1,6 @@
 """Clustering methods as scikit-learn-shaped estimators."""
 
+from diffclust.methods.diec import DiEC
 from diffclust.methods.difc import DiFiC
 
-__all__ = ["DiFiC"]
+__all__ = ["DiEC", "DiFiC"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from diffusers import DDPMScheduler, UNet2DConditionModel, UNet2DModel
 

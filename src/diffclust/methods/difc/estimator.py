@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -16,11 +14,12 @@ from torch.utils.data import DataLoader
 from diffclust.backbones.base import DiffusionBackbone
 from diffclust.backbones.registry import SD15_HUB_ID, load_backbone
 from diffclust.backbones.tiny_random import cache_root
-from diffclust.data.collection import ImageCollection, scan_images
+from diffclust.data.collection import ImageCollection
 from diffclust.data.dataset import ImageTensorDataset
 from diffclust.engine.checkpoint import atomic_save_tensors, atomic_write_json, load_tensors
 from diffclust.engine.runtime import make_accelerator, progress
 from diffclust.errors import DiffclustError
+from diffclust.methods.base import ClusteringEstimator
 from diffclust.methods.difc.constants import ConstantComputer, ConstantSettings, fingerprint, load_or_compute_constants
 from diffclust.methods.difc.network import DiFiCNetwork, assign
 from diffclust.methods.difc.training import CHECKPOINT_NAME, TIMESTEP_DISTRIBUTIONS, DiFiCTrainer
@@ -29,12 +28,10 @@ from diffclust.seeding import make_generator, seed_everything
 
 logger = logging.getLogger(__name__)
 
-MODEL_CONFIG = "difc.json"
-MODEL_WEIGHTS = "difc.safetensors"
 FORMAT_VERSION = 1
 
 
-class DiFiC:
+class DiFiC(ClusteringEstimator):
     """Fine-grained clustering by distilling each image into a proxy word of a text-to-image model.
 
     Defaults follow the paper (SD v1.5, 512 px, block 19 = ``up_blocks.2.attentions.0``,
@@ -45,6 +42,9 @@ class DiFiC:
     does not say; ``"random"`` is the literal reading).
     ``output_dir`` makes a run folder: checkpoints, metrics log, cache, assignments, model.
     """
+
+    method = "difc"
+    fitted_attribute = "network_"
 
     def __init__(
         self,
@@ -111,27 +111,6 @@ class DiFiC:
         self.strict = strict
         self.progress = progress
 
-    # ------------------------------------------------------------------ scikit-learn protocol
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        return [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def set_params(self, **params) -> "DiFiC":
-        for name, value in params.items():
-            if name not in self._param_names():
-                raise DiffclustError(f"DiFiC has no setting '{name}'.")
-            setattr(self, name, value)
-        return self
-
-    def __repr__(self) -> str:
-        return f"DiFiC(n_clusters={self.n_clusters}, backbone={self._backbone_reference()!r}, epochs={self.epochs})"
-
-    def _backbone_reference(self) -> str:
-        return self.backbone.reference if isinstance(self.backbone, DiffusionBackbone) else str(self.backbone)
-
     def _check_settings(self) -> None:
         problems = []
         if not isinstance(self.n_clusters, int) or self.n_clusters < 2:
@@ -152,11 +131,6 @@ class DiFiC:
             raise DiffclustError("Invalid DiFiC settings: " + "; ".join(problems) + ".")
 
     # ------------------------------------------------------------------ helpers
-    def _collect(self, data) -> ImageCollection:
-        if isinstance(data, ImageCollection):
-            return data
-        return scan_images(data, strict=self.strict)
-
     def _constant_settings(self, resolution: int, with_masks: bool) -> ConstantSettings:
         return ConstantSettings(resolution, self.feature_layer, self.feature_timestep, self.mask_timestep,
                                 self.mask_prompt, with_masks, self.seed)
@@ -223,14 +197,7 @@ class DiFiC:
         accelerator.wait_for_everyone()
         return self
 
-    def fit_predict(self, data, y=None, resume: bool = False) -> np.ndarray:
-        return self.fit(data, y, resume=resume).labels_
-
     # ------------------------------------------------------------------ inference
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "network_"):
-            raise DiffclustError("This DiFiC model is not fitted yet: call fit(data) or DiFiC.load(folder) first.")
-
     @torch.no_grad()
     def transform(self, data) -> np.ndarray:
         """Proxy words S* (N, token_dim) of the images in `data`: image -> latent -> z -> f(z)."""
@@ -258,28 +225,20 @@ class DiFiC:
         labels, confidence = assign(proxies, head, self.kmeans_centres_)
         return labels, confidence, collection
 
-    def predict(self, data) -> np.ndarray:
-        """Cluster of each image in `data` with the fitted model."""
-        return self.predict_with_confidence(data)[0]
-
     # ------------------------------------------------------------------ persistence
     def save(self, folder: str | Path) -> Path:
         """difc.json (settings, shapes) + difc.safetensors (f, g, shared noise, k-means centres)."""
         self._check_fitted()
         folder = Path(folder)
-        params = self.get_params()
-        params["backbone"] = self._backbone_reference()
-        for key in ("output_dir", "cache_dir"):
-            params[key] = None if params[key] is None else str(params[key])
         tensors = {f"network.{name}": value for name, value in self.network_.state_dict().items()}
         tensors["shared_noise"] = self.shared_noise_
         if self.kmeans_centres_ is not None:
             tensors["kmeans_centres"] = torch.as_tensor(self.kmeans_centres_)
-        atomic_save_tensors(folder / MODEL_WEIGHTS, tensors)
-        atomic_write_json(folder / MODEL_CONFIG, {
+        atomic_save_tensors(folder / self.weights_name(), tensors)
+        atomic_write_json(folder / self.config_name(), {
             "method": "difc",
             "format_version": FORMAT_VERSION,
-            "settings": params,
+            "settings": self.saved_settings(),
             "state": {
                 "resolution": self.resolution_,
                 "feature_shape": list(self.feature_shape_),
@@ -294,19 +253,14 @@ class DiFiC:
         """A fitted model from `save` (or a run folder). `backbone` overrides the saved reference,
         e.g. when the SD folder has moved."""
         folder = Path(folder)
-        config_path = folder / MODEL_CONFIG
-        if not config_path.is_file():
-            raise DiffclustError(f"'{folder}' holds no saved DiFiC model ({MODEL_CONFIG} missing). Is it a finished run folder?")
-        config = json.loads(config_path.read_text())
-        if config.get("method") != "difc":
-            raise DiffclustError(f"{config_path} is not a DiFiC model (method = {config.get('method')!r}).")
-        model = cls(**{key: value for key, value in config["settings"].items() if key in cls._param_names()})
+        config = cls.read_config(folder)
+        model = cls.from_settings(config["settings"])
         if backbone is not None:
             model.backbone = backbone
         if device is not None:
             model.device = device
         state = config["state"]
-        tensors = load_tensors(folder / MODEL_WEIGHTS)
+        tensors = load_tensors(folder / cls.weights_name())
         network = DiFiCNetwork(state["feature_shape"][0], state["token_dim"], model.n_clusters, state["has_head"], model.extractor_hidden)
         network.load_state_dict({name[len("network."):]: value for name, value in tensors.items() if name.startswith("network.")})
         model.network_ = network.eval()

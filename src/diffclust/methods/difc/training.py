@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -24,10 +23,9 @@ from diffclust.cluster.kmeans import fit_kmeans
 from diffclust.cluster.losses import AssignmentMemoryBank, cluster_guidance_loss
 from diffclust.cluster.metrics import clustering_scores
 from diffclust.cluster.neighbours import nearest_neighbours
-from diffclust.engine.checkpoint import atomic_torch_save, load_training_state
+from diffclust.engine.checkpoint import atomic_torch_save, load_resume_state
 from diffclust.engine.history import MetricsLog
-from diffclust.engine.runtime import progress
-from diffclust.errors import DiffclustError
+from diffclust.engine.runtime import epoch_order, progress
 from diffclust.methods.difc.constants import ConstantStore
 from diffclust.methods.difc.losses import masked_diffusion_loss
 from diffclust.methods.difc.network import DiFiCNetwork, assign, assign_probabilities
@@ -154,36 +152,17 @@ class DiFiCTrainer:
         })
 
     def resume(self) -> None:
-        path = self._checkpoint_path()
-        if path is None:
-            raise DiffclustError("resume needs an output folder (output_dir / --out) holding the interrupted run.")
-        if not path.is_file():
-            logger.warning("No checkpoint in %s: starting from epoch 1.", path.parent)
+        state = load_resume_state(self._checkpoint_path(), self.p, RESUME_KEYS)
+        if state is None:
             return
-        state = load_training_state(path)
-        saved = json.loads(state["settings"])
-        changed = [f"{key}: {saved.get(key)!r} -> {self.p[key]!r}" for key in RESUME_KEYS if saved.get(key) != self.p[key]]
-        if changed:
-            raise DiffclustError(
-                f"Cannot resume {path.parent}: these settings differ from the interrupted run ({'; '.join(changed)}). "
-                "Use the same settings (only epochs may grow), or start a new run in another folder."
-            )
         self.network.load_state_dict(state["network"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.bank.load_state(state["bank"])
         self.log.records = json.loads(state["history"])
         self.start_epoch = int(state["epochs_done"])
-        logger.info("Resuming %s after epoch %d.", path.parent, self.start_epoch)
+        logger.info("Resuming %s after epoch %d.", self.run_dir, self.start_epoch)
 
     # ------------------------------------------------------------------ training
-    def _epoch_order(self, epoch: int) -> torch.Tensor:
-        """This process's share of a seeded permutation (padded so every process steps equally)."""
-        count, world = len(self.store), self.accelerator.num_processes
-        order = torch.randperm(count, generator=make_generator(self.p["seed"] * 1_000_003 + epoch))
-        padded = math.ceil(count / world) * world
-        order = torch.cat([order, order[: padded - count]])
-        return order[self.accelerator.process_index :: world]
-
     def _step(self, model, indices: torch.Tensor, neighbours: torch.Tensor | None, generator: torch.Generator) -> dict[str, torch.Tensor]:
         device, store, backbone = self.accelerator.device, self.store, self.backbone
         batch = len(indices)
@@ -222,7 +201,7 @@ class DiFiCTrainer:
                 self.fill_bank(proxies, epoch)
             neighbours = torch.from_numpy(nearest_neighbours(proxies, self.p["n_neighbours"]))
         generator = make_generator(self.p["seed"] + 7919 * (epoch + 1) + 104729 * self.accelerator.process_index)
-        batches = self._epoch_order(epoch).split(self.p["batch_size"])
+        batches = epoch_order(len(self.store), self.p["seed"], epoch, self.accelerator).split(self.p["batch_size"])
         phase = "cluster guidance" if guided else ("warm-up" if self.p["cluster_guidance"] else "distillation")
         bar = progress(batches, self.accelerator, self.p["progress"], desc=f"epoch {epoch + 1}/{self.p['epochs']} ({phase})", unit="batch")
         totals: dict[str, float] = {}

@@ -1,0 +1,109 @@
+"""What every diffclust estimator shares: the scikit-learn settings protocol, data and saving.
+
+Each method (DiFiC, DiEC, CLUDI) keeps its settings as constructor arguments of the same name,
+learns state in attributes ending in ``_``, and saves itself as ``<method>.json`` (settings and
+shapes) beside ``<method>.safetensors`` (weights), so a run folder says which method made it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffclust.backbones.base import DiffusionBackbone
+from diffclust.data.collection import ImageCollection, scan_images
+from diffclust.errors import DiffclustError
+
+#: settings that are paths: saved as strings
+PATH_SETTINGS = ("output_dir", "cache_dir")
+
+
+class ClusteringEstimator:
+    """Base of the estimators: get_params/set_params, fit_predict/predict, config files."""
+
+    #: short name used in file names and the `method` field of the saved config
+    method: str = ""
+    #: an attribute that exists only once the model is fitted (or loaded)
+    fitted_attribute: str = "labels_"
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params) -> "ClusteringEstimator":
+        for name, value in params.items():
+            if name not in self._param_names():
+                raise DiffclustError(f"{type(self).__name__} has no setting '{name}'.")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        shown = {"n_clusters": getattr(self, "n_clusters", None), "backbone": self._backbone_reference(), "epochs": getattr(self, "epochs", None)}
+        return f"{type(self).__name__}(" + ", ".join(f"{key}={value!r}" for key, value in shown.items() if value is not None) + ")"
+
+    def _backbone_reference(self) -> str | None:
+        backbone = getattr(self, "backbone", None)
+        return backbone.reference if isinstance(backbone, DiffusionBackbone) else (None if backbone is None else str(backbone))
+
+    def _collect(self, data) -> ImageCollection:
+        if isinstance(data, ImageCollection):
+            return data
+        return scan_images(data, strict=getattr(self, "strict", False))
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, self.fitted_attribute):
+            raise DiffclustError(f"This {type(self).__name__} model is not fitted yet: call fit(data) or "
+                                 f"{type(self).__name__}.load(folder) first.")
+
+    def fit_predict(self, data, y=None, resume: bool = False) -> np.ndarray:
+        return self.fit(data, y, resume=resume).labels_
+
+    def predict_with_confidence(self, data) -> tuple[np.ndarray, np.ndarray, ImageCollection]:
+        raise NotImplementedError
+
+    def predict(self, data) -> np.ndarray:
+        """Cluster of each item in `data` with the fitted model."""
+        return self.predict_with_confidence(data)[0]
+
+    # ------------------------------------------------------------------ saved configs
+    def saved_settings(self) -> dict[str, Any]:
+        """Settings as JSON values: the backbone by its reference, paths as strings."""
+        params = self.get_params()
+        if "backbone" in params:
+            params["backbone"] = self._backbone_reference()
+        for key in PATH_SETTINGS:
+            if key in params and params[key] is not None:
+                params[key] = str(params[key])
+        return params
+
+    @classmethod
+    def config_name(cls) -> str:
+        return f"{cls.method}.json"
+
+    @classmethod
+    def weights_name(cls) -> str:
+        return f"{cls.method}.safetensors"
+
+    @classmethod
+    def read_config(cls, folder: str | Path) -> dict[str, Any]:
+        """The saved config of this method in `folder`, with a clear error if it is not there."""
+        path = Path(folder) / cls.config_name()
+        if not path.is_file():
+            raise DiffclustError(f"'{folder}' holds no saved {cls.__name__} model ({cls.config_name()} missing). "
+                                 "Is it a finished run folder of this method?")
+        config = json.loads(path.read_text())
+        if config.get("method") != cls.method:
+            raise DiffclustError(f"{path} is not a {cls.__name__} model (method = {config.get('method')!r}).")
+        return config
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> "ClusteringEstimator":
+        """An unfitted estimator with the saved settings (unknown keys from other versions ignored)."""
+        return cls(**{key: value for key, value in settings.items() if key in cls._param_names()})

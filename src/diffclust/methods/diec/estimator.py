@@ -1,0 +1,325 @@
+"""DiEC as a scikit-learn-shaped estimator: search the clustering-optimal (layer, t), then train."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffclust.backbones.base import DiffusionBackbone
+from diffclust.backbones.registry import SD15_HUB_ID, load_backbone
+from diffclust.data.collection import ImageCollection
+from diffclust.engine.checkpoint import atomic_save_tensors, atomic_write_json, load_tensors
+from diffclust.engine.runtime import make_accelerator
+from diffclust.errors import DiffclustError
+from diffclust.methods.base import ClusteringEstimator
+from diffclust.methods.diec.features import BOTTLENECK, LayerFeatureReader, candidate_layers, encode_collection
+from diffclust.methods.diec.network import DiECNetwork
+from diffclust.methods.diec.search import SCORES, ClusterabilitySearch, SearchResult
+from diffclust.methods.diec.search_report import read_search, write_search_outputs
+from diffclust.methods.diec.training import CHECKPOINT_NAME, DiECTrainer
+from diffclust.outputs import collection_outputs
+from diffclust.seeding import make_generator, seed_everything
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+UNET_WEIGHTS = "diec-unet.safetensors"
+SEARCH_STRATEGIES = ("two-stage", "grid")
+GRID_TIMESTEPS = 10
+
+
+class DiEC(ClusteringEstimator):
+    """Clustering on the best layer x timestep of a diffusion UNet.
+
+    ``layer`` / ``timestep`` "auto" run the clusterability search on ``search_subset`` images:
+    ``search="two-stage"`` (default) fixes the layer (``search_layer``: "bottleneck", "probe" =
+    best block at ``probe_timestep``, or a module path) and then searches t in ``timestep_range``
+    with a Fibonacci (integer golden-section) search; ``search="grid"`` scores every block at
+    ``search_timesteps`` (candidates: ``search_layers``, default every top-level block).
+    Features are block outputs average-pooled to ``pool_size`` x ``pool_size`` (4: global pooling
+    loses the layout that tells digits apart) and averaged over ``noise_draws`` noise draws. Training: residual mapping + DEC KL + graph and
+    entropy regularisers, and with ``finetune_unet`` a parallel denoising loss that fine-tunes
+    the UNet (off: the UNet stays frozen and features are computed once).
+    """
+
+    method = "diec"
+    fitted_attribute = "network_"
+
+    def __init__(
+        self,
+        n_clusters: int = 10,
+        *,
+        backbone: str | DiffusionBackbone = SD15_HUB_ID,
+        resolution: int | None = None,
+        layer: str = "auto",
+        timestep: int | str = "auto",
+        search: str = "two-stage",
+        search_layer: str = "bottleneck",
+        probe_timestep: int | None = None,
+        search_score: str = "calinski_harabasz",
+        search_subset: int = 1000,
+        search_layers: list[str] | None = None,
+        search_timesteps: list[int] | None = None,
+        timestep_range: tuple[int, int] | None = None,
+        noise_draws: int = 4,
+        pool_size: int = 4,
+        finetune_unet: bool = True,
+        epochs: int = 50,
+        batch_size: int = 256,
+        lr: float = 1e-3,
+        unet_lr: float = 1e-5,
+        weight_decay: float = 1e-4,
+        graph_weight: float = 1.0,
+        entropy_weight: float = 1.0,
+        denoising_weight: float = 1.0,
+        n_neighbours: int = 10,
+        mapping_hidden: int | None = None,
+        device: str = "auto",
+        mixed_precision: str = "no",
+        seed: int = 0,
+        output_dir: str | Path | None = None,
+        num_workers: int = 0,
+        strict: bool = False,
+        progress: bool = True,
+    ):
+        self.n_clusters = n_clusters
+        self.backbone = backbone
+        self.resolution = resolution
+        self.layer = layer
+        self.timestep = timestep
+        self.search = search
+        self.search_layer = search_layer
+        self.probe_timestep = probe_timestep
+        self.search_score = search_score
+        self.search_subset = search_subset
+        self.search_layers = search_layers
+        self.search_timesteps = search_timesteps
+        self.timestep_range = timestep_range
+        self.noise_draws = noise_draws
+        self.pool_size = pool_size
+        self.finetune_unet = finetune_unet
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.unet_lr = unet_lr
+        self.weight_decay = weight_decay
+        self.graph_weight = graph_weight
+        self.entropy_weight = entropy_weight
+        self.denoising_weight = denoising_weight
+        self.n_neighbours = n_neighbours
+        self.mapping_hidden = mapping_hidden
+        self.device = device
+        self.mixed_precision = mixed_precision
+        self.seed = seed
+        self.output_dir = output_dir
+        self.num_workers = num_workers
+        self.strict = strict
+        self.progress = progress
+
+    def _check_settings(self) -> None:
+        problems = []
+        if not isinstance(self.n_clusters, int) or self.n_clusters < 2:
+            problems.append(f"n_clusters (--k) must be an integer >= 2, got {self.n_clusters!r}")
+        if self.timestep != "auto" and not (isinstance(self.timestep, int) and self.timestep >= 0):
+            problems.append(f"timestep must be 'auto' or an integer >= 0, got {self.timestep!r}")
+        if self.search not in SEARCH_STRATEGIES:
+            problems.append(f"search must be one of {', '.join(SEARCH_STRATEGIES)}, got {self.search!r}")
+        if self.search_score not in SCORES:
+            problems.append(f"search_score must be one of {', '.join(SCORES)}, got {self.search_score!r}")
+        if self.search_subset < 2 * self.n_clusters:
+            problems.append(f"search_subset must be at least 2 x n_clusters, got {self.search_subset}")
+        if self.noise_draws < 1 or self.pool_size < 1:
+            problems.append("noise_draws and pool_size must be >= 1")
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0 or self.n_neighbours < 1:
+            problems.append("epochs must be >= 0, batch_size and n_neighbours >= 1, lr > 0")
+        if problems:
+            raise DiffclustError("Invalid DiEC settings: " + "; ".join(problems) + ".")
+
+    # ------------------------------------------------------------------ the pieces of fit
+    def _reader(self, backbone: DiffusionBackbone, layers) -> LayerFeatureReader:
+        return LayerFeatureReader(backbone, layers, self.noise_draws, self.pool_size, self.seed)
+
+    def _prepare(self, data):
+        """(accelerator, collection, backbone, resolution, latents of every image)."""
+        self._check_settings()
+        accelerator = make_accelerator(self.device, self.mixed_precision)
+        seed_everything(self.seed)
+        collection = self._collect(data)
+        if self.n_clusters > len(collection):
+            raise DiffclustError(f"n_clusters (--k) is {self.n_clusters} but only {len(collection)} usable images were found.")
+        backbone = load_backbone(self.backbone, device=accelerator.device)
+        resolution = self.resolution or backbone.resolution
+        latents = encode_collection(backbone, collection, resolution, self.batch_size, self.num_workers,
+                                    self.progress and accelerator.is_main_process)
+        return accelerator, collection, backbone, resolution, latents
+
+    def _timestep_bounds(self, backbone: DiffusionBackbone) -> tuple[int, int]:
+        last = backbone.num_train_timesteps - 1
+        low, high = self.timestep_range or (0, last)
+        if not 0 <= low <= high <= last:
+            raise DiffclustError(f"timestep_range must lie within [0, {last}] with low <= high, got {self.timestep_range}.")
+        return int(low), int(high)
+
+    def search_rows(self, count: int) -> torch.Tensor:
+        """Which of `count` images the search scores: a seeded random subset."""
+        return torch.randperm(count, generator=make_generator(self.seed))[: self.search_subset]
+
+    def run_search(self, backbone: DiffusionBackbone, latents: torch.Tensor, score=None, score_name: str | None = None) -> SearchResult:
+        """The search on a seeded random subset of `latents`. `score` overrides the internal
+        index (benchmarks pass accuracy against labels to find the labels' best pair)."""
+        subset = latents[self.search_rows(len(latents))]
+        layers = (self.search_layers or candidate_layers(backbone)) if self.layer == "auto" else [self.layer]
+
+        def read_features(timestep: int, wanted) -> dict[str, np.ndarray]:
+            features = self._reader(backbone, wanted).read_all(subset, timestep, self.batch_size)
+            return {layer: value.numpy() for layer, value in features.items()}
+
+        def report(item) -> None:
+            logger.info("search: %s @ t=%d -> %s %.4g", item.layer, item.timestep, score_name or self.search_score, item.score)
+
+        search = ClusterabilitySearch(read_features, self.n_clusters, score or self.search_score, self.seed,
+                                      score_name=score_name, on_evaluation=report if self.progress else None)
+        low, high = self._timestep_bounds(backbone)
+        if self.timestep != "auto":
+            return search.grid(layers, [int(self.timestep)])
+        if self.layer != "auto":
+            return search.two_stage(layers, low, high, layer=self.layer)
+        if self.search == "grid":
+            timesteps = self.search_timesteps or sorted({int(t) for t in np.linspace(low, high, GRID_TIMESTEPS).round()})
+            return search.grid(layers, timesteps)
+        if self.search_layer == "probe":
+            probe = self.probe_timestep if self.probe_timestep is not None else low + (high - low + 1) // 10
+            return search.two_stage(layers, low, high, layer=None, probe_timestep=probe)
+        fixed = BOTTLENECK if self.search_layer == "bottleneck" else self.search_layer
+        return search.two_stage(layers, low, high, layer=fixed)
+
+    def search_pair(self, data) -> SearchResult:
+        """Only the search: the clustering-optimal (layer, timestep) for `data` (also `diffclust search`).
+        Writes search.json/csv/png to `output_dir` when set."""
+        accelerator, _, backbone, _, latents = self._prepare(data)
+        result = self.run_search(backbone, latents)
+        if self.output_dir is not None and accelerator.is_main_process:
+            write_search_outputs(self.output_dir, result)
+        self.search_result_ = result
+        return result
+
+    def _choose_pair(self, backbone: DiffusionBackbone, latents: torch.Tensor, run_dir: Path | None, resume: bool,
+                     is_main: bool) -> tuple[str, int]:
+        if self.layer != "auto" and self.timestep != "auto":
+            self.search_result_ = None
+            return self.layer, int(self.timestep)
+        saved = read_search(run_dir) if (resume and run_dir is not None) else None
+        self.search_result_ = saved or self.run_search(backbone, latents)
+        if saved is None and run_dir is not None and is_main:
+            write_search_outputs(run_dir, self.search_result_)
+        return self.search_result_.layer, self.search_result_.timestep
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, data, y=None, resume: bool = False) -> "DiEC":
+        """Search (unless layer and timestep are given), then train at the chosen pair.
+
+        `data`: a folder or an ImageCollection; `y` is ignored (labels in the data are only
+        reported). `resume` continues the interrupted run in `output_dir` (the search is reused).
+        """
+        run_dir = Path(self.output_dir) if self.output_dir is not None else None
+        if run_dir is not None and not resume and (run_dir / CHECKPOINT_NAME).is_file():
+            raise DiffclustError(
+                f"{run_dir} already holds a run (checkpoint.pt). Pass resume=True (--resume) to continue it, "
+                "or choose another output folder (--out): nothing is overwritten."
+            )
+        accelerator, collection, backbone, resolution, latents = self._prepare(data)
+        layer, timestep = self._choose_pair(backbone, latents, run_dir, resume, accelerator.is_main_process)
+        logger.info("DiEC trains at %s, t=%d.", layer, timestep)
+        reader = self._reader(backbone, [layer])
+        dim = reader(latents[:1], timestep)[layer].shape[1]
+        seed_everything(self.seed)
+        network = DiECNetwork(dim, self.n_clusters, self.mapping_hidden)
+        params = {**self.get_params(), "timestep_": timestep}
+        trainer = DiECTrainer(params, backbone, reader, latents, network, accelerator, collection.labels, run_dir)
+        trainer.run(resume=resume)
+
+        embedding, q = trainer.state
+        self.backbone_ = backbone
+        self.resolution_ = resolution
+        self.layer_, self.timestep_ = layer, timestep
+        self.feature_dim_ = dim
+        self.network_ = trainer.network.eval()
+        self.embedding_ = embedding.numpy()
+        self.labels_ = q.argmax(dim=1).numpy()
+        self.confidence_ = q.max(dim=1).values.numpy()
+        self.files_ = collection.files
+        self.skipped_ = list(collection.skipped)
+        self.history_ = list(trainer.log.records)
+        if run_dir is not None and accelerator.is_main_process:
+            self.save(run_dir)
+            collection_outputs(run_dir, collection, self.labels_, self.confidence_)
+        accelerator.wait_for_everyone()
+        return self
+
+    # ------------------------------------------------------------------ inference
+    def _backbone(self) -> DiffusionBackbone:
+        if not hasattr(self, "backbone_"):
+            self.backbone_ = load_backbone(self.backbone, device=make_accelerator(self.device).device)
+            if getattr(self, "unet_state_", None) is not None:
+                self.backbone_.denoiser().load_state_dict(self.unet_state_)
+        return self.backbone_
+
+    @torch.no_grad()
+    def _assignments(self, collection: ImageCollection) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check_fitted()
+        backbone = self._backbone()
+        latents = encode_collection(backbone, collection, self.resolution_, self.batch_size, self.num_workers, self.progress)
+        features = self._reader(backbone, [self.layer_]).read_all(latents, self.timestep_, self.batch_size, self.progress)[self.layer_]
+        network = self.network_.to(backbone.device).eval()
+        embedding, q = network(features.to(backbone.device))
+        return embedding.cpu(), q.cpu()
+
+    def transform(self, data) -> np.ndarray:
+        """Cluster embeddings (N, feature_dim) of the images in `data`."""
+        return self._assignments(self._collect(data))[0].numpy()
+
+    def predict_with_confidence(self, data) -> tuple[np.ndarray, np.ndarray, ImageCollection]:
+        collection = self._collect(data)
+        _, q = self._assignments(collection)
+        return q.argmax(dim=1).numpy(), q.max(dim=1).values.numpy(), collection
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, folder: str | Path) -> Path:
+        """diec.json (settings, pair, shapes) + diec.safetensors (mapping, centres), and the
+        fine-tuned UNet as diec-unet.safetensors when the UNet was trained."""
+        self._check_fitted()
+        folder = Path(folder)
+        atomic_save_tensors(folder / self.weights_name(), self.network_.state_dict())
+        if self.finetune_unet:
+            atomic_save_tensors(folder / UNET_WEIGHTS, self._backbone().denoiser().state_dict())
+        atomic_write_json(folder / self.config_name(), {
+            "method": self.method,
+            "format_version": FORMAT_VERSION,
+            "settings": self.saved_settings(),
+            "state": {"resolution": self.resolution_, "layer": self.layer_, "timestep": self.timestep_,
+                      "feature_dim": self.feature_dim_, "unet_weights": UNET_WEIGHTS if self.finetune_unet else None},
+        })
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, backbone: str | DiffusionBackbone | None = None, device: str | None = None) -> "DiEC":
+        """A fitted model from `save` (or a run folder); `backbone` overrides the saved reference."""
+        folder = Path(folder)
+        config = cls.read_config(folder)
+        model = cls.from_settings(config["settings"])
+        if backbone is not None:
+            model.backbone = backbone
+        if device is not None:
+            model.device = device
+        state = config["state"]
+        network = DiECNetwork(state["feature_dim"], model.n_clusters, model.mapping_hidden)
+        network.load_state_dict(load_tensors(folder / cls.weights_name()))
+        model.network_ = network.eval()
+        model.resolution_ = state["resolution"]
+        model.layer_, model.timestep_ = state["layer"], int(state["timestep"])
+        model.feature_dim_ = state["feature_dim"]
+        model.unet_state_ = load_tensors(folder / state["unet_weights"]) if state["unet_weights"] else None
+        return model

@@ -1,0 +1,210 @@
+"""DiEC's training loop at the chosen (layer, timestep).
+
+Each epoch starts from every image's soft assignment q under the current model: the sharpened
+DEC target P and the k nearest neighbours in the embedding (the adaptive graph) are fixed from
+it for the epoch. Each step then minimises
+
+    KL(P || Q) + graph_weight * |q_i - mean q_neighbours|^2 - entropy_weight * H(mean q)
+               + denoising_weight * |UNet(x_t, t) - target|^2   (fine-tuning only)
+
+With ``finetune_unet`` the UNet is trained too: the features are recomputed through it every
+step (one fresh noise draw) and a parallel denoising loss at random timesteps keeps it a
+diffusion model. Frozen, the features are read once (averaged over the noise draws) and reused.
+Gradients are averaged over processes by hand, so the UNet need not sit inside a DDP wrapper.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+
+from diffclust.backbones.base import DiffusionBackbone
+from diffclust.cluster.dec import dec_kl_loss, graph_agreement_loss, target_distribution
+from diffclust.cluster.losses import entropy
+from diffclust.cluster.metrics import clustering_scores
+from diffclust.cluster.neighbours import nearest_neighbours
+from diffclust.engine.checkpoint import atomic_torch_save, load_resume_state
+from diffclust.engine.history import MetricsLog
+from diffclust.engine.runtime import average_gradients, epoch_order, progress
+from diffclust.methods.diec.features import LayerFeatureReader
+from diffclust.methods.diec.network import DiECNetwork
+from diffclust.seeding import make_generator
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+#: settings that must not change between an interrupted run and its resumption
+RESUME_KEYS = ("n_clusters", "batch_size", "seed", "finetune_unet", "noise_draws", "pool_size", "mapping_hidden", "n_neighbours")
+
+
+class DiECTrainer:
+    def __init__(self, params: dict, backbone: DiffusionBackbone, reader: LayerFeatureReader, latents: torch.Tensor,
+                 network: DiECNetwork, accelerator: Accelerator, labels: np.ndarray | None, run_dir: Path | None):
+        self.p = params
+        self.backbone = backbone
+        self.reader = reader
+        self.layer = reader.layers[0]
+        self.timestep = int(params["timestep_"])
+        self.latents = latents
+        self.network = network.to(accelerator.device)
+        self.accelerator = accelerator
+        self.labels = labels
+        self.run_dir = run_dir
+        self.finetune = bool(params["finetune_unet"])
+        self.unet = backbone.denoiser() if self.finetune else None
+        groups = [{"params": list(network.parameters()), "lr": params["lr"]}]
+        if self.unet is not None:
+            self.unet.requires_grad_(True)
+            groups.append({"params": list(self.unet.parameters()), "lr": params["unet_lr"]})
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=params["weight_decay"])
+        self.log = MetricsLog(run_dir if accelerator.is_main_process else None)
+        self.start_epoch = 0
+        self._frozen_features: torch.Tensor | None = None
+        #: (embedding, q) of every image under the model as it is now
+        self.state: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------ features and assignments
+    def features(self) -> torch.Tensor:
+        """Every image's feature at (layer, t), averaged over the noise draws, with the UNet as it is."""
+        if self._frozen_features is not None:
+            return self._frozen_features
+        was_training = self.unet.training if self.unet is not None else None
+        self.backbone.denoiser().eval()
+        features = self.reader.read_all(self.latents, self.timestep, self.p["batch_size"], self.p["progress"])[self.layer]
+        if was_training:
+            self.unet.train()
+        if not self.finetune:
+            self._frozen_features = features
+        return features
+
+    @torch.no_grad()
+    def assign_all(self) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.features().to(self.accelerator.device)
+        parts = [self.network(chunk) for chunk in features.split(4096)]
+        return torch.cat([e for e, _ in parts]).cpu(), torch.cat([q for _, q in parts]).cpu()
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint_path(self) -> Path | None:
+        return None if self.run_dir is None else self.run_dir / CHECKPOINT_NAME
+
+    def save_checkpoint(self, epochs_done: int) -> None:
+        path = self._checkpoint_path()
+        if path is None or not self.accelerator.is_main_process:
+            return
+        state = {
+            "network": self.network.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epochs_done": epochs_done,
+            "history": json.dumps(self.log.records),
+            "settings": json.dumps({key: self.p[key] for key in RESUME_KEYS}),
+            "pair": json.dumps([self.layer, self.timestep]),
+        }
+        if self.unet is not None:
+            state["unet"] = self.unet.state_dict()
+        atomic_torch_save(path, state)
+
+    def resume(self) -> bool:
+        """Load the interrupted run's state; False if there was none to load."""
+        state = load_resume_state(self._checkpoint_path(), self.p, RESUME_KEYS)
+        if state is None:
+            return False
+        self.network.load_state_dict(state["network"])
+        if self.unet is not None:
+            self.unet.load_state_dict(state["unet"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.log.records = json.loads(state["history"])
+        self.start_epoch = int(state["epochs_done"])
+        logger.info("Resuming %s after epoch %d.", self.run_dir, self.start_epoch)
+        return True
+
+    # ------------------------------------------------------------------ training
+    def _denoising_loss(self, latents: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        timesteps = torch.randint(self.backbone.num_train_timesteps, (len(latents),), generator=generator).to(latents.device)
+        noise = torch.randn(latents.shape, generator=generator).to(latents.device)
+        noisy = self.backbone.add_noise(latents, noise, timesteps)
+        prediction = self.backbone.run_unet(noisy, timesteps, self.reader.prompt(len(latents))).prediction
+        return F.mse_loss(prediction.float(), self.backbone.prediction_target(latents, noise, timesteps).float())
+
+    def _step(self, rows: torch.Tensor, target: torch.Tensor, neighbour_q: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        device = self.accelerator.device
+        if self.finetune:
+            latents = self.latents[rows].to(device).float()
+            with self.accelerator.autocast():
+                features = self.reader.one_draw(latents, self.timestep, generator=generator)[self.layer]
+        else:
+            features = self._frozen_features[rows].to(device)
+        _, q = self.network(features)
+        kl = dec_kl_loss(q, target[rows].to(device))
+        graph = graph_agreement_loss(q, neighbour_q[rows].to(device))
+        spread = entropy(q.mean(dim=0))
+        loss = kl + self.p["graph_weight"] * graph - self.p["entropy_weight"] * spread
+        parts = {"kl_loss": kl.detach(), "graph_loss": graph.detach(), "assignment_entropy": spread.detach()}
+        if self.finetune and self.p["denoising_weight"] > 0:
+            with self.accelerator.autocast():
+                denoising = self._denoising_loss(latents, generator)
+            loss = loss + self.p["denoising_weight"] * denoising
+            parts["denoising_loss"] = denoising.detach()
+        parts["loss"] = loss
+        return parts
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        embedding, q = self.state
+        target = target_distribution(q)
+        neighbours = torch.from_numpy(nearest_neighbours(embedding, self.p["n_neighbours"]))
+        neighbour_q = q[neighbours]  # (N, n, K)
+        generator = make_generator(self.p["seed"] + 7919 * (epoch + 1) + 104729 * self.accelerator.process_index)
+        batches = epoch_order(len(self.latents), self.p["seed"], epoch, self.accelerator).split(self.p["batch_size"])
+        bar = progress(batches, self.accelerator, self.p["progress"], desc=f"epoch {epoch + 1}/{self.p['epochs']}", unit="batch")
+        parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+        totals: dict[str, float] = {}
+        self.network.train()
+        for rows in bar:
+            parts = self._step(rows, target, neighbour_q, generator)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.accelerator.backward(parts.pop("loss"))
+            average_gradients(parameters, self.accelerator)
+            self.optimizer.step()
+            for key, value in parts.items():
+                totals[key] = totals.get(key, 0.0) + float(value)
+            bar.set_postfix({key: f"{value / (bar.n + 1):.4f}" for key, value in totals.items()})
+        self.network.eval()
+        return {key: value / max(1, len(batches)) for key, value in totals.items()}
+
+    def run(self, resume: bool = False) -> None:
+        resumed = resume and self.resume()
+        if not resumed:
+            self.network.initialise(self.features().to(self.accelerator.device), self.p["seed"])
+        self.state = self.assign_all()
+        if not resumed and self.accelerator.is_main_process:
+            self.log.append(self._record(0, {}, None, time.perf_counter()))
+        for epoch in range(self.start_epoch, self.p["epochs"]):
+            started = time.perf_counter()
+            before = self.state[1].argmax(dim=1)
+            losses = self.train_epoch(epoch)
+            self.state = self.assign_all()
+            self.log.append(self._record(epoch + 1, losses, before, started))
+            self.save_checkpoint(epoch + 1)
+            self.accelerator.wait_for_everyone()
+        if self.unet is not None:
+            self.unet.requires_grad_(False)
+            self.unet.eval()
+
+    def _record(self, epoch: int, losses: dict[str, float], before: torch.Tensor | None, started: float) -> dict:
+        """One metrics row: losses, clusters used, labels changed since the epoch began, scores."""
+        q = self.state[1]
+        labels = q.argmax(dim=1)
+        record: dict = {"epoch": epoch, **losses, "clusters_used": int(labels.unique().numel()),
+                        "mean_confidence": float(q.max(dim=1).values.mean())}
+        if before is not None:
+            record["labels_changed"] = float((labels != before).float().mean())
+        if self.labels is not None:
+            record.update(clustering_scores(self.labels, labels.numpy()))
+        record["seconds"] = round(time.perf_counter() - started, 3)
+        return record
