@@ -1,0 +1,255 @@
+"""DiEC: one-pass features, the clusterability search, DEC numerics, and runs end to end."""
+
+from __future__ import annotations
+
+import csv
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import DATA, require
+from diffclust.backbones import load_backbone
+from diffclust.cli import main
+from diffclust.cluster.dec import dec_kl_loss, target_distribution
+from diffclust.cluster.losses import neighbour_consistency_loss
+from diffclust.engine.checkpoint import load_tensors
+from diffclust.errors import DiffclustError
+from diffclust.methods.diec import DiEC
+from diffclust.methods.diec.features import LayerFeatureReader, candidate_layers, image_noise
+from diffclust.methods.diec.network import DiECNetwork
+from diffclust.methods.diec.search import ClusterabilitySearch, clusterability, fibonacci_search_max
+from diffclust.methods.registry import load_model
+from diffclust.outputs import read_assignments
+from tiny_ddpm import write_tiny_ddpm
+
+
+@pytest.fixture(scope="module")
+def tiny_ddpm(tmp_path_factory) -> Path:
+    return write_tiny_ddpm(tmp_path_factory.mktemp("tiny-ddpm"))
+
+
+@pytest.fixture(scope="module")
+def usps_subset(tmp_path_factory) -> Path:
+    """60 USPS test digits (6 per class) with their labels.csv."""
+    source = require(DATA / "usps")
+    folder = tmp_path_factory.mktemp("usps60")
+    (folder / "images").mkdir()
+    with open(source / "labels.csv", newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["split"] == "test"]
+    chosen, per_class = [], {}
+    for row in rows:
+        if per_class.get(row["label"], 0) < 6:
+            per_class[row["label"]] = per_class.get(row["label"], 0) + 1
+            chosen.append(row)
+    with open(folder / "labels.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(chosen[0]))
+        writer.writeheader()
+        writer.writerows(chosen)
+    for row in chosen:
+        shutil.copy(source / "images" / row["file"], folder / "images" / row["file"])
+    return folder
+
+
+# ---------------------------------------------------------------------------------- features
+def test_blocks_are_listed_in_run_order(tiny_ddpm):
+    layers = candidate_layers(load_backbone(tiny_ddpm))
+    assert layers == ["down_blocks.0", "down_blocks.1", "mid_block", "up_blocks.0", "up_blocks.1"]
+
+
+def test_one_pass_reads_every_layer_exactly_as_separate_passes(tiny_ddpm):
+    backbone = load_backbone(tiny_ddpm)
+    latents = torch.rand(5, 1, 16, 16) * 2 - 1
+    layers = candidate_layers(backbone)
+    calls = []
+    handle = backbone.unet.register_forward_pre_hook(lambda *args: calls.append(1))
+    together = LayerFeatureReader(backbone, layers, draws=3, pool_size=2, seed=1)(latents, 250)
+    handle.remove()
+    assert len(calls) == 3  # one UNet pass per noise draw, all layers at once
+    for layer in layers:
+        alone = LayerFeatureReader(backbone, [layer], draws=3, pool_size=2, seed=1)(latents, 250)[layer]
+        assert torch.equal(together[layer], alone)
+    # channels x 2 x 2 after pooling: mid_block has 16 channels
+    assert together["mid_block"].shape == (5, 16 * 4)
+
+
+def test_features_do_not_depend_on_the_batch_and_noise_differs_between_images(tiny_ddpm):
+    backbone = load_backbone(tiny_ddpm)
+    latents = torch.rand(6, 1, 16, 16) * 2 - 1
+    reader = LayerFeatureReader(backbone, ["mid_block"], draws=2, pool_size=1, seed=0)
+    whole = reader(latents, 400)["mid_block"]
+    parts = torch.cat([reader(latents[:2], 400)["mid_block"], reader(latents[2:], 400)["mid_block"]])
+    assert torch.allclose(whole, parts, atol=1e-5)
+    noise = image_noise(latents, draw=0, seed=0)
+    assert not torch.allclose(noise[0], noise[1])
+    assert torch.equal(noise[3], image_noise(latents[3:4], draw=0, seed=0)[0])
+    assert not torch.equal(noise, image_noise(latents, draw=1, seed=0))
+
+
+# ---------------------------------------------------------------------------------- search
+def test_fibonacci_search_finds_a_unimodal_maximum_in_log_evaluations():
+    calls = []
+
+    def bump(t: int) -> float:
+        calls.append(t)
+        return -((t - 337) ** 2)
+
+    best, values = fibonacci_search_max(bump, 0, 999)
+    assert best == 337
+    # F(17) = 1597 >= 1001 points: 17 - 3 = 14 comparisons, the first needs 2 values, the rest 1 each
+    assert len(calls) == len(set(calls)) == len(values) == 15
+    assert fibonacci_search_max(lambda t: -t, 0, 999)[0] == 0
+    assert fibonacci_search_max(lambda t: t, 0, 999)[0] == 999
+    assert fibonacci_search_max(lambda t: -abs(t - 5), 5, 5) == (5, {5: 0.0})
+
+
+def _planted_features(planted: tuple[str, int], n: int = 120, k: int = 4):
+    """Blobs whose spread grows with the distance from the planted pair (one fixed noise
+    pattern, scaled), so the score is a unimodal function of t with its top at the plant."""
+    labels = np.arange(n) % k
+    rng = np.random.default_rng(0)
+    centres, noise = rng.normal(size=(k, 8)) * 4, rng.normal(size=(n, 8))
+
+    def read(timestep: int, layers):
+        return {layer: centres[labels] + noise * (0.2 + abs(timestep - planted[1]) / 50 + (layer != planted[0]))
+                for layer in layers}
+
+    return read
+
+
+def test_grid_search_returns_the_planted_pair():
+    layers = ["down_blocks.0", "mid_block", "up_blocks.1"]
+    search = ClusterabilitySearch(_planted_features(("up_blocks.1", 300)), 4, seed=0)
+    result = search.grid(layers, [0, 100, 200, 300, 400, 500])
+    assert (result.layer, result.timestep) == ("up_blocks.1", 300)
+    assert result.n_evaluations == 18 and result.feature_passes == 6
+    matrix_layers, timesteps, grid = result.matrix()
+    assert grid.shape == (3, 6) and not np.isnan(grid).any()
+
+
+def test_two_stage_search_probes_layers_then_finds_t():
+    layers = ["down_blocks.0", "mid_block", "up_blocks.1"]
+    search = ClusterabilitySearch(_planted_features(("mid_block", 437)), 4, seed=0)
+    result = search.two_stage(layers, 0, 999, layer=None, probe_timestep=400)
+    assert (result.layer, result.timestep) == ("mid_block", 437)
+    assert result.n_evaluations <= 3 + 15  # the probe's layers, then log-many timesteps
+
+
+def test_clusterability_prefers_separated_blobs():
+    rng = np.random.default_rng(0)
+    labels = np.arange(90) % 3
+    tight = np.eye(3)[labels] * 10 + rng.normal(size=(90, 3))
+    loose = np.eye(3)[labels] * 1 + rng.normal(size=(90, 3))
+    assert clusterability(tight, 3, 0) > clusterability(loose, 3, 0) > 0
+    assert clusterability(tight, 3, 0, "silhouette") > 0.7
+
+
+# ---------------------------------------------------------------------------------- DEC numerics
+def test_dec_target_and_kl_match_hand_computation():
+    q = torch.tensor([[0.8, 0.2], [0.4, 0.6]])
+    # f = (1.2, 0.8); row 1: (0.64/1.2, 0.04/0.8) = (0.53333, 0.05) -> / 0.58333
+    # row 2: (0.16/1.2, 0.36/0.8) = (0.13333, 0.45) -> / 0.58333
+    p = target_distribution(q)
+    assert torch.allclose(p, torch.tensor([[0.914286, 0.085714], [0.228571, 0.771429]]), atol=1e-5)
+    # KL rows: 0.914286 ln(0.914286/0.8) + 0.085714 ln(0.085714/0.2) = 0.049460
+    #          0.228571 ln(0.228571/0.4) + 0.771429 ln(0.771429/0.6) = 0.065959
+    assert float(dec_kl_loss(q, p)) == pytest.approx((0.049460 + 0.065959) / 2, abs=1e-5)
+    assert float(dec_kl_loss(p, p)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_graph_consistency_over_several_neighbours_by_hand():
+    q = torch.tensor([[0.9, 0.1]])
+    neighbours = torch.tensor([[[1.0, 0.0], [0.5, 0.5]]])
+    # -mean(log 0.9, log 0.5)
+    expected = -(math.log(0.9) + math.log(0.5)) / 2
+    assert float(neighbour_consistency_loss(q, neighbours)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_network_starts_as_kmeans_on_standardised_features():
+    rng = np.random.default_rng(0)
+    labels = np.arange(60) % 3
+    features = torch.tensor(np.eye(3)[labels] * 50 + 100 + rng.normal(size=(60, 3)), dtype=torch.float32)
+    network = DiECNetwork(3, 3)
+    network.initialise(features, seed=0)
+    with torch.no_grad():
+        embedding, q = network(features)
+    assert torch.allclose(embedding.mean(dim=0), torch.zeros(3), atol=1e-4)  # centred, and the MLP starts at zero
+    predicted = q.argmax(dim=1).numpy()
+    assert len({(a, b) for a, b in zip(labels, predicted)}) == 3  # a one-to-one match of the blobs
+    # in half-gap units a point on its centre is 2 units from the others: q = 1 / (1 + 2 / 5) = 0.714
+    assert float(q.max(dim=1).values.min()) > 0.69
+
+
+# ---------------------------------------------------------------------------------- end to end
+DIEC_FAST = ["--method", "diec", "--k", "10", "--search-subset", "40", "--noise-draws", "2", "--pool-size", "2",
+             "--batch-size", "16", "--device", "cpu", "--quiet"]
+
+
+def test_diec_end_to_end_search_fit_resume_predict(usps_subset, tiny_ddpm, tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    fit = ["fit", str(usps_subset), "--backbone", str(tiny_ddpm), *DIEC_FAST]
+    assert main([*fit, "--epochs", "2", "--out", str(whole)]) == 0
+    assigned, skipped = read_assignments(whole / "assignments.csv")
+    images = sorted(path.name for path in (usps_subset / "images").iterdir())
+    assert sorted(assigned) == images and skipped == 0
+    for name in ("search.csv", "search.png", "search.json", "diec.json", "diec.safetensors", "diec-unet.safetensors", "metrics.csv"):
+        assert (whole / name).is_file(), name
+
+    # interrupted after one epoch, then resumed: the same model as the uninterrupted run
+    assert main([*fit, "--epochs", "1", "--out", str(split)]) == 0
+    assert main([*fit, "--epochs", "1", "--out", str(split)]) == 2  # refuses to overwrite without --resume
+    assert main([*fit, "--epochs", "2", "--out", str(split), "--resume"]) == 0
+    for name in ("diec.safetensors", "diec-unet.safetensors"):
+        first, second = load_tensors(whole / name), load_tensors(split / name)
+        assert all(torch.equal(first[key], second[key]) for key in first), name
+    assert read_assignments(split / "assignments.csv") == read_assignments(whole / "assignments.csv")
+
+    # the UNet was fine-tuned, and predict (through the saved, fine-tuned UNet) reproduces fit
+    original = load_backbone(tiny_ddpm).unet.state_dict()
+    tuned = load_tensors(whole / "diec-unet.safetensors")
+    assert any(not torch.equal(original[key], tuned[key]) for key in original)
+    model = load_model(whole)
+    assert isinstance(model, DiEC)
+    out = tmp_path / "predicted.csv"
+    assert main(["predict", str(whole), str(usps_subset), "--out", str(out), "--quiet"]) == 0
+    assert read_assignments(out)[0] == assigned
+
+
+def test_frozen_diec_with_a_given_pair_skips_the_search_and_is_deterministic(usps_subset, tiny_ddpm):
+    settings = dict(backbone=str(tiny_ddpm), layer="mid_block", timestep=100, finetune_unet=False, epochs=3,
+                    batch_size=16, noise_draws=2, pool_size=2, device="cpu", progress=False)
+    first = DiEC(10, **settings).fit(usps_subset)
+    second = DiEC(10, **settings).fit(usps_subset)
+    assert first.search_result_ is None
+    assert np.array_equal(first.labels_, second.labels_)
+    assert first.labels_.shape == (60,) and first.embedding_.shape == (60, 16 * 4)
+    assert [record["epoch"] for record in first.history_] == [0, 1, 2, 3]
+    assert "acc" in first.history_[-1] and "denoising_loss" not in first.history_[-1]
+    assert np.array_equal(first.predict(usps_subset), first.labels_)
+
+
+def test_search_command_writes_heatmap_and_table(usps_subset, tiny_ddpm, tmp_path, capsys):
+    out = tmp_path / "search"
+    assert main(["search", str(usps_subset), "--k", "10", "--backbone", str(tiny_ddpm), "--search", "grid",
+                 "--search-timesteps", "0,200,400", "--search-subset", "40", "--noise-draws", "1", "--device", "cpu",
+                 "--quiet", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Chosen:" in printed and "15 evaluations over 3 feature passes" in printed
+    with open(out / "search.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 15 and sum(int(row["chosen"]) for row in rows) == 1
+    best = max(rows, key=lambda row: float(row["score"]))
+    assert best["chosen"] == "1" and best["layer"] in printed
+    assert (out / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_diec_refuses_bad_settings_and_prompts(tiny_ddpm, usps_subset):
+    with pytest.raises(DiffclustError, match="search must be one of"):
+        DiEC(10, backbone=str(tiny_ddpm), search="random").fit(usps_subset)
+    with pytest.raises(DiffclustError, match="timestep_range"):
+        DiEC(10, backbone=str(tiny_ddpm), timestep_range=(0, 5000), search_subset=40, device="cpu", progress=False).fit(usps_subset)
+    with pytest.raises(DiffclustError, match="not fitted"):
+        DiEC(10).predict(usps_subset)
