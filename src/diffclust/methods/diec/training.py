@@ -4,7 +4,7 @@ Each epoch starts from every image's soft assignment q under the current model: 
 DEC target P and the k nearest neighbours in the embedding (the adaptive graph) are fixed from
 it for the epoch. Each step then minimises
 
-    KL(P || Q) + graph_weight * |q_i - mean q_neighbours|^2 - entropy_weight * H(mean q)
+    KL(P || Q) - graph_weight * mean_j log(q_i . q_j) - entropy_weight * H(mean q)
                + denoising_weight * |UNet(x_t, t) - target|^2   (fine-tuning only)
 
 With ``finetune_unet`` the UNet is trained too: the features are recomputed through it every
@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 
 from diffclust.backbones.base import DiffusionBackbone
-from diffclust.cluster.dec import dec_kl_loss, graph_agreement_loss, target_distribution
-from diffclust.cluster.losses import entropy
+from diffclust.cluster.dec import dec_kl_loss, target_distribution
+from diffclust.cluster.losses import entropy, neighbour_consistency_loss
 from diffclust.cluster.metrics import clustering_scores
 from diffclust.cluster.neighbours import nearest_neighbours
 from diffclust.engine.checkpoint import atomic_torch_save, load_resume_state
@@ -142,7 +142,7 @@ class DiECTrainer:
             features = self._frozen_features[rows].to(device)
         _, q = self.network(features)
         kl = dec_kl_loss(q, target[rows].to(device))
-        graph = graph_agreement_loss(q, neighbour_q[rows].to(device))
+        graph = neighbour_consistency_loss(q, neighbour_q[rows].to(device))
         spread = entropy(q.mean(dim=0))
         loss = kl + self.p["graph_weight"] * graph - self.p["entropy_weight"] * spread
         parts = {"kl_loss": kl.detach(), "graph_loss": graph.detach(), "assignment_entropy": spread.detach()}
