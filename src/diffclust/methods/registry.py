@@ -6,10 +6,11 @@ from pathlib import Path
 
 from diffclust.errors import DiffclustError
 from diffclust.methods.base import ClusteringEstimator
+from diffclust.methods.cludi import CLUDI
 from diffclust.methods.diec import DiEC
 from diffclust.methods.difc import DiFiC
 
-METHODS: dict[str, type[ClusteringEstimator]] = {"difc": DiFiC, "diec": DiEC}
+METHODS: dict[str, type[ClusteringEstimator]] = {"difc": DiFiC, "diec": DiEC, "cludi": CLUDI}
 
 
 def load_model(folder: str | Path, **overrides) -> ClusteringEstimator:

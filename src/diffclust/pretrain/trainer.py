@@ -30,7 +30,7 @@ from diffclust.errors import DiffclustError
 from diffclust.backbones.text_encoders import bundled_minilm_folder, write_reference
 from diffclust.pretrain.architecture import build_conditioned_unet, build_scheduler, build_unconditional_unet
 from diffclust.pretrain.captions import caption_for, held_out_indices
-from diffclust.pretrain.ema import EMA
+from diffclust.engine.ema import EMA
 from diffclust.pretrain.sampling import sample, save_grid
 from diffclust.pretrain.settings import PretrainSettings
 from diffclust.seeding import make_generator, seed_everything

@@ -206,6 +206,18 @@ class DiEC(ClusteringEstimator):
         self.search_result_ = result
         return result
 
+    def extract_features(self, data) -> tuple[ImageCollection, torch.Tensor, str, int]:
+        """(collection, features (N, D), layer, timestep): the pooled activations every image has
+        at the chosen pair, searching first if layer or timestep is "auto" (CLUDI's image input)."""
+        _, collection, backbone, _, latents = self._prepare(data)
+        if self.layer != "auto" and self.timestep != "auto":
+            layer, timestep = self.layer, int(self.timestep)
+        else:
+            self.search_result_ = self.run_search(backbone, latents)
+            layer, timestep = self.search_result_.layer, self.search_result_.timestep
+        features = self._reader(backbone, [layer]).read_all(latents, timestep, self.batch_size, self.progress)[layer]
+        return collection, features, layer, timestep
+
     def _choose_pair(self, backbone: DiffusionBackbone, latents: torch.Tensor, run_dir: Path | None, resume: bool,
                      is_main: bool) -> tuple[str, int]:
         if self.layer != "auto" and self.timestep != "auto":

@@ -1,0 +1,5 @@
+"""CLUDI: a diffusion teacher-student over cluster-assignment embeddings, on any features."""
+
+from diffclust.methods.cludi.estimator import CLUDI
+
+__all__ = ["CLUDI"]

@@ -1,0 +1,105 @@
+"""What CLUDI clusters: a feature matrix from a file or an array, or activations of images.
+
+Every input becomes a FeatureTable (values, row names, optional labels, skipped files), so a
+feature file and a backbone's activations go down the same path from there on. Rows of a
+matrix are named by their index (0..N-1): assignments.csv's `file` column then holds the row
+index, and `diffclust evaluate` works with a labels.csv of (file = row index, label).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffclust.data.collection import SkippedFile
+from diffclust.engine.checkpoint import load_tensors
+from diffclust.errors import DiffclustError
+from diffclust.outputs import read_labels
+
+FEATURE_SUFFIXES = (".npy", ".pt", ".pth", ".safetensors")
+
+
+@dataclass
+class FeatureTable:
+    values: torch.Tensor  # (N, d) float32
+    names: list[str]
+    labels: np.ndarray | None = None
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @property
+    def files(self) -> list[str]:
+        """Row names, as an image collection's files: assignments.csv's first column."""
+        return self.names
+
+
+def is_feature_file(path) -> bool:
+    return isinstance(path, (str, Path)) and Path(path).suffix.lower() in FEATURE_SUFFIXES and Path(path).is_file()
+
+
+def _checked(values, source: str) -> torch.Tensor:
+    values = torch.as_tensor(np.asarray(values) if not isinstance(values, torch.Tensor) else values).float()
+    if values.ndim != 2 or len(values) < 2 or values.shape[1] < 1:
+        raise DiffclustError(f"{source}: features must be a matrix of N >= 2 rows (samples) by d >= 1 columns, got shape {tuple(values.shape)}.")
+    bad = (~torch.isfinite(values)).any(dim=1).nonzero().flatten()
+    if len(bad):
+        raise DiffclustError(f"{source}: {len(bad)} rows hold NaN or infinite values (first: row {int(bad[0])}). Clean them first.")
+    return values
+
+
+def read_feature_file(path: str | Path) -> tuple[torch.Tensor, np.ndarray | None]:
+    """(features, labels or None) from .npy, .pt/.pth (a tensor, or a dict with 'features' and
+    optional 'labels') or .safetensors (a 'features' tensor, or the only one; optional 'labels')."""
+    path = Path(path)
+    if not path.is_file():
+        raise DiffclustError(f"Feature file '{path}' does not exist.")
+    suffix = path.suffix.lower()
+    labels = None
+    try:
+        if suffix == ".npy":
+            values = np.load(path, allow_pickle=False)
+        elif suffix in (".pt", ".pth"):
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            values, labels = (loaded.get("features"), loaded.get("labels")) if isinstance(loaded, dict) else (loaded, None)
+        elif suffix == ".safetensors":
+            tensors = load_tensors(path)
+            labels = tensors.pop("labels", None)
+            values = tensors.get("features", next(iter(tensors.values())) if len(tensors) == 1 else None)
+        else:
+            raise DiffclustError(f"'{path}': feature files must end in {', '.join(FEATURE_SUFFIXES)}.")
+    except (ValueError, OSError, RuntimeError) as error:
+        raise DiffclustError(f"Could not read the feature file '{path}': {error}") from error
+    if values is None:
+        raise DiffclustError(f"'{path}' holds no 'features' entry (a dict or safetensors file needs one).")
+    labels = None if labels is None else np.asarray(labels).astype(np.int64).reshape(-1)
+    return _checked(values, str(path)), labels
+
+
+def read_row_labels(path: str | Path, count: int) -> np.ndarray:
+    """Labels of rows 0..count-1 from a .npy vector or a labels.csv whose `file` is the row index."""
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        labels = np.load(path, allow_pickle=False).astype(np.int64).reshape(-1)
+    else:
+        by_row = read_labels(path)
+        missing = [str(row) for row in range(count) if str(row) not in by_row]
+        if missing:
+            raise DiffclustError(f"{path}: no label for rows {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} "
+                                 "(the `file` column must hold row indices 0..N-1).")
+        labels = np.array([by_row[str(row)] for row in range(count)], dtype=np.int64)
+    if len(labels) != count:
+        raise DiffclustError(f"{path}: {len(labels)} labels for {count} feature rows.")
+    return labels
+
+
+def table_from_matrix(values, labels=None, source: str = "features") -> FeatureTable:
+    values = _checked(values, source)
+    labels = None if labels is None else np.asarray(labels).astype(np.int64).reshape(-1)
+    if labels is not None and len(labels) != len(values):
+        raise DiffclustError(f"{source}: {len(labels)} labels for {len(values)} feature rows.")
+    return FeatureTable(values, [str(row) for row in range(len(values))], labels)

@@ -1,0 +1,182 @@
+"""CLUDI's teacher-student loop.
+
+Each step: the teacher (EMA of the student) samples assignment embeddings for the clean
+features with stochastic DDIM and reads its logits from them. The student gets the teacher's
+assignment as an embedding of its own centres, noised at a random timestep, and noised,
+dropped-out features; it predicts the clean embedding (self-conditioned half of the time) and
+its logits. Loss: embedding MSE + ce_weight * two-way cross-entropy (teacher -> student). Then
+the teacher takes its EMA step. The learning rate follows a cosine from lr to min_lr (the
+centres at centre_lr_scale of both).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+
+from diffclust.cluster.metrics import clustering_scores
+from diffclust.engine.checkpoint import atomic_torch_save, load_resume_state
+from diffclust.engine.ema import EMA
+from diffclust.engine.history import MetricsLog
+from diffclust.engine.runtime import average_gradients, epoch_order, progress
+from diffclust.methods.cludi.diffusion import EmbeddingDiffusion
+from diffclust.methods.cludi.losses import two_way_cross_entropy
+from diffclust.methods.cludi.network import CLUDINetwork
+from diffclust.seeding import make_generator
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+RESUME_KEYS = ("n_clusters", "embedding_dim", "hidden_dim", "depth", "batch_size", "seed", "num_train_timesteps", "beta_schedule")
+
+
+@torch.no_grad()
+def mean_logits(network: CLUDINetwork, diffusion: EmbeddingDiffusion, features: torch.Tensor, samples: int, steps: int,
+                eta: float, generator: torch.Generator, chunk: int = 4096) -> torch.Tensor:
+    """Logits averaged over `samples` sampled embeddings per row (CLUDI's prediction)."""
+    total = torch.zeros(len(features), network.classifier.out_features, device=features.device)
+    for _ in range(samples):
+        for rows in torch.arange(len(features)).split(chunk):
+            embedding = diffusion.sample(network, features[rows], steps, eta, generator)
+            total[rows] += network.classifier(embedding)
+    return total / samples
+
+
+class CLUDITrainer:
+    def __init__(self, params: dict, features: torch.Tensor, network: CLUDINetwork, accelerator: Accelerator,
+                 labels: np.ndarray | None, run_dir: Path | None):
+        self.p = params
+        self.accelerator = accelerator
+        self.features = features.to(accelerator.device)
+        self.network = network.to(accelerator.device)
+        self.teacher = EMA(self.network, params["ema_decay"], warmup=False)
+        self.diffusion = EmbeddingDiffusion(params["num_train_timesteps"], params["beta_schedule"])
+        centres = [network.embedding.centres]
+        others = [p for name, p in network.named_parameters() if not name.startswith("embedding.")]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": others, "scale": 1.0}, {"params": centres, "scale": params["centre_lr_scale"]}],
+            lr=params["lr"], betas=tuple(params["betas"]), weight_decay=params["weight_decay"])
+        self.labels = labels
+        self.run_dir = run_dir
+        self.log = MetricsLog(run_dir if accelerator.is_main_process else None)
+        self.start_epoch = 0
+        self.steps_per_epoch = math.ceil(math.ceil(len(features) / accelerator.num_processes) / params["batch_size"])
+        #: teacher logits of every row after the last epoch (monitoring samples)
+        self.logits: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ schedule
+    def set_learning_rate(self, step: int) -> None:
+        total = max(1, self.p["epochs"] * self.steps_per_epoch)
+        progress_fraction = min(1.0, step / total)
+        cosine = 0.5 * (1 + math.cos(math.pi * progress_fraction))
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["scale"] * (self.p["min_lr"] + (self.p["lr"] - self.p["min_lr"]) * cosine)
+
+    # ------------------------------------------------------------------ one step
+    def _noisy_features(self, features: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Features + sigma * noise, then dropout, with sigma and the rate drawn from their ranges."""
+        low, high = self.p["feature_noise"]
+        sigma = low + (high - low) * float(torch.rand((), generator=generator))
+        low, high = self.p["feature_dropout"]
+        rate = low + (high - low) * float(torch.rand((), generator=generator))
+        noisy = features + sigma * torch.randn(features.shape, generator=generator).to(features.device)
+        keep = (torch.rand(features.shape, generator=generator) >= rate).to(features.device)
+        return noisy * keep / (1.0 - rate)
+
+    def _step(self, rows: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        p, student, device = self.p, self.network, self.accelerator.device
+        features = self.features[rows]
+        teacher_embedding = self.diffusion.sample(self.teacher.model, features, p["teacher_steps"], p["teacher_eta"], generator)
+        with torch.no_grad():
+            teacher_logits = self.teacher.model.classifier(teacher_embedding)
+        target = student.embedding(teacher_logits, p["embedding_temperature"])
+        timesteps = torch.randint(self.diffusion.num_train_timesteps, (len(rows),), generator=generator).to(device)
+        noisy = self.diffusion.add_noise(target, torch.randn(target.shape, generator=generator).to(device), timesteps)
+        inputs = self._noisy_features(features, generator)
+        estimate = torch.zeros_like(noisy)
+        if float(torch.rand((), generator=generator)) < p["self_conditioning"]:
+            with torch.no_grad():
+                estimate = student.denoiser(noisy, timesteps, inputs, estimate)
+        prediction = student.denoiser(noisy, timesteps, inputs, estimate)
+        student_logits = student.classifier(prediction)
+        mse = F.mse_loss(prediction, target)
+        ce, to_student, to_teacher = two_way_cross_entropy(teacher_logits, student_logits, p["row_temperature"], p["column_temperature"])
+        return {"loss": mse + p["ce_weight"] * ce, "embedding_mse": mse.detach(), "cross_entropy": ce.detach(),
+                "cross_entropy_teacher_to_student": to_student.detach(), "cross_entropy_student_to_teacher": to_teacher.detach()}
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint_path(self) -> Path | None:
+        return None if self.run_dir is None else self.run_dir / CHECKPOINT_NAME
+
+    def save_checkpoint(self, epochs_done: int) -> None:
+        path = self._checkpoint_path()
+        if path is None or not self.accelerator.is_main_process:
+            return
+        atomic_torch_save(path, {
+            "student": self.network.state_dict(), "teacher": self.teacher.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "epochs_done": epochs_done,
+            "history": json.dumps(self.log.records), "settings": json.dumps({key: self.p[key] for key in RESUME_KEYS}),
+        })
+
+    def resume(self) -> None:
+        state = load_resume_state(self._checkpoint_path(), self.p, RESUME_KEYS)
+        if state is None:
+            return
+        self.network.load_state_dict(state["student"])
+        self.teacher.model.load_state_dict(state["teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.log.records = json.loads(state["history"])
+        self.start_epoch = int(state["epochs_done"])
+        logger.info("Resuming %s after epoch %d.", self.run_dir, self.start_epoch)
+
+    # ------------------------------------------------------------------ loop
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        generator = make_generator(self.p["seed"] + 7919 * (epoch + 1) + 104729 * self.accelerator.process_index)
+        batches = epoch_order(len(self.features), self.p["seed"], epoch, self.accelerator).split(self.p["batch_size"])
+        bar = progress(batches, self.accelerator, self.p["progress"], desc=f"epoch {epoch + 1}/{self.p['epochs']}", unit="batch")
+        parameters = list(self.network.parameters())
+        totals: dict[str, float] = {}
+        self.network.train()
+        for number, rows in enumerate(bar):
+            step = epoch * self.steps_per_epoch + number
+            self.set_learning_rate(step)
+            parts = self._step(rows, generator)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.accelerator.backward(parts.pop("loss"))
+            average_gradients(parameters, self.accelerator)
+            self.optimizer.step()
+            self.teacher.update(self.network, step)
+            for key, value in parts.items():
+                totals[key] = totals.get(key, 0.0) + float(value)
+            bar.set_postfix({key: f"{value / (bar.n + 1):.4f}" for key, value in totals.items() if "_" not in key})
+        self.network.eval()
+        return {key: value / max(1, len(batches)) for key, value in totals.items()}
+
+    def monitor_logits(self, epoch: int) -> torch.Tensor:
+        generator = make_generator(self.p["seed"] + 31 * (epoch + 1))
+        return mean_logits(self.teacher.model, self.diffusion, self.features, self.p["monitor_samples"], self.p["teacher_steps"],
+                           self.p["teacher_eta"], generator).cpu()
+
+    def run(self, resume: bool = False) -> None:
+        if resume:
+            self.resume()
+        for epoch in range(self.start_epoch, self.p["epochs"]):
+            started = time.perf_counter()
+            record: dict = {"epoch": epoch + 1, **self.train_epoch(epoch)}
+            self.logits = self.monitor_logits(epoch)
+            labels = self.logits.argmax(dim=1).numpy()
+            record.update(clusters_used=int(len(np.unique(labels))), lr=self.optimizer.param_groups[0]["lr"])
+            if self.labels is not None:
+                record.update(clustering_scores(self.labels, labels))
+            record["seconds"] = round(time.perf_counter() - started, 3)
+            self.log.append(record)
+            self.save_checkpoint(epoch + 1)
+            self.accelerator.wait_for_everyone()
