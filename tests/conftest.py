@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import csv
+import shutil
+
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests must never reach the network
@@ -32,3 +35,33 @@ def require(path: Path) -> Path:
 @pytest.fixture(scope="session")
 def butterflies() -> Path:
     return require(DATA / "butterflies10")
+
+
+@pytest.fixture(scope="session")
+def tiny_ddpm(tmp_path_factory) -> Path:
+    """A randomly initialised one-channel 16 px DDPM folder."""
+    from tiny_ddpm import write_tiny_ddpm
+
+    return write_tiny_ddpm(tmp_path_factory.mktemp("tiny-ddpm"))
+
+
+@pytest.fixture(scope="session")
+def usps_subset(tmp_path_factory) -> Path:
+    """60 USPS test digits (6 per class) with their labels.csv."""
+    source = require(DATA / "usps")
+    folder = tmp_path_factory.mktemp("usps60")
+    (folder / "images").mkdir()
+    with open(source / "labels.csv", newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["split"] == "test"]
+    chosen, per_class = [], {}
+    for row in rows:
+        if per_class.get(row["label"], 0) < 6:
+            per_class[row["label"]] = per_class.get(row["label"], 0) + 1
+            chosen.append(row)
+    with open(folder / "labels.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(chosen[0]))
+        writer.writeheader()
+        writer.writerows(chosen)
+    for row in chosen:
+        shutil.copy(source / "images" / row["file"], folder / "images" / row["file"])
+    return folder

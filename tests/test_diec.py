@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import csv
 import math
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import DATA, require
 from diffclust.backbones import load_backbone
 from diffclust.cli import main
 from diffclust.cluster.dec import dec_kl_loss, target_distribution
@@ -24,34 +21,6 @@ from diffclust.methods.diec.network import DiECNetwork
 from diffclust.methods.diec.search import ClusterabilitySearch, clusterability, fibonacci_search_max
 from diffclust.methods.registry import load_model
 from diffclust.outputs import read_assignments
-from tiny_ddpm import write_tiny_ddpm
-
-
-@pytest.fixture(scope="module")
-def tiny_ddpm(tmp_path_factory) -> Path:
-    return write_tiny_ddpm(tmp_path_factory.mktemp("tiny-ddpm"))
-
-
-@pytest.fixture(scope="module")
-def usps_subset(tmp_path_factory) -> Path:
-    """60 USPS test digits (6 per class) with their labels.csv."""
-    source = require(DATA / "usps")
-    folder = tmp_path_factory.mktemp("usps60")
-    (folder / "images").mkdir()
-    with open(source / "labels.csv", newline="") as handle:
-        rows = [row for row in csv.DictReader(handle) if row["split"] == "test"]
-    chosen, per_class = [], {}
-    for row in rows:
-        if per_class.get(row["label"], 0) < 6:
-            per_class[row["label"]] = per_class.get(row["label"], 0) + 1
-            chosen.append(row)
-    with open(folder / "labels.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(chosen[0]))
-        writer.writeheader()
-        writer.writerows(chosen)
-    for row in chosen:
-        shutil.copy(source / "images" / row["file"], folder / "images" / row["file"])
-    return folder
 
 
 # ---------------------------------------------------------------------------------- features

@@ -24,7 +24,7 @@ BACKBONE_HELP = (
 )
 
 
-METHOD_NAMES = {"difc": "DiFiC", "diec": "DiEC"}
+METHOD_NAMES = {"difc": "DiFiC", "diec": "DiEC", "cludi": "CLUDI"}
 
 
 def _comma_list(kind):
@@ -60,7 +60,9 @@ def _add_backbone_and_device(parser) -> None:
 
 def _add_search_settings(parser) -> None:
     """DiEC's search settings, shared by `fit --method diec` and `search`."""
-    group = parser.add_argument_group("DiEC search (--method diec, and `diffclust search`)")
+    group = parser.add_argument_group("UNet features and DiEC's search (--method diec; cludi on images; `diffclust search`)")
+    group.add_argument("--layer", default="auto", help="UNet block whose pooled output is the feature ('auto': search)")
+    group.add_argument("--timestep", type=_auto_or_int, default="auto", help="timestep at which it is read ('auto': search)")
     group.add_argument("--search", choices=["two-stage", "grid"], default="two-stage", help="two-stage: fix the layer, then a Fibonacci (golden-section) search over t; grid: every layer x --search-timesteps")
     group.add_argument("--search-layer", default="bottleneck", help="two-stage layer: 'bottleneck' (mid_block), 'probe' (best block at --probe-timestep), or a module path")
     group.add_argument("--probe-timestep", type=int, default=None, help="timestep at which 'probe' compares the blocks (default: a tenth into the range)")
@@ -74,15 +76,16 @@ def _add_search_settings(parser) -> None:
 
 
 def _add_fit_parser(commands) -> None:
-    fit = commands.add_parser("fit", help="cluster a folder of images (DiFiC, or DiEC with --method diec)",
-                              description="Cluster the images under DATA into K groups and write a run folder.")
-    fit.add_argument("data", help="image folder: flat, one sub-folder per class, or with a labels.csv (file,label[,class_name,split])")
+    fit = commands.add_parser("fit", help="cluster a folder of images (DiFiC, DiEC) or a feature matrix (CLUDI)",
+                              description="Cluster the images under DATA (or, with --method cludi, the rows of --features) "
+                                          "into K groups and write a run folder.")
+    fit.add_argument("data", nargs="?", default=None, help="image folder: flat, one sub-folder per class, or with a labels.csv (file,label[,class_name,split])")
     fit.add_argument("--k", type=int, required=True, help="number of clusters (2 <= K <= number of images)")
-    fit.add_argument("--method", choices=sorted(METHOD_NAMES), default="difc", help="difc: proxy words (fine-grained, needs a text-to-image backbone); diec: best layer x timestep (any UNet)")
+    fit.add_argument("--method", choices=sorted(METHOD_NAMES), default="difc", help="difc: proxy words (fine-grained, needs a text-to-image backbone); diec: best layer x timestep (any UNet); cludi: diffusion teacher-student on features")
     fit.add_argument("--out", type=Path, default=None, help="run folder for checkpoints, logs, assignments.csv and the model (default: runs/<data folder name>)")
-    fit.add_argument("--epochs", type=int, default=None, help="training epochs in all (default: DiFiC 250 as in the paper, DiEC 50)")
-    fit.add_argument("--batch-size", type=int, default=None, help="images per step and process (default: DiFiC 32, DiEC 256)")
-    fit.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default: DiFiC 2e-4, DiEC 1e-3)")
+    fit.add_argument("--epochs", type=int, default=None, help="training epochs in all (default: DiFiC 250 as in the paper, DiEC 50, CLUDI 200)")
+    fit.add_argument("--batch-size", type=int, default=None, help="images per step and process (default: DiFiC 32, DiEC 256, CLUDI 256)")
+    fit.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default: DiFiC 2e-4, DiEC 1e-3, CLUDI 1e-4 with a cosine to 1e-6)")
     fit.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its last checkpoint")
     _add_backbone_and_device(fit)
     difc = fit.add_argument_group("DiFiC (--method difc)")
@@ -94,13 +97,21 @@ def _add_fit_parser(commands) -> None:
     difc.add_argument("--no-cluster-guidance", dest="cluster_guidance", action="store_false", help="ablation: no cluster head; clusters are k-means on the proxy words")
     difc.add_argument("--timestep-sampling", choices=["cosine", "uniform"], default="cosine", help="p(t) for the diffusion loss: 1 + cos(pi t / T) (paper) or uniform")
     diec = fit.add_argument_group("DiEC (--method diec)")
-    diec.add_argument("--layer", default="auto", help="UNet block to cluster on ('auto': search)")
-    diec.add_argument("--timestep", type=_auto_or_int, default="auto", help="timestep to read it at ('auto': search)")
     diec.add_argument("--frozen", dest="finetune_unet", action="store_false", help="keep the UNet frozen (no denoising loss; features computed once)")
     diec.add_argument("--unet-lr", type=float, default=1e-5, help="learning rate of the fine-tuned UNet")
     diec.add_argument("--graph-weight", type=float, default=1.0, help="weight of the neighbour-agreement (graph) regulariser")
     diec.add_argument("--entropy-weight", type=float, default=1.0, help="weight of the entropy regulariser against empty clusters")
     diec.add_argument("--denoising-weight", type=float, default=1.0, help="weight of the parallel denoising loss (fine-tuning only)")
+    cludi = fit.add_argument_group("CLUDI (--method cludi)")
+    cludi.add_argument("--features", type=Path, default=None, help="feature matrix N x d (.npy, .pt, .safetensors) to cluster instead of images")
+    cludi.add_argument("--labels", type=Path, default=None, help="labels of the feature rows, for the metrics log only (.npy, or labels.csv with file = row index)")
+    cludi.add_argument("--ema-decay", type=float, default=0.999, help="teacher = EMA of the student with this decay")
+    cludi.add_argument("--teacher-steps", type=int, default=25, help="DDIM steps of the teacher's samples (eta 1)")
+    cludi.add_argument("--ce-weight", type=float, default=50.0, help="weight of the two-way cross-entropy against the embedding MSE")
+    cludi.add_argument("--predict-samples", type=int, default=64, help="sampled embeddings averaged per prediction")
+    cludi.add_argument("--predict-steps", type=int, default=50, help="DDIM steps of each prediction sample")
+    cludi.add_argument("--embedding-dim", type=int, default=64, help="size of the assignment embeddings")
+    cludi.add_argument("--hidden-dim", type=int, default=512, help="width of the denoiser MLP")
     _add_search_settings(fit)
 
 
@@ -188,7 +199,7 @@ def _print_scores(scores: dict[str, float], prefix: str = "") -> None:
 
 def _search_settings(args) -> dict:
     return dict(
-        search=args.search, search_layer=args.search_layer, probe_timestep=args.probe_timestep,
+        layer=args.layer, timestep=args.timestep, search=args.search, search_layer=args.search_layer, probe_timestep=args.probe_timestep,
         search_layers=args.search_layers, search_timesteps=args.search_timesteps,
         timestep_range=tuple(args.timestep_range) if args.timestep_range else None, search_score=args.search_score,
         search_subset=args.search_subset, noise_draws=args.noise_draws, pool_size=args.pool_size,
@@ -201,39 +212,64 @@ def _common_settings(args) -> dict:
 
 
 def _method_settings(args) -> dict:
-    """The chosen method's settings from the command line (unset ones keep the method's default)."""
+    """Every setting from the command line; run_fit keeps those the chosen method has, and
+    unset ones (None) keep the method's default."""
     given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
     settings = {**_common_settings(args), **{key: value for key, value in given.items() if value is not None}}
-    if args.method == "difc":
-        settings.update(warmup_epochs=args.warmup_epochs, feature_layer=args.feature_layer, feature_timestep=args.feature_timestep,
-                        mask_timestep=args.mask_timestep, object_concentration=args.object_concentration,
-                        cluster_guidance=args.cluster_guidance, timestep_sampling=args.timestep_sampling)
-    else:
-        settings.update(layer=args.layer, timestep=args.timestep, finetune_unet=args.finetune_unet, unet_lr=args.unet_lr,
-                        graph_weight=args.graph_weight, entropy_weight=args.entropy_weight,
-                        denoising_weight=args.denoising_weight, **_search_settings(args))
+    settings.update(warmup_epochs=args.warmup_epochs, feature_layer=args.feature_layer, feature_timestep=args.feature_timestep,
+                    mask_timestep=args.mask_timestep, object_concentration=args.object_concentration,
+                    cluster_guidance=args.cluster_guidance, timestep_sampling=args.timestep_sampling)
+    settings.update(finetune_unet=args.finetune_unet, unet_lr=args.unet_lr,
+                    graph_weight=args.graph_weight, entropy_weight=args.entropy_weight,
+                    denoising_weight=args.denoising_weight, **_search_settings(args))
+    settings.update(ema_decay=args.ema_decay, teacher_steps=args.teacher_steps, ce_weight=args.ce_weight,
+                    predict_samples=args.predict_samples, predict_steps=args.predict_steps,
+                    embedding_dim=args.embedding_dim, hidden_dim=args.hidden_dim)
     return settings
+
+
+def _fit_input(args):
+    """(what to fit on, labels or None, a name for the run folder)."""
+    if args.method == "cludi" and args.features is not None:
+        if args.data is not None:
+            raise DiffclustError("Give either DATA (images) or --features FILE, not both.")
+        from diffclust.methods.cludi.inputs import read_feature_file, read_row_labels
+
+        values, labels = read_feature_file(args.features)
+        if args.labels is not None:
+            labels = read_row_labels(args.labels, len(values))
+        return values, labels, args.features.stem
+    if args.features is not None or args.labels is not None:
+        raise DiffclustError("--features and --labels belong to --method cludi; other methods read labels from DATA.")
+    if args.data is None:
+        raise DiffclustError("fit needs DATA, an image folder" + (" (or --features FILE)." if args.method == "cludi" else "."))
+    return args.data, None, Path(args.data).resolve().name
 
 
 def run_fit(args) -> int:
     from diffclust.methods.registry import METHODS
 
-    out = args.out or Path("runs") / Path(args.data).resolve().name
-    model = METHODS[args.method](args.k, output_dir=out, **_method_settings(args))
-    model.fit(args.data, resume=args.resume)
+    estimator = METHODS[args.method]
+    data, labels, name = _fit_input(args)
+    out = args.out or Path("runs") / name
+    wanted = set(estimator._param_names())
+    model = estimator(args.k, output_dir=out, **{key: value for key, value in _method_settings(args).items() if key in wanted})
+    model.fit(data, labels, resume=args.resume)
     from accelerate import PartialState
 
     if not PartialState().is_main_process:
         return 0
     used = len(np.unique(model.labels_))
-    print(f"{METHOD_NAMES[args.method]}: clustered {len(model.labels_)} images into {used} of {args.k} clusters; "
+    kind = "rows" if args.features is not None else "images"
+    print(f"{METHOD_NAMES[args.method]}: clustered {len(model.labels_)} {kind} into {used} of {args.k} clusters; "
           f"skipped {sum(s.is_image for s in model.skipped_)} unreadable.")
     if args.method == "diec":
         print(f"Clustered at {model.layer_}, t={model.timestep_}" + (" (see search.png)" if model.search_result_ else ""))
     print(f"Run folder: {out}  (assignments.csv, skipped.csv, metrics.csv, model {model.weights_name()})")
     last = model.history_[-1] if model.history_ else {}
-    if "acc" in last:
-        _print_scores(last, "Against the labels found in the data: ")
+    final = {key[len("final_"):]: value for key, value in last.items() if key.startswith("final_")} or last
+    if "acc" in final:
+        _print_scores(final, "Against the labels found in the data: ")
     return 0
 
 

@@ -16,7 +16,7 @@ from diffclust.methods.base import ClusteringEstimator
 from diffclust.methods.cludi.diffusion import EmbeddingDiffusion
 from diffclust.methods.cludi.inputs import FeatureTable, is_feature_file, read_feature_file, table_from_matrix
 from diffclust.methods.cludi.network import CLUDINetwork
-from diffclust.methods.cludi.training import CHECKPOINT_NAME, CLUDITrainer, mean_logits
+from diffclust.methods.cludi.training import CHECKPOINT_NAME, CLUDITrainer, assign, mean_logits
 from diffclust.outputs import write_assignments, write_skipped
 from diffclust.seeding import make_generator, seed_everything
 
@@ -36,6 +36,8 @@ class CLUDI(ClusteringEstimator):
     25 DDIM steps at eta 1, cross-entropy weight 50, temperatures 0.1 (rows) / 0.05 (columns),
     feature noise 0.2-1.0, dropout 0.05-0.1, prediction averaged over 64 samples of 50 steps.
     Unlike that code, the teacher really is the EMA of the student, and every setting is used.
+    ``init="kmeans"`` (our addition) first fits the networks to k-means of the features, as
+    a start; ``"random"`` is the published start from random weights.
     """
 
     method = "cludi"
@@ -52,6 +54,7 @@ class CLUDI(ClusteringEstimator):
         noise_draws: int = 4,
         pool_size: int = 4,
         search_subset: int = 1000,
+        init: str = "kmeans",
         embedding_dim: int = 64,
         hidden_dim: int = 512,
         depth: int = 3,
@@ -92,6 +95,7 @@ class CLUDI(ClusteringEstimator):
         self.noise_draws = noise_draws
         self.pool_size = pool_size
         self.search_subset = search_subset
+        self.init = init
         self.embedding_dim = embedding_dim
         self.hidden_dim = hidden_dim
         self.depth = depth
@@ -138,6 +142,8 @@ class CLUDI(ClusteringEstimator):
             low, high = getattr(self, name)
             if not 0 <= low <= high or (name == "feature_dropout" and high >= 1):
                 problems.append(f"{name} must be a range (low, high) with 0 <= low <= high" + (" < 1" if name == "feature_dropout" else ""))
+        if self.init not in ("kmeans", "random"):
+            problems.append(f"init must be 'kmeans' or 'random', got {self.init!r}")
         if min(self.row_temperature, self.column_temperature, self.embedding_temperature) <= 0:
             problems.append("temperatures must be > 0")
         if problems:
@@ -208,8 +214,7 @@ class CLUDI(ClusteringEstimator):
         self.student_ = trainer.network.eval()
         self.teacher_ = trainer.teacher.model.eval()
         self.history_ = list(trainer.log.records)
-        logits = self._logits(table.values)
-        self.labels_, self.confidence_ = self._decide(logits)
+        self.labels_, self.confidence_, self.cluster_offsets_ = assign(self._logits(table.values), self.column_temperature)
         self.files_ = table.names
         self.skipped_ = list(table.skipped)
         if table.labels is not None and self.history_:
@@ -235,19 +240,15 @@ class CLUDI(ClusteringEstimator):
         return mean_logits(self.teacher_, diffusion, self._standardised(values).to(device), self.predict_samples,
                            self.predict_steps, self.teacher_eta, generator).cpu()
 
-    def _decide(self, logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        probabilities = (logits / self.row_temperature).softmax(dim=1)
-        return logits.argmax(dim=1).numpy(), probabilities.max(dim=1).values.numpy()
-
     def transform(self, X) -> np.ndarray:
-        """Mean teacher logits (N, K) of the rows of `X`."""
+        """Mean teacher logits (N, K) of the rows of `X` (assign with the fitted cluster offsets)."""
         self._check_fitted()
         return self._logits(self._table(X).values).numpy()
 
     def predict_with_confidence(self, X) -> tuple[np.ndarray, np.ndarray, FeatureTable]:
         self._check_fitted()
         table = self._table(X)
-        labels, confidence = self._decide(self._logits(table.values))
+        labels, confidence, _ = assign(self._logits(table.values), self.column_temperature, self.cluster_offsets_)
         return labels, confidence, table
 
     # ------------------------------------------------------------------ persistence
@@ -256,7 +257,7 @@ class CLUDI(ClusteringEstimator):
         self._check_fitted()
         folder = Path(folder)
         tensors = {f"teacher.{name}": value for name, value in self.teacher_.state_dict().items()}
-        tensors.update(feature_mean=self.feature_mean_, feature_std=self.feature_std_)
+        tensors.update(feature_mean=self.feature_mean_, feature_std=self.feature_std_, cluster_offsets=self.cluster_offsets_)
         atomic_save_tensors(folder / self.weights_name(), tensors)
         settings = self.saved_settings()
         settings.update(betas=list(self.betas), feature_noise=list(self.feature_noise), feature_dropout=list(self.feature_dropout))
@@ -285,4 +286,5 @@ class CLUDI(ClusteringEstimator):
         model.feature_dim_ = state["feature_dim"]
         model.feature_layer_, model.feature_timestep_ = state["feature_layer"], state["feature_timestep"]
         model.feature_mean_, model.feature_std_ = tensors["feature_mean"], tensors["feature_std"]
+        model.cluster_offsets_ = tensors["cluster_offsets"]
         return model

@@ -19,10 +19,24 @@ import torch
 _EPS = 1e-8
 
 
+def cluster_offsets(logits: torch.Tensor, column_temperature: float) -> torch.Tensor:
+    """b_k = logsumexp over the rows of l_ik / t_c: the normaliser of each cluster's column."""
+    return torch.logsumexp(logits.float() / column_temperature, dim=0)
+
+
+def balanced_probabilities(logits: torch.Tensor, column_temperature: float, offsets: torch.Tensor) -> torch.Tensor:
+    """softmax over clusters of l_ik / t_c - b_k. With offsets from the same rows, this is the
+    balanced target; with offsets kept from the training set, it assigns new rows the same way.
+
+    The loss cannot see a constant added to one cluster's logits (both of its distributions
+    cancel it), so plain argmax of the logits is not what training shaped; this is.
+    """
+    return (logits.float() / column_temperature - offsets).softmax(dim=1)
+
+
 def balanced_target(logits: torch.Tensor, column_temperature: float) -> torch.Tensor:
     """softmax over the batch (dim 0) at t_c, then each row renormalised to sum to 1."""
-    columns = (logits.float() / column_temperature).softmax(dim=0)
-    return columns / columns.sum(dim=1, keepdim=True).clamp_min(_EPS)
+    return balanced_probabilities(logits, column_temperature, cluster_offsets(logits, column_temperature))
 
 
 def log_balanced_prediction(logits: torch.Tensor, row_temperature: float) -> torch.Tensor:

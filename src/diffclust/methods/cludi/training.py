@@ -22,20 +22,25 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 
+from diffclust.cluster.kmeans import fit_kmeans
 from diffclust.cluster.metrics import clustering_scores
 from diffclust.engine.checkpoint import atomic_torch_save, load_resume_state
 from diffclust.engine.ema import EMA
 from diffclust.engine.history import MetricsLog
 from diffclust.engine.runtime import average_gradients, epoch_order, progress
 from diffclust.methods.cludi.diffusion import EmbeddingDiffusion
-from diffclust.methods.cludi.losses import two_way_cross_entropy
+from diffclust.methods.cludi.losses import balanced_probabilities, cluster_offsets, two_way_cross_entropy
 from diffclust.methods.cludi.network import CLUDINetwork
 from diffclust.seeding import make_generator
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
-RESUME_KEYS = ("n_clusters", "embedding_dim", "hidden_dim", "depth", "batch_size", "seed", "num_train_timesteps", "beta_schedule")
+RESUME_KEYS = ("n_clusters", "embedding_dim", "hidden_dim", "depth", "batch_size", "seed", "num_train_timesteps", "beta_schedule", "init")
+#: updates toward k-means assignments before self-distillation (init="kmeans"), and the logit
+#: scale of those one-hot targets (sharp at the 0.05-0.1 temperatures)
+INIT_STEPS = 200
+INIT_LOGIT = 5.0
 
 
 @torch.no_grad()
@@ -48,6 +53,14 @@ def mean_logits(network: CLUDINetwork, diffusion: EmbeddingDiffusion, features: 
             embedding = diffusion.sample(network, features[rows], steps, eta, generator)
             total[rows] += network.classifier(embedding)
     return total / samples
+
+
+def assign(logits: torch.Tensor, column_temperature: float, offsets: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """(clusters, confidences, offsets) from mean logits: the balanced assignment, with the
+    cluster offsets computed on these rows unless given (those of the training set)."""
+    offsets = cluster_offsets(logits, column_temperature) if offsets is None else offsets
+    probabilities = balanced_probabilities(logits, column_temperature, offsets)
+    return probabilities.argmax(dim=1).numpy(), probabilities.max(dim=1).values.numpy(), offsets
 
 
 class CLUDITrainer:
@@ -91,12 +104,16 @@ class CLUDITrainer:
         keep = (torch.rand(features.shape, generator=generator) >= rate).to(features.device)
         return noisy * keep / (1.0 - rate)
 
-    def _step(self, rows: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def _step(self, rows: torch.Tensor, generator: torch.Generator, given_logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One student update's losses; `given_logits` stand in for the teacher's (initialisation)."""
         p, student, device = self.p, self.network, self.accelerator.device
         features = self.features[rows]
-        teacher_embedding = self.diffusion.sample(self.teacher.model, features, p["teacher_steps"], p["teacher_eta"], generator)
-        with torch.no_grad():
-            teacher_logits = self.teacher.model.classifier(teacher_embedding)
+        if given_logits is None:
+            teacher_embedding = self.diffusion.sample(self.teacher.model, features, p["teacher_steps"], p["teacher_eta"], generator)
+            with torch.no_grad():
+                teacher_logits = self.teacher.model.classifier(teacher_embedding)
+        else:
+            teacher_logits = given_logits[rows].to(device)
         target = student.embedding(teacher_logits, p["embedding_temperature"])
         timesteps = torch.randint(self.diffusion.num_train_timesteps, (len(rows),), generator=generator).to(device)
         noisy = self.diffusion.add_noise(target, torch.randn(target.shape, generator=generator).to(device), timesteps)
@@ -111,6 +128,30 @@ class CLUDITrainer:
         ce, to_student, to_teacher = two_way_cross_entropy(teacher_logits, student_logits, p["row_temperature"], p["column_temperature"])
         return {"loss": mse + p["ce_weight"] * ce, "embedding_mse": mse.detach(), "cross_entropy": ce.detach(),
                 "cross_entropy_teacher_to_student": to_student.detach(), "cross_entropy_student_to_teacher": to_teacher.detach()}
+
+    def initialise_from_kmeans(self) -> None:
+        """Start teacher and student from k-means on the features: INIT_STEPS updates toward
+        k-means' one-hot assignments in place of the teacher's, then the teacher copies the student.
+
+        Our addition (the published method starts from random weights): from random weights a
+        balanced self-distillation can settle in a partition that splits one group and merges
+        two others, which no later step undoes; k-means puts the start in the right basin.
+        """
+        _, targets = fit_kmeans(self.features, self.p["n_clusters"], seed=self.p["seed"])
+        given = torch.nn.functional.one_hot(torch.from_numpy(targets), self.p["n_clusters"]).float() * INIT_LOGIT
+        generator = make_generator(self.p["seed"] + 11)
+        parameters = list(self.network.parameters())
+        self.set_learning_rate(0)
+        self.network.train()
+        for _ in range(INIT_STEPS):
+            rows = torch.randperm(len(self.features), generator=generator)[: self.p["batch_size"]]
+            loss = self._step(rows, generator, given)["loss"]
+            self.optimizer.zero_grad(set_to_none=True)
+            self.accelerator.backward(loss)
+            average_gradients(parameters, self.accelerator)
+            self.optimizer.step()
+        self.optimizer.state.clear()
+        self.teacher.model.load_state_dict(self.network.state_dict())
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint_path(self) -> Path | None:
@@ -168,11 +209,13 @@ class CLUDITrainer:
     def run(self, resume: bool = False) -> None:
         if resume:
             self.resume()
+        if self.start_epoch == 0 and self.p["init"] == "kmeans":
+            self.initialise_from_kmeans()
         for epoch in range(self.start_epoch, self.p["epochs"]):
             started = time.perf_counter()
             record: dict = {"epoch": epoch + 1, **self.train_epoch(epoch)}
             self.logits = self.monitor_logits(epoch)
-            labels = self.logits.argmax(dim=1).numpy()
+            labels = assign(self.logits, self.p["column_temperature"])[0]
             record.update(clusters_used=int(len(np.unique(labels))), lr=self.optimizer.param_groups[0]["lr"])
             if self.labels is not None:
                 record.update(clustering_scores(self.labels, labels))

@@ -1,0 +1,192 @@
+"""CLUDI: EMA teacher, losses by hand, blobs, and features from files and backbones alike."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from diffclust.cli import main
+from diffclust.cluster.metrics import hungarian_accuracy
+from diffclust.engine.checkpoint import load_tensors
+from diffclust.engine.runtime import make_accelerator
+from diffclust.errors import DiffclustError
+from diffclust.methods.cludi import CLUDI
+from diffclust.methods.cludi.inputs import read_feature_file
+from diffclust.methods.cludi.losses import two_way_cross_entropy
+from diffclust.methods.cludi.network import AssignmentEmbedding, CLUDINetwork
+from diffclust.methods.cludi.training import CLUDITrainer
+from diffclust.methods.diec import DiEC
+from diffclust.outputs import read_assignments
+
+#: small and quick, for tests: the published defaults need hundreds of epochs
+FAST = dict(batch_size=64, hidden_dim=64, depth=3, embedding_dim=16, teacher_steps=5, predict_samples=2,
+            predict_steps=5, monitor_samples=1, lr=1e-3, ema_decay=0.99, device="cpu", progress=False)
+
+
+def blobs(k: int = 5, n: int = 500, d: int = 32, spread: float = 3.0, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % k
+    return (rng.normal(size=(k, d)) * spread)[labels] + rng.normal(size=(n, d)), labels
+
+
+# ---------------------------------------------------------------------------------- numerics
+def test_two_way_cross_entropy_matches_hand_computation():
+    teacher = torch.tensor([[0.0, math.log(3)], [0.0, 0.0]])
+    student = torch.tensor([[math.log(2), 0.0], [0.0, 0.0]])
+    total, forward, backward = two_way_cross_entropy(teacher, student, row_temperature=1.0, column_temperature=1.0)
+    # teacher target: columns over the batch (0.5, 0.5), (0.75, 0.25); rows renormalised (0.4, 0.6), (2/3, 1/3)
+    # student prediction: rows (2/3, 1/3), (1/2, 1/2); columns renormalised (4/7, 2/5), (3/7, 3/5); x B/K = 1
+    expected_forward = -(0.4 * math.log(4 / 7) + 0.6 * math.log(2 / 5) + 2 / 3 * math.log(3 / 7) + 1 / 3 * math.log(3 / 5)) / 2
+    # student target: (4/7, 3/7), (2/5, 3/5); teacher prediction: (1/3, 3/5), (2/3, 2/5)
+    expected_backward = -(4 / 7 * math.log(1 / 3) + 3 / 7 * math.log(3 / 5) + 2 / 5 * math.log(2 / 3) + 3 / 5 * math.log(2 / 5)) / 2
+    assert float(forward) == pytest.approx(expected_forward, abs=1e-6)  # 0.754381
+    assert float(backward) == pytest.approx(expected_backward, abs=1e-6)  # 0.779332
+    assert float(total) == pytest.approx((expected_forward + expected_backward) / 2, abs=1e-6)
+
+
+def test_assignment_embedding_of_one_hot_and_mixed_assignments():
+    embedding = AssignmentEmbedding(2, 2)
+    with torch.no_grad():
+        embedding.centres.copy_(torch.tensor([[3.0, 4.0], [0.0, 2.0]]))  # unit: (0.6, 0.8), (0, 1)
+    one_hot = embedding(torch.tensor([[100.0, 0.0]]), temperature=0.1)
+    assert torch.allclose(one_hot, torch.tensor([[0.6, 0.8]]), atol=1e-6)
+    mixed = embedding(torch.tensor([[0.0, math.log(3)]]), temperature=1.0)  # weights (1/4, 3/4)
+    assert torch.allclose(mixed, torch.tensor([[0.15, 0.95]]), atol=1e-6)
+
+
+def test_teacher_is_the_exponential_moving_average_of_the_student():
+    features, _ = blobs(n=96, d=8)
+    torch.manual_seed(0)
+    network = CLUDINetwork(8, 5, embedding_dim=16, hidden=32, depth=1)
+    params = {**CLUDI(5, epochs=1, **{**FAST, "batch_size": 32, "ema_decay": 0.9}).get_params()}
+    trainer = CLUDITrainer(params, torch.tensor(features, dtype=torch.float32), network, make_accelerator("cpu"), None, None)
+    expected = {name: value.clone() for name, value in network.state_dict().items()}
+    step = trainer.optimizer.step
+
+    def step_and_follow(*args, **kwargs):
+        result = step(*args, **kwargs)
+        for name, value in network.named_parameters():
+            expected[name] = 0.9 * expected[name] + 0.1 * value.detach()
+        return result
+
+    trainer.optimizer.step = step_and_follow
+    trainer.train_epoch(0)  # 3 steps of 32
+    teacher = trainer.teacher.model.state_dict()
+    moved = 0
+    for name, value in network.named_parameters():
+        assert torch.allclose(teacher[name], expected[name], atol=1e-6), name
+        moved += not torch.allclose(teacher[name], value)
+    assert moved > 0  # the teacher is not simply the student
+
+
+# ---------------------------------------------------------------------------------- clustering
+def test_cludi_separates_gaussian_blobs_in_32_dimensions():
+    features, labels = blobs()
+    model = CLUDI(5, epochs=30, seed=0, **{**FAST, "batch_size": 128, "hidden_dim": 128})
+    model.fit(features, labels)
+    assert hungarian_accuracy(labels, model.labels_) >= 0.98
+    assert model.labels_.shape == (500,) and model.confidence_.min() > 0.5
+    assert model.history_[-1]["final_acc"] == pytest.approx(hungarian_accuracy(labels, model.labels_))
+    assert min(record["acc"] for record in model.history_) >= 0.98  # self-distillation keeps what it started from
+
+
+def test_from_random_weights_the_teacher_student_loop_itself_finds_structure():
+    features, labels = blobs()
+    model = CLUDI(5, epochs=60, seed=1, init="random", **{**FAST, "batch_size": 128, "hidden_dim": 128, "embedding_dim": 64,
+                                                          "teacher_steps": 10, "predict_steps": 10, "predict_samples": 4})
+    model.fit(features, labels)
+    first, last = model.history_[0]["acc"], model.history_[-1]["final_acc"]
+    # measured: 0.44 -> 0.70; it ends with one group split and two merged, which k-means init avoids
+    assert first < 0.5 and last > first + 0.2
+
+
+def test_feature_files_of_every_kind_read_the_same(tmp_path):
+    features, labels = blobs(n=20, d=4)
+    values = torch.tensor(features, dtype=torch.float32)
+    np.save(tmp_path / "f.npy", values.numpy())
+    torch.save({"features": values, "labels": torch.tensor(labels)}, tmp_path / "f.pt")
+    save_file({"features": values, "labels": torch.tensor(labels)}, str(tmp_path / "f.safetensors"))
+    for name in ("f.npy", "f.pt", "f.safetensors"):
+        read, read_labels = read_feature_file(tmp_path / name)
+        assert torch.equal(read, values), name
+        assert read_labels is None if name == "f.npy" else np.array_equal(read_labels, labels)
+    np.save(tmp_path / "bad.npy", np.array([[1.0, np.nan], [0.0, 1.0]]))
+    with pytest.raises(DiffclustError, match="NaN"):
+        read_feature_file(tmp_path / "bad.npy")
+    np.save(tmp_path / "flat.npy", np.zeros(5))
+    with pytest.raises(DiffclustError, match="matrix"):
+        read_feature_file(tmp_path / "flat.npy")
+
+
+def test_backbone_features_and_a_feature_file_take_the_same_path(usps_subset, tiny_ddpm, tmp_path):
+    """Images through the backbone, and the same activations saved to a file, give the same clusters."""
+    settings = dict(epochs=2, seed=3, **FAST)
+    reading = dict(backbone=str(tiny_ddpm), layer="mid_block", timestep=100, noise_draws=2, pool_size=2)
+    from_images = CLUDI(10, output_dir=tmp_path / "images", **reading, **settings).fit(usps_subset)
+    assigned, skipped = read_assignments(tmp_path / "images" / "assignments.csv")
+    images = sorted(path.name for path in (usps_subset / "images").iterdir())
+    assert sorted(assigned) == images and skipped == 0
+
+    _, features, layer, timestep = DiEC(10, batch_size=64, seed=3, device="cpu", progress=False, **reading).extract_features(usps_subset)
+    assert (layer, timestep) == ("mid_block", 100)
+    np.save(tmp_path / "features.npy", features.numpy())
+    (tmp_path / "rows.csv").write_text("file,label\n" + "".join(f"{row},{label}\n" for row, label in enumerate(from_images_labels(usps_subset))))
+    out = tmp_path / "file"
+    assert main(["fit", "--method", "cludi", "--features", str(tmp_path / "features.npy"), "--labels", str(tmp_path / "rows.csv"),
+                 "--k", "10", "--out", str(out), "--epochs", "2", "--seed", "3", "--batch-size", "64", "--hidden-dim", "64",
+                 "--embedding-dim", "16", "--teacher-steps", "5", "--predict-samples", "2", "--predict-steps", "5",
+                 "--lr", "1e-3", "--ema-decay", "0.99", "--device", "cpu", "--quiet"]) == 0
+    rows, _ = read_assignments(out / "assignments.csv")
+    assert sorted(rows, key=int) == [str(row) for row in range(60)]
+    # the same features and seed: the same clusters, row for row
+    assert [rows[str(row)] for row in range(60)] == from_images.labels_.tolist()
+    assert main(["evaluate", str(out / "assignments.csv"), "--labels", str(tmp_path / "rows.csv")]) == 0
+    # predict: images through the saved model read the fitted layer and timestep again
+    assert np.array_equal(CLUDI.load(tmp_path / "images").predict(usps_subset), from_images.labels_)
+    with pytest.raises(DiffclustError, match="columns"):
+        CLUDI.load(out).predict(np.zeros((3, 5)))
+
+
+def from_images_labels(folder) -> list[int]:
+    from diffclust.data import scan_images
+
+    return scan_images(folder).labels.tolist()
+
+
+def test_cludi_resume_after_a_crash_continues_exactly(tmp_path, monkeypatch):
+    features, labels = blobs(n=128, d=8)
+    settings = dict(seed=1, epochs=2, **FAST)
+    CLUDI(5, output_dir=tmp_path / "whole", **settings).fit(features, labels)
+
+    original = CLUDITrainer.train_epoch
+
+    def crash_in_second_epoch(self, epoch):
+        if epoch == 1:
+            raise RuntimeError("power cut")
+        return original(self, epoch)
+
+    monkeypatch.setattr(CLUDITrainer, "train_epoch", crash_in_second_epoch)
+    with pytest.raises(RuntimeError, match="power cut"):
+        CLUDI(5, output_dir=tmp_path / "split", **settings).fit(features, labels)
+    monkeypatch.setattr(CLUDITrainer, "train_epoch", original)
+    with pytest.raises(DiffclustError, match="already holds a run"):
+        CLUDI(5, output_dir=tmp_path / "split", **settings).fit(features, labels)
+    CLUDI(5, output_dir=tmp_path / "split", **settings).fit(features, labels, resume=True)
+    whole, split = load_tensors(tmp_path / "whole" / "cludi.safetensors"), load_tensors(tmp_path / "split" / "cludi.safetensors")
+    assert all(torch.equal(whole[key], split[key]) for key in whole)
+    assert read_assignments(tmp_path / "whole" / "assignments.csv") == read_assignments(tmp_path / "split" / "assignments.csv")
+
+
+def test_cludi_explains_bad_settings_and_inputs(tmp_path):
+    features, _ = blobs(n=20, d=4)
+    with pytest.raises(DiffclustError, match="ema_decay"):
+        CLUDI(3, ema_decay=1.5).fit(features)
+    with pytest.raises(DiffclustError, match="backbone"):
+        CLUDI(3, **FAST).fit(tmp_path)
+    with pytest.raises(DiffclustError, match="only 20 samples"):
+        CLUDI(30, **FAST).fit(features)
+    assert main(["fit", "--method", "diec", "--features", str(tmp_path / "x.npy"), "--k", "3"]) == 2
