@@ -32,6 +32,18 @@ def require(path: Path) -> Path:
     return path
 
 
+def write_subset(source: Path, rows: list[dict], folder: Path) -> Path:
+    """A data set folder holding `rows` of source's labels.csv and their images."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    with open(folder / "labels.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    for row in rows:
+        shutil.copy(source / "images" / row["file"], folder / "images" / row["file"])
+    return folder
+
+
 @pytest.fixture(scope="session")
 def butterflies() -> Path:
     return require(DATA / "butterflies10")
@@ -50,7 +62,6 @@ def usps_subset(tmp_path_factory) -> Path:
     """60 USPS test digits (6 per class) with their labels.csv."""
     source = require(DATA / "usps")
     folder = tmp_path_factory.mktemp("usps60")
-    (folder / "images").mkdir()
     with open(source / "labels.csv", newline="") as handle:
         rows = [row for row in csv.DictReader(handle) if row["split"] == "test"]
     chosen, per_class = [], {}
@@ -58,10 +69,4 @@ def usps_subset(tmp_path_factory) -> Path:
         if per_class.get(row["label"], 0) < 6:
             per_class[row["label"]] = per_class.get(row["label"], 0) + 1
             chosen.append(row)
-    with open(folder / "labels.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(chosen[0]))
-        writer.writeheader()
-        writer.writerows(chosen)
-    for row in chosen:
-        shutil.copy(source / "images" / row["file"], folder / "images" / row["file"])
-    return folder
+    return write_subset(source, chosen, folder)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import write_subset
 from diffclust.cli import main
 from diffclust.engine.checkpoint import load_training_state
 from diffclust.methods.difc import training
@@ -140,15 +141,8 @@ def test_too_many_clusters_is_a_clear_error(butterflies, tmp_path, capsys):
 
 
 def test_two_cpu_processes_complete_with_the_same_output_shape(butterflies, tmp_path):
-    folder = tmp_path / "subset"
-    (folder / "images").mkdir(parents=True)
     manifest = rows(butterflies / "labels.csv")[::20]
-    with open(folder / "labels.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(manifest[0]))
-        writer.writeheader()
-        writer.writerows(manifest)
-    for row in manifest:
-        shutil.copy(butterflies / "images" / row["file"], folder / "images" / row["file"])
+    folder = write_subset(butterflies, manifest, tmp_path / "subset")
     out = tmp_path / "two"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "diffclust.cli", "fit", str(folder),
                "--k", "3", "--backbone", "tiny-random", "--epochs", "2", "--warmup-epochs", "1", "--quiet", "--out", str(out)]

@@ -64,6 +64,26 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+#: every trainer's resumable state, in its run folder
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def checkpoint_path(run_dir: Path | None) -> Path | None:
+    return None if run_dir is None else Path(run_dir) / CHECKPOINT_NAME
+
+
+def save_run_checkpoint(run_dir: Path | None, is_main_process: bool, state: dict[str, Any], epochs_done: int,
+                        history: list[dict], params: dict[str, Any], resume_keys: tuple[str, ...]) -> None:
+    """Atomically write a trainer's `state` with the bookkeeping every resume needs: epochs
+    done, the metrics so far, and the settings that must not change (main process only)."""
+    if run_dir is None or not is_main_process:
+        return
+    atomic_torch_save(checkpoint_path(run_dir), {
+        **state, "epochs_done": epochs_done, "history": json.dumps(history),
+        "settings": json.dumps({key: params[key] for key in resume_keys}),
+    })
+
+
 def load_resume_state(path: Path | None, params: dict[str, Any], resume_keys: tuple[str, ...]) -> dict[str, Any] | None:
     """The checkpoint to continue from, or None to start afresh (with a warning) when there is none.
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from diffclust.backbones.base import DiffusionBackbone
 from diffclust.data.collection import ImageCollection, scan_images
+from diffclust.engine.checkpoint import checkpoint_path
 from diffclust.errors import DiffclustError
 
 #: settings that are paths: saved as strings
@@ -29,6 +30,23 @@ class ClusteringEstimator:
     method: str = ""
     #: an attribute that exists only once the model is fitted (or loaded)
     fitted_attribute: str = "labels_"
+
+    def _keep_settings(self, values: dict[str, Any]) -> None:
+        """Store each constructor argument under its own name (call with locals() in __init__)."""
+        for name in self._param_names():
+            setattr(self, name, values[name])
+
+    def _run_folder(self, resume: bool) -> Path | None:
+        """output_dir as a Path; refuses a folder holding a run unless resuming (nothing is overwritten)."""
+        if self.output_dir is None:
+            return None
+        run_dir = Path(self.output_dir)
+        if not resume and checkpoint_path(run_dir).is_file():
+            raise DiffclustError(
+                f"{run_dir} already holds a run (checkpoint.pt). Pass resume=True (--resume) to continue it, "
+                "or choose another output folder (--out): nothing is overwritten."
+            )
+        return run_dir
 
     @classmethod
     def _param_names(cls) -> list[str]:

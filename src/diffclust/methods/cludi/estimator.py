@@ -16,7 +16,7 @@ from diffclust.methods.base import ClusteringEstimator
 from diffclust.methods.cludi.diffusion import EmbeddingDiffusion
 from diffclust.methods.cludi.inputs import FeatureTable, is_feature_file, read_feature_file, table_from_matrix
 from diffclust.methods.cludi.network import CLUDINetwork
-from diffclust.methods.cludi.training import CHECKPOINT_NAME, CLUDITrainer, assign, mean_logits
+from diffclust.methods.cludi.training import CLUDITrainer, assign, mean_logits
 from diffclust.outputs import write_assignments, write_skipped
 from diffclust.seeding import make_generator, seed_everything
 
@@ -87,46 +87,7 @@ class CLUDI(ClusteringEstimator):
         strict: bool = False,
         progress: bool = True,
     ):
-        self.n_clusters = n_clusters
-        self.backbone = backbone
-        self.layer = layer
-        self.timestep = timestep
-        self.resolution = resolution
-        self.noise_draws = noise_draws
-        self.pool_size = pool_size
-        self.search_subset = search_subset
-        self.init = init
-        self.embedding_dim = embedding_dim
-        self.hidden_dim = hidden_dim
-        self.depth = depth
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.min_lr = min_lr
-        self.centre_lr_scale = centre_lr_scale
-        self.weight_decay = weight_decay
-        self.betas = betas
-        self.ema_decay = ema_decay
-        self.num_train_timesteps = num_train_timesteps
-        self.beta_schedule = beta_schedule
-        self.teacher_steps = teacher_steps
-        self.teacher_eta = teacher_eta
-        self.ce_weight = ce_weight
-        self.row_temperature = row_temperature
-        self.column_temperature = column_temperature
-        self.embedding_temperature = embedding_temperature
-        self.feature_noise = feature_noise
-        self.feature_dropout = feature_dropout
-        self.self_conditioning = self_conditioning
-        self.predict_samples = predict_samples
-        self.predict_steps = predict_steps
-        self.monitor_samples = monitor_samples
-        self.device = device
-        self.seed = seed
-        self.output_dir = output_dir
-        self.num_workers = num_workers
-        self.strict = strict
-        self.progress = progress
+        self._keep_settings(locals())
 
     def _check_settings(self) -> None:
         problems = []
@@ -193,10 +154,7 @@ class CLUDI(ClusteringEstimator):
         the interrupted run in `output_dir`.
         """
         self._check_settings()
-        run_dir = Path(self.output_dir) if self.output_dir is not None else None
-        if run_dir is not None and not resume and (run_dir / CHECKPOINT_NAME).is_file():
-            raise DiffclustError(f"{run_dir} already holds a run (checkpoint.pt). Pass resume=True (--resume) to continue it, "
-                                 "or choose another output folder (--out): nothing is overwritten.")
+        run_dir = self._run_folder(resume)
         accelerator = make_accelerator(self.device)
         seed_everything(self.seed)
         self.feature_layer_ = self.feature_timestep_ = None

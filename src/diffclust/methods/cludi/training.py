@@ -24,7 +24,7 @@ from accelerate import Accelerator
 
 from diffclust.cluster.kmeans import fit_kmeans
 from diffclust.cluster.metrics import clustering_scores
-from diffclust.engine.checkpoint import atomic_torch_save, load_resume_state
+from diffclust.engine.checkpoint import checkpoint_path, load_resume_state, save_run_checkpoint
 from diffclust.engine.ema import EMA
 from diffclust.engine.history import MetricsLog
 from diffclust.engine.runtime import average_gradients, epoch_order, progress
@@ -35,7 +35,6 @@ from diffclust.seeding import make_generator
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "checkpoint.pt"
 RESUME_KEYS = ("n_clusters", "embedding_dim", "hidden_dim", "depth", "batch_size", "seed", "num_train_timesteps", "beta_schedule", "init")
 #: updates toward k-means assignments before self-distillation (init="kmeans"), and the logit
 #: scale of those one-hot targets (sharp at the 0.05-0.1 temperatures)
@@ -154,21 +153,13 @@ class CLUDITrainer:
         self.teacher.model.load_state_dict(self.network.state_dict())
 
     # ------------------------------------------------------------------ checkpoints
-    def _checkpoint_path(self) -> Path | None:
-        return None if self.run_dir is None else self.run_dir / CHECKPOINT_NAME
-
     def save_checkpoint(self, epochs_done: int) -> None:
-        path = self._checkpoint_path()
-        if path is None or not self.accelerator.is_main_process:
-            return
-        atomic_torch_save(path, {
-            "student": self.network.state_dict(), "teacher": self.teacher.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "epochs_done": epochs_done,
-            "history": json.dumps(self.log.records), "settings": json.dumps({key: self.p[key] for key in RESUME_KEYS}),
-        })
+        state = {"student": self.network.state_dict(), "teacher": self.teacher.model.state_dict(),
+                 "optimizer": self.optimizer.state_dict()}
+        save_run_checkpoint(self.run_dir, self.accelerator.is_main_process, state, epochs_done, self.log.records, self.p, RESUME_KEYS)
 
     def resume(self) -> None:
-        state = load_resume_state(self._checkpoint_path(), self.p, RESUME_KEYS)
+        state = load_resume_state(checkpoint_path(self.run_dir), self.p, RESUME_KEYS)
         if state is None:
             return
         self.network.load_state_dict(state["student"])

@@ -19,7 +19,7 @@ from diffclust.methods.diec.features import BOTTLENECK, LayerFeatureReader, cand
 from diffclust.methods.diec.network import DiECNetwork
 from diffclust.methods.diec.search import SCORES, ClusterabilitySearch, SearchResult
 from diffclust.methods.diec.search_report import read_search, write_search_outputs
-from diffclust.methods.diec.training import CHECKPOINT_NAME, DiECTrainer
+from diffclust.methods.diec.training import DiECTrainer
 from diffclust.outputs import collection_outputs
 from diffclust.seeding import make_generator, seed_everything
 
@@ -85,39 +85,7 @@ class DiEC(ClusteringEstimator):
         strict: bool = False,
         progress: bool = True,
     ):
-        self.n_clusters = n_clusters
-        self.backbone = backbone
-        self.resolution = resolution
-        self.layer = layer
-        self.timestep = timestep
-        self.search = search
-        self.search_layer = search_layer
-        self.probe_timestep = probe_timestep
-        self.search_score = search_score
-        self.search_subset = search_subset
-        self.search_layers = search_layers
-        self.search_timesteps = search_timesteps
-        self.timestep_range = timestep_range
-        self.noise_draws = noise_draws
-        self.pool_size = pool_size
-        self.finetune_unet = finetune_unet
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.unet_lr = unet_lr
-        self.weight_decay = weight_decay
-        self.graph_weight = graph_weight
-        self.entropy_weight = entropy_weight
-        self.denoising_weight = denoising_weight
-        self.n_neighbours = n_neighbours
-        self.mapping_hidden = mapping_hidden
-        self.device = device
-        self.mixed_precision = mixed_precision
-        self.seed = seed
-        self.output_dir = output_dir
-        self.num_workers = num_workers
-        self.strict = strict
-        self.progress = progress
+        self._keep_settings(locals())
 
     def _check_settings(self) -> None:
         problems = []
@@ -236,12 +204,7 @@ class DiEC(ClusteringEstimator):
         `data`: a folder or an ImageCollection; `y` is ignored (labels in the data are only
         reported). `resume` continues the interrupted run in `output_dir` (the search is reused).
         """
-        run_dir = Path(self.output_dir) if self.output_dir is not None else None
-        if run_dir is not None and not resume and (run_dir / CHECKPOINT_NAME).is_file():
-            raise DiffclustError(
-                f"{run_dir} already holds a run (checkpoint.pt). Pass resume=True (--resume) to continue it, "
-                "or choose another output folder (--out): nothing is overwritten."
-            )
+        run_dir = self._run_folder(resume)
         accelerator, collection, backbone, resolution, latents = self._prepare(data)
         layer, timestep = self._choose_pair(backbone, latents, run_dir, resume, accelerator.is_main_process)
         logger.info("DiEC trains at %s, t=%d.", layer, timestep)

@@ -30,7 +30,7 @@ from diffclust.cluster.dec import dec_kl_loss, target_distribution
 from diffclust.cluster.losses import entropy, neighbour_consistency_loss
 from diffclust.cluster.metrics import clustering_scores
 from diffclust.cluster.neighbours import nearest_neighbours
-from diffclust.engine.checkpoint import atomic_torch_save, load_resume_state
+from diffclust.engine.checkpoint import checkpoint_path, load_resume_state, save_run_checkpoint
 from diffclust.engine.history import MetricsLog
 from diffclust.engine.runtime import average_gradients, epoch_order, progress
 from diffclust.methods.diec.features import LayerFeatureReader
@@ -39,7 +39,6 @@ from diffclust.seeding import make_generator
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "checkpoint.pt"
 #: settings that must not change between an interrupted run and its resumption
 RESUME_KEYS = ("n_clusters", "batch_size", "seed", "finetune_unet", "noise_draws", "pool_size", "mapping_hidden", "n_neighbours")
 
@@ -91,28 +90,16 @@ class DiECTrainer:
         return torch.cat([e for e, _ in parts]).cpu(), torch.cat([q for _, q in parts]).cpu()
 
     # ------------------------------------------------------------------ checkpoints
-    def _checkpoint_path(self) -> Path | None:
-        return None if self.run_dir is None else self.run_dir / CHECKPOINT_NAME
-
     def save_checkpoint(self, epochs_done: int) -> None:
-        path = self._checkpoint_path()
-        if path is None or not self.accelerator.is_main_process:
-            return
-        state = {
-            "network": self.network.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "epochs_done": epochs_done,
-            "history": json.dumps(self.log.records),
-            "settings": json.dumps({key: self.p[key] for key in RESUME_KEYS}),
-            "pair": json.dumps([self.layer, self.timestep]),
-        }
+        state = {"network": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "pair": json.dumps([self.layer, self.timestep])}
         if self.unet is not None:
             state["unet"] = self.unet.state_dict()
-        atomic_torch_save(path, state)
+        save_run_checkpoint(self.run_dir, self.accelerator.is_main_process, state, epochs_done, self.log.records, self.p, RESUME_KEYS)
 
     def resume(self) -> bool:
         """Load the interrupted run's state; False if there was none to load."""
-        state = load_resume_state(self._checkpoint_path(), self.p, RESUME_KEYS)
+        state = load_resume_state(checkpoint_path(self.run_dir), self.p, RESUME_KEYS)
         if state is None:
             return False
         self.network.load_state_dict(state["network"])

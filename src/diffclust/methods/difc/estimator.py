@@ -22,7 +22,7 @@ from diffclust.errors import DiffclustError
 from diffclust.methods.base import ClusteringEstimator
 from diffclust.methods.difc.constants import ConstantComputer, ConstantSettings, fingerprint, load_or_compute_constants
 from diffclust.methods.difc.network import DiFiCNetwork, assign
-from diffclust.methods.difc.training import CHECKPOINT_NAME, TIMESTEP_DISTRIBUTIONS, DiFiCTrainer
+from diffclust.methods.difc.training import TIMESTEP_DISTRIBUTIONS, DiFiCTrainer
 from diffclust.outputs import collection_outputs
 from diffclust.seeding import make_generator, seed_everything
 
@@ -80,36 +80,7 @@ class DiFiC(ClusteringEstimator):
         strict: bool = False,
         progress: bool = True,
     ):
-        self.n_clusters = n_clusters
-        self.backbone = backbone
-        self.resolution = resolution
-        self.feature_layer = feature_layer
-        self.feature_timestep = feature_timestep
-        self.mask_timestep = mask_timestep
-        self.prompt_template = prompt_template
-        self.mask_prompt = mask_prompt
-        self.object_concentration = object_concentration
-        self.cluster_guidance = cluster_guidance
-        self.head_init = head_init
-        self.timestep_sampling = timestep_sampling
-        self.epochs = epochs
-        self.warmup_epochs = warmup_epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.n_neighbours = n_neighbours
-        self.memory_bank_size = memory_bank_size
-        self.entropy_weight = entropy_weight
-        self.cluster_loss_weight = cluster_loss_weight
-        self.extractor_hidden = extractor_hidden
-        self.device = device
-        self.mixed_precision = mixed_precision
-        self.seed = seed
-        self.output_dir = output_dir
-        self.cache_dir = cache_dir
-        self.num_workers = num_workers
-        self.strict = strict
-        self.progress = progress
+        self._keep_settings(locals())
 
     def _check_settings(self) -> None:
         problems = []
@@ -159,12 +130,7 @@ class DiFiC(ClusteringEstimator):
         collection = self._collect(data)
         if self.n_clusters > len(collection):
             raise DiffclustError(f"n_clusters (--k) is {self.n_clusters} but only {len(collection)} usable images were found.")
-        run_dir = Path(self.output_dir) if self.output_dir is not None else None
-        if run_dir is not None and not resume and (run_dir / CHECKPOINT_NAME).is_file():
-            raise DiffclustError(
-                f"{run_dir} already holds a run (checkpoint.pt). Pass resume=True (--resume) to continue it, "
-                "or choose another output folder (--out): nothing is overwritten."
-            )
+        run_dir = self._run_folder(resume)
         backbone = load_backbone(self.backbone, device=accelerator.device)
         resolution = self.resolution or backbone.resolution
         shared_noise = self._shared_noise(backbone, resolution)

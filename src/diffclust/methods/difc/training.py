@@ -23,7 +23,7 @@ from diffclust.cluster.kmeans import fit_kmeans
 from diffclust.cluster.losses import AssignmentMemoryBank, cluster_guidance_loss
 from diffclust.cluster.metrics import clustering_scores
 from diffclust.cluster.neighbours import nearest_neighbours
-from diffclust.engine.checkpoint import atomic_torch_save, load_resume_state
+from diffclust.engine.checkpoint import checkpoint_path, load_resume_state, save_run_checkpoint
 from diffclust.engine.history import MetricsLog
 from diffclust.engine.runtime import epoch_order, progress
 from diffclust.methods.difc.constants import ConstantStore
@@ -34,7 +34,6 @@ from diffclust.seeding import make_generator
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "checkpoint.pt"
 #: settings that must not change between an interrupted run and its resumption
 RESUME_KEYS = (
     "n_clusters", "feature_layer", "feature_timestep", "mask_timestep", "prompt_template", "mask_prompt",
@@ -135,24 +134,13 @@ class DiFiCTrainer:
         self.bank.push(assign_probabilities(head, proxies[order]))
 
     # ------------------------------------------------------------------ checkpoints
-    def _checkpoint_path(self) -> Path | None:
-        return None if self.run_dir is None else self.run_dir / CHECKPOINT_NAME
-
     def save_checkpoint(self, epochs_done: int) -> None:
-        path = self._checkpoint_path()
-        if path is None or not self.accelerator.is_main_process:
-            return
-        atomic_torch_save(path, {
-            "network": self.accelerator.unwrap_model(self.network).state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "epochs_done": epochs_done,
-            "bank": self.bank.state(),
-            "history": json.dumps(self.log.records),
-            "settings": json.dumps({key: self.p[key] for key in RESUME_KEYS}),
-        })
+        state = {"network": self.accelerator.unwrap_model(self.network).state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "bank": self.bank.state()}
+        save_run_checkpoint(self.run_dir, self.accelerator.is_main_process, state, epochs_done, self.log.records, self.p, RESUME_KEYS)
 
     def resume(self) -> None:
-        state = load_resume_state(self._checkpoint_path(), self.p, RESUME_KEYS)
+        state = load_resume_state(checkpoint_path(self.run_dir), self.p, RESUME_KEYS)
         if state is None:
             return
         self.network.load_state_dict(state["network"])
