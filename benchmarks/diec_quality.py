@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=None, help="clusters (default: number of classes)")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--fixed-timestep", type=int, default=None, help="the fixed-pair row's t (default: T/2)")
-    parser.add_argument("--frozen", action="store_true", help="full DiEC without UNet fine-tuning")
+    parser.add_argument("--variants", default="frozen,finetuned", help="full DiEC rows: frozen UNet and/or fine-tuned UNet")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--noise-draws", type=int, default=4)
     parser.add_argument("--pool-size", type=int, default=4)
@@ -70,6 +70,9 @@ def main() -> None:
     search = probe.run_search(backbone, latents)
     search_seconds = time.perf_counter() - started
     features = probe._reader(backbone, [search.layer]).read_all(latents, search.timestep, 256)[search.layer]
+    args.out.mkdir(parents=True, exist_ok=True)  # the searched pair's features, for cludi_quality.py
+    np.save(args.out / "features.npy", features.numpy())
+    np.save(args.out / "labels.npy", labels)
     rows.append(kmeans_row(f"k-means at the searched pair ({search.layer}, t={search.timestep})", features, labels, k,
                            args.seed, started, search_evaluations=search.n_evaluations, search_seconds=round(search_seconds, 1)))
 
@@ -90,12 +93,16 @@ def main() -> None:
         backbone, latents, score=lambda x, predicted: hungarian_accuracy(subset_labels, predicted), score_name="acc")
     pick_acc = label_accuracy.score
 
-    started = time.perf_counter()
-    model = DiEC(k, epochs=args.epochs, finetune_unet=not args.frozen, layer=search.layer, timestep=search.timestep,
-                 output_dir=args.out / "run", **settings)
-    model.fit(collection)
-    rows.append({"row": f"DiEC ({'frozen UNet' if args.frozen else 'UNet fine-tuned'}, {args.epochs} epochs) at the searched pair",
-                 **clustering_scores(labels, model.labels_), "seconds": round(time.perf_counter() - started, 1)})
+    histories = {}
+    for variant in args.variants.split(","):
+        started = time.perf_counter()
+        model = DiEC(k, epochs=args.epochs, finetune_unet=variant == "finetuned", layer=search.layer, timestep=search.timestep,
+                     output_dir=args.out / f"run-{variant}", **settings)
+        model.fit(collection, resume=(args.out / f"run-{variant}" / "checkpoint.pt").is_file())
+        rows.append({"row": f"DiEC ({'UNet fine-tuned' if variant == 'finetuned' else 'frozen UNet'}, {args.epochs} epochs) at the searched pair",
+                     **clustering_scores(labels, model.labels_), "seconds": round(time.perf_counter() - started, 1)})
+        histories[variant] = model.history_
+        print(rows[-1], flush=True)
 
     report = {
         "data": str(args.data), "images": len(collection), "k": k, "backbone": str(args.backbone),
@@ -110,7 +117,7 @@ def main() -> None:
                  "best_by_calinski_harabasz": [grid_ch.layer, grid_ch.timestep],
                  "best_by_label_accuracy": [grid_acc.layer, grid_acc.timestep, grid_acc.score],
                  "label_accuracy_at_best_ch": next(e.score for e in grid_acc.evaluations if (e.layer, e.timestep) == (grid_ch.layer, grid_ch.timestep))},
-        "history": model.history_,
+        "history": histories,
     }
     report["search"]["distance_to_label_best"] = {
         "same_layer": search.layer == grid_acc.layer, "timestep_gap": abs(search.timestep - grid_acc.timestep),
