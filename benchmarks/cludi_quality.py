@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--teacher-steps", type=int, default=10)
     parser.add_argument("--predict-samples", type=int, default=8)
     parser.add_argument("--predict-steps", type=int, default=20)
+    parser.add_argument("--monitor-samples", type=int, default=1, help="samples behind the per-epoch metrics")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--inits", default="kmeans,random", help="CLUDI starts to compare")
     args = parser.parse_args()
@@ -73,7 +74,8 @@ def main() -> None:
     k = args.k or len(np.unique(labels))
     standardised = ((values - values.mean(dim=0)) / values.std(dim=0).clamp_min(1e-6)).numpy()
     settings = dict(epochs=args.epochs, hidden_dim=args.hidden_dim, teacher_steps=args.teacher_steps, lr=args.lr,
-                    predict_samples=args.predict_samples, predict_steps=args.predict_steps, device="cpu", progress=False)
+                    predict_samples=args.predict_samples, predict_steps=args.predict_steps,
+                    monitor_samples=args.monitor_samples, device="cpu", progress=False)
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
         started = time.perf_counter()

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from diffclust.backbones.base import DiffusionBackbone
+from diffclust.cluster.metrics import clustering_scores
 from diffclust.engine.checkpoint import atomic_save_tensors, atomic_write_json, load_tensors
 from diffclust.engine.runtime import make_accelerator
 from diffclust.errors import DiffclustError
@@ -166,8 +167,7 @@ class CLUDI(ClusteringEstimator):
         self.feature_std_ = table.values.std(dim=0).clamp_min(1e-6)
         seed_everything(self.seed)
         network = CLUDINetwork(self.feature_dim_, self.n_clusters, self.embedding_dim, self.hidden_dim, self.depth)
-        trainer = CLUDITrainer(self.get_params(), self._standardised(table.values), network,
-                               accelerator, table.labels, run_dir)
+        trainer = CLUDITrainer(self.get_params(), self._standardised(table.values), network, accelerator, table.labels, run_dir)
         trainer.run(resume=resume)
         self.student_ = trainer.network.eval()
         self.teacher_ = trainer.teacher.model.eval()
@@ -175,11 +175,9 @@ class CLUDI(ClusteringEstimator):
         self.labels_, self.confidence_, self.cluster_offsets_ = assign(self._logits(table.values), self.column_temperature)
         self.files_ = table.names
         self.skipped_ = list(table.skipped)
-        if table.labels is not None and self.history_:
-            from diffclust.cluster.metrics import clustering_scores
-
-            self.history_[-1] = {**self.history_[-1], **{f"final_{key}": value for key, value in clustering_scores(table.labels, self.labels_).items()}}
-            trainer.log.records = list(self.history_)
+        if table.labels is not None and self.history_:  # scores of the final, many-sample assignment
+            final = clustering_scores(table.labels, self.labels_)
+            self.history_[-1].update({f"final_{key}": value for key, value in final.items()})
             if accelerator.is_main_process:
                 trainer.log.write()
         if run_dir is not None and accelerator.is_main_process:

@@ -178,16 +178,13 @@ class DiEC(ClusteringEstimator):
         """(collection, features (N, D), layer, timestep): the pooled activations every image has
         at the chosen pair, searching first if layer or timestep is "auto" (CLUDI's image input)."""
         _, collection, backbone, _, latents = self._prepare(data)
-        if self.layer != "auto" and self.timestep != "auto":
-            layer, timestep = self.layer, int(self.timestep)
-        else:
-            self.search_result_ = self.run_search(backbone, latents)
-            layer, timestep = self.search_result_.layer, self.search_result_.timestep
+        layer, timestep = self._choose_pair(backbone, latents, None, resume=False, is_main=False)
         features = self._reader(backbone, [layer]).read_all(latents, timestep, self.batch_size, self.progress)[layer]
         return collection, features, layer, timestep
 
     def _choose_pair(self, backbone: DiffusionBackbone, latents: torch.Tensor, run_dir: Path | None, resume: bool,
                      is_main: bool) -> tuple[str, int]:
+        """The given pair, the search's saved pick (resuming), or a new search (written to run_dir)."""
         if self.layer != "auto" and self.timestep != "auto":
             self.search_result_ = None
             return self.layer, int(self.timestep)
