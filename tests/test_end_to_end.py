@@ -152,3 +152,17 @@ def test_two_cpu_processes_complete_with_the_same_output_shape(butterflies, tmp_
     assert len(assignments) == len(manifest) == 42
     assert {row["file"] for row in assignments} == {row["file"] for row in manifest}
     assert len(rows(out / "metrics.csv")) == 2
+
+
+def test_each_method_gets_its_own_defaults_from_the_command_line(tmp_path):
+    """Options of one method never leak into another (DiEC's --entropy-weight is not DiFiC's lambda)."""
+    from diffclust.cli import build_model, build_parser
+
+    def model(*extra):
+        return build_model(build_parser().parse_args(["fit", "data", "--k", "3", *extra]), tmp_path)
+
+    difc, diec, cludi = model(), model("--method", "diec"), model("--method", "cludi", "--layer", "mid_block")
+    assert (difc.entropy_weight, difc.epochs, difc.batch_size, difc.lr) == (5.0, 250, 32, 2e-4)
+    assert (diec.entropy_weight, diec.epochs, diec.batch_size, diec.lr, diec.pool_size) == (1.0, 50, 256, 1e-3, 4)
+    assert (cludi.epochs, cludi.lr, cludi.ema_decay, cludi.layer) == (200, 1e-4, 0.999, "mid_block")
+    assert model("--epochs", "7", "--method", "diec").epochs == 7

@@ -212,20 +212,33 @@ def _common_settings(args) -> dict:
 
 
 def _method_settings(args) -> dict:
-    """Every setting from the command line; run_fit keeps those the chosen method has, and
-    unset ones (None) keep the method's default."""
+    """The chosen method's settings from the command line. Only its own option groups are read
+    (DiEC's --entropy-weight must not reach DiFiC's lambda), and unset ones keep its defaults."""
     given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
     settings = {**_common_settings(args), **{key: value for key, value in given.items() if value is not None}}
-    settings.update(warmup_epochs=args.warmup_epochs, feature_layer=args.feature_layer, feature_timestep=args.feature_timestep,
-                    mask_timestep=args.mask_timestep, object_concentration=args.object_concentration,
-                    cluster_guidance=args.cluster_guidance, timestep_sampling=args.timestep_sampling)
-    settings.update(finetune_unet=args.finetune_unet, unet_lr=args.unet_lr,
-                    graph_weight=args.graph_weight, entropy_weight=args.entropy_weight,
-                    denoising_weight=args.denoising_weight, **_search_settings(args))
-    settings.update(ema_decay=args.ema_decay, teacher_steps=args.teacher_steps, ce_weight=args.ce_weight,
-                    predict_samples=args.predict_samples, predict_steps=args.predict_steps,
-                    embedding_dim=args.embedding_dim, hidden_dim=args.hidden_dim)
+    if args.method == "difc":
+        settings.update(warmup_epochs=args.warmup_epochs, feature_layer=args.feature_layer, feature_timestep=args.feature_timestep,
+                        mask_timestep=args.mask_timestep, object_concentration=args.object_concentration,
+                        cluster_guidance=args.cluster_guidance, timestep_sampling=args.timestep_sampling)
+    else:  # DiEC, and CLUDI on images, read UNet features
+        settings.update(_search_settings(args))
+    if args.method == "diec":
+        settings.update(finetune_unet=args.finetune_unet, unet_lr=args.unet_lr, graph_weight=args.graph_weight,
+                        entropy_weight=args.entropy_weight, denoising_weight=args.denoising_weight)
+    if args.method == "cludi":
+        settings.update(ema_decay=args.ema_decay, teacher_steps=args.teacher_steps, ce_weight=args.ce_weight,
+                        predict_samples=args.predict_samples, predict_steps=args.predict_steps,
+                        embedding_dim=args.embedding_dim, hidden_dim=args.hidden_dim)
     return settings
+
+
+def build_model(args, out: Path):
+    """The estimator `diffclust fit` runs: the chosen method with the command line's settings."""
+    from diffclust.methods.registry import METHODS
+
+    estimator = METHODS[args.method]
+    wanted = set(estimator._param_names())
+    return estimator(args.k, output_dir=out, **{key: value for key, value in _method_settings(args).items() if key in wanted})
 
 
 def _fit_input(args):
@@ -247,13 +260,9 @@ def _fit_input(args):
 
 
 def run_fit(args) -> int:
-    from diffclust.methods.registry import METHODS
-
-    estimator = METHODS[args.method]
     data, labels, name = _fit_input(args)
     out = args.out or Path("runs") / name
-    wanted = set(estimator._param_names())
-    model = estimator(args.k, output_dir=out, **{key: value for key, value in _method_settings(args).items() if key in wanted})
+    model = build_model(args, out)
     model.fit(data, labels, resume=args.resume)
     from accelerate import PartialState
 

@@ -21,11 +21,3 @@ def dec_kl_loss(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """KL(P || Q) summed over clusters, averaged over points (the target p carries no gradient)."""
     p = p.detach()
     return (p * (torch.log(p.clamp_min(_EPS)) - torch.log(q.clamp_min(_EPS)))).sum(dim=1).mean()
-
-
-def graph_agreement_loss(q: torch.Tensor, neighbour_q: torch.Tensor) -> torch.Tensor:
-    """Mean squared distance between each point's assignment and its neighbours' mean assignment.
-
-    `neighbour_q` (batch, n, K): assignments of each point's nearest neighbours in the embedding.
-    """
-    return (q - neighbour_q.mean(dim=1).detach()).pow(2).sum(dim=1).mean()
