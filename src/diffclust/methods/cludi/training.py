@@ -11,7 +11,6 @@ centres at centre_lr_scale of both).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -24,9 +23,8 @@ from accelerate import Accelerator
 
 from diffclust.cluster.kmeans import fit_kmeans
 from diffclust.cluster.metrics import clustering_scores
-from diffclust.engine.checkpoint import checkpoint_path, load_resume_state, save_run_checkpoint
 from diffclust.engine.ema import EMA
-from diffclust.engine.history import MetricsLog
+from diffclust.engine.resumable import ResumableTrainer
 from diffclust.engine.runtime import average_gradients, epoch_order, progress
 from diffclust.methods.cludi.diffusion import EmbeddingDiffusion
 from diffclust.methods.cludi.losses import balanced_probabilities, cluster_offsets, two_way_cross_entropy
@@ -62,11 +60,12 @@ def assign(logits: torch.Tensor, column_temperature: float, offsets: torch.Tenso
     return probabilities.argmax(dim=1).numpy(), probabilities.max(dim=1).values.numpy(), offsets
 
 
-class CLUDITrainer:
+class CLUDITrainer(ResumableTrainer):
+    resume_keys = RESUME_KEYS
+
     def __init__(self, params: dict, features: torch.Tensor, network: CLUDINetwork, accelerator: Accelerator,
                  labels: np.ndarray | None, run_dir: Path | None):
-        self.p = params
-        self.accelerator = accelerator
+        super().__init__(params, accelerator, run_dir)
         self.features = features.to(accelerator.device)
         self.network = network.to(accelerator.device)
         self.teacher = EMA(self.network, params["ema_decay"], warmup=False)
@@ -77,9 +76,6 @@ class CLUDITrainer:
             [{"params": others, "scale": 1.0}, {"params": centres, "scale": params["centre_lr_scale"]}],
             lr=params["lr"], betas=tuple(params["betas"]), weight_decay=params["weight_decay"])
         self.labels = labels
-        self.run_dir = run_dir
-        self.log = MetricsLog(run_dir if accelerator.is_main_process else None)
-        self.start_epoch = 0
         self.steps_per_epoch = math.ceil(math.ceil(len(features) / accelerator.num_processes) / params["batch_size"])
         #: teacher logits of every row after the last epoch (monitoring samples)
         self.logits: torch.Tensor | None = None
@@ -153,21 +149,14 @@ class CLUDITrainer:
         self.teacher.model.load_state_dict(self.network.state_dict())
 
     # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, epochs_done: int) -> None:
-        state = {"student": self.network.state_dict(), "teacher": self.teacher.model.state_dict(),
-                 "optimizer": self.optimizer.state_dict()}
-        save_run_checkpoint(self.run_dir, self.accelerator.is_main_process, state, epochs_done, self.log.records, self.p, RESUME_KEYS)
+    def checkpoint_state(self) -> dict:
+        return {"student": self.network.state_dict(), "teacher": self.teacher.model.state_dict(),
+                "optimizer": self.optimizer.state_dict()}
 
-    def resume(self) -> None:
-        state = load_resume_state(checkpoint_path(self.run_dir), self.p, RESUME_KEYS)
-        if state is None:
-            return
+    def restore(self, state: dict) -> None:
         self.network.load_state_dict(state["student"])
         self.teacher.model.load_state_dict(state["teacher"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.log.records = json.loads(state["history"])
-        self.start_epoch = int(state["epochs_done"])
-        logger.info("Resuming %s after epoch %d.", self.run_dir, self.start_epoch)
 
     # ------------------------------------------------------------------ loop
     def train_epoch(self, epoch: int) -> dict[str, float]:

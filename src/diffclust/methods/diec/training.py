@@ -30,8 +30,7 @@ from diffclust.cluster.dec import dec_kl_loss, target_distribution
 from diffclust.cluster.losses import entropy, neighbour_consistency_loss
 from diffclust.cluster.metrics import clustering_scores
 from diffclust.cluster.neighbours import nearest_neighbours
-from diffclust.engine.checkpoint import checkpoint_path, load_resume_state, save_run_checkpoint
-from diffclust.engine.history import MetricsLog
+from diffclust.engine.resumable import ResumableTrainer
 from diffclust.engine.runtime import average_gradients, epoch_order, progress
 from diffclust.methods.diec.features import LayerFeatureReader
 from diffclust.methods.diec.network import DiECNetwork
@@ -43,19 +42,19 @@ logger = logging.getLogger(__name__)
 RESUME_KEYS = ("n_clusters", "batch_size", "seed", "finetune_unet", "noise_draws", "pool_size", "mapping_hidden", "n_neighbours")
 
 
-class DiECTrainer:
+class DiECTrainer(ResumableTrainer):
+    resume_keys = RESUME_KEYS
+
     def __init__(self, params: dict, backbone: DiffusionBackbone, reader: LayerFeatureReader, latents: torch.Tensor,
                  network: DiECNetwork, accelerator: Accelerator, labels: np.ndarray | None, run_dir: Path | None):
-        self.p = params
+        super().__init__(params, accelerator, run_dir)
         self.backbone = backbone
         self.reader = reader
         self.layer = reader.layers[0]
         self.timestep = int(params["timestep_"])
         self.latents = latents
         self.network = network.to(accelerator.device)
-        self.accelerator = accelerator
         self.labels = labels
-        self.run_dir = run_dir
         self.finetune = bool(params["finetune_unet"])
         self.unet = backbone.denoiser() if self.finetune else None
         groups = [{"params": list(network.parameters()), "lr": params["lr"]}]
@@ -63,8 +62,6 @@ class DiECTrainer:
             self.unet.requires_grad_(True)
             groups.append({"params": list(self.unet.parameters()), "lr": params["unet_lr"]})
         self.optimizer = torch.optim.AdamW(groups, weight_decay=params["weight_decay"])
-        self.log = MetricsLog(run_dir if accelerator.is_main_process else None)
-        self.start_epoch = 0
         self._frozen_features: torch.Tensor | None = None
         #: (embedding, q) of every image under the model as it is now
         self.state: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -90,26 +87,18 @@ class DiECTrainer:
         return torch.cat([e for e, _ in parts]).cpu(), torch.cat([q for _, q in parts]).cpu()
 
     # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, epochs_done: int) -> None:
+    def checkpoint_state(self) -> dict:
         state = {"network": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "pair": json.dumps([self.layer, self.timestep])}
         if self.unet is not None:
             state["unet"] = self.unet.state_dict()
-        save_run_checkpoint(self.run_dir, self.accelerator.is_main_process, state, epochs_done, self.log.records, self.p, RESUME_KEYS)
+        return state
 
-    def resume(self) -> bool:
-        """Load the interrupted run's state; False if there was none to load."""
-        state = load_resume_state(checkpoint_path(self.run_dir), self.p, RESUME_KEYS)
-        if state is None:
-            return False
+    def restore(self, state: dict) -> None:
         self.network.load_state_dict(state["network"])
         if self.unet is not None:
             self.unet.load_state_dict(state["unet"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.log.records = json.loads(state["history"])
-        self.start_epoch = int(state["epochs_done"])
-        logger.info("Resuming %s after epoch %d.", self.run_dir, self.start_epoch)
-        return True
 
     # ------------------------------------------------------------------ training
     def _denoising_loss(self, latents: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -9,7 +9,6 @@ resumed run continues exactly as an uninterrupted one would.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -23,8 +22,7 @@ from diffclust.cluster.kmeans import fit_kmeans
 from diffclust.cluster.losses import AssignmentMemoryBank, cluster_guidance_loss
 from diffclust.cluster.metrics import clustering_scores
 from diffclust.cluster.neighbours import nearest_neighbours
-from diffclust.engine.checkpoint import checkpoint_path, load_resume_state, save_run_checkpoint
-from diffclust.engine.history import MetricsLog
+from diffclust.engine.resumable import ResumableTrainer
 from diffclust.engine.runtime import epoch_order, progress
 from diffclust.methods.difc.constants import ConstantStore
 from diffclust.methods.difc.losses import masked_diffusion_loss
@@ -47,24 +45,22 @@ HEAD_WARMUP_STEPS = 100
 TIMESTEP_DISTRIBUTIONS = {"cosine": cosine_timestep_probabilities, "uniform": uniform_timestep_probabilities}
 
 
-class DiFiCTrainer:
+class DiFiCTrainer(ResumableTrainer):
+    resume_keys = RESUME_KEYS
+
     def __init__(self, params: dict, backbone: DiffusionBackbone, store: ConstantStore, network: DiFiCNetwork,
                  accelerator: Accelerator, labels: np.ndarray | None, run_dir: Path | None):
-        self.p = params
+        super().__init__(params, accelerator, run_dir)
         self.backbone = backbone
         self.store = store
         self.network = network
-        self.accelerator = accelerator
         self.labels = labels
-        self.run_dir = run_dir
         groups = [{"params": network.extractor.parameters()}]
         if network.head is not None:
             groups.append({"params": network.head.parameters(), "name": "head"})
         self.optimizer = torch.optim.AdamW(groups, lr=params["lr"], weight_decay=params["weight_decay"])
         self.bank = AssignmentMemoryBank(params["memory_bank_size"], params["n_clusters"])
         self.sampler = TimestepSampler(TIMESTEP_DISTRIBUTIONS[params["timestep_sampling"]](backbone.num_train_timesteps))
-        self.log = MetricsLog(run_dir if accelerator.is_main_process else None)
-        self.start_epoch = 0
         self.centres: np.ndarray | None = None
         #: (proxy words, labels, confidence) of every image after the last epoch run
         self.assignment: tuple[torch.Tensor, np.ndarray, np.ndarray] | None = None
@@ -134,21 +130,14 @@ class DiFiCTrainer:
         self.bank.push(assign_probabilities(head, proxies[order]))
 
     # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, epochs_done: int) -> None:
-        state = {"network": self.accelerator.unwrap_model(self.network).state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "bank": self.bank.state()}
-        save_run_checkpoint(self.run_dir, self.accelerator.is_main_process, state, epochs_done, self.log.records, self.p, RESUME_KEYS)
+    def checkpoint_state(self) -> dict:
+        return {"network": self.accelerator.unwrap_model(self.network).state_dict(), "optimizer": self.optimizer.state_dict(),
+                "bank": self.bank.state()}
 
-    def resume(self) -> None:
-        state = load_resume_state(checkpoint_path(self.run_dir), self.p, RESUME_KEYS)
-        if state is None:
-            return
+    def restore(self, state: dict) -> None:
         self.network.load_state_dict(state["network"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.bank.load_state(state["bank"])
-        self.log.records = json.loads(state["history"])
-        self.start_epoch = int(state["epochs_done"])
-        logger.info("Resuming %s after epoch %d.", self.run_dir, self.start_epoch)
 
     # ------------------------------------------------------------------ training
     def _step(self, model, indices: torch.Tensor, neighbours: torch.Tensor | None, generator: torch.Generator) -> dict[str, torch.Tensor]:
