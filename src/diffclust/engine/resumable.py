@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from accelerate import Accelerator
 
+from diffclust.cluster.metrics import clustering_scores
 from diffclust.engine.checkpoint import checkpoint_path, load_resume_state, save_run_checkpoint
 from diffclust.engine.history import MetricsLog
 
@@ -21,12 +24,24 @@ class ResumableTrainer:
 
     resume_keys: tuple[str, ...] = ()
 
-    def __init__(self, params: dict[str, Any], accelerator: Accelerator, run_dir: Path | None):
+    def __init__(self, params: dict[str, Any], accelerator: Accelerator, labels: np.ndarray | None, run_dir: Path | None):
         self.p = params
         self.accelerator = accelerator
+        self.labels = labels  # only for the metrics log
         self.run_dir = run_dir
         self.log = MetricsLog(run_dir if accelerator.is_main_process else None)
         self.start_epoch = 0
+
+    def end_epoch(self, epochs_done: int, record: dict[str, Any], clusters: np.ndarray, started: float) -> None:
+        """Complete the epoch's record (clusters in use, scores against known labels, seconds),
+        log it, and checkpoint."""
+        record["clusters_used"] = int(len(np.unique(clusters)))
+        if self.labels is not None:
+            record.update(clustering_scores(self.labels, clusters))
+        record["seconds"] = round(time.perf_counter() - started, 3)
+        self.log.append(record)
+        self.save_checkpoint(epochs_done)
+        self.accelerator.wait_for_everyone()
 
     def checkpoint_state(self) -> dict[str, Any]:
         raise NotImplementedError

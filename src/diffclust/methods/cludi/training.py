@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 
 from diffclust.cluster.kmeans import fit_kmeans
-from diffclust.cluster.metrics import clustering_scores
 from diffclust.engine.ema import EMA
 from diffclust.engine.resumable import ResumableTrainer
 from diffclust.engine.runtime import average_gradients, epoch_order, progress
@@ -65,7 +64,7 @@ class CLUDITrainer(ResumableTrainer):
 
     def __init__(self, params: dict, features: torch.Tensor, network: CLUDINetwork, accelerator: Accelerator,
                  labels: np.ndarray | None, run_dir: Path | None):
-        super().__init__(params, accelerator, run_dir)
+        super().__init__(params, accelerator, labels, run_dir)
         self.features = features.to(accelerator.device)
         self.network = network.to(accelerator.device)
         self.teacher = EMA(self.network, params["ema_decay"], warmup=False)
@@ -75,7 +74,6 @@ class CLUDITrainer(ResumableTrainer):
         self.optimizer = torch.optim.AdamW(
             [{"params": others, "scale": 1.0}, {"params": centres, "scale": params["centre_lr_scale"]}],
             lr=params["lr"], betas=tuple(params["betas"]), weight_decay=params["weight_decay"])
-        self.labels = labels
         self.steps_per_epoch = math.ceil(math.ceil(len(features) / accelerator.num_processes) / params["batch_size"])
         #: teacher logits of every row after the last epoch (monitoring samples)
         self.logits: torch.Tensor | None = None
@@ -195,11 +193,5 @@ class CLUDITrainer(ResumableTrainer):
             started = time.perf_counter()
             record: dict = {"epoch": epoch + 1, **self.train_epoch(epoch)}
             self.logits = self.monitor_logits(epoch)
-            labels = assign(self.logits, self.p["column_temperature"])[0]
-            record.update(clusters_used=int(len(np.unique(labels))), lr=self.optimizer.param_groups[0]["lr"])
-            if self.labels is not None:
-                record.update(clustering_scores(self.labels, labels))
-            record["seconds"] = round(time.perf_counter() - started, 3)
-            self.log.append(record)
-            self.save_checkpoint(epoch + 1)
-            self.accelerator.wait_for_everyone()
+            record["lr"] = self.optimizer.param_groups[0]["lr"]
+            self.end_epoch(epoch + 1, record, assign(self.logits, self.p["column_temperature"])[0], started)

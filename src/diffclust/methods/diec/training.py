@@ -28,7 +28,6 @@ from accelerate import Accelerator
 from diffclust.backbones.base import DiffusionBackbone
 from diffclust.cluster.dec import dec_kl_loss, target_distribution
 from diffclust.cluster.losses import entropy, neighbour_consistency_loss
-from diffclust.cluster.metrics import clustering_scores
 from diffclust.cluster.neighbours import nearest_neighbours
 from diffclust.engine.resumable import ResumableTrainer
 from diffclust.engine.runtime import average_gradients, epoch_order, progress
@@ -47,14 +46,13 @@ class DiECTrainer(ResumableTrainer):
 
     def __init__(self, params: dict, backbone: DiffusionBackbone, reader: LayerFeatureReader, latents: torch.Tensor,
                  network: DiECNetwork, accelerator: Accelerator, labels: np.ndarray | None, run_dir: Path | None):
-        super().__init__(params, accelerator, run_dir)
+        super().__init__(params, accelerator, labels, run_dir)
         self.backbone = backbone
         self.reader = reader
         self.layer = reader.layers[0]
         self.timestep = int(params["timestep_"])
         self.latents = latents
         self.network = network.to(accelerator.device)
-        self.labels = labels
         self.finetune = bool(params["finetune_unet"])
         self.unet = backbone.denoiser() if self.finetune else None
         groups = [{"params": list(network.parameters()), "lr": params["lr"]}]
@@ -155,32 +153,27 @@ class DiECTrainer(ResumableTrainer):
 
     def run(self, resume: bool = False) -> None:
         resumed = resume and self.resume()
-        if not resumed:
+        if not resumed:  # epoch 0: the k-means start, logged and checkpointed like any epoch
             self.network.initialise(self.features().to(self.accelerator.device), self.p["seed"])
         self.state = self.assign_all()
-        if not resumed and self.accelerator.is_main_process:
-            self.log.append(self._record(0, {}, None, time.perf_counter()))
+        if not resumed:
+            self.end_epoch(0, self._record(0, {}, None), self.clusters(), time.perf_counter())
         for epoch in range(self.start_epoch, self.p["epochs"]):
             started = time.perf_counter()
-            before = self.state[1].argmax(dim=1)
+            before = self.clusters()
             losses = self.train_epoch(epoch)
             self.state = self.assign_all()
-            self.log.append(self._record(epoch + 1, losses, before, started))
-            self.save_checkpoint(epoch + 1)
-            self.accelerator.wait_for_everyone()
+            self.end_epoch(epoch + 1, self._record(epoch + 1, losses, before), self.clusters(), started)
         if self.unet is not None:
             self.unet.requires_grad_(False)
             self.unet.eval()
 
-    def _record(self, epoch: int, losses: dict[str, float], before: torch.Tensor | None, started: float) -> dict:
-        """One metrics row: losses, clusters used, labels changed since the epoch began, scores."""
-        q = self.state[1]
-        labels = q.argmax(dim=1)
-        record: dict = {"epoch": epoch, **losses, "clusters_used": int(labels.unique().numel()),
-                        "mean_confidence": float(q.max(dim=1).values.mean())}
+    def clusters(self) -> np.ndarray:
+        return self.state[1].argmax(dim=1).numpy()
+
+    def _record(self, epoch: int, losses: dict[str, float], before: np.ndarray | None) -> dict:
+        """Losses, mean confidence and the fraction of labels changed since the epoch began."""
+        record: dict = {"epoch": epoch, **losses, "mean_confidence": float(self.state[1].max(dim=1).values.mean())}
         if before is not None:
-            record["labels_changed"] = float((labels != before).float().mean())
-        if self.labels is not None:
-            record.update(clustering_scores(self.labels, labels.numpy()))
-        record["seconds"] = round(time.perf_counter() - started, 3)
+            record["labels_changed"] = float((self.clusters() != before).mean())
         return record

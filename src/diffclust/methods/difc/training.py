@@ -20,7 +20,6 @@ from accelerate import Accelerator
 from diffclust.backbones.base import DiffusionBackbone
 from diffclust.cluster.kmeans import fit_kmeans
 from diffclust.cluster.losses import AssignmentMemoryBank, cluster_guidance_loss
-from diffclust.cluster.metrics import clustering_scores
 from diffclust.cluster.neighbours import nearest_neighbours
 from diffclust.engine.resumable import ResumableTrainer
 from diffclust.engine.runtime import epoch_order, progress
@@ -50,11 +49,10 @@ class DiFiCTrainer(ResumableTrainer):
 
     def __init__(self, params: dict, backbone: DiffusionBackbone, store: ConstantStore, network: DiFiCNetwork,
                  accelerator: Accelerator, labels: np.ndarray | None, run_dir: Path | None):
-        super().__init__(params, accelerator, run_dir)
+        super().__init__(params, accelerator, labels, run_dir)
         self.backbone = backbone
         self.store = store
         self.network = network
-        self.labels = labels
         groups = [{"params": network.extractor.parameters()}]
         if network.head is not None:
             groups.append({"params": network.head.parameters(), "name": "head"})
@@ -211,13 +209,8 @@ class DiFiCTrainer(ResumableTrainer):
             record.update(self.train_epoch(model, optimizer, epoch))
             self.assignment = self.assign_all(epoch)
             _, labels, confidence = self.assignment
-            record.update(clusters_used=int(len(np.unique(labels))), mean_confidence=float(confidence.mean()))
-            if self.labels is not None:
-                record.update(clustering_scores(self.labels, labels))
-            record["seconds"] = round(time.perf_counter() - started, 3)
-            self.log.append(record)
-            self.save_checkpoint(epoch + 1)
-            self.accelerator.wait_for_everyone()
+            record["mean_confidence"] = float(confidence.mean())
+            self.end_epoch(epoch + 1, record, labels, started)
         self.network = self.accelerator.unwrap_model(model)
         if self.assignment is None:  # nothing left to train (a finished run resumed, or epochs == 0)
             self.assignment = self.assign_all(self.p["epochs"] - 1)
