@@ -23,8 +23,8 @@ from accelerate import Accelerator
 
 from diffclust.cluster.kmeans import fit_kmeans
 from diffclust.engine.ema import EMA
-from diffclust.engine.resumable import ResumableTrainer
-from diffclust.engine.runtime import average_gradients, epoch_order, progress
+from diffclust.engine.trainer import EpochTrainer
+from diffclust.engine.runtime import epoch_order, progress
 from diffclust.methods.cludi.diffusion import EmbeddingDiffusion
 from diffclust.methods.cludi.losses import balanced_probabilities, cluster_offsets, two_way_cross_entropy
 from diffclust.methods.cludi.network import CLUDINetwork
@@ -59,7 +59,7 @@ def assign(logits: torch.Tensor, column_temperature: float, offsets: torch.Tenso
     return probabilities.argmax(dim=1).numpy(), probabilities.max(dim=1).values.numpy(), offsets
 
 
-class CLUDITrainer(ResumableTrainer):
+class CLUDITrainer(EpochTrainer):
     resume_keys = RESUME_KEYS
 
     def __init__(self, params: dict, features: torch.Tensor, network: CLUDINetwork, accelerator: Accelerator,
@@ -138,11 +138,7 @@ class CLUDITrainer(ResumableTrainer):
         self.network.train()
         for _ in range(INIT_STEPS):
             rows = torch.randperm(len(self.features), generator=generator)[: self.p["batch_size"]]
-            loss = self._step(rows, generator, given)["loss"]
-            self.optimizer.zero_grad(set_to_none=True)
-            self.accelerator.backward(loss)
-            average_gradients(parameters, self.accelerator)
-            self.optimizer.step()
+            self.optimise(self._step(rows, generator, given)["loss"], parameters)
         self.optimizer.state.clear()
         self.teacher.model.load_state_dict(self.network.state_dict())
 
@@ -168,10 +164,7 @@ class CLUDITrainer(ResumableTrainer):
             step = epoch * self.steps_per_epoch + number
             self.set_learning_rate(step)
             parts = self._step(rows, generator)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.accelerator.backward(parts.pop("loss"))
-            average_gradients(parameters, self.accelerator)
-            self.optimizer.step()
+            self.optimise(parts.pop("loss"), parameters)
             self.teacher.update(self.network, step)
             for key, value in parts.items():
                 totals[key] = totals.get(key, 0.0) + float(value)

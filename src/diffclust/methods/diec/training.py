@@ -29,8 +29,8 @@ from diffclust.backbones.base import DiffusionBackbone
 from diffclust.cluster.dec import dec_kl_loss, target_distribution
 from diffclust.cluster.losses import entropy, neighbour_consistency_loss
 from diffclust.cluster.neighbours import nearest_neighbours
-from diffclust.engine.resumable import ResumableTrainer
-from diffclust.engine.runtime import average_gradients, epoch_order, progress
+from diffclust.engine.trainer import EpochTrainer
+from diffclust.engine.runtime import epoch_order, progress
 from diffclust.methods.diec.features import LayerFeatureReader
 from diffclust.methods.diec.network import DiECNetwork
 from diffclust.seeding import make_generator
@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 RESUME_KEYS = ("n_clusters", "batch_size", "seed", "finetune_unet", "noise_draws", "pool_size", "mapping_hidden", "n_neighbours")
 
 
-class DiECTrainer(ResumableTrainer):
+class DiECTrainer(EpochTrainer):
     resume_keys = RESUME_KEYS
 
     def __init__(self, params: dict, backbone: DiffusionBackbone, reader: LayerFeatureReader, latents: torch.Tensor,
@@ -66,21 +66,20 @@ class DiECTrainer(ResumableTrainer):
 
     # ------------------------------------------------------------------ features and assignments
     def features(self) -> torch.Tensor:
-        """Every image's feature at (layer, t), averaged over the noise draws, with the UNet as it is."""
+        """Every image's feature at (layer, t), averaged over the noise draws, with the UNet as it
+        is (read once when frozen). The UNet stays in eval mode even while it is fine-tuned:
+        diffusers UNets have no dropout by default and GroupNorm keeps no running statistics."""
         if self._frozen_features is not None:
             return self._frozen_features
-        was_training = self.unet.training if self.unet is not None else None
-        self.backbone.denoiser().eval()
         features = self.reader.read_all(self.latents, self.timestep, self.p["batch_size"], self.p["progress"])[self.layer]
-        if was_training:
-            self.unet.train()
         if not self.finetune:
             self._frozen_features = features
         return features
 
     @torch.no_grad()
-    def assign_all(self) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.features().to(self.accelerator.device)
+    def assign_all(self, features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embedding, q) of every image; `features` saves reading them again when at hand."""
+        features = (self.features() if features is None else features).to(self.accelerator.device)
         parts = [self.network(chunk) for chunk in features.split(4096)]
         return torch.cat([e for e, _ in parts]).cpu(), torch.cat([q for _, q in parts]).cpu()
 
@@ -141,10 +140,7 @@ class DiECTrainer(ResumableTrainer):
         self.network.train()
         for rows in bar:
             parts = self._step(rows, target, neighbour_q, generator)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.accelerator.backward(parts.pop("loss"))
-            average_gradients(parameters, self.accelerator)
-            self.optimizer.step()
+            self.optimise(parts.pop("loss"), parameters)
             for key, value in parts.items():
                 totals[key] = totals.get(key, 0.0) + float(value)
             bar.set_postfix({key: f"{value / (bar.n + 1):.4f}" for key, value in totals.items()})
@@ -153,9 +149,10 @@ class DiECTrainer(ResumableTrainer):
 
     def run(self, resume: bool = False) -> None:
         resumed = resume and self.resume()
+        features = self.features()
         if not resumed:  # epoch 0: the k-means start, logged and checkpointed like any epoch
-            self.network.initialise(self.features().to(self.accelerator.device), self.p["seed"])
-        self.state = self.assign_all()
+            self.network.initialise(features.to(self.accelerator.device), self.p["seed"])
+        self.state = self.assign_all(features)
         if not resumed:
             self.end_epoch(0, self._record(0, {}, None), self.clusters(), time.perf_counter())
         for epoch in range(self.start_epoch, self.p["epochs"]):

@@ -21,7 +21,7 @@ from diffclust.backbones.base import DiffusionBackbone
 from diffclust.cluster.kmeans import fit_kmeans
 from diffclust.cluster.losses import AssignmentMemoryBank, cluster_guidance_loss
 from diffclust.cluster.neighbours import nearest_neighbours
-from diffclust.engine.resumable import ResumableTrainer
+from diffclust.engine.trainer import EpochTrainer
 from diffclust.engine.runtime import epoch_order, progress
 from diffclust.methods.difc.constants import ConstantStore
 from diffclust.methods.difc.losses import masked_diffusion_loss
@@ -44,7 +44,7 @@ HEAD_WARMUP_STEPS = 100
 TIMESTEP_DISTRIBUTIONS = {"cosine": cosine_timestep_probabilities, "uniform": uniform_timestep_probabilities}
 
 
-class DiFiCTrainer(ResumableTrainer):
+class DiFiCTrainer(EpochTrainer):
     resume_keys = RESUME_KEYS
 
     def __init__(self, params: dict, backbone: DiffusionBackbone, store: ConstantStore, network: DiFiCNetwork,

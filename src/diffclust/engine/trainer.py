@@ -1,4 +1,4 @@
-"""What every epoch-based trainer shares: a metrics log, and a checkpoint that resumes exactly."""
+"""What every epoch-based trainer shares: the update step, the metrics log, and checkpoints that resume exactly."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ from accelerate import Accelerator
 from diffclust.cluster.metrics import clustering_scores
 from diffclust.engine.checkpoint import checkpoint_path, load_resume_state, save_run_checkpoint
 from diffclust.engine.history import MetricsLog
+from diffclust.engine.runtime import average_gradients
 
 logger = logging.getLogger(__name__)
 
 
-class ResumableTrainer:
+class EpochTrainer:
     """Subclasses say what their checkpoint holds (`checkpoint_state`, `restore`) and which
     settings must not change between a run and its resumption (`resume_keys`)."""
 
@@ -31,6 +32,14 @@ class ResumableTrainer:
         self.run_dir = run_dir
         self.log = MetricsLog(run_dir if accelerator.is_main_process else None)
         self.start_epoch = 0
+
+    def optimise(self, loss, parameters: list) -> None:
+        """One update of `self.optimizer`, gradients averaged over processes by hand (for
+        modules that run outside a DDP wrapper, such as a UNet called through hooks)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.accelerator.backward(loss)
+        average_gradients(parameters, self.accelerator)
+        self.optimizer.step()
 
     def end_epoch(self, epochs_done: int, record: dict[str, Any], clusters: np.ndarray, started: float) -> None:
         """Complete the epoch's record (clusters in use, scores against known labels, seconds),
