@@ -15,8 +15,10 @@ from typing import Any
 import numpy as np
 
 from diffclust.backbones.base import DiffusionBackbone
+from diffclust.backbones.registry import load_backbone
 from diffclust.data.collection import ImageCollection, scan_images
-from diffclust.engine.checkpoint import checkpoint_path
+from diffclust.engine.checkpoint import atomic_write_json, checkpoint_path
+from diffclust.engine.runtime import make_accelerator
 from diffclust.errors import DiffclustError
 
 #: settings that are paths: saved as strings
@@ -30,11 +32,37 @@ class ClusteringEstimator:
     method: str = ""
     #: an attribute that exists only once the model is fitted (or loaded)
     fitted_attribute: str = "labels_"
+    #: version of the saved config's layout
+    format_version: int = 1
 
     def _keep_settings(self, values: dict[str, Any]) -> None:
         """Store each constructor argument under its own name (call with locals() in __init__)."""
         for name in self._param_names():
             setattr(self, name, values[name])
+
+    def _setting_problems(self) -> list[str]:
+        """What is wrong with this method's own settings (each a short phrase); none by default."""
+        return []
+
+    def _check_settings(self) -> None:
+        """One error naming every bad setting, K's and the method's own."""
+        problems = []
+        if not isinstance(self.n_clusters, int) or self.n_clusters < 2:
+            problems.append(f"n_clusters (--k) must be an integer >= 2, got {self.n_clusters!r}")
+        problems += self._setting_problems()
+        if problems:
+            raise DiffclustError(f"Invalid {type(self).__name__} settings: " + "; ".join(problems) + ".")
+
+    def _require_samples(self, count: int, what: str) -> None:
+        """K clusters need at least K items; `what` names them in the error."""
+        if self.n_clusters > count:
+            raise DiffclustError(f"n_clusters (--k) is {self.n_clusters} but only {count} {what}.")
+
+    def _loaded_backbone(self) -> DiffusionBackbone:
+        """The backbone for inference, loaded on first use (after `load`, only its reference is known)."""
+        if not hasattr(self, "backbone_"):
+            self.backbone_ = load_backbone(self.backbone, device=make_accelerator(self.device).device)
+        return self.backbone_
 
     def _run_folder(self, resume: bool) -> Path | None:
         """output_dir as a Path; refuses a folder holding a run unless resuming (nothing is overwritten)."""
@@ -100,6 +128,13 @@ class ClusteringEstimator:
             if key in params and params[key] is not None:
                 params[key] = str(params[key])
         return params
+
+    def write_config(self, folder: Path, state: dict[str, Any], settings: dict[str, Any] | None = None) -> Path:
+        """<method>.json: which method, the layout version, the settings and the learned shapes."""
+        return atomic_write_json(Path(folder) / self.config_name(), {
+            "method": self.method, "format_version": self.format_version,
+            "settings": self.saved_settings() if settings is None else settings, "state": state,
+        })
 
     @classmethod
     def config_name(cls) -> str:

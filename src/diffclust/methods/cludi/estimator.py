@@ -10,7 +10,7 @@ import torch
 
 from diffclust.backbones.base import DiffusionBackbone
 from diffclust.cluster.metrics import clustering_scores
-from diffclust.engine.checkpoint import atomic_save_tensors, atomic_write_json, load_tensors
+from diffclust.engine.checkpoint import atomic_save_tensors, load_tensors
 from diffclust.engine.runtime import make_accelerator
 from diffclust.errors import DiffclustError
 from diffclust.methods.base import ClusteringEstimator
@@ -23,7 +23,6 @@ from diffclust.seeding import make_generator, seed_everything
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 
 
 class CLUDI(ClusteringEstimator):
@@ -90,10 +89,8 @@ class CLUDI(ClusteringEstimator):
     ):
         self._keep_settings(locals())
 
-    def _check_settings(self) -> None:
+    def _setting_problems(self) -> list[str]:
         problems = []
-        if not isinstance(self.n_clusters, int) or self.n_clusters < 2:
-            problems.append(f"n_clusters (--k) must be an integer >= 2, got {self.n_clusters!r}")
         if self.epochs < 0 or self.batch_size < 2 or self.lr <= 0 or self.min_lr < 0:
             problems.append("epochs must be >= 0, batch_size >= 2 (the column-wise loss needs a batch), lr > 0, min_lr >= 0")
         if not 0 <= self.ema_decay < 1:
@@ -108,8 +105,7 @@ class CLUDI(ClusteringEstimator):
             problems.append(f"init must be 'kmeans' or 'random', got {self.init!r}")
         if min(self.row_temperature, self.column_temperature, self.embedding_temperature) <= 0:
             problems.append("temperatures must be > 0")
-        if problems:
-            raise DiffclustError("Invalid CLUDI settings: " + "; ".join(problems) + ".")
+        return problems
 
     # ------------------------------------------------------------------ inputs
     def _image_features(self, data, layer, timestep) -> FeatureTable:
@@ -160,8 +156,7 @@ class CLUDI(ClusteringEstimator):
         seed_everything(self.seed)
         self.feature_layer_ = self.feature_timestep_ = None
         table = self._table(X, y, fitting=True)
-        if self.n_clusters > len(table):
-            raise DiffclustError(f"n_clusters (--k) is {self.n_clusters} but there are only {len(table)} samples.")
+        self._require_samples(len(table), "samples were given")
         self.feature_dim_ = table.values.shape[1]
         self.feature_mean_ = table.values.mean(dim=0)
         self.feature_std_ = table.values.std(dim=0).clamp_min(1e-6)
@@ -217,10 +212,8 @@ class CLUDI(ClusteringEstimator):
         atomic_save_tensors(folder / self.weights_name(), tensors)
         settings = self.saved_settings()
         settings.update(betas=list(self.betas), feature_noise=list(self.feature_noise), feature_dropout=list(self.feature_dropout))
-        atomic_write_json(folder / self.config_name(), {
-            "method": self.method, "format_version": FORMAT_VERSION, "settings": settings,
-            "state": {"feature_dim": self.feature_dim_, "feature_layer": self.feature_layer_, "feature_timestep": self.feature_timestep_},
-        })
+        self.write_config(folder, {"feature_dim": self.feature_dim_, "feature_layer": self.feature_layer_,
+                                   "feature_timestep": self.feature_timestep_}, settings)
         return folder
 
     @classmethod

@@ -11,7 +11,7 @@ import torch
 from diffclust.backbones.base import DiffusionBackbone
 from diffclust.backbones.registry import SD15_HUB_ID, load_backbone
 from diffclust.data.collection import ImageCollection
-from diffclust.engine.checkpoint import atomic_save_tensors, atomic_write_json, load_tensors
+from diffclust.engine.checkpoint import atomic_save_tensors, load_tensors
 from diffclust.engine.runtime import make_accelerator
 from diffclust.errors import DiffclustError
 from diffclust.methods.base import ClusteringEstimator
@@ -25,7 +25,6 @@ from diffclust.seeding import make_generator, seed_everything
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 UNET_WEIGHTS = "diec-unet.safetensors"
 SEARCH_STRATEGIES = ("two-stage", "grid")
 GRID_TIMESTEPS = 10
@@ -87,10 +86,8 @@ class DiEC(ClusteringEstimator):
     ):
         self._keep_settings(locals())
 
-    def _check_settings(self) -> None:
+    def _setting_problems(self) -> list[str]:
         problems = []
-        if not isinstance(self.n_clusters, int) or self.n_clusters < 2:
-            problems.append(f"n_clusters (--k) must be an integer >= 2, got {self.n_clusters!r}")
         if self.timestep != "auto" and not (isinstance(self.timestep, int) and self.timestep >= 0):
             problems.append(f"timestep must be 'auto' or an integer >= 0, got {self.timestep!r}")
         if self.search not in SEARCH_STRATEGIES:
@@ -103,8 +100,7 @@ class DiEC(ClusteringEstimator):
             problems.append("noise_draws and pool_size must be >= 1")
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0 or self.n_neighbours < 1:
             problems.append("epochs must be >= 0, batch_size and n_neighbours >= 1, lr > 0")
-        if problems:
-            raise DiffclustError("Invalid DiEC settings: " + "; ".join(problems) + ".")
+        return problems
 
     # ------------------------------------------------------------------ the pieces of fit
     def _reader(self, backbone: DiffusionBackbone, layers) -> LayerFeatureReader:
@@ -116,8 +112,7 @@ class DiEC(ClusteringEstimator):
         accelerator = make_accelerator(self.device, self.mixed_precision)
         seed_everything(self.seed)
         collection = self._collect(data)
-        if self.n_clusters > len(collection):
-            raise DiffclustError(f"n_clusters (--k) is {self.n_clusters} but only {len(collection)} usable images were found.")
+        self._require_samples(len(collection), "usable images were found")
         backbone = load_backbone(self.backbone, device=accelerator.device)
         resolution = self.resolution or backbone.resolution
         latents = encode_collection(backbone, collection, resolution, self.batch_size, self.num_workers,
@@ -232,17 +227,18 @@ class DiEC(ClusteringEstimator):
         return self
 
     # ------------------------------------------------------------------ inference
-    def _backbone(self) -> DiffusionBackbone:
-        if not hasattr(self, "backbone_"):
-            self.backbone_ = load_backbone(self.backbone, device=make_accelerator(self.device).device)
-            if getattr(self, "unet_state_", None) is not None:
-                self.backbone_.denoiser().load_state_dict(self.unet_state_)
-        return self.backbone_
+    def _loaded_backbone(self) -> DiffusionBackbone:
+        """The backbone, with the fine-tuned UNet of a loaded model in place."""
+        fresh = not hasattr(self, "backbone_")
+        backbone = super()._loaded_backbone()
+        if fresh and getattr(self, "unet_state_", None) is not None:
+            backbone.denoiser().load_state_dict(self.unet_state_)
+        return backbone
 
     @torch.no_grad()
     def _assignments(self, collection: ImageCollection) -> tuple[torch.Tensor, torch.Tensor]:
         self._check_fitted()
-        backbone = self._backbone()
+        backbone = self._loaded_backbone()
         latents = encode_collection(backbone, collection, self.resolution_, self.batch_size, self.num_workers, self.progress)
         features = self._reader(backbone, [self.layer_]).read_all(latents, self.timestep_, self.batch_size, self.progress)[self.layer_]
         network = self.network_.to(backbone.device).eval()
@@ -266,14 +262,9 @@ class DiEC(ClusteringEstimator):
         folder = Path(folder)
         atomic_save_tensors(folder / self.weights_name(), self.network_.state_dict())
         if self.finetune_unet:
-            atomic_save_tensors(folder / UNET_WEIGHTS, self._backbone().denoiser().state_dict())
-        atomic_write_json(folder / self.config_name(), {
-            "method": self.method,
-            "format_version": FORMAT_VERSION,
-            "settings": self.saved_settings(),
-            "state": {"resolution": self.resolution_, "layer": self.layer_, "timestep": self.timestep_,
-                      "feature_dim": self.feature_dim_, "unet_weights": UNET_WEIGHTS if self.finetune_unet else None},
-        })
+            atomic_save_tensors(folder / UNET_WEIGHTS, self._loaded_backbone().denoiser().state_dict())
+        self.write_config(folder, {"resolution": self.resolution_, "layer": self.layer_, "timestep": self.timestep_,
+                                   "feature_dim": self.feature_dim_, "unet_weights": UNET_WEIGHTS if self.finetune_unet else None})
         return folder
 
     @classmethod

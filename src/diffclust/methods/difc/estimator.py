@@ -16,9 +16,8 @@ from diffclust.backbones.registry import SD15_HUB_ID, load_backbone
 from diffclust.backbones.tiny_random import cache_root
 from diffclust.data.collection import ImageCollection
 from diffclust.data.dataset import ImageTensorDataset
-from diffclust.engine.checkpoint import atomic_save_tensors, atomic_write_json, load_tensors
+from diffclust.engine.checkpoint import atomic_save_tensors, load_tensors
 from diffclust.engine.runtime import make_accelerator, progress
-from diffclust.errors import DiffclustError
 from diffclust.methods.base import ClusteringEstimator
 from diffclust.methods.difc.constants import ConstantComputer, ConstantSettings, fingerprint, load_or_compute_constants
 from diffclust.methods.difc.network import DiFiCNetwork, assign
@@ -28,7 +27,6 @@ from diffclust.seeding import make_generator, seed_everything
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 
 
 class DiFiC(ClusteringEstimator):
@@ -82,10 +80,8 @@ class DiFiC(ClusteringEstimator):
     ):
         self._keep_settings(locals())
 
-    def _check_settings(self) -> None:
+    def _setting_problems(self) -> list[str]:
         problems = []
-        if not isinstance(self.n_clusters, int) or self.n_clusters < 2:
-            problems.append(f"n_clusters (--k) must be an integer >= 2, got {self.n_clusters!r}")
         if self.epochs < 0 or self.warmup_epochs < 0:
             problems.append("epochs and warmup_epochs must be >= 0")
         if self.batch_size < 1:
@@ -98,8 +94,7 @@ class DiFiC(ClusteringEstimator):
             problems.append(f"head_init must be 'kmeans' or 'random', got {self.head_init!r}")
         if self.n_neighbours < 1:
             problems.append(f"n_neighbours must be >= 1, got {self.n_neighbours}")
-        if problems:
-            raise DiffclustError("Invalid DiFiC settings: " + "; ".join(problems) + ".")
+        return problems
 
     # ------------------------------------------------------------------ helpers
     def _constant_settings(self, resolution: int, with_masks: bool) -> ConstantSettings:
@@ -128,8 +123,7 @@ class DiFiC(ClusteringEstimator):
         accelerator = make_accelerator(self.device, self.mixed_precision)
         seed_everything(self.seed)
         collection = self._collect(data)
-        if self.n_clusters > len(collection):
-            raise DiffclustError(f"n_clusters (--k) is {self.n_clusters} but only {len(collection)} usable images were found.")
+        self._require_samples(len(collection), "usable images were found")
         run_dir = self._run_folder(resume)
         backbone = load_backbone(self.backbone, device=accelerator.device)
         resolution = self.resolution or backbone.resolution
@@ -171,9 +165,7 @@ class DiFiC(ClusteringEstimator):
 
     def _proxies(self, collection: ImageCollection) -> torch.Tensor:
         self._check_fitted()
-        if not hasattr(self, "backbone_"):
-            self.backbone_ = load_backbone(self.backbone, device=make_accelerator(self.device).device)
-        backbone = self.backbone_
+        backbone = self._loaded_backbone()
         computer = ConstantComputer(backbone, self._constant_settings(self.resolution_, False), self.shared_noise_)
         loader = DataLoader(ImageTensorDataset(collection, self.resolution_), batch_size=self.batch_size, num_workers=self.num_workers)
         extractor = self.network_.extractor.to(backbone.device).eval()
@@ -201,16 +193,11 @@ class DiFiC(ClusteringEstimator):
         if self.kmeans_centres_ is not None:
             tensors["kmeans_centres"] = torch.as_tensor(self.kmeans_centres_)
         atomic_save_tensors(folder / self.weights_name(), tensors)
-        atomic_write_json(folder / self.config_name(), {
-            "method": "difc",
-            "format_version": FORMAT_VERSION,
-            "settings": self.saved_settings(),
-            "state": {
-                "resolution": self.resolution_,
-                "feature_shape": list(self.feature_shape_),
-                "token_dim": int(self.network_.extractor.project.out_features),
-                "has_head": self.network_.head is not None,
-            },
+        self.write_config(folder, {
+            "resolution": self.resolution_,
+            "feature_shape": list(self.feature_shape_),
+            "token_dim": int(self.network_.extractor.project.out_features),
+            "has_head": self.network_.head is not None,
         })
         return folder
 
