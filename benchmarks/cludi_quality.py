@@ -84,7 +84,7 @@ def main() -> None:
                      "seconds": round(time.perf_counter() - started, 1)})
         for init in args.inits.split(","):
             started = time.perf_counter()
-            model = CLUDI(k, seed=seed, init=init, **settings).fit(values, labels)
+            model = CLUDI(k, random_state=seed, init=init, **settings).fit(values, labels)
             rows.append({"method": f"CLUDI (init {init})", "seed": seed, **clustering_scores(labels, model.labels_),
                          "seconds": round(time.perf_counter() - started, 1)})
             print(rows[-1], flush=True)

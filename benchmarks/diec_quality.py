@@ -24,7 +24,7 @@ from diffclust.cluster.kmeans import fit_kmeans
 from diffclust.cluster.metrics import clustering_scores, hungarian_accuracy
 from diffclust.engine.checkpoint import atomic_write_json, atomic_write_text
 from diffclust.methods.diec.features import BOTTLENECK, encode_collection
-from diffclust.methods.diec.search_report import write_heatmap
+from diffclust.methods.diec.search_report import write_search_plot
 
 
 def kmeans_row(name: str, features: torch.Tensor, labels: np.ndarray, k: int, seed: int, started: float, **extra) -> dict:
@@ -36,7 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data")
     parser.add_argument("--backbone", required=True)
-    parser.add_argument("--out", type=Path, required=True, help="folder for results.json, results.md and the search heatmaps")
+    parser.add_argument("--out", type=Path, required=True, help="folder for results.json, results.md and the search plots")
     parser.add_argument("--k", type=int, default=None, help="clusters (default: number of classes)")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--fixed-timestep", type=int, default=None, help="the fixed-pair row's t (default: T/2)")
@@ -52,7 +52,7 @@ def main() -> None:
         raise SystemExit(f"{args.data} has no labels to score against.")
     labels = collection.labels
     k = args.k or len(np.unique(labels))
-    settings = dict(backbone=args.backbone, seed=args.seed, noise_draws=args.noise_draws, pool_size=args.pool_size,
+    settings = dict(backbone=args.backbone, random_state=args.seed, noise_draws=args.noise_draws, pool_size=args.pool_size,
                     search_subset=args.search_subset, device="cpu" if not torch.cuda.is_available() else "auto", progress=False)
     backbone = load_backbone(args.backbone, device="cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
@@ -85,9 +85,9 @@ def main() -> None:
     grid_acc = grid.run_search(backbone, latents, score=lambda x, predicted: hungarian_accuracy(subset_labels, predicted),
                                score_name="acc")
     args.out.mkdir(parents=True, exist_ok=True)
-    write_heatmap(args.out / "search_two_stage.png", search)
-    write_heatmap(args.out / "grid_calinski_harabasz.png", grid_ch)
-    write_heatmap(args.out / "grid_label_accuracy.png", grid_acc)
+    write_search_plot(args.out / "search_two_stage.png", search)
+    write_search_plot(args.out / "grid_calinski_harabasz.png", grid_ch)
+    write_search_plot(args.out / "grid_label_accuracy.png", grid_acc)
     layers = grid_acc.layers
     label_accuracy = DiEC(k, layer=search.layer, timestep=search.timestep, **settings).run_search(
         backbone, latents, score=lambda x, predicted: hungarian_accuracy(subset_labels, predicted), score_name="acc")

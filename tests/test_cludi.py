@@ -86,7 +86,7 @@ def test_teacher_is_the_exponential_moving_average_of_the_student():
 # ---------------------------------------------------------------------------------- clustering
 def test_cludi_separates_gaussian_blobs_in_32_dimensions():
     features, labels = blobs()
-    model = CLUDI(5, epochs=30, seed=0, **{**FAST, "batch_size": 128, "hidden_dim": 128})
+    model = CLUDI(5, epochs=30, random_state=0, **{**FAST, "batch_size": 128, "hidden_dim": 128})
     model.fit(features, labels)
     assert hungarian_accuracy(labels, model.labels_) >= 0.98
     assert model.labels_.shape == (500,) and model.confidence_.min() > 0.5
@@ -96,7 +96,7 @@ def test_cludi_separates_gaussian_blobs_in_32_dimensions():
 
 def test_from_random_weights_the_teacher_student_loop_itself_finds_structure():
     features, labels = blobs()
-    model = CLUDI(5, epochs=60, seed=1, init="random", **{**FAST, "batch_size": 128, "hidden_dim": 128, "embedding_dim": 64,
+    model = CLUDI(5, epochs=60, random_state=1, init="random", **{**FAST, "batch_size": 128, "hidden_dim": 128, "embedding_dim": 64,
                                                           "teacher_steps": 10, "predict_steps": 10, "predict_samples": 4})
     model.fit(features, labels)
     first, last = model.history_[0]["acc"], model.history_[-1]["final_acc"]
@@ -124,14 +124,14 @@ def test_feature_files_of_every_kind_read_the_same(tmp_path):
 
 def test_backbone_features_and_a_feature_file_take_the_same_path(usps_subset, tiny_ddpm, tmp_path):
     """Images through the backbone, and the same activations saved to a file, give the same clusters."""
-    settings = dict(epochs=2, seed=3, **FAST)
+    settings = dict(epochs=2, random_state=3, **FAST)
     reading = dict(backbone=str(tiny_ddpm), layer="mid_block", timestep=100, noise_draws=2, pool_size=2)
     from_images = CLUDI(10, output_dir=tmp_path / "images", **reading, **settings).fit(usps_subset)
     assigned, skipped = read_assignments(tmp_path / "images" / "assignments.csv")
     images = sorted(path.name for path in (usps_subset / "images").iterdir())
     assert sorted(assigned) == images and skipped == 0
 
-    _, features, layer, timestep = DiEC(10, batch_size=64, seed=3, device="cpu", progress=False, **reading).extract_features(usps_subset)
+    _, features, layer, timestep = DiEC(10, batch_size=64, random_state=3, device="cpu", progress=False, **reading).extract_features(usps_subset)
     assert (layer, timestep) == ("mid_block", 100)
     np.save(tmp_path / "features.npy", features.numpy())
     (tmp_path / "rows.csv").write_text("file,label\n" + "".join(f"{row},{label}\n" for row, label in enumerate(from_images_labels(usps_subset))))
@@ -159,7 +159,7 @@ def from_images_labels(folder) -> list[int]:
 
 def test_cludi_resume_after_a_crash_continues_exactly(tmp_path, monkeypatch):
     features, labels = blobs(n=128, d=8)
-    settings = dict(seed=1, epochs=2, **FAST)
+    settings = dict(random_state=1, epochs=2, **FAST)
     CLUDI(5, output_dir=tmp_path / "whole", **settings).fit(features, labels)
 
     original = CLUDITrainer.train_epoch

@@ -39,7 +39,7 @@ def mixture_folder(tmp_path_factory):
 def _fit(folder, tmp_path, **settings):
     model = DiFiC(GROUPS, backbone=GaussianMixtureBackbone(), feature_layer="latent", device="cpu", batch_size=16,
                   lr=1e-3, n_neighbours=5, memory_bank_size=64, object_concentration=False, progress=False,
-                  cache_dir=tmp_path / "cache", seed=0, **settings)
+                  cache_dir=tmp_path / "cache", random_state=0, **settings)
     return model.fit(folder)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -16,9 +17,9 @@ from PIL import Image
 from conftest import write_subset
 from diffclust.cli import main
 from diffclust.engine.checkpoint import load_training_state
-from diffclust.methods.difc import training
+from diffclust.methods.difc import DiFiC, training
 
-FIT = ["--k", "10", "--backbone", "tiny-random", "--epochs", "2", "--warmup-epochs", "1", "--device", "cpu", "--quiet"]
+FIT = ["--k", "10", "--backbone", "tiny-random", "--epochs", "2", "--device", "cpu", "--quiet"]  # warm-up 'auto': 1 of 2
 
 
 def rows(path: Path) -> list[dict]:
@@ -30,17 +31,43 @@ def clusters(path: Path) -> dict[str, str]:
     return {row["file"]: row["cluster"] for row in rows(path)}
 
 
-@pytest.fixture(scope="module")
-def fitted(butterflies, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "butterflies"
-    assert main(["fit", str(butterflies), *FIT, "--out", str(out)]) == 0
+def every_nth(butterflies: Path, step: int, tmp_path_factory) -> Path:
+    """A data folder holding every `step`-th butterfly of labels.csv (all 10 species) and its rows."""
+    return write_subset(butterflies, rows(butterflies / "labels.csv")[::step], tmp_path_factory.mktemp(f"every{step}") / "data")
+
+
+def fit_run(data: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / data.parent.name
+    assert main(["fit", str(data), *FIT, "--out", str(out)]) == 0
     return out
 
 
-def test_fit_writes_a_row_for_every_image(fitted, butterflies):
+@pytest.fixture(scope="module")
+def half(butterflies, tmp_path_factory) -> Path:
+    """416 real photos: the run most tests read."""
+    return every_nth(butterflies, 2, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def fitted(half, tmp_path_factory) -> Path:
+    return fit_run(half, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def small(butterflies, tmp_path_factory) -> Path:
+    """104 photos: re-runs (seeds, resume) stay cheap."""
+    return every_nth(butterflies, 8, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def small_fitted(small, tmp_path_factory) -> Path:
+    return fit_run(small, tmp_path_factory)
+
+
+def test_fit_writes_a_row_for_every_image(fitted, half):
     assignments = rows(fitted / "assignments.csv")
-    assert len(assignments) == 832
-    assert {row["file"] for row in assignments} == {row["file"] for row in rows(butterflies / "labels.csv")}
+    assert len(assignments) == 416
+    assert {row["file"] for row in assignments} == {row["file"] for row in rows(half / "labels.csv")}
     assert all(row["status"] == "ok" and 0 <= int(row["cluster"]) < 10 and 0 < float(row["confidence"]) <= 1 for row in assignments)
     assert rows(fitted / "skipped.csv") == []
     log = rows(fitted / "metrics.csv")
@@ -48,20 +75,51 @@ def test_fit_writes_a_row_for_every_image(fitted, butterflies):
     assert all(0 <= float(row["acc"]) <= 1 for row in log)  # labels were found and reported
     for name in ("difc.json", "difc.safetensors", "checkpoint.pt", "metrics.jsonl", "cache/constants.json"):
         assert (fitted / name).is_file()
+    state = json.loads((fitted / "difc.json").read_text())["state"]
+    assert (state["assigned_by"], state["warmup_epochs"]) == ("head", 1)  # the head really decided
 
 
-def test_predict_on_the_saved_run_matches_fit(fitted, butterflies, tmp_path):
+def test_load_restores_the_training_run(fitted):
+    model = DiFiC.load(fitted)
+    assignments = rows(fitted / "assignments.csv")
+    assert model.files_ == [row["file"] for row in assignments]
+    assert model.labels_.tolist() == [int(row["cluster"]) for row in assignments]
+    assert np.allclose(model.confidence_, [float(row["confidence"]) for row in assignments], atol=1e-4)
+    assert model.warmup_epochs_ == 1
+
+
+def test_predict_takes_files_lists_pil_images_and_arrays(fitted, butterflies, tmp_path, capsys):
+    expected = clusters(fitted / "assignments.csv")
+    names = sorted(expected)[:3]
+    paths = [str(butterflies / "images" / name) for name in names]
+    model = DiFiC.load(fitted)
+    model.progress = False
+    wanted = [int(expected[name]) for name in names]
+    assert model.predict(paths).tolist() == wanted
+    assert model.predict(paths[0]).tolist() == wanted[:1]
+    pictures = [Image.open(path) for path in paths]
+    assert model.predict(pictures).tolist() == wanted
+    assert model.predict([np.asarray(picture.convert("RGB")) for picture in pictures]).tolist() == wanted
+    out = tmp_path / "some.csv"
+    assert main(["predict", str(fitted), *paths, "--out", str(out), "--quiet"]) == 0
+    assert clusters(out) == dict(zip(paths, map(str, wanted)))
+    assert main(["predict", str(fitted), paths[0], "--out", str(out), "--quiet"]) == 0
+    assert clusters(out) == {paths[0]: str(wanted[0])}
+
+
+def test_predict_on_the_saved_run_matches_fit(fitted, half, tmp_path):
     out = tmp_path / "predicted.csv"
-    assert main(["predict", str(fitted), str(butterflies), "--out", str(out), "--quiet"]) == 0
+    assert main(["predict", str(fitted), str(half), "--out", str(out), "--quiet"]) == 0
     assert clusters(out) == clusters(fitted / "assignments.csv")
 
 
-def test_same_seed_same_clusters(fitted, butterflies, tmp_path):
-    assert main(["fit", str(butterflies), *FIT, "--out", str(tmp_path / "again")]) == 0
-    assert clusters(tmp_path / "again" / "assignments.csv") == clusters(fitted / "assignments.csv")
+def test_same_seed_same_clusters(small_fitted, small, tmp_path):
+    assert main(["fit", str(small), *FIT, "--out", str(tmp_path / "again")]) == 0
+    assert clusters(tmp_path / "again" / "assignments.csv") == clusters(small_fitted / "assignments.csv")
+    assert len(clusters(small_fitted / "assignments.csv")) == 104
 
 
-def test_interrupted_run_resumes_to_the_same_result(fitted, butterflies, tmp_path, monkeypatch):
+def test_interrupted_run_resumes_to_the_same_result(small_fitted, small, tmp_path, monkeypatch):
     out = tmp_path / "interrupted"
     original = training.DiFiCTrainer.save_checkpoint
 
@@ -71,20 +129,20 @@ def test_interrupted_run_resumes_to_the_same_result(fitted, butterflies, tmp_pat
 
     monkeypatch.setattr(training.DiFiCTrainer, "save_checkpoint", crash_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
-        main(["fit", str(butterflies), *FIT, "--out", str(out)])
+        main(["fit", str(small), *FIT, "--out", str(out)])
     assert load_training_state(out / "checkpoint.pt")["epochs_done"] == 1  # intact, loadable
     assert not (out / "assignments.csv").exists()
     monkeypatch.setattr(training.DiFiCTrainer, "save_checkpoint", original)
-    assert main(["fit", str(butterflies), *FIT, "--out", str(out), "--resume"]) == 0
+    assert main(["fit", str(small), *FIT, "--out", str(out), "--resume"]) == 0
     assert [row["epoch"] for row in rows(out / "metrics.csv")] == ["1", "2"]
-    assert clusters(out / "assignments.csv") == clusters(fitted / "assignments.csv")
+    assert clusters(out / "assignments.csv") == clusters(small_fitted / "assignments.csv")
 
 
-def test_resume_refuses_changed_settings(fitted, butterflies, tmp_path, capsys):
+def test_resume_refuses_changed_settings(small_fitted, small, tmp_path, capsys):
     copy = tmp_path / "copy"
-    shutil.copytree(fitted, copy)
-    assert main(["fit", str(butterflies), *FIT[:-3], "--seed", "5", "--device", "cpu", "--quiet", "--out", str(copy), "--resume"]) == 2
-    assert "seed" in capsys.readouterr().err
+    shutil.copytree(small_fitted, copy)
+    assert main(["fit", str(small), *FIT[:-3], "--seed", "5", "--device", "cpu", "--quiet", "--out", str(copy), "--resume"]) == 2
+    assert "random_state (--seed): 0 -> 5" in capsys.readouterr().err
 
 
 def test_refitting_into_a_finished_run_is_refused(fitted, butterflies, capsys):
@@ -97,7 +155,7 @@ def test_refitting_into_a_finished_run_is_refused(fitted, butterflies, capsys):
 def test_evaluate_prints_scores(fitted, butterflies, capsys):
     assert main(["evaluate", str(fitted / "assignments.csv"), "--labels", str(butterflies / "labels.csv")]) == 0
     out = capsys.readouterr().out
-    assert "Scored 832 images" in out and "ACC" in out and "NMI" in out and "ARI" in out
+    assert "Scored 416 images" in out and "416 labelled images have no assignment" in out and "ACC" in out and "NMI" in out and "ARI" in out
 
 
 def _messy_folder(butterflies: Path, folder: Path) -> Path:
@@ -119,7 +177,7 @@ def _messy_folder(butterflies: Path, folder: Path) -> Path:
 def test_messy_folder_completes_and_lists_the_bad_files(butterflies, tmp_path):
     folder = _messy_folder(butterflies, tmp_path / "messy")
     out = tmp_path / "run"
-    assert main(["fit", str(folder), "--k", "2", "--backbone", "tiny-random", "--epochs", "1", "--warmup-epochs", "1", "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+    assert main(["fit", str(folder), "--k", "2", "--backbone", "tiny-random", "--epochs", "1", "--no-cluster-guidance", "--device", "cpu", "--quiet", "--out", str(out)]) == 0
     skipped = {row["file"]: row["reason"] for row in rows(out / "skipped.csv")}
     assert set(skipped) == {"corrupt.jpg", "zero.jpg", "letter.jpg", "notes.txt"}
     assignments = {row["file"]: row for row in rows(out / "assignments.csv")}

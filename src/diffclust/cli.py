@@ -1,19 +1,21 @@
-"""`diffclust` command line: a thin layer over the library (fit, predict, evaluate, pretrain)."""
+"""`diffclust` command line: a thin layer over the library (fit, predict, evaluate, pretrain, search).
+
+Only the standard library is imported up front, so `--help` and argument errors answer at
+once; torch, diffusers and transformers load when a command runs.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from diffclust.backbones.registry import BUILTIN_BACKBONES, SD15_HUB_ID
-from diffclust.cluster.metrics import clustering_scores
+from diffclust import __version__
+from diffclust.backbones.names import BUILTIN_BACKBONES, SD15_HUB_ID
 from diffclust.errors import DiffclustError
-from diffclust.outputs import read_assignments, read_labels, write_assignments
 
 logger = logging.getLogger("diffclust")
 
@@ -52,10 +54,15 @@ def _add_backbone_and_device(parser) -> None:
     parser.add_argument("--resolution", type=int, default=None, help="image size in pixels (default: the backbone's own, 512 for SD v1.5)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="where to run (several GPUs: launch with `accelerate launch`)")
     parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no", help="autocast precision on GPU")
-    parser.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same clusters")
+    parser.add_argument("--seed", "--random-state", dest="seed", type=int, default=0, help="random seed (random_state in the API): the same seed gives the same clusters")
     parser.add_argument("--strict", action="store_true", help="stop with an error on unreadable images instead of skipping them")
+    parser.add_argument("--no-folder-labels", dest="folder_labels", action="store_false", help="read a folder of sub-folders (e.g. photos/2023, photos/2024) as unlabelled instead of one class per sub-folder")
     parser.add_argument("--num-workers", type=int, default=0, help="image-loading worker processes")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_quiet(parser)
+
+
+def _add_quiet(parser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (diffclust's, and the model libraries' loading bars)")
 
 
 def _add_search_settings(parser) -> None:
@@ -89,7 +96,7 @@ def _add_fit_parser(commands) -> None:
     fit.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its last checkpoint")
     _add_backbone_and_device(fit)
     difc = fit.add_argument_group("DiFiC (--method difc)")
-    difc.add_argument("--warmup-epochs", type=int, default=100, help="epochs of distillation before the cluster head trains; k-means on S* predicts meanwhile (paper: 100)")
+    difc.add_argument("--warmup-epochs", type=_auto_or_int, default="auto", help="epochs of distillation before the cluster head trains; k-means on S* predicts meanwhile (default 'auto': the paper's 100 of 250, scaled to --epochs)")
     difc.add_argument("--feature-layer", default="up_blocks.2.attentions.0", help="UNet module whose output is z (paper's block 19 = up_blocks.2.attentions.0)")
     difc.add_argument("--t-hat", dest="feature_timestep", type=int, default=150, help="timestep at which z is read (paper: 150)")
     difc.add_argument("--t-tilde", dest="mask_timestep", type=int, default=50, help="timestep of the attention map behind the object mask (paper: 50)")
@@ -118,7 +125,7 @@ def _add_fit_parser(commands) -> None:
 def _add_search_parser(commands) -> None:
     search = commands.add_parser("search", help="find the clustering-optimal UNet layer and timestep (DiEC's search)",
                                  description="Score UNet layers x timesteps by k-means clusterability on a subset of DATA; "
-                                             "print the chosen pair and write search.csv, search.png (heatmap) and search.json to --out.")
+                                             "print the chosen pair and write search.csv, search.png (score against t, a line per layer) and search.json to --out.")
     search.add_argument("data", help="image folder (labels are not used)")
     search.add_argument("--k", type=int, required=True, help="number of clusters k-means looks for")
     search.add_argument("--out", type=Path, default=None, help="folder for search.csv/png/json (default: runs/<data folder name>-search)")
@@ -131,20 +138,21 @@ def _add_predict_parser(commands) -> None:
     predict = commands.add_parser("predict", help="assign new images to the clusters of a fitted run",
                                   description="Assign the images under DATA to the clusters learned in RUN_DIR.")
     predict.add_argument("run_dir", type=Path, help="a finished `diffclust fit` run folder (or a saved model folder)")
-    predict.add_argument("data", help="image folder to assign")
+    predict.add_argument("data", nargs="+", help="what to assign: an image folder, a labels.csv, or one or more image files "
+                                                 "(for a CLUDI run on features: a feature file)")
     predict.add_argument("--out", type=Path, required=True, help="CSV to write (file, cluster, confidence, status)")
     predict.add_argument("--backbone", default=None, help="override the backbone recorded in the run (e.g. the SD folder moved)")
     predict.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default=None, help="where to run (default: as fitted)")
     predict.add_argument("--batch-size", type=int, default=None, help="images per batch (default: as fitted)")
     predict.add_argument("--strict", action="store_true", help="stop with an error on unreadable images")
-    predict.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_quiet(predict)
 
 
 def _add_evaluate_parser(commands) -> None:
     evaluate = commands.add_parser("evaluate", help="score assignments against known labels (ACC, NMI, ARI)",
                                    description="Score an assignments CSV against a labels.csv; labels are only for scoring.")
     evaluate.add_argument("assignments", type=Path, help="assignments.csv from fit or predict")
-    evaluate.add_argument("--labels", type=Path, required=True, help="labels.csv (file,label[,class_name,split]) or the folder holding it")
+    evaluate.add_argument("--labels", type=Path, required=True, help="labels.csv (file,label[,class_name,split]), or the data folder fit read (with a labels.csv, or one sub-folder per class)")
     evaluate.add_argument("--split", default=None, help="score only rows of labels.csv with this split (e.g. test)")
     evaluate.add_argument("--json", action="store_true", help="print the scores as JSON")
 
@@ -177,11 +185,12 @@ def _add_pretrain_parser(commands) -> None:
     pretrain.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no", help="autocast precision on GPU")
     pretrain.add_argument("--seed", type=int, default=0, help="random seed")
     pretrain.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    pretrain.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_quiet(pretrain)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffclust", description="Cluster images without labels using pretrained diffusion models.")
+    parser.add_argument("--version", action="version", version=f"diffclust {__version__}")
     parser.add_argument("--verbose", action="store_true", help="log debugging detail")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_fit_parser(commands)
@@ -208,7 +217,8 @@ def _search_settings(args) -> dict:
 
 def _common_settings(args) -> dict:
     return dict(backbone=args.backbone, resolution=args.resolution, device=args.device, mixed_precision=args.mixed_precision,
-                seed=args.seed, num_workers=args.num_workers, strict=args.strict, progress=not args.quiet)
+                random_state=args.seed, num_workers=args.num_workers, strict=args.strict, folder_labels=args.folder_labels,
+                progress=not args.quiet)
 
 
 def _method_settings(args) -> dict:
@@ -237,7 +247,7 @@ def build_model(args, out: Path):
     from diffclust.methods.registry import METHODS
 
     estimator = METHODS[args.method]
-    wanted = set(estimator._param_names())
+    wanted = set(estimator._get_param_names())
     return estimator(args.k, output_dir=out, **{key: value for key, value in _method_settings(args).items() if key in wanted})
 
 
@@ -268,7 +278,7 @@ def run_fit(args) -> int:
 
     if not PartialState().is_main_process:
         return 0
-    used = len(np.unique(model.labels_))
+    used = len(set(model.labels_.tolist()))
     kind = "rows" if args.features is not None else "images"
     print(f"{METHOD_NAMES[args.method]}: clustered {len(model.labels_)} {kind} into {used} of {args.k} clusters; "
           f"skipped {sum(s.is_image for s in model.skipped_)} unreadable.")
@@ -278,7 +288,7 @@ def run_fit(args) -> int:
     last = model.history_[-1] if model.history_ else {}
     final = {key[len("final_"):]: value for key, value in last.items() if key.startswith("final_")} or last
     if "acc" in final:
-        _print_scores(final, "Against the labels found in the data: ")
+        _print_scores(final, f"Against the labels from {model.label_source_} (used only to score): ")
     return 0
 
 
@@ -297,19 +307,24 @@ def run_search(args) -> int:
 
 def run_predict(args) -> int:
     from diffclust.methods.registry import load_model
+    from diffclust.outputs import write_assignments
 
     model = load_model(args.run_dir, backbone=args.backbone, device=args.device)
     model.progress = not args.quiet
     model.strict = args.strict
     if args.batch_size:
         model.batch_size = args.batch_size
-    labels, confidence, collection = model.predict_with_confidence(args.data)
+    data = args.data[0] if len(args.data) == 1 else args.data  # one folder, CSV, image or feature file; or image files
+    labels, confidence, collection = model.predict_with_confidence(data)
     write_assignments(args.out, collection.files, labels, confidence, collection.skipped)
     print(f"Assigned {len(labels)} images ({sum(s.is_image for s in collection.skipped)} unreadable skipped) -> {args.out}")
     return 0
 
 
 def run_evaluate(args) -> int:
+    from diffclust.cluster.metrics import clustering_scores
+    from diffclust.outputs import read_assignments, read_labels
+
     assigned, skipped = read_assignments(args.assignments)
     labels = read_labels(args.labels, split=args.split)
     common = sorted(set(assigned) & set(labels))
@@ -360,11 +375,37 @@ def run_pretrain(args) -> int:
     return 0
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (pytest and notebooks swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def configure_logging(verbose: bool, quiet: bool) -> None:
+    """diffclust's messages on stderr, each once: one handler on the 'diffclust' logger (none on
+    the root logger, where it would repeat every library's own lines), and the model
+    libraries' chatter and loading bars kept down."""
+    for handler in [h for h in logger.handlers if isinstance(h, _CurrentStderr)]:
+        logger.removeHandler(handler)
+    handler = _CurrentStderr()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("diffusers", "transformers", "accelerate", "httpx", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.ERROR)
+    if quiet:  # read by huggingface_hub, transformers and diffusers when they are first imported
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("diffusers", "transformers", "accelerate", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING if args.verbose else logging.ERROR)
+    configure_logging(args.verbose, getattr(args, "quiet", False))
     runners = {"fit": run_fit, "predict": run_predict, "evaluate": run_evaluate, "pretrain": run_pretrain, "search": run_search}
     try:
         return runners[args.command](args)

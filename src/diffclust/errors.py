@@ -7,3 +7,13 @@ class DiffclustError(ValueError):
 
 class BackboneNotFoundError(DiffclustError):
     """A backbone name, folder or hub id could not be loaded."""
+
+
+#: settings whose command-line flag is not simply --name-with-dashes
+_FLAGS = {"n_clusters": "--k", "random_state": "--seed", "feature_timestep": "--t-hat", "mask_timestep": "--t-tilde",
+          "output_dir": "--out"}
+
+
+def setting_label(name: str) -> str:
+    """A setting as users know it in both the API and the CLI: 'random_state (--seed)'."""
+    return f"{name} ({_FLAGS.get(name, '--' + name.replace('_', '-'))})"

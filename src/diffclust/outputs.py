@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from pathlib import Path
 
 import numpy as np
 
-from diffclust.data.collection import ImageCollection, SkippedFile
-from diffclust.engine.checkpoint import atomic_write_text
+from diffclust.data.collection import MANIFEST_NAME, ImageCollection, SkippedFile, scan_images
+from diffclust.engine.checkpoint import atomic_write_json, atomic_write_text
 from diffclust.errors import DiffclustError
 
 ASSIGNMENT_COLUMNS = ("file", "cluster", "confidence", "status")
+ASSIGNMENTS_NAME = "assignments.csv"
+SKIPPED_NAME = "skipped.csv"
+RUN_SUMMARY_NAME = "run.json"
 
 
 def csv_text(columns, rows) -> str:
@@ -35,31 +39,35 @@ def write_skipped(path: str | Path, skipped: list[SkippedFile]) -> Path:
     return atomic_write_text(path, csv_text(("file", "reason"), [(item.file, item.reason) for item in skipped]))
 
 
-def read_assignments(path: str | Path) -> tuple[dict[str, int], int]:
-    """{file: cluster} for the assigned rows, and the number of skipped rows."""
+def read_assignment_rows(path: str | Path) -> list[dict[str, str]]:
+    """The rows of an assignments CSV as dicts (file, cluster, ...; cluster is '' for skipped rows)."""
     path = Path(path)
     if not path.is_file():
         raise DiffclustError(f"Assignments file '{path}' does not exist.")
-    assigned, skipped = {}, 0
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         if not {"file", "cluster"} <= set(reader.fieldnames or []):
             raise DiffclustError(f"{path}: needs 'file' and 'cluster' columns (found {reader.fieldnames}).")
-        for row in reader:
-            if row["cluster"] in ("", None):
-                skipped += 1
-            else:
-                assigned[row["file"]] = int(row["cluster"])
-    return assigned, skipped
+        return [{key: value or "" for key, value in row.items()} for row in reader]
+
+
+def read_assignments(path: str | Path) -> tuple[dict[str, int], int]:
+    """{file: cluster} for the assigned rows, and the number of skipped rows."""
+    rows = read_assignment_rows(path)
+    assigned = {row["file"]: int(row["cluster"]) for row in rows if row["cluster"] != ""}
+    return assigned, len(rows) - len(assigned)
 
 
 def read_labels(path: str | Path, split: str | None = None) -> dict[str, int]:
-    """{file: label} from a labels.csv (file,label[,class_name,split]), optionally one split."""
+    """{file: label} from a labels.csv (file,label[,class_name,split]), or from a data folder in
+    any layout `fit` reads (a labels.csv inside, or one sub-folder per class); optionally one split."""
     path = Path(path)
+    if path.is_dir() and not (path / MANIFEST_NAME).is_file():
+        return _labels_from_class_folders(path, split)
     if path.is_dir():
-        path = path / "labels.csv"
+        path = path / MANIFEST_NAME
     if not path.is_file():
-        raise DiffclustError(f"Labels file '{path}' does not exist.")
+        raise DiffclustError(f"Labels '{path}' do not exist: give a labels.csv, or the data folder that fit read.")
     labels = {}
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
@@ -75,8 +83,35 @@ def read_labels(path: str | Path, split: str | None = None) -> dict[str, int]:
     return labels
 
 
+def _labels_from_class_folders(folder: Path, split: str | None) -> dict[str, int]:
+    """Labels of a folder of class sub-folders, keyed as fit keys its files."""
+    if split is not None:
+        raise DiffclustError(f"{folder}: --split {split} needs a labels.csv with a 'split' column; class sub-folders have no splits.")
+    collection = scan_images(folder, verify=False)
+    if collection.labels is None:
+        raise DiffclustError(f"{folder} holds no labels: no {MANIFEST_NAME}, and its images are not sorted into one "
+                             "sub-folder per class.")
+    return {record.file: int(record.label) for record in collection.records}
+
+
 def collection_outputs(folder: str | Path, collection: ImageCollection, clusters: np.ndarray, confidence: np.ndarray) -> None:
     """assignments.csv and skipped.csv for a whole collection."""
     folder = Path(folder)
-    write_assignments(folder / "assignments.csv", collection.files, clusters, confidence, collection.skipped)
-    write_skipped(folder / "skipped.csv", collection.skipped)
+    write_assignments(folder / ASSIGNMENTS_NAME, collection.files, clusters, confidence, collection.skipped)
+    write_skipped(folder / SKIPPED_NAME, collection.skipped)
+
+
+def write_run_summary(folder: str | Path, method: str, backbone: str | None, device: str, stages: dict[str, float],
+                      wall_seconds: float, **extra) -> Path:
+    """run.json: what ran where, and how long each stage took (for people, reports and benchmarks)."""
+    import platform
+
+    import torch
+
+    from diffclust import __version__
+
+    return atomic_write_json(Path(folder) / RUN_SUMMARY_NAME, {
+        "method": method, "backbone": backbone, "device": device, "wall_seconds": round(wall_seconds, 3), "stages": stages,
+        "versions": {"diffclust": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), **extra,
+    })

@@ -1,10 +1,20 @@
-"""Diffusion backbones behind one protocol (see base.DiffusionBackbone)."""
+"""Diffusion backbones behind one protocol (see base.DiffusionBackbone); loaded on first use."""
 
-from diffclust.backbones.base import PLACEHOLDER, DiffusionBackbone, PromptEncoding, UNetPass
-from diffclust.backbones.capture import ActivationCapture, AttentionCapture, capturable_layers
-from diffclust.backbones.registry import BUILTIN_BACKBONES, SD15_HUB_ID, load_backbone
-from diffclust.backbones.stable_diffusion import StableDiffusionBackbone
-from diffclust.backbones.unconditional import UnconditionalBackbone
+from diffclust._lazy import lazy_exports
+from diffclust.backbones.names import BUILTIN_BACKBONES, SD15_HUB_ID
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "PLACEHOLDER": "diffclust.backbones.base",
+    "ActivationCapture": "diffclust.backbones.capture",
+    "AttentionCapture": "diffclust.backbones.capture",
+    "DiffusionBackbone": "diffclust.backbones.base",
+    "PromptEncoding": "diffclust.backbones.base",
+    "StableDiffusionBackbone": "diffclust.backbones.stable_diffusion",
+    "UNetPass": "diffclust.backbones.base",
+    "UnconditionalBackbone": "diffclust.backbones.unconditional",
+    "capturable_layers": "diffclust.backbones.capture",
+    "load_backbone": "diffclust.backbones.registry",
+})
 
 __all__ = [
     "BUILTIN_BACKBONES",

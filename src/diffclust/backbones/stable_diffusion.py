@@ -17,6 +17,7 @@ from transformers import AutoModel, AutoTokenizer, CLIPTextModel, PreTrainedMode
 
 from diffclust.backbones.base import PLACEHOLDER, DiffusionBackbone, PromptEncoding, UNetPass, match_channels
 from diffclust.backbones.capture import ActivationCapture, AttentionCapture
+from diffclust.backbones.names import BUILTIN_BACKBONES
 from diffclust.backbones.noise import SchedulerNoiseMixin
 from diffclust.backbones.text_encoders import referenced_folder
 from diffclust.errors import BackboneNotFoundError, DiffclustError
@@ -89,7 +90,7 @@ class StableDiffusionBackbone(SchedulerNoiseMixin, DiffusionBackbone):
                 f"Could not load backbone '{source}' from the Hugging Face hub, nor from its local cache "
                 f"(no network here, or no such repository: {type(error).__name__}). Download it once on a machine "
                 f"with network, e.g. `hf download {source} --local-dir sd15`, then pass "
-                "--backbone sd15 (a local folder works fully offline). Built-in backbones: tiny-random."
+                f"--backbone sd15 (a local folder works fully offline). Built-in backbones: {', '.join(BUILTIN_BACKBONES)}."
             ) from error
         backbone = cls(unet, text_encoder, tokenizer, scheduler, vae=vae, reference=reference or source)
         return backbone.to(device)

@@ -18,7 +18,8 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel
 
-NAME = "tiny-random"
+from diffclust.backbones.names import TINY_RANDOM as NAME
+
 VERSION = 2
 RESOLUTION = 64
 TOKEN_DIM = 32

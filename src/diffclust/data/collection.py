@@ -1,40 +1,58 @@
 """Find the images of a data set and their labels, and set aside the files that cannot be used.
 
-Three layouts are understood: a folder with a ``labels.csv`` manifest
+Three folder layouts are understood: a folder with a ``labels.csv`` manifest
 (file,label[,class_name,split]), a folder of class sub-folders, and a flat (or nested)
-unlabelled folder. Unreadable files never stop a run: they are skipped, warned about and
-listed, unless ``strict`` asks for an error.
+unlabelled folder. `collect_images` also takes single image files, lists of paths, PIL images
+and arrays. Unreadable files never stop a run: they are skipped, warned about and listed,
+unless ``strict`` asks for an error.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from diffclust.data.images import IMAGE_EXTENSIONS, load_rgb
+from diffclust.data.images import IMAGE_EXTENSIONS, array_to_image, load_rgb, to_rgb
 from diffclust.errors import DiffclustError
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "labels.csv"
+#: where a collection's labels came from (ImageCollection.label_source)
+FROM_MANIFEST, FROM_FOLDERS = "labels.csv", "sub-folder names"
 
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One usable image: where it is, its key in outputs, and its label if known."""
+    """One usable image: where it is (or the image itself), its key in outputs, and its label if known."""
 
-    path: Path
+    path: Path | None
     file: str
     label: int | None = None
     class_name: str | None = None
     split: str | None = None
     caption: str | None = None  # a manifest's optional 'caption' column (for pretraining)
+    image: Image.Image | None = field(default=None, repr=False, compare=False)  # in-memory images (API)
+
+    def rgb(self) -> Image.Image:
+        """The decoded 8-bit RGB image."""
+        return to_rgb(self.image) if self.image is not None else load_rgb(self.path)
+
+    def identity(self) -> str:
+        """What a cache keyed on this image depends on: name, size and time, or the pixels."""
+        if self.image is not None:
+            return hashlib.sha256(self.image.tobytes()).hexdigest()
+        stat = self.path.stat()
+        return f"{stat.st_size}\0{stat.st_mtime_ns}"
 
 
 @dataclass(frozen=True)
@@ -50,9 +68,10 @@ class SkippedFile:
 class ImageCollection:
     """The images of one data set, in a fixed order, plus the files that were set aside."""
 
-    root: Path
+    root: Path | None
     records: list[ImageRecord]
     skipped: list[SkippedFile] = field(default_factory=list)
+    label_source: str | None = None  # FROM_MANIFEST, FROM_FOLDERS, or None (no labels)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -73,7 +92,17 @@ class ImageCollection:
         return np.array([record.label for record in self.records], dtype=np.int64)
 
     def subset(self, indices: list[int] | np.ndarray) -> "ImageCollection":
-        return ImageCollection(self.root, [self.records[i] for i in indices], list(self.skipped))
+        return ImageCollection(self.root, [self.records[i] for i in indices], list(self.skipped), self.label_source)
+
+    def describe_labels(self, shown: int = 6) -> str | None:
+        """Where the labels came from, for people ("sub-folder names: 2023, 2024"), or None."""
+        if self.labels is None:
+            return None
+        if self.label_source != FROM_FOLDERS:
+            return self.label_source
+        names = sorted({record.class_name for record in self.records})
+        listed = ", ".join(names[:shown]) + (f", ... ({len(names)} in all)" if len(names) > shown else "")
+        return f"{FROM_FOLDERS}: {listed}"
 
 
 def _relative_key(path: Path, root: Path) -> str:
@@ -89,8 +118,9 @@ def _walk_files(root: Path) -> list[Path]:
     return sorted(path for path in files if not _is_hidden(path, root))
 
 
-def _records_from_folder(root: Path) -> tuple[list[ImageRecord], list[SkippedFile]]:
-    """Walk a folder; top-level sub-folders become classes when every image lies in one."""
+def _records_from_folder(root: Path, folder_labels: bool = True) -> tuple[list[ImageRecord], list[SkippedFile]]:
+    """Walk a folder; top-level sub-folders become classes when every image lies in one
+    (unless `folder_labels` is off: dates or places are folders too, not classes)."""
     records: list[ImageRecord] = []
     skipped: list[SkippedFile] = []
     image_paths = []
@@ -101,7 +131,7 @@ def _records_from_folder(root: Path) -> tuple[list[ImageRecord], list[SkippedFil
             reason = f"not an image file extension ({path.suffix or 'none'})"
             skipped.append(SkippedFile(_relative_key(path, root), reason, is_image=False))
     top_dirs = {path.relative_to(root).parts[0] for path in image_paths if len(path.relative_to(root).parts) > 1}
-    by_class = len(top_dirs) >= 2 and all(len(path.relative_to(root).parts) > 1 for path in image_paths)
+    by_class = folder_labels and len(top_dirs) >= 2 and all(len(path.relative_to(root).parts) > 1 for path in image_paths)
     class_ids = {name: index for index, name in enumerate(sorted(top_dirs))} if by_class else {}
     for path in image_paths:
         key = _relative_key(path, root)
@@ -163,6 +193,8 @@ def _records_from_manifest(root: Path, manifest: Path) -> list[ImageRecord]:
 
 def _check_decodable(record: ImageRecord) -> str | None:
     """None if the image decodes fully, else the reason it cannot be used."""
+    if record.image is not None:
+        return None
     try:
         if record.path.stat().st_size == 0:
             return "empty file (0 bytes)"
@@ -172,11 +204,13 @@ def _check_decodable(record: ImageRecord) -> str | None:
     return None
 
 
-def scan_images(data: str | Path, *, strict: bool = False, verify: bool = True, workers: int = 8) -> ImageCollection:
+def scan_images(data: str | Path, *, strict: bool = False, verify: bool = True, workers: int = 8,
+                folder_labels: bool = True) -> ImageCollection:
     """Collect the images of a data set folder (or of a labels.csv file).
 
     Every image is decoded once when ``verify`` is set, so that unreadable ones are found
     before any model runs; they are skipped with a warning, or raise when ``strict``.
+    ``folder_labels=False`` reads a folder of sub-folders as unlabelled (--no-folder-labels).
     """
     path = Path(data).expanduser()
     if path.is_file() and path.name.endswith(".csv"):
@@ -187,24 +221,82 @@ def scan_images(data: str | Path, *, strict: bool = False, verify: bool = True, 
         raise DiffclustError(f"Data path '{data}' does not exist or is not a folder (or a labels.csv file).")
 
     if manifest.is_file():
-        records, skipped = _records_from_manifest(root, manifest), []
+        records, skipped, source = _records_from_manifest(root, manifest), [], FROM_MANIFEST
     else:
-        records, skipped = _records_from_folder(root)
-
-    if verify and records:
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            problems = list(pool.map(_check_decodable, records))
-        bad = [SkippedFile(record.file, problem) for record, problem in zip(records, problems) if problem]
-        records = [record for record, problem in zip(records, problems) if not problem]
-        if bad:
-            listing = "\n".join(f"  {item.file}: {item.reason}" for item in bad[:20])
-            more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
-            if strict:
-                raise DiffclustError(f"{len(bad)} image(s) under {root} cannot be read (strict mode):\n{listing}{more}")
-            logger.warning("Skipping %d unreadable image(s) under %s:\n%s%s", len(bad), root, listing, more)
-        skipped = skipped + bad
-
+        (records, skipped), source = _records_from_folder(root, folder_labels), FROM_FOLDERS
+    records, bad = _verified(records, root, strict, workers) if verify else (records, [])
     if not records:
         extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise DiffclustError(f"No usable images found under {root} (looked for {extensions}, recursively).")
-    return ImageCollection(root, records, skipped)
+    collection = ImageCollection(root, records, skipped + bad)
+    collection.label_source = source if collection.has_labels else None
+    return collection
+
+
+def _verified(records: list[ImageRecord], where, strict: bool, workers: int = 8) -> tuple[list[ImageRecord], list[SkippedFile]]:
+    """(the records that decode, the skipped rest), warned about or refused when `strict`."""
+    if not records:
+        return records, []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        problems = list(pool.map(_check_decodable, records))
+    bad = [SkippedFile(record.file, problem) for record, problem in zip(records, problems) if problem]
+    if bad:
+        listing = "\n".join(f"  {item.file}: {item.reason}" for item in bad[:20])
+        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        if strict:
+            raise DiffclustError(f"{len(bad)} image(s) under {where} cannot be read (strict mode):\n{listing}{more}")
+        logger.warning("Skipping %d unreadable image(s) under %s:\n%s%s", len(bad), where, listing, more)
+    return [record for record, problem in zip(records, problems) if not problem], bad
+
+
+def _is_image_path(item) -> bool:
+    return isinstance(item, (str, os.PathLike)) and Path(item).suffix.lower() in IMAGE_EXTENSIONS and not Path(item).is_dir()
+
+
+def _in_memory_images(data) -> list[Image.Image] | None:
+    """PIL images or pixel arrays as a list of images; None when `data` is not of that kind."""
+    if isinstance(data, Image.Image):
+        return [data]
+    if isinstance(data, np.ndarray):
+        if data.ndim == 2 or (data.ndim == 3 and data.shape[-1] in (1, 3, 4)):
+            return [array_to_image(data)]
+        if data.ndim in (3, 4):
+            return [array_to_image(item) for item in data]
+        raise DiffclustError(f"An image array must be (H, W), (H, W, C) or (N, H, W[, C]); got shape {data.shape}.")
+    if isinstance(data, Sequence) and data and all(isinstance(item, (Image.Image, np.ndarray)) for item in data):
+        return [image for item in data for image in _in_memory_images(item)]
+    return None
+
+
+def collect_images(data, *, strict: bool = False, folder_labels: bool = True) -> ImageCollection:
+    """Any image input as a collection: an ImageCollection, a folder or labels.csv (scan_images),
+    one image file, a list of image files, PIL images, or uint8 arrays (H, W[, C]) / (N, H, W[, C]).
+    In-memory images are named image-0, image-1, ... in outputs; files keep the path given."""
+    if isinstance(data, ImageCollection):
+        return data
+    images = _in_memory_images(data)
+    if images is not None:
+        return ImageCollection(None, [ImageRecord(None, f"image-{index}", image=image) for index, image in enumerate(images)])
+    if _is_image_path(data):
+        data = [data]
+    if isinstance(data, (list, tuple)):
+        return _collect_files(data, strict)
+    if isinstance(data, (str, os.PathLike)):
+        return scan_images(data, strict=strict, folder_labels=folder_labels)
+    raise DiffclustError(f"Cannot read images from a {type(data).__name__}: give a folder, a labels.csv, image files, "
+                         "PIL images or uint8 arrays.")
+
+
+def _collect_files(paths: Sequence, strict: bool) -> ImageCollection:
+    """A list of image files (each must exist and have an image extension)."""
+    for item in paths:
+        if not _is_image_path(item):
+            raise DiffclustError(f"'{item}' is not an image file ({', '.join(sorted(IMAGE_EXTENSIONS))}); a list of inputs "
+                                 "must name image files (give a folder on its own).")
+        if not Path(item).is_file():
+            raise DiffclustError(f"Image file '{item}' does not exist.")
+    records = [ImageRecord(Path(item).expanduser(), str(item)) for item in paths]
+    records, bad = _verified(records, "the given files", strict)
+    if not records:
+        raise DiffclustError("None of the given image files can be read: " + "; ".join(f"{b.file}: {b.reason}" for b in bad[:5]))
+    return ImageCollection(None, records, bad)

@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import Dataset
 
 from diffclust.data.collection import ImageCollection
-from diffclust.data.images import load_image_tensor
+from diffclust.data.images import image_to_tensor, resize_center_crop
 
 
 class ImageTensorDataset(Dataset):
@@ -20,4 +20,4 @@ class ImageTensorDataset(Dataset):
         return len(self.collection)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
-        return index, load_image_tensor(self.collection.records[index].path, self.resolution)
+        return index, image_to_tensor(resize_center_crop(self.collection.records[index].rgb(), self.resolution))

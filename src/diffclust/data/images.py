@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from diffclust.errors import DiffclustError
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 _HIGH_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 
@@ -36,6 +38,18 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
     return image.convert("RGB")
+
+
+def array_to_image(array: np.ndarray) -> Image.Image:
+    """A uint8 (or 0..1 float) array (H, W) or (H, W, 1|3|4) as a PIL image."""
+    if array.dtype != np.uint8:
+        if not np.issubdtype(array.dtype, np.floating) or not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
+            raise DiffclustError(f"Image arrays must be uint8 (0..255) or float in [0, 1]; got {array.dtype} "
+                                 f"with values in [{array.min()}, {array.max()}].")
+        array = np.round(array * 255).astype(np.uint8)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    return Image.fromarray(np.ascontiguousarray(array))
 
 
 def load_rgb(path: str | Path) -> Image.Image:

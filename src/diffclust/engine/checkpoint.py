@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffclust.errors import DiffclustError
+from diffclust.errors import DiffclustError, setting_label
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def load_resume_state(path: Path | None, params: dict[str, Any], resume_keys: tu
         return None
     state = load_training_state(path)
     saved = json.loads(state["settings"])
-    changed = [f"{key}: {saved.get(key)!r} -> {params[key]!r}" for key in resume_keys if saved.get(key) != params[key]]
+    changed = [f"{setting_label(key)}: {saved.get(key)!r} -> {params[key]!r}" for key in resume_keys if saved.get(key) != params[key]]
     if changed:
         raise DiffclustError(
             f"Cannot resume {path.parent}: these settings differ from the interrupted run ({'; '.join(changed)}). "

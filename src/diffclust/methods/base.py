@@ -1,32 +1,49 @@
-"""What every diffclust estimator shares: the scikit-learn settings protocol, data and saving.
+"""What every diffclust estimator shares: scikit-learn's estimator protocol, data and saving.
 
-Each method (DiFiC, DiEC, CLUDI) keeps its settings as constructor arguments of the same name,
-learns state in attributes ending in ``_``, and saves itself as ``<method>.json`` (settings and
-shapes) beside ``<method>.safetensors`` (weights), so a run folder says which method made it.
+Each method (DiFiC, DiEC, CLUDI) is a scikit-learn clusterer (``BaseEstimator`` and
+``ClusterMixin``, and ``TransformerMixin`` for ``transform``: ``clone``, ``get_params``,
+pipelines and the default repr work), keeps its
+settings as constructor arguments of the same name, learns state in attributes ending in
+``_``, and saves itself as ``<method>.json`` (settings and shapes) beside
+``<method>.safetensors`` (weights), so a run folder says which method made it.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+from sklearn.exceptions import NotFittedError
 
 from diffclust.backbones.base import DiffusionBackbone
 from diffclust.backbones.registry import load_backbone
-from diffclust.data.collection import ImageCollection, scan_images
+from diffclust.data.collection import FROM_FOLDERS, ImageCollection, collect_images
 from diffclust.engine.checkpoint import atomic_write_json, checkpoint_path
+from diffclust.engine.timing import StageTimer
+from diffclust.outputs import ASSIGNMENTS_NAME, read_assignment_rows, write_run_summary
 from diffclust.engine.runtime import make_accelerator
 from diffclust.errors import DiffclustError
 
+logger = logging.getLogger(__name__)
+
+
+class NotFittedYetError(DiffclustError, NotFittedError):
+    """predict/transform/save before fit: a user error (exit code 2 in the CLI) that
+    scikit-learn also recognises as NotFittedError."""
+
+
 #: settings that are paths: saved as strings
 PATH_SETTINGS = ("output_dir", "cache_dir")
+#: settings renamed since earlier releases: old saved name -> current name
+RENAMED_SETTINGS = {"seed": "random_state"}
 
 
-class ClusteringEstimator:
-    """Base of the estimators: get_params/set_params, fit_predict/predict, config files."""
+class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
+    """Base of the estimators: scikit-learn's protocol, input collection, config files."""
 
     #: short name used in file names and the `method` field of the saved config
     method: str = ""
@@ -34,10 +51,20 @@ class ClusteringEstimator:
     fitted_attribute: str = "labels_"
     #: version of the saved config's layout
     format_version: int = 1
+    #: True when the estimator clusters rows of a feature matrix (CLUDI); DiFiC and DiEC take images
+    takes_feature_matrix: bool = False
+
+    def __sklearn_tags__(self):
+        """Clusterers, seeded (deterministic); image methods do not take 2-D feature matrices."""
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = False
+        tags.input_tags.two_d_array = self.takes_feature_matrix
+        tags.input_tags.three_d_array = not self.takes_feature_matrix  # image arrays (N, H, W[, C]) and folders
+        return tags
 
     def _keep_settings(self, values: dict[str, Any]) -> None:
         """Store each constructor argument under its own name (call with locals() in __init__)."""
-        for name in self._param_names():
+        for name in self._get_param_names():
             setattr(self, name, values[name])
 
     def _setting_problems(self) -> list[str]:
@@ -49,6 +76,8 @@ class ClusteringEstimator:
         problems = []
         if not isinstance(self.n_clusters, int) or self.n_clusters < 2:
             problems.append(f"n_clusters (--k) must be an integer >= 2, got {self.n_clusters!r}")
+        if isinstance(self.random_state, bool) or not isinstance(self.random_state, (int, np.integer)) or self.random_state < 0:
+            problems.append(f"random_state (--seed) must be an integer >= 0, got {self.random_state!r}")
         problems += self._setting_problems()
         if problems:
             raise DiffclustError(f"Invalid {type(self).__name__} settings: " + "; ".join(problems) + ".")
@@ -61,8 +90,17 @@ class ClusteringEstimator:
     def _loaded_backbone(self) -> DiffusionBackbone:
         """The backbone for inference, loaded on first use (after `load`, only its reference is known)."""
         if not hasattr(self, "backbone_"):
-            self.backbone_ = load_backbone(self.backbone, device=make_accelerator(self.device).device)
+            self.backbone_ = load_backbone(self.backbone, device=make_accelerator(self.device).device, progress=self.progress)
         return self.backbone_
+
+    def _finish_run(self, run_dir: Path | None, accelerator, timer: StageTimer) -> None:
+        """Keep the stage times (timings_), write run.json (main process), and wait for the others."""
+        self.timings_ = timer.rounded()
+        if run_dir is not None and accelerator.is_main_process:
+            write_run_summary(run_dir, self.method, self._backbone_reference(), str(accelerator.device), self.timings_, timer.total,
+                              processes=accelerator.num_processes, items=len(self.labels_))
+        logger.debug("%s stages (s): %s", type(self).__name__, self.timings_)
+        accelerator.wait_for_everyone()
 
     def _run_folder(self, resume: bool) -> Path | None:
         """output_dir as a Path; refuses a folder holding a run unless resuming (nothing is overwritten)."""
@@ -76,52 +114,54 @@ class ClusteringEstimator:
             )
         return run_dir
 
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        return [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def set_params(self, **params) -> "ClusteringEstimator":
-        for name, value in params.items():
-            if name not in self._param_names():
-                raise DiffclustError(f"{type(self).__name__} has no setting '{name}'.")
-            setattr(self, name, value)
-        return self
-
-    def __repr__(self) -> str:
-        shown = {"n_clusters": getattr(self, "n_clusters", None), "backbone": self._backbone_reference(), "epochs": getattr(self, "epochs", None)}
-        return f"{type(self).__name__}(" + ", ".join(f"{key}={value!r}" for key, value in shown.items() if value is not None) + ")"
-
     def _backbone_reference(self) -> str | None:
         backbone = getattr(self, "backbone", None)
         return backbone.reference if isinstance(backbone, DiffusionBackbone) else (None if backbone is None else str(backbone))
 
+    def _training_collection(self, data) -> ImageCollection:
+        """The images to fit on; says where any labels came from (they only score the clusters)."""
+        collection = self._collect(data)
+        self.label_source_ = collection.describe_labels()
+        if collection.label_source == FROM_FOLDERS:
+            logger.info("Labels from %s: used only to score the clusters (folder_labels=False, --no-folder-labels, "
+                        "reads the folders as unlabelled).", self.label_source_)
+        return collection
+
     def _collect(self, data) -> ImageCollection:
-        if isinstance(data, ImageCollection):
-            return data
-        return scan_images(data, strict=getattr(self, "strict", False))
+        """Any image input (folder, labels.csv, image files, PIL images, arrays) as a collection."""
+        return collect_images(data, strict=self.strict, folder_labels=self.folder_labels)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, self.fitted_attribute):
-            raise DiffclustError(f"This {type(self).__name__} model is not fitted yet: call fit(data) or "
+            raise NotFittedYetError(f"This {type(self).__name__} model is not fitted yet: call fit(data) or "
                                  f"{type(self).__name__}.load(folder) first.")
 
-    def fit_predict(self, data, y=None, resume: bool = False) -> np.ndarray:
-        return self.fit(data, y, resume=resume).labels_
+    def fit_predict(self, X, y=None, resume: bool = False) -> np.ndarray:
+        """fit(X) and return labels_ (X: images for DiFiC and DiEC, features or images for CLUDI)."""
+        return self.fit(X, y, resume=resume).labels_
 
-    def predict_with_confidence(self, data) -> tuple[np.ndarray, np.ndarray, ImageCollection]:
+    def predict_with_confidence(self, X) -> tuple[np.ndarray, np.ndarray, ImageCollection]:
         raise NotImplementedError
 
-    def predict(self, data) -> np.ndarray:
-        """Cluster of each item in `data` with the fitted model."""
-        return self.predict_with_confidence(data)[0]
+    def predict(self, X) -> np.ndarray:
+        """Cluster of each item in `X` with the fitted model."""
+        return self.predict_with_confidence(X)[0]
+
+    def _restore_training_assignments(self, folder: Path) -> None:
+        """After `load`: labels_, confidence_, files_ of the images the run was fitted on, from its
+        assignments.csv (absent when only the model was saved)."""
+        path = Path(folder) / ASSIGNMENTS_NAME
+        if not path.is_file():
+            return
+        rows = [row for row in read_assignment_rows(path) if row["cluster"] != ""]
+        self.files_ = [row["file"] for row in rows]
+        self.labels_ = np.array([int(row["cluster"]) for row in rows], dtype=np.int64)
+        self.confidence_ = np.array([float(row["confidence"]) for row in rows], dtype=np.float64)
 
     # ------------------------------------------------------------------ saved configs
     def saved_settings(self) -> dict[str, Any]:
         """Settings as JSON values: the backbone by its reference, paths as strings."""
-        params = self.get_params()
+        params = self.get_params(deep=False)
         if "backbone" in params:
             params["backbone"] = self._backbone_reference()
         for key in PATH_SETTINGS:
@@ -158,5 +198,7 @@ class ClusteringEstimator:
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> "ClusteringEstimator":
-        """An unfitted estimator with the saved settings (unknown keys from other versions ignored)."""
-        return cls(**{key: value for key, value in settings.items() if key in cls._param_names()})
+        """An unfitted estimator with the saved settings (renamed keys mapped, unknown keys from
+        other versions ignored)."""
+        settings = {RENAMED_SETTINGS.get(key, key): value for key, value in settings.items()}
+        return cls(**{key: value for key, value in settings.items() if key in cls._get_param_names()})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,19 +11,29 @@ import torch
 
 from diffclust.backbones.base import DiffusionBackbone
 from diffclust.cluster.metrics import clustering_scores
+from diffclust.data.collection import ImageCollection
 from diffclust.engine.checkpoint import atomic_save_tensors, load_tensors
 from diffclust.engine.runtime import make_accelerator
+from diffclust.engine.timing import StageTimer
 from diffclust.errors import DiffclustError
 from diffclust.methods.base import ClusteringEstimator
 from diffclust.methods.cludi.diffusion import EmbeddingDiffusion
 from diffclust.methods.cludi.inputs import FeatureTable, is_feature_file, read_feature_file, table_from_matrix
 from diffclust.methods.cludi.network import CLUDINetwork
 from diffclust.methods.cludi.training import CLUDITrainer, assign, mean_logits
-from diffclust.outputs import write_assignments, write_skipped
+from diffclust.outputs import ASSIGNMENTS_NAME, SKIPPED_NAME, write_assignments, write_skipped
 from diffclust.seeding import make_generator, seed_everything
 
 logger = logging.getLogger(__name__)
 
+
+
+def _names_images(data) -> bool:
+    """True for image inputs (a folder, a labels.csv, image files, an ImageCollection); anything
+    else is read as a feature matrix (arrays, tensors, nested lists, data frames)."""
+    if isinstance(data, (str, os.PathLike, ImageCollection)):
+        return True
+    return isinstance(data, (list, tuple)) and bool(data) and all(isinstance(item, (str, os.PathLike)) for item in data)
 
 
 class CLUDI(ClusteringEstimator):
@@ -36,12 +47,13 @@ class CLUDI(ClusteringEstimator):
     25 DDIM steps at eta 1, cross-entropy weight 50, temperatures 0.1 (rows) / 0.05 (columns),
     feature noise 0.2-1.0, dropout 0.05-0.1, prediction averaged over 64 samples of 50 steps.
     Unlike that code, the teacher really is the EMA of the student, and every setting is used.
-    ``init="kmeans"`` (our addition) first fits the networks to k-means of the features, as
-    a start; ``"random"`` is the published start from random weights.
+    ``init="kmeans"`` (our addition) first fits the networks to k-means of the features for
+    ``init_steps`` updates, as a start; ``"random"`` is the published start from random weights.
     """
 
     method = "cludi"
     fitted_attribute = "teacher_"
+    takes_feature_matrix = True
 
     def __init__(
         self,
@@ -55,6 +67,7 @@ class CLUDI(ClusteringEstimator):
         pool_size: int = 4,
         search_subset: int = 1000,
         init: str = "kmeans",
+        init_steps: int = 200,
         embedding_dim: int = 64,
         hidden_dim: int = 512,
         depth: int = 3,
@@ -81,10 +94,11 @@ class CLUDI(ClusteringEstimator):
         predict_steps: int = 50,
         monitor_samples: int = 4,
         device: str = "auto",
-        seed: int = 0,
+        random_state: int = 0,
         output_dir: str | Path | None = None,
         num_workers: int = 0,
         strict: bool = False,
+        folder_labels: bool = True,
         progress: bool = True,
     ):
         self._keep_settings(locals())
@@ -101,6 +115,8 @@ class CLUDI(ClusteringEstimator):
             low, high = getattr(self, name)
             if not 0 <= low <= high or (name == "feature_dropout" and high >= 1):
                 problems.append(f"{name} must be a range (low, high) with 0 <= low <= high" + (" < 1" if name == "feature_dropout" else ""))
+        if self.init_steps < 0:
+            problems.append(f"init_steps must be >= 0, got {self.init_steps}")
         if self.init not in ("kmeans", "random"):
             problems.append(f"init must be 'kmeans' or 'random', got {self.init!r}")
         if min(self.row_temperature, self.column_temperature, self.embedding_temperature) <= 0:
@@ -116,20 +132,21 @@ class CLUDI(ClusteringEstimator):
                                  "to cluster images, give a backbone (--backbone) whose activations become the features.")
         reader = DiEC(self.n_clusters, backbone=self.backbone, layer=layer, timestep=timestep, resolution=self.resolution,
                       noise_draws=self.noise_draws, pool_size=self.pool_size, search_subset=self.search_subset,
-                      batch_size=self.batch_size, device=self.device, seed=self.seed, num_workers=self.num_workers,
-                      strict=self.strict, progress=self.progress)
+                      batch_size=self.batch_size, device=self.device, random_state=self.random_state, num_workers=self.num_workers,
+                      strict=self.strict, folder_labels=self.folder_labels, progress=self.progress)
         collection, features, self.feature_layer_, self.feature_timestep_ = reader.extract_features(data)
+        self.label_source_ = reader.label_source_
         return FeatureTable(features.float(), collection.files, collection.labels, list(collection.skipped))
 
     def _table(self, data, y=None, fitting: bool = False) -> FeatureTable:
         """Every kind of input as a FeatureTable; images are read at the fitted (layer, t) after fit."""
         if isinstance(data, FeatureTable):
             table = data
-        elif isinstance(data, (np.ndarray, torch.Tensor)):
-            table = table_from_matrix(data, y)
         elif is_feature_file(data):
             values, labels = read_feature_file(data)
             table = table_from_matrix(values, y if y is not None else labels, str(data))
+        elif not _names_images(data):
+            table = table_from_matrix(data, y)
         elif fitting:
             table = self._image_features(data, self.layer, self.timestep)
         elif getattr(self, "feature_layer_", None) is None:
@@ -137,7 +154,8 @@ class CLUDI(ClusteringEstimator):
         else:
             table = self._image_features(data, self.feature_layer_, self.feature_timestep_)
         if not fitting and table.values.shape[1] != self.feature_dim_:
-            raise DiffclustError(f"The features have {table.values.shape[1]} columns but the model was fitted on {self.feature_dim_}.")
+            raise DiffclustError(f"X has {table.values.shape[1]} features, but CLUDI is expecting {self.feature_dim_} features "
+                                 "as input (the columns it was fitted on).")
         return table
 
     def _standardised(self, values: torch.Tensor) -> torch.Tensor:
@@ -151,23 +169,30 @@ class CLUDI(ClusteringEstimator):
         the interrupted run in `output_dir`.
         """
         self._check_settings()
+        timer = StageTimer()
         run_dir = self._run_folder(resume)
         accelerator = make_accelerator(self.device)
-        seed_everything(self.seed)
+        seed_everything(self.random_state)
         self.feature_layer_ = self.feature_timestep_ = None
-        table = self._table(X, y, fitting=True)
+        self.label_source_ = None if y is None else "the labels given"
+        with timer("features"):
+            table = self._table(X, y, fitting=True)
+        if self.label_source_ is None and table.labels is not None:
+            self.label_source_ = "the labels stored with the features"
         self._require_samples(len(table), "samples were given")
-        self.feature_dim_ = table.values.shape[1]
+        self.feature_dim_ = self.n_features_in_ = table.values.shape[1]
         self.feature_mean_ = table.values.mean(dim=0)
         self.feature_std_ = table.values.std(dim=0).clamp_min(1e-6)
-        seed_everything(self.seed)
+        seed_everything(self.random_state)
         network = CLUDINetwork(self.feature_dim_, self.n_clusters, self.embedding_dim, self.hidden_dim, self.depth)
         trainer = CLUDITrainer(self.get_params(), self._standardised(table.values), network, accelerator, table.labels, run_dir)
-        trainer.run(resume=resume)
+        with timer("training"):
+            trainer.run(resume=resume)
         self.student_ = trainer.network.eval()
         self.teacher_ = trainer.teacher.model.eval()
         self.history_ = list(trainer.log.records)
-        self.labels_, self.confidence_, self.cluster_offsets_ = assign(self._logits(table.values), self.column_temperature)
+        with timer("assignment"):
+            self.labels_, self.confidence_, self.cluster_offsets_ = assign(self._logits(table.values), self.column_temperature)
         self.files_ = table.names
         self.skipped_ = list(table.skipped)
         if table.labels is not None and self.history_:  # scores of the final, many-sample assignment
@@ -176,10 +201,11 @@ class CLUDI(ClusteringEstimator):
             if accelerator.is_main_process:
                 trainer.log.write()
         if run_dir is not None and accelerator.is_main_process:
-            self.save(run_dir)
-            write_assignments(run_dir / "assignments.csv", table.names, self.labels_, self.confidence_, table.skipped)
-            write_skipped(run_dir / "skipped.csv", table.skipped)
-        accelerator.wait_for_everyone()
+            with timer("outputs"):
+                self.save(run_dir)
+                write_assignments(run_dir / ASSIGNMENTS_NAME, table.names, self.labels_, self.confidence_, table.skipped)
+                write_skipped(run_dir / SKIPPED_NAME, table.skipped)
+        self._finish_run(run_dir, accelerator, timer)
         return self
 
     # ------------------------------------------------------------------ inference
@@ -187,7 +213,7 @@ class CLUDI(ClusteringEstimator):
         """Teacher logits averaged over predict_samples sampled embeddings of predict_steps steps."""
         diffusion = EmbeddingDiffusion(self.num_train_timesteps, self.beta_schedule)
         device = next(self.teacher_.parameters()).device
-        generator = make_generator(self.seed + 2_718)
+        generator = make_generator(self.random_state + 2_718)
         return mean_logits(self.teacher_, diffusion, self._standardised(values).to(device), self.predict_samples,
                            self.predict_steps, self.teacher_eta, generator).cpu()
 
@@ -232,8 +258,9 @@ class CLUDI(ClusteringEstimator):
         teacher = CLUDINetwork(state["feature_dim"], model.n_clusters, model.embedding_dim, model.hidden_dim, model.depth)
         teacher.load_state_dict({name[len("teacher."):]: value for name, value in tensors.items() if name.startswith("teacher.")})
         model.teacher_ = teacher.eval()
-        model.feature_dim_ = state["feature_dim"]
+        model.feature_dim_ = model.n_features_in_ = state["feature_dim"]
         model.feature_layer_, model.feature_timestep_ = state["feature_layer"], state["feature_timestep"]
         model.feature_mean_, model.feature_std_ = tensors["feature_mean"], tensors["feature_std"]
         model.cluster_offsets_ = tensors["cluster_offsets"]
+        model._restore_training_assignments(folder)
         return model

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.utils import check_array
 
 from diffclust.data.collection import SkippedFile
 from diffclust.engine.checkpoint import load_tensors
@@ -43,9 +44,16 @@ def is_feature_file(path) -> bool:
 
 
 def _checked(values, source: str) -> torch.Tensor:
-    values = torch.as_tensor(np.asarray(values) if not isinstance(values, torch.Tensor) else values).float()
-    if values.ndim != 2 or len(values) < 2 or values.shape[1] < 1:
-        raise DiffclustError(f"{source}: features must be a matrix of N >= 2 rows (samples) by d >= 1 columns, got shape {tuple(values.shape)}.")
+    """A float32 (N, d) tensor with N >= 2 and every value finite; scikit-learn's input checks
+    (and its messages) for shape, dtype and complex values."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    try:
+        values = check_array(values, dtype=[np.float64, np.float32], ensure_all_finite=False, ensure_min_samples=2,
+                             input_name=source)
+    except ValueError as error:  # a TypeError (an object array from Python code) keeps its type
+        raise DiffclustError(f"{source}: features must be a numeric matrix of N >= 2 rows (samples) by d >= 1 columns: {error}") from error
+    values = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
     bad = (~torch.isfinite(values)).any(dim=1).nonzero().flatten()
     if len(bad):
         raise DiffclustError(f"{source}: {len(bad)} rows hold NaN or infinite values (first: row {int(bad[0])}). Clean them first.")

@@ -32,10 +32,8 @@ from diffclust.seeding import make_generator
 
 logger = logging.getLogger(__name__)
 
-RESUME_KEYS = ("n_clusters", "embedding_dim", "hidden_dim", "depth", "batch_size", "seed", "num_train_timesteps", "beta_schedule", "init")
-#: updates toward k-means assignments before self-distillation (init="kmeans"), and the logit
-#: scale of those one-hot targets (sharp at the 0.05-0.1 temperatures)
-INIT_STEPS = 200
+RESUME_KEYS = ("n_clusters", "embedding_dim", "hidden_dim", "depth", "batch_size", "random_state", "num_train_timesteps", "beta_schedule", "init")
+#: the logit scale of the one-hot k-means targets of init="kmeans" (sharp at the 0.05-0.1 temperatures)
 INIT_LOGIT = 5.0
 
 
@@ -123,20 +121,20 @@ class CLUDITrainer(EpochTrainer):
                 "cross_entropy_teacher_to_student": to_student.detach(), "cross_entropy_student_to_teacher": to_teacher.detach()}
 
     def initialise_from_kmeans(self) -> None:
-        """Start teacher and student from k-means on the features: INIT_STEPS updates toward
+        """Start teacher and student from k-means on the features: `init_steps` updates toward
         k-means' one-hot assignments in place of the teacher's, then the teacher copies the student.
 
         Our addition (the published method starts from random weights): from random weights a
         balanced self-distillation can settle in a partition that splits one group and merges
         two others, which no later step undoes; k-means puts the start in the right basin.
         """
-        _, targets = fit_kmeans(self.features, self.p["n_clusters"], seed=self.p["seed"])
+        _, targets = fit_kmeans(self.features, self.p["n_clusters"], seed=self.p["random_state"])
         given = torch.nn.functional.one_hot(torch.from_numpy(targets), self.p["n_clusters"]).float() * INIT_LOGIT
-        generator = make_generator(self.p["seed"] + 11)
+        generator = make_generator(self.p["random_state"] + 11)
         parameters = list(self.network.parameters())
         self.set_learning_rate(0)
         self.network.train()
-        for _ in range(INIT_STEPS):
+        for _ in range(self.p["init_steps"]):
             rows = torch.randperm(len(self.features), generator=generator)[: self.p["batch_size"]]
             self.optimise(self._step(rows, generator, given)["loss"], parameters)
         self.optimizer.state.clear()
@@ -154,8 +152,8 @@ class CLUDITrainer(EpochTrainer):
 
     # ------------------------------------------------------------------ loop
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        generator = make_generator(self.p["seed"] + 7919 * (epoch + 1) + 104729 * self.accelerator.process_index)
-        batches = epoch_order(len(self.features), self.p["seed"], epoch, self.accelerator).split(self.p["batch_size"])
+        generator = make_generator(self.p["random_state"] + 7919 * (epoch + 1) + 104729 * self.accelerator.process_index)
+        batches = epoch_order(len(self.features), self.p["random_state"], epoch, self.accelerator).split(self.p["batch_size"])
         bar = progress(batches, self.accelerator, self.p["progress"], desc=f"epoch {epoch + 1}/{self.p['epochs']}", unit="batch")
         parameters = list(self.network.parameters())
         totals: dict[str, float] = {}
@@ -173,7 +171,7 @@ class CLUDITrainer(EpochTrainer):
         return {key: value / max(1, len(batches)) for key, value in totals.items()}
 
     def monitor_logits(self, epoch: int) -> torch.Tensor:
-        generator = make_generator(self.p["seed"] + 31 * (epoch + 1))
+        generator = make_generator(self.p["random_state"] + 31 * (epoch + 1))
         return mean_logits(self.teacher.model, self.diffusion, self.features, self.p["monitor_samples"], self.p["teacher_steps"],
                            self.p["teacher_eta"], generator).cpu()
 

@@ -13,6 +13,7 @@ from diffclust.backbones.registry import SD15_HUB_ID, load_backbone
 from diffclust.data.collection import ImageCollection
 from diffclust.engine.checkpoint import atomic_save_tensors, load_tensors
 from diffclust.engine.runtime import make_accelerator
+from diffclust.engine.timing import StageTimer
 from diffclust.errors import DiffclustError
 from diffclust.methods.base import ClusteringEstimator
 from diffclust.methods.diec.features import BOTTLENECK, LayerFeatureReader, candidate_layers, encode_collection
@@ -78,10 +79,11 @@ class DiEC(ClusteringEstimator):
         mapping_hidden: int | None = None,
         device: str = "auto",
         mixed_precision: str = "no",
-        seed: int = 0,
+        random_state: int = 0,
         output_dir: str | Path | None = None,
         num_workers: int = 0,
         strict: bool = False,
+        folder_labels: bool = True,
         progress: bool = True,
     ):
         self._keep_settings(locals())
@@ -104,16 +106,16 @@ class DiEC(ClusteringEstimator):
 
     # ------------------------------------------------------------------ the pieces of fit
     def _reader(self, backbone: DiffusionBackbone, layers) -> LayerFeatureReader:
-        return LayerFeatureReader(backbone, layers, self.noise_draws, self.pool_size, self.seed)
+        return LayerFeatureReader(backbone, layers, self.noise_draws, self.pool_size, self.random_state)
 
     def _prepare(self, data):
         """(accelerator, collection, backbone, resolution, latents of every image)."""
         self._check_settings()
         accelerator = make_accelerator(self.device, self.mixed_precision)
-        seed_everything(self.seed)
-        collection = self._collect(data)
+        seed_everything(self.random_state)
+        collection = self._training_collection(data)
         self._require_samples(len(collection), "usable images were found")
-        backbone = load_backbone(self.backbone, device=accelerator.device)
+        backbone = load_backbone(self.backbone, device=accelerator.device, progress=self.progress)
         resolution = self.resolution or backbone.resolution
         latents = encode_collection(backbone, collection, resolution, self.batch_size, self.num_workers,
                                     self.progress and accelerator.is_main_process)
@@ -128,7 +130,7 @@ class DiEC(ClusteringEstimator):
 
     def search_rows(self, count: int) -> torch.Tensor:
         """Which of `count` images the search scores: a seeded random subset."""
-        return torch.randperm(count, generator=make_generator(self.seed))[: self.search_subset]
+        return torch.randperm(count, generator=make_generator(self.random_state))[: self.search_subset]
 
     def run_search(self, backbone: DiffusionBackbone, latents: torch.Tensor, score=None, score_name: str | None = None) -> SearchResult:
         """The search on a seeded random subset of `latents`. `score` overrides the internal
@@ -143,7 +145,7 @@ class DiEC(ClusteringEstimator):
         def report(item) -> None:
             logger.info("search: %s @ t=%d -> %s %.4g", item.layer, item.timestep, score_name or self.search_score, item.score)
 
-        search = ClusterabilitySearch(read_features, self.n_clusters, score or self.search_score, self.seed,
+        search = ClusterabilitySearch(read_features, self.n_clusters, score or self.search_score, self.random_state,
                                       score_name=score_name, on_evaluation=report if self.progress else None)
         low, high = self._timestep_bounds(backbone)
         if self.timestep != "auto":
@@ -196,17 +198,21 @@ class DiEC(ClusteringEstimator):
         `data`: a folder or an ImageCollection; `y` is ignored (labels in the data are only
         reported). `resume` continues the interrupted run in `output_dir` (the search is reused).
         """
+        timer = StageTimer()
         run_dir = self._run_folder(resume)
-        accelerator, collection, backbone, resolution, latents = self._prepare(data)
-        layer, timestep = self._choose_pair(backbone, latents, run_dir, resume, accelerator.is_main_process)
+        with timer("images, backbone and latents"):
+            accelerator, collection, backbone, resolution, latents = self._prepare(data)
+        with timer("search"):
+            layer, timestep = self._choose_pair(backbone, latents, run_dir, resume, accelerator.is_main_process)
         logger.info("DiEC trains at %s, t=%d.", layer, timestep)
         reader = self._reader(backbone, [layer])
         dim = reader(latents[:1], timestep)[layer].shape[1]
-        seed_everything(self.seed)
+        seed_everything(self.random_state)
         network = DiECNetwork(dim, self.n_clusters, self.mapping_hidden)
         params = {**self.get_params(), "timestep_": timestep}
         trainer = DiECTrainer(params, backbone, reader, latents, network, accelerator, collection.labels, run_dir)
-        trainer.run(resume=resume)
+        with timer("training"):
+            trainer.run(resume=resume)
 
         embedding, q = trainer.state
         self.backbone_ = backbone
@@ -221,9 +227,10 @@ class DiEC(ClusteringEstimator):
         self.skipped_ = list(collection.skipped)
         self.history_ = list(trainer.log.records)
         if run_dir is not None and accelerator.is_main_process:
-            self.save(run_dir)
-            collection_outputs(run_dir, collection, self.labels_, self.confidence_)
-        accelerator.wait_for_everyone()
+            with timer("outputs"):
+                self.save(run_dir)
+                collection_outputs(run_dir, collection, self.labels_, self.confidence_)
+        self._finish_run(run_dir, accelerator, timer)
         return self
 
     # ------------------------------------------------------------------ inference
@@ -285,4 +292,5 @@ class DiEC(ClusteringEstimator):
         model.layer_, model.timestep_ = state["layer"], int(state["timestep"])
         model.feature_dim_ = state["feature_dim"]
         model.unet_state_ = load_tensors(folder / state["unet_weights"]) if state["unet_weights"] else None
+        model._restore_training_assignments(folder)
         return model

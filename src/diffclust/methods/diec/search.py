@@ -119,6 +119,15 @@ class SearchResult:
             grid[self.layers.index(item.layer), timesteps.index(item.timestep)] = item.score
         return self.layers, timesteps, grid
 
+    def curves(self) -> dict[str, list[tuple[int, float]]]:
+        """Each evaluated layer's (timestep, score) points in order of t (finite scores only):
+        what a plot of the search should show, on a true timestep axis."""
+        points: dict[str, list[tuple[int, float]]] = {}
+        for item in self.evaluations:
+            if math.isfinite(item.score):
+                points.setdefault(item.layer, []).append((item.timestep, item.score))
+        return {layer: sorted(points[layer]) for layer in self.layers if layer in points}
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
 

@@ -1,10 +1,9 @@
-"""What a search hands to people: search.csv, search.json and a layer x timestep heatmap."""
+"""What a search hands to people: search.csv, search.json and a plot of score against timestep."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
 from diffclust.engine.checkpoint import atomic_write, atomic_write_text
 from diffclust.methods.diec.search import SearchResult
@@ -15,24 +14,31 @@ SEARCH_CSV = "search.csv"
 SEARCH_PNG = "search.png"
 
 
-def write_heatmap(path: str | Path, result: SearchResult) -> Path:
-    """Scores as a layers x timesteps heatmap; blank cells were not evaluated; a star marks the pick."""
+def write_search_plot(path: str | Path, result: SearchResult) -> Path:
+    """Score against timestep, one line per evaluated layer, on a true t axis; a star marks the pick.
+
+    Only what was evaluated is drawn: a two-stage search shows its one searched layer as a
+    curve (and, with a probe, every layer's point at the probe timestep), a grid every layer.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    layers, timesteps, grid = result.matrix()
-    figure, axes = plt.subplots(figsize=(max(5.0, 0.45 * len(timesteps) + 3), max(3.0, 0.38 * len(layers) + 1.5)))
-    image = axes.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap="viridis", interpolation="nearest")
-    axes.set_xticks(range(len(timesteps)), [str(t) for t in timesteps], rotation=90 if len(timesteps) > 12 else 0, fontsize=7)
-    axes.set_yticks(range(len(layers)), layers, fontsize=7)
+    curves = result.curves()
+    figure, axes = plt.subplots(figsize=(7.5, 4.2))
+    for layer, points in curves.items():
+        timesteps, scores = zip(*points)
+        axes.plot(timesteps, scores, marker="o", markersize=3.5, linewidth=1.6 if layer == result.layer else 0.9,
+                  label=layer, zorder=3 if layer == result.layer else 2)
+    axes.plot([result.timestep], [result.score], marker="*", color="red", markersize=16, linestyle="none",
+              label=f"pick: {result.layer} @ t={result.timestep}", zorder=4)
     axes.set_xlabel("timestep t")
-    axes.set_ylabel("UNet layer")
-    axes.plot(timesteps.index(result.timestep), layers.index(result.layer), marker="*", color="red", markersize=14)
-    axes.set_title(f"{result.strategy} search, {result.score_name}: {result.n_evaluations} evaluations; "
-                   f"pick {result.layer} @ t={result.timestep}", fontsize=8)
-    figure.colorbar(image, ax=axes, label=result.score_name)
+    axes.set_ylabel(result.score_name)
+    axes.grid(alpha=0.3)
+    axes.set_title(f"{result.strategy} search: {result.n_evaluations} evaluations over {result.feature_passes} feature passes",
+                   fontsize=9)
+    axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     figure.tight_layout()
     atomic_write(path, lambda temp: figure.savefig(temp, format="png", dpi=120))
     plt.close(figure)
@@ -47,7 +53,7 @@ def write_search_outputs(folder: str | Path, result: SearchResult) -> dict[str, 
     return {
         "json": atomic_write_text(folder / SEARCH_JSON, result.to_json() + "\n"),
         "csv": atomic_write_text(folder / SEARCH_CSV, csv_text(("layer", "timestep", "score", "stage", "chosen"), rows)),
-        "png": write_heatmap(folder / SEARCH_PNG, result),
+        "png": write_search_plot(folder / SEARCH_PNG, result),
     }
 
 

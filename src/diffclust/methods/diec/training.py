@@ -38,7 +38,7 @@ from diffclust.seeding import make_generator
 logger = logging.getLogger(__name__)
 
 #: settings that must not change between an interrupted run and its resumption
-RESUME_KEYS = ("n_clusters", "batch_size", "seed", "finetune_unet", "noise_draws", "pool_size", "mapping_hidden", "n_neighbours")
+RESUME_KEYS = ("n_clusters", "batch_size", "random_state", "finetune_unet", "noise_draws", "pool_size", "mapping_hidden", "n_neighbours")
 
 
 class DiECTrainer(EpochTrainer):
@@ -132,8 +132,8 @@ class DiECTrainer(EpochTrainer):
         target = target_distribution(q)
         neighbours = torch.from_numpy(nearest_neighbours(embedding, self.p["n_neighbours"]))
         neighbour_q = q[neighbours]  # (N, n, K)
-        generator = make_generator(self.p["seed"] + 7919 * (epoch + 1) + 104729 * self.accelerator.process_index)
-        batches = epoch_order(len(self.latents), self.p["seed"], epoch, self.accelerator).split(self.p["batch_size"])
+        generator = make_generator(self.p["random_state"] + 7919 * (epoch + 1) + 104729 * self.accelerator.process_index)
+        batches = epoch_order(len(self.latents), self.p["random_state"], epoch, self.accelerator).split(self.p["batch_size"])
         bar = progress(batches, self.accelerator, self.p["progress"], desc=f"epoch {epoch + 1}/{self.p['epochs']}", unit="batch")
         parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
         totals: dict[str, float] = {}
@@ -151,7 +151,7 @@ class DiECTrainer(EpochTrainer):
         resumed = resume and self.resume()
         features = self.features()
         if not resumed:  # epoch 0: the k-means start, logged and checkpointed like any epoch
-            self.network.initialise(features.to(self.accelerator.device), self.p["seed"])
+            self.network.initialise(features.to(self.accelerator.device), self.p["random_state"])
         self.state = self.assign_all(features)
         if not resumed:
             self.end_epoch(0, self._record(0, {}, None), self.clusters(), time.perf_counter())

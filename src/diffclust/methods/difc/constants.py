@@ -116,8 +116,7 @@ def fingerprint(backbone: DiffusionBackbone, collection: ImageCollection, settin
     """What the cached values depend on: settings, backbone, and each file's name, size and time."""
     listing = hashlib.sha256()
     for record in collection.records:
-        stat = record.path.stat()
-        listing.update(f"{record.file}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        listing.update(f"{record.file}\0{record.identity()}\n".encode())
     return {"settings": asdict(settings), "backbone": backbone.reference, "files": listing.hexdigest(), "count": len(collection)}
 
 

@@ -18,6 +18,7 @@ from diffclust.data.collection import ImageCollection
 from diffclust.data.dataset import ImageTensorDataset
 from diffclust.engine.checkpoint import atomic_save_tensors, load_tensors
 from diffclust.engine.runtime import make_accelerator, progress
+from diffclust.engine.timing import StageTimer
 from diffclust.methods.base import ClusteringEstimator
 from diffclust.methods.difc.constants import ConstantComputer, ConstantSettings, fingerprint, load_or_compute_constants
 from diffclust.methods.difc.network import DiFiCNetwork, assign
@@ -27,13 +28,17 @@ from diffclust.seeding import make_generator, seed_everything
 
 logger = logging.getLogger(__name__)
 
+#: the paper's warm-up: 100 of 250 epochs distil proxy words before the cluster head trains
+PAPER_WARMUP_FRACTION = 100 / 250
 
 
 class DiFiC(ClusteringEstimator):
     """Fine-grained clustering by distilling each image into a proxy word of a text-to-image model.
 
     Defaults follow the paper (SD v1.5, 512 px, block 19 = ``up_blocks.2.attentions.0``,
-    t-hat 150, t-tilde 50, 250 epochs with 100 warm-up, batch 32, AdamW 2e-4). The three
+    t-hat 150, t-tilde 50, 250 epochs with 100 warm-up, batch 32, AdamW 2e-4).
+    ``warmup_epochs="auto"`` keeps the paper's ratio (100 of 250) for any ``epochs``; a number
+    must leave the cluster head at least one epoch (or turn ``cluster_guidance`` off). The three
     modules can be switched for the ablation: ``object_concentration`` (mask the loss) and
     ``cluster_guidance`` (train the head g after warm-up; without it, k-means on S* decides).
     ``head_init="kmeans"`` starts g from the warm-up's k-means clusters (our addition: the paper
@@ -60,7 +65,7 @@ class DiFiC(ClusteringEstimator):
         head_init: str = "kmeans",
         timestep_sampling: str = "cosine",
         epochs: int = 250,
-        warmup_epochs: int = 100,
+        warmup_epochs: int | str = "auto",
         batch_size: int = 32,
         lr: float = 2e-4,
         weight_decay: float = 1e-2,
@@ -71,19 +76,26 @@ class DiFiC(ClusteringEstimator):
         extractor_hidden: int | None = None,
         device: str = "auto",
         mixed_precision: str = "no",
-        seed: int = 0,
+        random_state: int = 0,
         output_dir: str | Path | None = None,
         cache_dir: str | Path | None = None,
         num_workers: int = 0,
         strict: bool = False,
+        folder_labels: bool = True,
         progress: bool = True,
     ):
         self._keep_settings(locals())
 
     def _setting_problems(self) -> list[str]:
         problems = []
-        if self.epochs < 0 or self.warmup_epochs < 0:
-            problems.append("epochs and warmup_epochs must be >= 0")
+        if self.epochs < 0:
+            problems.append(f"epochs must be >= 0, got {self.epochs}")
+        if self.warmup_epochs != "auto" and (not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0):
+            problems.append(f"warmup_epochs must be 'auto' or an integer >= 0, got {self.warmup_epochs!r}")
+        elif self.cluster_guidance and self.epochs > 0 and self.resolved_warmup_epochs() >= self.epochs:
+            problems.append(f"warmup_epochs ({self.warmup_epochs}) must be less than epochs ({self.epochs}), or the cluster head "
+                            "never trains: lower --warmup-epochs (or leave it 'auto', the paper's 100/250 of the epochs), "
+                            "raise --epochs, or pass --no-cluster-guidance to cluster by k-means on the proxy words")
         if self.batch_size < 1:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
         if self.lr <= 0:
@@ -97,9 +109,15 @@ class DiFiC(ClusteringEstimator):
         return problems
 
     # ------------------------------------------------------------------ helpers
+    def resolved_warmup_epochs(self) -> int:
+        """Warm-up epochs in effect: "auto" is the paper's 100 of 250, rounded (2 epochs -> 1)."""
+        if self.warmup_epochs != "auto":
+            return int(self.warmup_epochs)
+        return min(round(self.epochs * PAPER_WARMUP_FRACTION), max(self.epochs - 1, 0))
+
     def _constant_settings(self, resolution: int, with_masks: bool) -> ConstantSettings:
         return ConstantSettings(resolution, self.feature_layer, self.feature_timestep, self.mask_timestep,
-                                self.mask_prompt, with_masks, self.seed)
+                                self.mask_prompt, with_masks, self.random_state)
 
     def _cache_folder(self, backbone: DiffusionBackbone, collection: ImageCollection, settings: ConstantSettings) -> Path:
         if self.output_dir is not None and self.cache_dir is None:
@@ -109,7 +127,7 @@ class DiFiC(ClusteringEstimator):
 
     def _shared_noise(self, backbone: DiffusionBackbone, resolution: int) -> torch.Tensor:
         """The one noise tensor used for every image's z (part of the model: predict needs it)."""
-        return torch.randn(backbone.latent_shape(resolution), generator=make_generator(self.seed))
+        return torch.randn(backbone.latent_shape(resolution), generator=make_generator(self.random_state))
 
     # ------------------------------------------------------------------ fit
     def fit(self, data, y=None, resume: bool = False) -> "DiFiC":
@@ -120,23 +138,30 @@ class DiFiC(ClusteringEstimator):
         `resume` continues the interrupted run in `output_dir`.
         """
         self._check_settings()
+        timer = StageTimer()
         accelerator = make_accelerator(self.device, self.mixed_precision)
-        seed_everything(self.seed)
-        collection = self._collect(data)
+        seed_everything(self.random_state)
+        with timer("scan images"):
+            collection = self._training_collection(data)
         self._require_samples(len(collection), "usable images were found")
         run_dir = self._run_folder(resume)
-        backbone = load_backbone(self.backbone, device=accelerator.device)
+        with timer("load backbone"):
+            backbone = load_backbone(self.backbone, device=accelerator.device, progress=self.progress)
         resolution = self.resolution or backbone.resolution
         shared_noise = self._shared_noise(backbone, resolution)
         settings = self._constant_settings(resolution, self.object_concentration)
         computer = ConstantComputer(backbone, settings, shared_noise)
-        store = load_or_compute_constants(computer, collection, self._cache_folder(backbone, collection, settings), accelerator,
-                                          self.batch_size, self.num_workers, self.progress)
-        seed_everything(self.seed)  # the network's initial weights must not depend on the cache's history
+        with timer("constants (latent, z, mask)"):
+            store = load_or_compute_constants(computer, collection, self._cache_folder(backbone, collection, settings), accelerator,
+                                              self.batch_size, self.num_workers, self.progress)
+        seed_everything(self.random_state)  # the network's initial weights must not depend on the cache's history
         network = DiFiCNetwork(store.shape("features")[0], backbone.token_dim, self.n_clusters, self.cluster_guidance,
                                self.extractor_hidden).to(accelerator.device)
-        trainer = DiFiCTrainer(self.get_params(), backbone, store, network, accelerator, collection.labels, run_dir)
-        trainer.run(resume=resume)
+        self.warmup_epochs_ = self.resolved_warmup_epochs()
+        params = {**self.get_params(), "warmup_epochs": self.warmup_epochs_}
+        trainer = DiFiCTrainer(params, backbone, store, network, accelerator, collection.labels, run_dir)
+        with timer("training"):
+            trainer.run(resume=resume)
 
         self.backbone_ = backbone
         self.resolution_ = resolution
@@ -152,9 +177,10 @@ class DiFiC(ClusteringEstimator):
         self.skipped_ = list(collection.skipped)
         self.history_ = list(trainer.log.records)
         if run_dir is not None and accelerator.is_main_process:
-            self.save(run_dir)
-            collection_outputs(run_dir, collection, labels, confidence)
-        accelerator.wait_for_everyone()
+            with timer("outputs"):
+                self.save(run_dir)
+                collection_outputs(run_dir, collection, labels, confidence)
+        self._finish_run(run_dir, accelerator, timer)
         return self
 
     # ------------------------------------------------------------------ inference
@@ -198,6 +224,9 @@ class DiFiC(ClusteringEstimator):
             "feature_shape": list(self.feature_shape_),
             "token_dim": int(self.network_.extractor.project.out_features),
             "has_head": self.network_.head is not None,
+            # what decides the clusters: the trained head, or k-means on S* (warm-up not over, or no guidance)
+            "assigned_by": "kmeans" if self.kmeans_centres_ is not None else "head",
+            "warmup_epochs": self.warmup_epochs_,
         })
         return folder
 
@@ -221,4 +250,6 @@ class DiFiC(ClusteringEstimator):
         model.feature_shape_ = tuple(state["feature_shape"])
         model.shared_noise_ = tensors["shared_noise"]
         model.kmeans_centres_ = tensors["kmeans_centres"].numpy() if "kmeans_centres" in tensors else None
+        model.warmup_epochs_ = state.get("warmup_epochs", model.warmup_epochs)
+        model._restore_training_assignments(folder)
         return model

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 RESUME_KEYS = (
     "n_clusters", "feature_layer", "feature_timestep", "mask_timestep", "prompt_template", "mask_prompt",
     "object_concentration", "cluster_guidance", "timestep_sampling", "warmup_epochs", "batch_size",
-    "seed", "extractor_hidden", "n_neighbours", "memory_bank_size", "head_init",
+    "random_state", "extractor_hidden", "n_neighbours", "memory_bank_size", "head_init",
 )
 HEAD_INIT_STEPS = 200
 #: the head's learning rate ramps up over this many steps once guidance starts: a fresh Adam
@@ -88,7 +88,7 @@ class DiFiCTrainer(EpochTrainer):
             head.calibrate(proxies)
             labels, confidence = assign(proxies, head, None)
         else:
-            self.centres, _ = fit_kmeans(proxies, self.p["n_clusters"], seed=self.p["seed"])
+            self.centres, _ = fit_kmeans(proxies, self.p["n_clusters"], seed=self.p["random_state"])
             labels, confidence = assign(proxies, None, self.centres)
         return proxies, labels, confidence
 
@@ -99,7 +99,7 @@ class DiFiCTrainer(EpochTrainer):
         cluster) and throws away what warm-up found; this hand-over keeps the k-means clusters
         as the starting point. Every process computes the same thing from the same seed.
         """
-        _, targets = fit_kmeans(proxies, self.p["n_clusters"], seed=self.p["seed"])
+        _, targets = fit_kmeans(proxies, self.p["n_clusters"], seed=self.p["random_state"])
         targets = torch.from_numpy(targets).to(proxies.device)
         head = self.accelerator.unwrap_model(self.network).head.train()
         optimizer = torch.optim.Adam(head.parameters(), lr=1e-3)
@@ -122,7 +122,7 @@ class DiFiCTrainer(EpochTrainer):
         imbalance in it is 'corrected' by the entropy term, and the first Adam steps on the
         fresh head can push every image into one cluster, where the softmax saturates.
         """
-        order = torch.randperm(len(proxies), generator=make_generator(self.p["seed"] + epoch))[: self.p["memory_bank_size"]]
+        order = torch.randperm(len(proxies), generator=make_generator(self.p["random_state"] + epoch))[: self.p["memory_bank_size"]]
         head = self.accelerator.unwrap_model(self.network).head
         head.calibrate(proxies)
         self.bank.push(assign_probabilities(head, proxies[order]))
@@ -175,8 +175,8 @@ class DiFiCTrainer(EpochTrainer):
             if len(self.bank) == 0:
                 self.fill_bank(proxies, epoch)
             neighbours = torch.from_numpy(nearest_neighbours(proxies, self.p["n_neighbours"]))
-        generator = make_generator(self.p["seed"] + 7919 * (epoch + 1) + 104729 * self.accelerator.process_index)
-        batches = epoch_order(len(self.store), self.p["seed"], epoch, self.accelerator).split(self.p["batch_size"])
+        generator = make_generator(self.p["random_state"] + 7919 * (epoch + 1) + 104729 * self.accelerator.process_index)
+        batches = epoch_order(len(self.store), self.p["random_state"], epoch, self.accelerator).split(self.p["batch_size"])
         phase = "cluster guidance" if guided else ("warm-up" if self.p["cluster_guidance"] else "distillation")
         bar = progress(batches, self.accelerator, self.p["progress"], desc=f"epoch {epoch + 1}/{self.p['epochs']} ({phase})", unit="batch")
         totals: dict[str, float] = {}
