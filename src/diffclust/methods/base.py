@@ -1,11 +1,11 @@
 """What every diffclust estimator shares: scikit-learn's estimator protocol, data and saving.
 
-Each method (DiFiC, DiEC, CLUDI) is a scikit-learn clusterer (``BaseEstimator`` and
+Each method (DiFiC, DiEC, CLUDI) is a scikit-learn clusterer (``BaseEstimator``,
 ``ClusterMixin``, and ``TransformerMixin`` for ``transform``: ``clone``, ``get_params``,
-pipelines and the default repr work), keeps its
-settings as constructor arguments of the same name, learns state in attributes ending in
-``_``, and saves itself as ``<method>.json`` (settings and shapes) beside
-``<method>.safetensors`` (weights), so a run folder says which method made it.
+pipelines and the default repr work). It keeps its settings as constructor arguments of the
+same name, learns state in attributes ending in ``_``, and saves itself as ``<method>.json``
+(settings and shapes) beside ``<method>.safetensors`` (weights), so a run folder says which
+method made it.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from diffclust.backbones.base import DiffusionBackbone
 from diffclust.backbones.registry import load_backbone
 from diffclust.data.collection import FROM_FOLDERS, ImageCollection, collect_images
 from diffclust.engine.checkpoint import atomic_write_json, checkpoint_path
-from diffclust.engine.timing import StageTimer
-from diffclust.outputs import ASSIGNMENTS_NAME, read_assignment_rows, write_run_summary
 from diffclust.engine.runtime import make_accelerator
+from diffclust.engine.timing import StageTimer
 from diffclust.errors import DiffclustError
+from diffclust.outputs import ASSIGNMENTS_NAME, read_assignment_rows, write_run_summary
 
 logger = logging.getLogger(__name__)
 
