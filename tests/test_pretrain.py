@@ -51,16 +51,16 @@ def colours(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def conditioned(colours, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pretrained") / "colours-model"
-    assert main(["pretrain", str(colours), "--out", str(out), *TINY, "--steps", "150", "--batch-size", "16", "--lr", "1e-3",
-                 "--warmup-steps", "10", "--checkpoint-every", "75", "--log-every", "25", "--captions", "a {class_name}",
+    assert main(["pretrain", str(colours), "--out", str(out), *TINY, "--steps", "100", "--batch-size", "16", "--lr", "1e-3",
+                 "--warmup-steps", "10", "--checkpoint-every", "50", "--log-every", "25", "--captions", "a {class_name}",
                  "--eval-images", "8"]) == 0
     return out
 
 
 def test_conditioned_training_drives_the_loss_down(conditioned):
     history = losses(conditioned)
-    assert len(history) == 6
-    assert history[-1] < history[0] / 4  # measured: 0.69 -> 0.09 over 150 steps
+    assert len(history) == 4
+    assert history[-1] < history[0] / 4  # measured: 0.79 -> 0.15 over 100 steps at 8 px
 
 
 def test_text_pathway_scores_well_above_chance(conditioned, colours):
@@ -84,9 +84,9 @@ def test_exported_files_stay_under_16_mb_and_samples_exist(conditioned):
     exported = [path for path in conditioned.rglob("*") if path.is_file() and "training" not in path.parts]
     assert max(path.stat().st_size for path in exported) <= 16 * 2**20
     assert json.loads((conditioned / "text_encoder" / "diffclust_reference.json").read_text()) == {"bundled": "all-MiniLM-L6-v2"}
-    assert sorted(path.name for path in (conditioned / "samples").glob("*.png")) == ["step_0000075.png", "step_0000150.png"]
-    assert Image.open(conditioned / "samples" / "step_0000150.png").size == (4 * 10, 2 * 10)  # 4 samples x 2 captions, 8 px + 2 px of padding each
-    assert (conditioned / "samples" / "step_0000150.txt").read_text().splitlines() == ["row 1: a blue square", "row 2: a red square"]
+    assert sorted(path.name for path in (conditioned / "samples").glob("*.png")) == ["step_0000050.png", "step_0000100.png"]
+    assert Image.open(conditioned / "samples" / "step_0000100.png").size == (4 * 10, 2 * 10)  # 4 samples x 2 captions, 8 px + 2 px of padding each
+    assert (conditioned / "samples" / "step_0000100.txt").read_text().splitlines() == ["row 1: a blue square", "row 2: a red square"]
 
 
 def test_difc_runs_end_to_end_on_the_pretrained_backbone(conditioned, colours, tmp_path):

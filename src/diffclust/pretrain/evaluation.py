@@ -27,7 +27,7 @@ def evaluate_text_pathway(model_dir: str | Path, data: str | Path, max_images: i
     held = held_out_indices(collection, settings.eval_split, settings.eval_fraction, settings.seed)
     if len(held) == 0:
         raise DiffclustError(f"No held-out images in {data} (split '{settings.eval_split}' or {settings.eval_fraction:.0%} of them).")
-    backbone = load_backbone(model_dir, device=make_accelerator(device).device)
+    backbone = load_backbone(model_dir, device=make_accelerator(device).device, progress=show_progress)
     result = diffusion_classifier_accuracy(backbone, collection.subset(held), class_captions(collection, settings.caption_template),
                                            n_timesteps=n_timesteps, max_images=max_images, seed=settings.seed,
                                            show_progress=show_progress)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer
 
 from diffclust.backbones.base import match_channels
+from diffclust.backbones.hub import library_progress_bars
 from diffclust.backbones.stable_diffusion import StableDiffusionBackbone
 from diffclust.data.collection import ImageCollection
 from diffclust.data.images import load_image_array, uint8_to_model_range
@@ -79,8 +80,9 @@ class Pretrainer:
     def _load_text_encoder(self):
         source = Path(self.s.text_encoder) if self.s.text_encoder else bundled_minilm_folder()
         try:
-            encoder = AutoModel.from_pretrained(source, local_files_only=True)
-            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+            with library_progress_bars(self.show_progress):
+                encoder = AutoModel.from_pretrained(source, local_files_only=True)
+                tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
         except OSError as error:
             raise DiffclustError(f"Could not load a text encoder and tokenizer from '{source}': {error}") from error
         tokenizer.model_max_length = self.s.text_max_length
