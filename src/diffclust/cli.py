@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -40,24 +41,44 @@ def _comma_list(kind):
     return parse
 
 
-def _auto_or_int(text: str):
-    if text == "auto":
-        return text
+def _whole(low: int):
+    """argparse type: an integer >= low (argparse then reports a bad value with exit code 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_number(text: str) -> float:
     try:
-        return int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer, got '{text}'") from None
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _auto_or_int(text: str):
+    """argparse type: 'auto' or an integer >= 0."""
+    return text if text == "auto" else _whole(0)(text)
 
 
 def _add_backbone_and_device(parser) -> None:
     parser.add_argument("--backbone", default=SD15_HUB_ID, help=BACKBONE_HELP)
-    parser.add_argument("--resolution", type=int, default=None, help="image size in pixels (default: the backbone's own, 512 for SD v1.5)")
+    parser.add_argument("--resolution", type=_whole(1), default=None, help="image size in pixels (default: the backbone's own, 512 for SD v1.5)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="where to run (several GPUs: launch with `accelerate launch`)")
     parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no", help="autocast precision on GPU")
-    parser.add_argument("--seed", "--random-state", dest="seed", type=int, default=0, help="random seed (random_state in the API): the same seed gives the same clusters")
+    parser.add_argument("--seed", "--random-state", dest="seed", type=_whole(0), default=0, help="random seed (random_state in the API): the same seed gives the same clusters")
     parser.add_argument("--strict", action="store_true", help="stop with an error on unreadable images instead of skipping them")
     parser.add_argument("--no-folder-labels", dest="folder_labels", action="store_false", help="read a folder of sub-folders (e.g. photos/2023, photos/2024) as unlabelled instead of one class per sub-folder")
-    parser.add_argument("--num-workers", type=int, default=0, help="image-loading worker processes")
+    parser.add_argument("--num-workers", type=_whole(0), default=0, help="image-loading worker processes")
     _add_quiet(parser)
 
 
@@ -87,25 +108,25 @@ def _add_fit_parser(commands) -> None:
                               description="Cluster the images under DATA (or, with --method cludi, the rows of --features) "
                                           "into K groups and write a run folder.")
     fit.add_argument("data", nargs="?", default=None, help="image folder: flat, one sub-folder per class, or with a labels.csv (file,label[,class_name,split])")
-    fit.add_argument("--k", type=int, required=True, help="number of clusters (2 <= K <= number of images)")
+    fit.add_argument("--k", type=_whole(2), required=True, help="number of clusters (2 <= K <= number of images)")
     fit.add_argument("--method", choices=sorted(METHOD_NAMES), default="difc", help="difc: proxy words (fine-grained, needs a text-to-image backbone); diec: best layer x timestep (any UNet); cludi: diffusion teacher-student on features")
     fit.add_argument("--out", type=Path, default=None, help="run folder for checkpoints, logs, assignments.csv and the model (default: runs/<data folder name>)")
-    fit.add_argument("--epochs", type=int, default=None, help="training epochs in all (default: DiFiC 250 as in the paper, DiEC 50, CLUDI 200)")
-    fit.add_argument("--batch-size", type=int, default=None, help="images per step and process (default: DiFiC 32, DiEC 256, CLUDI 256)")
-    fit.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default: DiFiC 2e-4, DiEC 1e-3, CLUDI 1e-4 with a cosine to 1e-6)")
+    fit.add_argument("--epochs", type=_whole(0), default=None, help="training epochs in all (default: DiFiC 250 as in the paper, DiEC 50, CLUDI 200)")
+    fit.add_argument("--batch-size", type=_whole(1), default=None, help="images per step and process (default: DiFiC 32, DiEC 256, CLUDI 256)")
+    fit.add_argument("--lr", type=_positive_number, default=None, help="AdamW learning rate (default: DiFiC 2e-4, DiEC 1e-3, CLUDI 1e-4 with a cosine to 1e-6)")
     fit.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its last checkpoint")
     _add_backbone_and_device(fit)
     difc = fit.add_argument_group("DiFiC (--method difc)")
     difc.add_argument("--warmup-epochs", type=_auto_or_int, default="auto", help="epochs of distillation before the cluster head trains; k-means on S* predicts meanwhile (default 'auto': the paper's 100 of 250, scaled to --epochs)")
     difc.add_argument("--feature-layer", default="up_blocks.2.attentions.0", help="UNet module whose output is z (paper's block 19 = up_blocks.2.attentions.0)")
-    difc.add_argument("--t-hat", dest="feature_timestep", type=int, default=150, help="timestep at which z is read (paper: 150)")
-    difc.add_argument("--t-tilde", dest="mask_timestep", type=int, default=50, help="timestep of the attention map behind the object mask (paper: 50)")
+    difc.add_argument("--t-hat", dest="feature_timestep", type=_whole(0), default=150, help="timestep at which z is read (paper: 150)")
+    difc.add_argument("--t-tilde", dest="mask_timestep", type=_whole(0), default=50, help="timestep of the attention map behind the object mask (paper: 50)")
     difc.add_argument("--no-object-concentration", dest="object_concentration", action="store_false", help="ablation: diffusion loss over the whole image instead of the object mask")
     difc.add_argument("--no-cluster-guidance", dest="cluster_guidance", action="store_false", help="ablation: no cluster head; clusters are k-means on the proxy words")
     difc.add_argument("--timestep-sampling", choices=["cosine", "uniform"], default="cosine", help="p(t) for the diffusion loss: 1 + cos(pi t / T) (paper) or uniform")
     diec = fit.add_argument_group("DiEC (--method diec)")
     diec.add_argument("--frozen", dest="finetune_unet", action="store_false", help="keep the UNet frozen (no denoising loss; features computed once)")
-    diec.add_argument("--unet-lr", type=float, default=1e-5, help="learning rate of the fine-tuned UNet")
+    diec.add_argument("--unet-lr", type=_positive_number, default=1e-5, help="learning rate of the fine-tuned UNet")
     diec.add_argument("--graph-weight", type=float, default=1.0, help="weight of the neighbour-agreement (graph) regulariser")
     diec.add_argument("--entropy-weight", type=float, default=1.0, help="weight of the entropy regulariser against empty clusters")
     diec.add_argument("--denoising-weight", type=float, default=1.0, help="weight of the parallel denoising loss (fine-tuning only)")
@@ -127,9 +148,9 @@ def _add_search_parser(commands) -> None:
                                  description="Score UNet layers x timesteps by k-means clusterability on a subset of DATA; "
                                              "print the chosen pair and write search.csv, search.png (score against t, a line per layer) and search.json to --out.")
     search.add_argument("data", help="image folder (labels are not used)")
-    search.add_argument("--k", type=int, required=True, help="number of clusters k-means looks for")
+    search.add_argument("--k", type=_whole(2), required=True, help="number of clusters k-means looks for")
     search.add_argument("--out", type=Path, default=None, help="folder for search.csv/png/json (default: runs/<data folder name>-search)")
-    search.add_argument("--batch-size", type=int, default=256, help="images per UNet batch")
+    search.add_argument("--batch-size", type=_whole(1), default=256, help="images per UNet batch")
     _add_backbone_and_device(search)
     _add_search_settings(search)
 
@@ -143,7 +164,7 @@ def _add_predict_parser(commands) -> None:
     predict.add_argument("--out", type=Path, required=True, help="CSV to write (file, cluster, confidence, status)")
     predict.add_argument("--backbone", default=None, help="override the backbone recorded in the run (e.g. the SD folder moved)")
     predict.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default=None, help="where to run (default: as fitted)")
-    predict.add_argument("--batch-size", type=int, default=None, help="images per batch (default: as fitted)")
+    predict.add_argument("--batch-size", type=_whole(1), default=None, help="images per batch (default: as fitted)")
     predict.add_argument("--strict", action="store_true", help="stop with an error on unreadable images")
     _add_quiet(predict)
 
@@ -307,7 +328,9 @@ def run_search(args) -> int:
 
 def run_predict(args) -> int:
     from diffclust.methods.registry import load_model
-    from diffclust.outputs import write_assignments
+    from diffclust.outputs import check_output_file, write_assignments
+
+    check_output_file(args.out, "--out")  # before any model loads: nothing is overwritten that we did not write
 
     model = load_model(args.run_dir, backbone=args.backbone, device=args.device)
     model.progress = not args.quiet

@@ -11,7 +11,7 @@ class BackboneNotFoundError(DiffclustError):
 
 #: settings whose command-line flag is not simply --name-with-dashes
 _FLAGS = {"n_clusters": "--k", "random_state": "--seed", "feature_timestep": "--t-hat", "mask_timestep": "--t-tilde",
-          "output_dir": "--out"}
+          "output_dir": "--out", "data": "DATA or --features"}
 
 
 def setting_label(name: str) -> str:

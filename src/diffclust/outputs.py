@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from diffclust.data.collection import MANIFEST_NAME, ImageCollection, SkippedFile, scan_images
+from diffclust.data.csv_tables import integer_cell, read_csv_rows
 from diffclust.engine.checkpoint import atomic_write_json, atomic_write_text
+from diffclust.engine.runtime import writable_folder
 from diffclust.errors import DiffclustError
 
 ASSIGNMENT_COLUMNS = ("file", "cluster", "confidence", "status")
@@ -34,21 +36,34 @@ def write_assignments(path: str | Path, files: list[str], clusters: np.ndarray, 
     return atomic_write_text(path, csv_text(ASSIGNMENT_COLUMNS, rows))
 
 
+def check_output_file(path: str | Path, setting: str) -> Path:
+    """A file we may write assignments to: not a folder, in a writable folder, and either new or
+    an assignments file diffclust wrote before (never someone's labels.csv or other file)."""
+    path = Path(path)
+    if path.is_dir():
+        raise DiffclustError(f"{setting} '{path}' is a folder; give a file name, e.g. {path / 'predictions.csv'}.")
+    if path.exists():
+        with open(path, "rb") as handle:
+            first_line = handle.readline(200).decode("utf-8", "replace").strip()
+        if first_line != ",".join(ASSIGNMENT_COLUMNS):
+            raise DiffclustError(f"{setting} '{path}' exists and is not an assignments file diffclust wrote; nothing was "
+                                 "overwritten. Choose another file name (or delete that file first).")
+    writable_folder(path.parent if str(path.parent) else Path("."), f"the folder of {setting}")
+    return path
+
+
 def write_skipped(path: str | Path, skipped: list[SkippedFile]) -> Path:
     """Every file that was looked at and not used, with the reason (header only if none)."""
     return atomic_write_text(path, csv_text(("file", "reason"), [(item.file, item.reason) for item in skipped]))
 
 
 def read_assignment_rows(path: str | Path) -> list[dict[str, str]]:
-    """The rows of an assignments CSV as dicts (file, cluster, ...; cluster is '' for skipped rows)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DiffclustError(f"Assignments file '{path}' does not exist.")
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if not {"file", "cluster"} <= set(reader.fieldnames or []):
-            raise DiffclustError(f"{path}: needs 'file' and 'cluster' columns (found {reader.fieldnames}).")
-        return [{key: value or "" for key, value in row.items()} for row in reader]
+    """The rows of an assignments CSV as dicts (file, cluster, ...; cluster is '' for skipped rows),
+    with every cluster checked to be a whole number."""
+    _, rows = read_csv_rows(path, {"file", "cluster"}, "an assignments.csv from fit or predict (file,cluster,confidence,status)")
+    for number, row in rows:
+        integer_cell(row, "cluster", path, number, blank_ok=True)
+    return [row for _, row in rows]
 
 
 def read_assignments(path: str | Path) -> tuple[dict[str, int], int]:
@@ -66,18 +81,11 @@ def read_labels(path: str | Path, split: str | None = None) -> dict[str, int]:
         return _labels_from_class_folders(path, split)
     if path.is_dir():
         path = path / MANIFEST_NAME
-    if not path.is_file():
-        raise DiffclustError(f"Labels '{path}' do not exist: give a labels.csv, or the data folder that fit read.")
-    labels = {}
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        if not {"file", "label"} <= set(reader.fieldnames or []):
-            raise DiffclustError(f"{path}: needs 'file' and 'label' columns (found {reader.fieldnames}).")
-        if split is not None and "split" not in (reader.fieldnames or []):
-            raise DiffclustError(f"{path}: --split {split} was asked for but the file has no 'split' column.")
-        for row in reader:
-            if split is None or row.get("split") == split:
-                labels[row["file"]] = int(row["label"])
+    columns, rows = read_csv_rows(path, {"file", "label"}, "a labels.csv with file,label[,class_name,split]")
+    if split is not None and "split" not in columns:
+        raise DiffclustError(f"{path}: --split {split} was asked for but the file has no 'split' column.")
+    labels = {row["file"]: integer_cell(row, "label", path, number) for number, row in rows
+              if split is None or row.get("split") == split}
     if not labels:
         raise DiffclustError(f"{path}: no labelled rows" + (f" with split == '{split}'." if split else "."))
     return labels

@@ -61,6 +61,9 @@ class UnconditionalBackbone(SchedulerNoiseMixin, DiffusionBackbone):
         return self.unet.device
 
     def latent_shape(self, resolution: int) -> tuple[int, int, int]:
+        step = 2 ** (len(self.unet.config.block_out_channels) - 1)
+        if resolution % step:
+            raise DiffclustError(f"Resolution {resolution} must be a multiple of {step} for this backbone.")
         return int(self.unet.config.in_channels), resolution, resolution
 
     @torch.no_grad()

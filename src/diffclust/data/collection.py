@@ -9,7 +9,6 @@ unless ``strict`` asks for an error.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import os
@@ -21,12 +20,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from diffclust.data.images import IMAGE_EXTENSIONS, array_to_image, load_rgb, to_rgb
+from diffclust.data.csv_tables import integer_cell, read_csv_rows
+from diffclust.data.images import IMAGE_EXTENSIONS, ImageTooLargeError, array_to_image, is_animated, load_rgb, to_rgb
 from diffclust.errors import DiffclustError
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "labels.csv"
+UNREADABLE_FOLDER = "folder cannot be read"
+#: verification decodes JPEGs at a reduced scale (the whole file is still read, so truncation shows)
+VERIFY_SIZE = 64
 #: where a collection's labels came from (ImageCollection.label_source)
 FROM_MANIFEST, FROM_FOLDERS = "labels.csv", "sub-folder names"
 
@@ -43,9 +46,9 @@ class ImageRecord:
     caption: str | None = None  # a manifest's optional 'caption' column (for pretraining)
     image: Image.Image | None = field(default=None, repr=False, compare=False)  # in-memory images (API)
 
-    def rgb(self) -> Image.Image:
-        """The decoded 8-bit RGB image."""
-        return to_rgb(self.image) if self.image is not None else load_rgb(self.path)
+    def rgb(self, size_hint: int | None = None) -> Image.Image:
+        """The decoded 8-bit RGB image (see load_rgb for `size_hint`)."""
+        return to_rgb(self.image) if self.image is not None else load_rgb(self.path, size_hint)
 
     def identity(self) -> str:
         """What a cache keyed on this image depends on: name, size and time, or the pixels."""
@@ -113,18 +116,47 @@ def _is_hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
-def _walk_files(root: Path) -> list[Path]:
-    files = [Path(dirpath) / name for dirpath, _, names in os.walk(root, followlinks=True) for name in names]
-    return sorted(path for path in files if not _is_hidden(path, root))
+def _walk_files(root: Path) -> tuple[list[Path], list[SkippedFile]]:
+    """Every non-hidden file under root, following directory links once each: a link back into
+    a folder already walked (a loop, or a second way to the same folder) is skipped, so files
+    are neither repeated nor walked forever. Folders that cannot be listed are reported."""
+    files: list[Path] = []
+    skipped: list[SkippedFile] = []
+    seen = {os.path.realpath(root)}
+
+    def unreadable(error: OSError) -> None:
+        folder = Path(error.filename or root)
+        skipped.append(SkippedFile(_relative_key(folder, root) + "/", f"{UNREADABLE_FOLDER}: {type(error).__name__}: "
+                                   f"{error.strerror or error}; its images are not used", is_image=False))
+
+    for dirpath, dirnames, names in os.walk(root, followlinks=True, onerror=unreadable):
+        kept = []
+        for name in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, name))
+            if real in seen:
+                folder = Path(dirpath) / name
+                skipped.append(SkippedFile(_relative_key(folder, root) + "/", f"link to a folder already read ({real}): not "
+                                           "followed again", is_image=False))
+                continue
+            seen.add(real)
+            kept.append(name)
+        dirnames[:] = kept
+        files += [Path(dirpath) / name for name in names]
+    visible = sorted(path for path in files if not _is_hidden(path, root))
+    return visible, [item for item in skipped if not item.file.startswith(".") and "/." not in item.file]
 
 
 def _records_from_folder(root: Path, folder_labels: bool = True) -> tuple[list[ImageRecord], list[SkippedFile]]:
     """Walk a folder; top-level sub-folders become classes when every image lies in one
     (unless `folder_labels` is off: dates or places are folders too, not classes)."""
     records: list[ImageRecord] = []
-    skipped: list[SkippedFile] = []
     image_paths = []
-    for path in _walk_files(root):
+    paths, skipped = _walk_files(root)
+    unreadable = [item for item in skipped if item.reason.startswith(UNREADABLE_FOLDER)]
+    if unreadable:
+        logger.warning("%d folder(s) under %s cannot be read, so their images are not used (listed in skipped.csv):\n%s",
+                       len(unreadable), root, "\n".join(f"  {item.file}: {item.reason}" for item in unreadable))
+    for path in paths:
         if path.suffix.lower() in IMAGE_EXTENSIONS:
             image_paths.append(path)
         else:
@@ -167,27 +199,18 @@ def _resolve_manifest_file(root: Path, name: str, row_number: int, manifest: Pat
 
 
 def _records_from_manifest(root: Path, manifest: Path) -> list[ImageRecord]:
-    with open(manifest, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = set(reader.fieldnames or [])
-        if "file" not in columns:
-            raise DiffclustError(
-                f"{manifest}: needs a 'file' column (found {sorted(columns)}); expected file,label[,class_name,split]."
-            )
-        records = []
-        for row_number, row in enumerate(reader, start=2):
-            name = (row.get("file") or "").strip()
-            path = _resolve_manifest_file(root, name, row_number, manifest)
-            label_text = (row.get("label") or "").strip()
-            try:
-                label = int(label_text) if label_text else None
-            except ValueError:
-                raise DiffclustError(
-                    f"{manifest}: row {row_number} has label '{label_text}'; labels must be integers "
-                    "(put names in a 'class_name' column)."
-                ) from None
-            records.append(ImageRecord(path, name, label, row.get("class_name") or None, row.get("split") or None,
-                                       row.get("caption") or None))
+    _, rows = read_csv_rows(manifest, {"file"}, "file,label[,class_name,split]")
+    records, first_row = [], {}
+    for row_number, row in rows:
+        name = row["file"].strip()
+        path = _resolve_manifest_file(root, name, row_number, manifest)
+        if name in first_row:
+            raise DiffclustError(f"{manifest}: rows {first_row[name]} and {row_number} both name '{name}'; each image may "
+                                 "appear once (a repeated row would be clustered and scored twice). Remove one.")
+        first_row[name] = row_number
+        label = integer_cell(row, "label", manifest, row_number, blank_ok=True)
+        records.append(ImageRecord(path, name, label, row.get("class_name") or None, row.get("split") or None,
+                                   row.get("caption") or None))
     return records
 
 
@@ -198,10 +221,20 @@ def _check_decodable(record: ImageRecord) -> str | None:
     try:
         if record.path.stat().st_size == 0:
             return "empty file (0 bytes)"
-        load_rgb(record.path)
+        load_rgb(record.path, size_hint=VERIFY_SIZE)
+    except ImageTooLargeError as error:
+        return f"too large: {error}"
     except Exception as error:  # any decoder failure means the file is unusable
         return f"unreadable image: {type(error).__name__}: {error}"
     return None
+
+
+def _warn_about_animations(records: list[ImageRecord]) -> None:
+    animated = [record.file for record in records if record.path is not None and record.path.suffix.lower() == ".gif"
+                and is_animated(record.path)]
+    if animated:
+        logger.warning("%d animated GIF(s): the first frame of each is used (%s%s).", len(animated), ", ".join(animated[:5]),
+                       ", ..." if len(animated) > 5 else "")
 
 
 def scan_images(data: str | Path, *, strict: bool = False, verify: bool = True, workers: int = 8,
@@ -225,6 +258,7 @@ def scan_images(data: str | Path, *, strict: bool = False, verify: bool = True, 
     else:
         (records, skipped), source = _records_from_folder(root, folder_labels), FROM_FOLDERS
     records, bad = _verified(records, root, strict, workers) if verify else (records, [])
+    _warn_about_animations(records)
     if not records:
         extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise DiffclustError(f"No usable images found under {root} (looked for {extensions}, recursively).")

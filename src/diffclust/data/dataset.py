@@ -20,4 +20,4 @@ class ImageTensorDataset(Dataset):
         return len(self.collection)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
-        return index, image_to_tensor(resize_center_crop(self.collection.records[index].rgb(), self.resolution))
+        return index, image_to_tensor(resize_center_crop(self.collection.records[index].rgb(self.resolution), self.resolution))

@@ -1,7 +1,10 @@
 """Decode any common image file to RGB and bring it to a square, fixed-size tensor.
 
-Deterministic on purpose: short side resized, centre crop, no augmentation, so that the
-per-image constants DiFiC caches are the same every time an image is read.
+Deterministic on purpose: centre square, resized, no augmentation, so that the per-image
+constants DiFiC caches are the same every time an image is read. Bounded on purpose: the
+centre square is cut before resampling (a 1 x 200000 strip does not become a 64 x 12.8M
+image), JPEGs decode at a reduced scale when they are far larger than needed, and files of
+more than MAX_PIXELS pixels are refused. Camera orientation (EXIF) is applied, as viewers do.
 """
 
 from __future__ import annotations
@@ -10,11 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from diffclust.errors import DiffclustError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
+#: decoded pixels allowed per image: 100 MP is 300 MB of RGB; larger files are skipped
+MAX_PIXELS = 100_000_000
+#: bumped whenever preprocessing changes the pixels, so caches made before are not reused
+PREPROCESSING_VERSION = 2
 _HIGH_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 
 
@@ -37,7 +44,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+class ImageTooLargeError(ValueError):
+    """More pixels than MAX_PIXELS: skipped like an unreadable file."""
 
 
 def array_to_image(array: np.ndarray) -> Image.Image:
@@ -52,22 +63,46 @@ def array_to_image(array: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array))
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Open and fully decode an image (raises on truncated or non-image files)."""
-    with Image.open(path) as image:
+def load_rgb(path: str | Path, size_hint: int | None = None) -> Image.Image:
+    """Open and fully decode an image (raises on truncated or non-image files), upright as
+    viewers show it (EXIF orientation), first frame of an animation. With `size_hint`, a JPEG
+    may decode at a reduced scale whose short side is still at least that many pixels."""
+    image, rgb = Image.open(path), None
+    try:
+        width, height = image.size
+        if width * height > MAX_PIXELS:
+            raise ImageTooLargeError(f"{width} x {height} pixels is over the {MAX_PIXELS // 1_000_000}-megapixel limit "
+                                     "(diffclust.data.images.MAX_PIXELS)")
+        if size_hint is not None and image.format == "JPEG":
+            image.draft("RGB", _draft_size(image.size, size_hint))
         image.load()
-        return to_rgb(image)
+        ImageOps.exif_transpose(image, in_place=True)
+        rgb = to_rgb(image)
+        if rgb is image and getattr(image, "n_frames", 1) > 1:
+            rgb = image.copy()  # detach the first frame from the file that stays open for the others
+    finally:
+        if rgb is not image:  # the decoded image itself is returned; anything else is released
+            image.close()
+    return rgb  # no copy of a decoded RGB image: a 100-megapixel file costs its 300 MB once
+
+
+def _draft_size(size: tuple[int, int], short_side: int) -> tuple[int, int]:
+    """The smallest size of `size`'s shape whose short side is `short_side` (draft keeps at least it)."""
+    scale = short_side / min(size)
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def is_animated(path: str | Path) -> bool:
+    with Image.open(path) as image:
+        return bool(getattr(image, "is_animated", False))
 
 
 def resize_center_crop(image: Image.Image, resolution: int) -> Image.Image:
-    """Resize the short side to `resolution`, then crop the centre square."""
+    """The centre square (side = the short side), resampled to resolution x resolution."""
     width, height = image.size
-    scale = resolution / min(width, height)
-    new_size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
-    image = image.resize(new_size, Image.Resampling.BICUBIC)
-    left = (new_size[0] - resolution) // 2
-    top = (new_size[1] - resolution) // 2
-    return image.crop((left, top, left + resolution, top + resolution))
+    side = min(width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    return image.resize((resolution, resolution), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
 
 
 def image_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -77,7 +112,7 @@ def image_to_tensor(image: Image.Image) -> torch.Tensor:
 
 def load_image_tensor(path: str | Path, resolution: int) -> torch.Tensor:
     """The whole preprocessing chain for one file."""
-    return image_to_tensor(resize_center_crop(load_rgb(path), resolution))
+    return image_to_tensor(resize_center_crop(load_rgb(path, resolution), resolution))
 
 
 def load_image_array(paths: list[Path], resolution: int, workers: int = 8) -> torch.Tensor:
@@ -86,7 +121,7 @@ def load_image_array(paths: list[Path], resolution: int, workers: int = 8) -> to
     from concurrent.futures import ThreadPoolExecutor
 
     def read(path: Path) -> np.ndarray:
-        return np.asarray(resize_center_crop(load_rgb(path), resolution), dtype=np.uint8).transpose(2, 0, 1)
+        return np.asarray(resize_center_crop(load_rgb(path, resolution), resolution), dtype=np.uint8).transpose(2, 0, 1)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         arrays = list(pool.map(read, paths))

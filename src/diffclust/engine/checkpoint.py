@@ -1,7 +1,9 @@
-"""Crash-safe writing: every file goes to a temp name in the same folder, then is renamed.
+"""Crash-safe writing: every file goes to a temp name in the same folder, is flushed to disk,
+then renamed (and the folder flushed too).
 
-A run killed mid-write therefore leaves the previous checkpoint (or nothing), never half a file.
-Checkpoints are read back with ``weights_only=True``: no pickled code is ever executed.
+A run killed mid-write, or a machine losing power, therefore leaves the previous checkpoint (or
+nothing), never half a file. Files get the permissions the umask allows, like any other
+program's. Checkpoints are read back with ``weights_only=True``: no pickled code is ever executed.
 """
 
 from __future__ import annotations
@@ -31,10 +33,34 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     temp = Path(temp_name)
     try:
         write(temp)
+        with open(temp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(temp, 0o666 & ~_current_umask())  # mkstemp makes 0600; outputs follow the umask
         os.replace(temp, path)
+        _fsync_folder(path.parent)
     finally:
         temp.unlink(missing_ok=True)
     return path
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename durable (the folder's entry); a no-op where folders cannot be opened."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -61,7 +87,22 @@ def atomic_torch_save(path: str | Path, state: dict[str, Any]) -> Path:
 
 
 def load_training_state(path: str | Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint written by atomic_torch_save; a truncated, foreign or hostile file is a clear
+    error (weights_only=True refuses any pickled code)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated zip, random bytes, a pickle that weights_only refuses
+        raise damaged(Path(path).parent, f"{Path(path).name} cannot be read ({type(error).__name__}: {str(error)[:200]})",
+                      "delete it to start the run again (without --resume), or restore it from a copy") from None
+    if not isinstance(state, dict):
+        raise damaged(Path(path).parent, f"{Path(path).name} holds a {type(state).__name__}, not a diffclust checkpoint",
+                      "delete it to start the run again")
+    return state
+
+
+def damaged(folder: Path, what: str, fix: str) -> DiffclustError:
+    """The error for a run folder whose files are broken or not ours."""
+    return DiffclustError(f"This run folder is damaged: {folder}: {what}. To go on: {fix}.")
 
 
 #: every trainer's resumable state, in its run folder
@@ -95,7 +136,12 @@ def load_resume_state(path: Path | None, params: dict[str, Any], resume_keys: tu
         logger.warning("No checkpoint in %s: starting from epoch 1.", path.parent)
         return None
     state = load_training_state(path)
-    saved = json.loads(state["settings"])
+    try:
+        saved = json.loads(state["settings"])
+        state["epochs_done"], state["history"]  # noqa: B018 - every resume reads them
+    except (KeyError, TypeError, ValueError) as error:
+        raise damaged(path.parent, f"{path.name} lacks its bookkeeping ({type(error).__name__}: {error})",
+                      "delete it to start the run again") from None
     changed = [f"{setting_label(key)}: {saved.get(key)!r} -> {params[key]!r}" for key in resume_keys if saved.get(key) != params[key]]
     if changed:
         raise DiffclustError(

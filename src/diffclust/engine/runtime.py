@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
@@ -39,6 +42,28 @@ def make_accelerator(device: str | None = "auto", mixed_precision: str = "no") -
     return accelerator
 
 
+def is_main_launch_process() -> bool:
+    """True in a single process, and in the process of rank 0 under torchrun or accelerate
+    launch (read from the launcher's RANK, before any accelerator exists)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def writable_folder(folder: str | Path, setting: str) -> Path:
+    """`folder` as a Path, created if need be and checked to take files, before any work is done."""
+    folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise DiffclustError(f"{setting} '{folder}' is a file, not a folder: choose a folder name.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".diffclust-write-test-", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise DiffclustError(f"Cannot write to {setting} '{folder}' ({type(error).__name__}: {error.strerror or error}); "
+                             "choose a folder you can write to.") from None
+    return folder
+
+
 def progress(iterable: Iterable | None = None, accelerator: Accelerator | None = None, enabled: bool = True, **kwargs) -> tqdm:
     """A tqdm bar shown by the main process only."""
     show = enabled and (accelerator is None or accelerator.is_main_process)
@@ -53,6 +78,16 @@ def epoch_order(count: int, seed: int, epoch: int, accelerator: Accelerator) -> 
     padded = math.ceil(count / world) * world
     order = torch.cat([order, order[: padded - count]])
     return order[accelerator.process_index :: world]
+
+
+def epoch_batches(count: int, batch_size: int, seed: int, epoch: int, accelerator: Accelerator) -> list[torch.Tensor]:
+    """This process's batches for one epoch (see `epoch_order`). A last batch of one image is
+    merged into the one before: batch statistics (BatchNorm, batch-wise softmax) need two rows,
+    and N = k * batch_size + 1 images must not crash a run."""
+    batches = list(epoch_order(count, seed, epoch, accelerator).split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches
 
 
 def average_gradients(parameters: Iterable[torch.nn.Parameter], accelerator: Accelerator) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -24,6 +25,9 @@ class EpochTrainer:
     settings must not change between a run and its resumption (`resume_keys`)."""
 
     resume_keys: tuple[str, ...] = ()
+    #: what the run is about, in every trainer's params: a resume with other data, another
+    #: backbone or another resolution would mix two runs, so it is refused like a changed setting
+    identity_keys: tuple[str, ...] = ("data", "backbone", "resolution")
 
     def __init__(self, params: dict[str, Any], accelerator: Accelerator, labels: np.ndarray | None, run_dir: Path | None):
         self.p = params
@@ -60,11 +64,11 @@ class EpochTrainer:
 
     def save_checkpoint(self, epochs_done: int) -> None:
         save_run_checkpoint(self.run_dir, self.accelerator.is_main_process, self.checkpoint_state(), epochs_done,
-                            self.log.records, self.p, self.resume_keys)
+                            self.log.records, self.p, self.identity_keys + self.resume_keys)
 
     def resume(self) -> bool:
         """Load the interrupted run's state; False when there was none (the run starts afresh)."""
-        state = load_resume_state(checkpoint_path(self.run_dir), self.p, self.resume_keys)
+        state = load_resume_state(checkpoint_path(self.run_dir), self.p, self.identity_keys + self.resume_keys)
         if state is None:
             return False
         self.restore(state)
@@ -72,3 +76,14 @@ class EpochTrainer:
         self.start_epoch = int(state["epochs_done"])
         logger.info("Resuming %s after epoch %d.", self.run_dir, self.start_epoch)
         return True
+
+
+def files_identity(files: list[str]) -> str:
+    """A short, readable identity of a list of image files (their names, in order)."""
+    return f"{len(files)} files, sha256 {hashlib.sha256(chr(10).join(files).encode()).hexdigest()[:16]}"
+
+
+def matrix_identity(values) -> str:
+    """A short, readable identity of a feature matrix (its shape and bytes)."""
+    array = np.ascontiguousarray(values.detach().cpu().numpy() if hasattr(values, "detach") else values)
+    return f"{array.shape[0]} x {array.shape[1]} features, sha256 {hashlib.sha256(array.tobytes()).hexdigest()[:16]}"

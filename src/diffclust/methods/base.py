@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +24,12 @@ from sklearn.exceptions import NotFittedError
 from diffclust.backbones.base import DiffusionBackbone
 from diffclust.backbones.registry import load_backbone
 from diffclust.data.collection import FROM_FOLDERS, ImageCollection, collect_images
-from diffclust.engine.checkpoint import atomic_write_json, checkpoint_path
-from diffclust.engine.runtime import make_accelerator
+from diffclust.engine.checkpoint import CHECKPOINT_NAME, atomic_write_json, checkpoint_path, damaged
+from diffclust.engine.run_lock import RunFolderLock
+from diffclust.engine.runtime import is_main_launch_process, make_accelerator, writable_folder
 from diffclust.engine.timing import StageTimer
-from diffclust.errors import DiffclustError
-from diffclust.outputs import ASSIGNMENTS_NAME, read_assignment_rows, write_run_summary
+from diffclust.errors import DiffclustError, setting_label
+from diffclust.outputs import ASSIGNMENTS_NAME, RUN_SUMMARY_NAME, read_assignment_rows, write_run_summary
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +41,10 @@ class NotFittedYetError(DiffclustError, NotFittedError):
 
 #: settings that are paths: saved as strings
 PATH_SETTINGS = ("output_dir", "cache_dir")
+#: what a finished run leaves in its folder, and what any started run does
+FINISHED_RUN_FILES = (ASSIGNMENTS_NAME, RUN_SUMMARY_NAME, "difc.json", "diec.json", "cludi.json")
+RUN_ARTEFACTS = (CHECKPOINT_NAME, *FINISHED_RUN_FILES, "cache", "search.json")
+REFIT = "fit again into a new output folder, or restore the run's files from a copy"
 #: settings renamed since earlier releases: old saved name -> current name
 RENAMED_SETTINGS = {"seed": "random_state"}
 
@@ -71,13 +78,42 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         """What is wrong with this method's own settings (each a short phrase); none by default."""
         return []
 
+    def _shared_setting_problems(self) -> list[str]:
+        """Checks of the settings every method has, so a bad value stops a run before any work."""
+        problems = []
+
+        def whole(name: str, low: int, none_ok: bool = False) -> None:
+            value = getattr(self, name)
+            if none_ok and value is None:
+                return
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                problems.append(f"{setting_label(name)} must be an integer >= {low}, got {value!r}")
+
+        whole("random_state", 0)
+        whole("epochs", 0)
+        whole("batch_size", 1)
+        whole("num_workers", 0)
+        whole("resolution", 1, none_ok=True)
+        if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
+            problems.append(f"{setting_label('lr')} must be a finite number > 0, got {self.lr!r}")
+        return problems
+
+    def _check_for_backbone(self, backbone: DiffusionBackbone, resolution: int, **timesteps) -> None:
+        """Settings only the backbone can judge (timesteps within its T, a resolution its UNet
+        takes), checked as soon as it is loaded and before any image is encoded."""
+        last = backbone.num_train_timesteps - 1
+        problems = [f"{setting_label(name)} must be within 0..{last} for this backbone (T = {last + 1}), got {value}"
+                    for name, value in timesteps.items() if isinstance(value, int) and not 0 <= value <= last]
+        if problems:
+            raise DiffclustError(f"Invalid {type(self).__name__} settings: " + "; ".join(problems) + ".")
+        backbone.latent_shape(resolution)  # raises for a resolution the UNet cannot take
+
     def _check_settings(self) -> None:
         """One error naming every bad setting, K's and the method's own."""
         problems = []
         if not isinstance(self.n_clusters, int) or self.n_clusters < 2:
             problems.append(f"n_clusters (--k) must be an integer >= 2, got {self.n_clusters!r}")
-        if isinstance(self.random_state, bool) or not isinstance(self.random_state, (int, np.integer)) or self.random_state < 0:
-            problems.append(f"random_state (--seed) must be an integer >= 0, got {self.random_state!r}")
+        problems += self._shared_setting_problems()
         problems += self._setting_problems()
         if problems:
             raise DiffclustError(f"Invalid {type(self).__name__} settings: " + "; ".join(problems) + ".")
@@ -93,6 +129,12 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
             self.backbone_ = load_backbone(self.backbone, device=make_accelerator(self.device).device, progress=self.progress)
         return self.backbone_
 
+    def _trainer_params(self, data_identity: str, resolution: int | None, **extra) -> dict[str, Any]:
+        """The settings a trainer reads, with the run's identity (data, backbone reference,
+        resolution in effect), which a resume must match."""
+        return {**self.get_params(deep=False), "data": data_identity, "backbone": self._backbone_reference(),
+                "resolution": resolution, **extra}
+
     def _finish_run(self, run_dir: Path | None, accelerator, timer: StageTimer) -> None:
         """Keep the stage times (timings_), write run.json (main process), and wait for the others."""
         self.timings_ = timer.rounded()
@@ -102,17 +144,40 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         logger.debug("%s stages (s): %s", type(self).__name__, self.timings_)
         accelerator.wait_for_everyone()
 
-    def _run_folder(self, resume: bool) -> Path | None:
-        """output_dir as a Path; refuses a folder holding a run unless resuming (nothing is overwritten)."""
+    def fit(self, X, y=None, resume: bool = False) -> "ClusteringEstimator":
+        """Cluster `X` (images for DiFiC and DiEC; features or images for CLUDI) and return self.
+
+        `y` is never trained on: labels (given, or found in the data) only score the clusters.
+        `resume` continues the interrupted run in `output_dir`. The run folder is checked
+        first (a folder, writable, not holding another run) and locked for the whole fit, so a
+        second writer is refused instead of corrupting this one.
+        """
+        self._check_settings()
         if self.output_dir is None:
-            return None
-        run_dir = Path(self.output_dir)
-        if not resume and checkpoint_path(run_dir).is_file():
+            self._fit(X, y, None, resume)
+            return self
+        run_dir = writable_folder(self.output_dir, "output_dir (--out)")
+        with RunFolderLock(run_dir) if is_main_launch_process() else nullcontext():
+            self._refuse_existing_run(run_dir, resume)
+            self._fit(X, y, run_dir, resume)
+        return self
+
+    def _fit(self, X, y, run_dir: Path | None, resume: bool) -> None:
+        raise NotImplementedError
+
+    def _refuse_existing_run(self, run_dir: Path, resume: bool) -> None:
+        """Nothing is overwritten: a folder holding a run (finished, or interrupted with a checkpoint
+        or a cache) needs resume=True; a finished run without a checkpoint cannot be resumed."""
+        found = [name for name in RUN_ARTEFACTS if (run_dir / name).exists()]
+        if not resume and found:
             raise DiffclustError(
-                f"{run_dir} already holds a run (checkpoint.pt). Pass resume=True (--resume) to continue it, "
+                f"{run_dir} already holds a run ({', '.join(found)}). Pass resume=True (--resume) to continue it, "
                 "or choose another output folder (--out): nothing is overwritten."
             )
-        return run_dir
+        finished = [name for name in found if name in FINISHED_RUN_FILES]
+        if resume and finished and not checkpoint_path(run_dir).is_file():
+            raise DiffclustError(f"{run_dir} holds a finished run ({', '.join(finished)}) but no checkpoint.pt to resume from; "
+                                 "choose another output folder (--out): nothing is overwritten.")
 
     def _backbone_reference(self) -> str | None:
         backbone = getattr(self, "backbone", None)
@@ -186,15 +251,33 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
 
     @classmethod
     def read_config(cls, folder: str | Path) -> dict[str, Any]:
-        """The saved config of this method in `folder`, with a clear error if it is not there."""
+        """The saved config of this method in `folder`, with a clear error if it is not there or broken."""
         path = Path(folder) / cls.config_name()
         if not path.is_file():
             raise DiffclustError(f"'{folder}' holds no saved {cls.__name__} model ({cls.config_name()} missing). "
                                  "Is it a finished run folder of this method?")
-        config = json.loads(path.read_text())
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as error:
+            raise damaged(Path(folder), f"{path.name} is not valid JSON ({error})", REFIT) from None
+        if not isinstance(config, dict) or not isinstance(config.get("settings"), dict) or not isinstance(config.get("state"), dict):
+            raise damaged(Path(folder), f"{path.name} is not a diffclust model config (no 'settings' and 'state' objects)", REFIT)
         if config.get("method") != cls.method:
             raise DiffclustError(f"{path} is not a {cls.__name__} model (method = {config.get('method')!r}).")
         return config
+
+    @classmethod
+    def load(cls, folder: str | Path, backbone: str | DiffusionBackbone | None = None, device: str | None = None):
+        """A fitted model from `save` (or a run folder); `backbone` overrides the saved reference
+        (e.g. when the SD folder has moved). A folder whose files are broken is a clear error."""
+        folder = Path(folder)
+        try:
+            return cls._load(folder, backbone, device)
+        except DiffclustError:
+            raise
+        except Exception as error:  # missing or truncated weights, wrong types or shapes in the config
+            raise damaged(folder, f"its saved {cls.__name__} model cannot be read ({type(error).__name__}: {str(error)[:300]})",
+                          REFIT) from None
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> "ClusteringEstimator":

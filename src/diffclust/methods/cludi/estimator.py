@@ -15,6 +15,7 @@ from diffclust.data.collection import ImageCollection
 from diffclust.engine.checkpoint import atomic_save_tensors, load_tensors
 from diffclust.engine.runtime import make_accelerator
 from diffclust.engine.timing import StageTimer
+from diffclust.engine.trainer import matrix_identity
 from diffclust.errors import DiffclustError
 from diffclust.methods.base import ClusteringEstimator
 from diffclust.methods.cludi.diffusion import EmbeddingDiffusion
@@ -105,8 +106,8 @@ class CLUDI(ClusteringEstimator):
 
     def _setting_problems(self) -> list[str]:
         problems = []
-        if self.epochs < 0 or self.batch_size < 2 or self.lr <= 0 or self.min_lr < 0:
-            problems.append("epochs must be >= 0, batch_size >= 2 (the column-wise loss needs a batch), lr > 0, min_lr >= 0")
+        if self.batch_size < 2 or self.min_lr < 0:
+            problems.append("batch_size must be >= 2 (the column-wise loss needs a batch) and min_lr >= 0")
         if not 0 <= self.ema_decay < 1:
             problems.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if min(self.teacher_steps, self.predict_steps, self.predict_samples, self.monitor_samples) < 1:
@@ -162,15 +163,9 @@ class CLUDI(ClusteringEstimator):
         return (values - self.feature_mean_) / self.feature_std_
 
     # ------------------------------------------------------------------ fit
-    def fit(self, X, y=None, resume: bool = False) -> "CLUDI":
-        """Cluster the rows of `X` (features, or images through the backbone).
-
-        `y` (labels) is only reported in the metrics log, never trained on. `resume` continues
-        the interrupted run in `output_dir`.
-        """
-        self._check_settings()
+    def _fit(self, X, y, run_dir: Path | None, resume: bool) -> None:
+        """Cluster the rows of `X` (features, or images through the backbone); `y` only scores."""
         timer = StageTimer()
-        run_dir = self._run_folder(resume)
         accelerator = make_accelerator(self.device)
         seed_everything(self.random_state)
         self.feature_layer_ = self.feature_timestep_ = None
@@ -185,7 +180,8 @@ class CLUDI(ClusteringEstimator):
         self.feature_std_ = table.values.std(dim=0).clamp_min(1e-6)
         seed_everything(self.random_state)
         network = CLUDINetwork(self.feature_dim_, self.n_clusters, self.embedding_dim, self.hidden_dim, self.depth)
-        trainer = CLUDITrainer(self.get_params(), self._standardised(table.values), network, accelerator, table.labels, run_dir)
+        params = self._trainer_params(matrix_identity(table.values), self.resolution)
+        trainer = CLUDITrainer(params, self._standardised(table.values), network, accelerator, table.labels, run_dir)
         with timer("training"):
             trainer.run(resume=resume)
         self.student_ = trainer.network.eval()
@@ -206,7 +202,6 @@ class CLUDI(ClusteringEstimator):
                 write_assignments(run_dir / ASSIGNMENTS_NAME, table.names, self.labels_, self.confidence_, table.skipped)
                 write_skipped(run_dir / SKIPPED_NAME, table.skipped)
         self._finish_run(run_dir, accelerator, timer)
-        return self
 
     # ------------------------------------------------------------------ inference
     def _logits(self, values: torch.Tensor) -> torch.Tensor:
@@ -243,7 +238,7 @@ class CLUDI(ClusteringEstimator):
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path, backbone: str | DiffusionBackbone | None = None, device: str | None = None) -> "CLUDI":
+    def _load(cls, folder: Path, backbone: str | DiffusionBackbone | None = None, device: str | None = None) -> "CLUDI":
         folder = Path(folder)
         config = cls.read_config(folder)
         model = cls.from_settings(config["settings"])

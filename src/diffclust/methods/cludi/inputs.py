@@ -52,7 +52,8 @@ def _checked(values, source: str) -> torch.Tensor:
         values = check_array(values, dtype=[np.float64, np.float32], ensure_all_finite=False, ensure_min_samples=2,
                              input_name=source)
     except ValueError as error:  # a TypeError (an object array from Python code) keeps its type
-        raise DiffclustError(f"{source}: features must be a numeric matrix of N >= 2 rows (samples) by d >= 1 columns: {error}") from error
+        reason = str(error).splitlines()[0]  # scikit-learn appends the array itself
+        raise DiffclustError(f"{source}: features must be a numeric matrix of N >= 2 rows (samples) by d >= 1 columns: {reason}") from None
     values = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
     bad = (~torch.isfinite(values)).any(dim=1).nonzero().flatten()
     if len(bad):
@@ -80,19 +81,42 @@ def read_feature_file(path: str | Path) -> tuple[torch.Tensor, np.ndarray | None
             values = tensors.get("features", next(iter(tensors.values())) if len(tensors) == 1 else None)
         else:
             raise DiffclustError(f"'{path}': feature files must end in {', '.join(FEATURE_SUFFIXES)}.")
-    except (ValueError, OSError, RuntimeError) as error:
-        raise DiffclustError(f"Could not read the feature file '{path}': {error}") from error
+    except DiffclustError:
+        raise
+    except Exception as error:  # a truncated or foreign file; a pickle that weights_only / allow_pickle=False refuses
+        raise DiffclustError(f"Could not read the feature file '{path}' ({type(error).__name__}: {str(error)[:200]}). "
+                             "Feature files hold one numeric N x d matrix (no pickled objects).") from None
     if values is None:
         raise DiffclustError(f"'{path}' holds no 'features' entry (a dict or safetensors file needs one).")
-    labels = None if labels is None else np.asarray(labels).astype(np.int64).reshape(-1)
-    return _checked(values, str(path)), labels
+    return _checked(values, str(path)), None if labels is None else integer_labels(labels, str(path))
+
+
+def integer_labels(labels, source: str) -> np.ndarray:
+    """Labels as int64, refusing values that are not whole numbers (1.7 must not quietly become 1)."""
+    if isinstance(labels, torch.Tensor):
+        labels = labels.detach().cpu().numpy()
+    array = np.asarray(labels).reshape(-1)
+    if array.dtype.kind in "iub":
+        return array.astype(np.int64)
+    if array.dtype.kind == "f" and np.isfinite(array).all() and np.array_equal(array, np.round(array)):
+        return array.astype(np.int64)
+    raise DiffclustError(f"Unknown label type in {source}: labels must be whole numbers (class ids), got {array.dtype} "
+                         f"values such as {array[:3].tolist()}.")
 
 
 def read_row_labels(path: str | Path, count: int) -> np.ndarray:
     """Labels of rows 0..count-1 from a .npy vector or a labels.csv whose `file` is the row index."""
     path = Path(path)
     if path.suffix.lower() == ".npy":
-        labels = np.load(path, allow_pickle=False).astype(np.int64).reshape(-1)
+        if not path.is_file():
+            raise DiffclustError(f"Labels file '{path}' does not exist.")
+        try:
+            labels = integer_labels(np.load(path, allow_pickle=False), str(path))
+        except DiffclustError:
+            raise
+        except Exception as error:  # a pickled object array, a truncated or foreign file
+            raise DiffclustError(f"Could not read the labels file '{path}' ({type(error).__name__}: {str(error)[:200]}); "
+                                 "give a .npy vector of whole numbers, or a labels.csv.") from None
     else:
         by_row = read_labels(path)
         missing = [str(row) for row in range(count) if str(row) not in by_row]
@@ -107,7 +131,7 @@ def read_row_labels(path: str | Path, count: int) -> np.ndarray:
 
 def table_from_matrix(values, labels=None, source: str = "features") -> FeatureTable:
     values = _checked(values, source)
-    labels = None if labels is None else np.asarray(labels).astype(np.int64).reshape(-1)
+    labels = None if labels is None else integer_labels(labels, source)
     if labels is not None and len(labels) != len(values):
         raise DiffclustError(f"{source}: {len(labels)} labels for {len(values)} feature rows.")
     return FeatureTable(values, [str(row) for row in range(len(values))], labels)

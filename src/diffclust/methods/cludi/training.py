@@ -24,7 +24,7 @@ from accelerate import Accelerator
 from diffclust.cluster.kmeans import fit_kmeans
 from diffclust.engine.ema import EMA
 from diffclust.engine.trainer import EpochTrainer
-from diffclust.engine.runtime import epoch_order, progress
+from diffclust.engine.runtime import epoch_batches, progress
 from diffclust.methods.cludi.diffusion import EmbeddingDiffusion
 from diffclust.methods.cludi.losses import balanced_probabilities, cluster_offsets, two_way_cross_entropy
 from diffclust.methods.cludi.network import CLUDINetwork
@@ -153,7 +153,7 @@ class CLUDITrainer(EpochTrainer):
     # ------------------------------------------------------------------ loop
     def train_epoch(self, epoch: int) -> dict[str, float]:
         generator = make_generator(self.p["random_state"] + 7919 * (epoch + 1) + 104729 * self.accelerator.process_index)
-        batches = epoch_order(len(self.features), self.p["random_state"], epoch, self.accelerator).split(self.p["batch_size"])
+        batches = epoch_batches(len(self.features), self.p["batch_size"], self.p["random_state"], epoch, self.accelerator)
         bar = progress(batches, self.accelerator, self.p["progress"], desc=f"epoch {epoch + 1}/{self.p['epochs']}", unit="batch")
         parameters = list(self.network.parameters())
         totals: dict[str, float] = {}

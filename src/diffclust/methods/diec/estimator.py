@@ -14,6 +14,7 @@ from diffclust.data.collection import ImageCollection
 from diffclust.engine.checkpoint import atomic_save_tensors, load_tensors
 from diffclust.engine.runtime import make_accelerator
 from diffclust.engine.timing import StageTimer
+from diffclust.engine.trainer import files_identity
 from diffclust.errors import DiffclustError
 from diffclust.methods.base import ClusteringEstimator
 from diffclust.methods.diec.features import BOTTLENECK, LayerFeatureReader, candidate_layers, encode_collection
@@ -100,8 +101,8 @@ class DiEC(ClusteringEstimator):
             problems.append(f"search_subset must be at least 2 x n_clusters, got {self.search_subset}")
         if self.noise_draws < 1 or self.pool_size < 1:
             problems.append("noise_draws and pool_size must be >= 1")
-        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0 or self.n_neighbours < 1:
-            problems.append("epochs must be >= 0, batch_size and n_neighbours >= 1, lr > 0")
+        if self.n_neighbours < 1:
+            problems.append(f"n_neighbours must be >= 1, got {self.n_neighbours}")
         return problems
 
     # ------------------------------------------------------------------ the pieces of fit
@@ -117,6 +118,7 @@ class DiEC(ClusteringEstimator):
         self._require_samples(len(collection), "usable images were found")
         backbone = load_backbone(self.backbone, device=accelerator.device, progress=self.progress)
         resolution = self.resolution or backbone.resolution
+        self._check_for_backbone(backbone, resolution, timestep=self.timestep)
         latents = encode_collection(backbone, collection, resolution, self.batch_size, self.num_workers,
                                     self.progress and accelerator.is_main_process)
         return accelerator, collection, backbone, resolution, latents
@@ -192,14 +194,10 @@ class DiEC(ClusteringEstimator):
         return self.search_result_.layer, self.search_result_.timestep
 
     # ------------------------------------------------------------------ fit
-    def fit(self, data, y=None, resume: bool = False) -> "DiEC":
-        """Search (unless layer and timestep are given), then train at the chosen pair.
-
-        `data`: a folder or an ImageCollection; `y` is ignored (labels in the data are only
-        reported). `resume` continues the interrupted run in `output_dir` (the search is reused).
-        """
+    def _fit(self, data, y, run_dir: Path | None, resume: bool) -> None:
+        """Search (unless layer and timestep are given), then train at the chosen pair; on resume
+        the saved search is reused."""
         timer = StageTimer()
-        run_dir = self._run_folder(resume)
         with timer("images, backbone and latents"):
             accelerator, collection, backbone, resolution, latents = self._prepare(data)
         with timer("search"):
@@ -209,7 +207,7 @@ class DiEC(ClusteringEstimator):
         dim = reader(latents[:1], timestep)[layer].shape[1]
         seed_everything(self.random_state)
         network = DiECNetwork(dim, self.n_clusters, self.mapping_hidden)
-        params = {**self.get_params(), "timestep_": timestep}
+        params = self._trainer_params(files_identity(collection.files), resolution, timestep_=timestep)
         trainer = DiECTrainer(params, backbone, reader, latents, network, accelerator, collection.labels, run_dir)
         with timer("training"):
             trainer.run(resume=resume)
@@ -231,7 +229,6 @@ class DiEC(ClusteringEstimator):
                 self.save(run_dir)
                 collection_outputs(run_dir, collection, self.labels_, self.confidence_)
         self._finish_run(run_dir, accelerator, timer)
-        return self
 
     # ------------------------------------------------------------------ inference
     def _loaded_backbone(self) -> DiffusionBackbone:
@@ -275,7 +272,7 @@ class DiEC(ClusteringEstimator):
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path, backbone: str | DiffusionBackbone | None = None, device: str | None = None) -> "DiEC":
+    def _load(cls, folder: Path, backbone: str | DiffusionBackbone | None = None, device: str | None = None) -> "DiEC":
         """A fitted model from `save` (or a run folder); `backbone` overrides the saved reference."""
         folder = Path(folder)
         config = cls.read_config(folder)

@@ -30,7 +30,7 @@ from diffclust.cluster.dec import dec_kl_loss, target_distribution
 from diffclust.cluster.losses import entropy, neighbour_consistency_loss
 from diffclust.cluster.neighbours import nearest_neighbours
 from diffclust.engine.trainer import EpochTrainer
-from diffclust.engine.runtime import epoch_order, progress
+from diffclust.engine.runtime import epoch_batches, progress
 from diffclust.methods.diec.features import LayerFeatureReader
 from diffclust.methods.diec.network import DiECNetwork
 from diffclust.seeding import make_generator
@@ -133,7 +133,7 @@ class DiECTrainer(EpochTrainer):
         neighbours = torch.from_numpy(nearest_neighbours(embedding, self.p["n_neighbours"]))
         neighbour_q = q[neighbours]  # (N, n, K)
         generator = make_generator(self.p["random_state"] + 7919 * (epoch + 1) + 104729 * self.accelerator.process_index)
-        batches = epoch_order(len(self.latents), self.p["random_state"], epoch, self.accelerator).split(self.p["batch_size"])
+        batches = epoch_batches(len(self.latents), self.p["batch_size"], self.p["random_state"], epoch, self.accelerator)
         bar = progress(batches, self.accelerator, self.p["progress"], desc=f"epoch {epoch + 1}/{self.p['epochs']}", unit="batch")
         parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
         totals: dict[str, float] = {}

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Subset
 from diffclust.backbones.base import DiffusionBackbone
 from diffclust.data.collection import ImageCollection
 from diffclust.data.dataset import ImageTensorDataset
+from diffclust.data.images import PREPROCESSING_VERSION
 from diffclust.engine.checkpoint import atomic_write_json
 from diffclust.engine.runtime import progress
 from diffclust.methods.difc.masks import object_masks
@@ -117,7 +118,8 @@ def fingerprint(backbone: DiffusionBackbone, collection: ImageCollection, settin
     listing = hashlib.sha256()
     for record in collection.records:
         listing.update(f"{record.file}\0{record.identity()}\n".encode())
-    return {"settings": asdict(settings), "backbone": backbone.reference, "files": listing.hexdigest(), "count": len(collection)}
+    return {"settings": asdict(settings), "backbone": backbone.reference, "files": listing.hexdigest(), "count": len(collection),
+            "preprocessing": PREPROCESSING_VERSION}
 
 
 def _open_store(folder: Path, names: list[str], in_memory_bytes: int) -> ConstantStore:

@@ -19,6 +19,7 @@ from diffclust.data.dataset import ImageTensorDataset
 from diffclust.engine.checkpoint import atomic_save_tensors, load_tensors
 from diffclust.engine.runtime import make_accelerator, progress
 from diffclust.engine.timing import StageTimer
+from diffclust.engine.trainer import files_identity
 from diffclust.methods.base import ClusteringEstimator
 from diffclust.methods.difc.constants import ConstantComputer, ConstantSettings, fingerprint, load_or_compute_constants
 from diffclust.methods.difc.network import DiFiCNetwork, assign
@@ -88,18 +89,12 @@ class DiFiC(ClusteringEstimator):
 
     def _setting_problems(self) -> list[str]:
         problems = []
-        if self.epochs < 0:
-            problems.append(f"epochs must be >= 0, got {self.epochs}")
         if self.warmup_epochs != "auto" and (not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0):
             problems.append(f"warmup_epochs must be 'auto' or an integer >= 0, got {self.warmup_epochs!r}")
         elif self.cluster_guidance and self.epochs > 0 and self.resolved_warmup_epochs() >= self.epochs:
             problems.append(f"warmup_epochs ({self.warmup_epochs}) must be less than epochs ({self.epochs}), or the cluster head "
                             "never trains: lower --warmup-epochs (or leave it 'auto', the paper's 100/250 of the epochs), "
                             "raise --epochs, or pass --no-cluster-guidance to cluster by k-means on the proxy words")
-        if self.batch_size < 1:
-            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.lr <= 0:
-            problems.append(f"lr must be > 0, got {self.lr}")
         if self.timestep_sampling not in TIMESTEP_DISTRIBUTIONS:
             problems.append(f"timestep_sampling must be one of {sorted(TIMESTEP_DISTRIBUTIONS)}, got {self.timestep_sampling!r}")
         if self.head_init not in ("kmeans", "random"):
@@ -130,24 +125,19 @@ class DiFiC(ClusteringEstimator):
         return torch.randn(backbone.latent_shape(resolution), generator=make_generator(self.random_state))
 
     # ------------------------------------------------------------------ fit
-    def fit(self, data, y=None, resume: bool = False) -> "DiFiC":
-        """Learn proxy words (and the cluster head) for the images in `data`.
-
-        `data`: a folder (flat, class sub-folders, or with labels.csv) or an ImageCollection.
-        `y` is ignored (clustering is unsupervised); labels found in the data are only reported.
-        `resume` continues the interrupted run in `output_dir`.
-        """
-        self._check_settings()
+    def _fit(self, data, y, run_dir: Path | None, resume: bool) -> None:
+        """Learn proxy words (and the cluster head) for the images in `data`: a folder (flat,
+        class sub-folders, or with labels.csv), image files, PIL images, arrays or an ImageCollection."""
         timer = StageTimer()
         accelerator = make_accelerator(self.device, self.mixed_precision)
         seed_everything(self.random_state)
         with timer("scan images"):
             collection = self._training_collection(data)
         self._require_samples(len(collection), "usable images were found")
-        run_dir = self._run_folder(resume)
         with timer("load backbone"):
             backbone = load_backbone(self.backbone, device=accelerator.device, progress=self.progress)
         resolution = self.resolution or backbone.resolution
+        self._check_for_backbone(backbone, resolution, feature_timestep=self.feature_timestep, mask_timestep=self.mask_timestep)
         shared_noise = self._shared_noise(backbone, resolution)
         settings = self._constant_settings(resolution, self.object_concentration)
         computer = ConstantComputer(backbone, settings, shared_noise)
@@ -158,7 +148,7 @@ class DiFiC(ClusteringEstimator):
         network = DiFiCNetwork(store.shape("features")[0], backbone.token_dim, self.n_clusters, self.cluster_guidance,
                                self.extractor_hidden).to(accelerator.device)
         self.warmup_epochs_ = self.resolved_warmup_epochs()
-        params = {**self.get_params(), "warmup_epochs": self.warmup_epochs_}
+        params = self._trainer_params(files_identity(collection.files), resolution, warmup_epochs=self.warmup_epochs_)
         trainer = DiFiCTrainer(params, backbone, store, network, accelerator, collection.labels, run_dir)
         with timer("training"):
             trainer.run(resume=resume)
@@ -181,7 +171,6 @@ class DiFiC(ClusteringEstimator):
                 self.save(run_dir)
                 collection_outputs(run_dir, collection, labels, confidence)
         self._finish_run(run_dir, accelerator, timer)
-        return self
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -231,7 +220,7 @@ class DiFiC(ClusteringEstimator):
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path, backbone: str | DiffusionBackbone | None = None, device: str | None = None) -> "DiFiC":
+    def _load(cls, folder: Path, backbone: str | DiffusionBackbone | None = None, device: str | None = None) -> "DiFiC":
         """A fitted model from `save` (or a run folder). `backbone` overrides the saved reference,
         e.g. when the SD folder has moved."""
         folder = Path(folder)

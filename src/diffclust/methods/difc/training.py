@@ -22,7 +22,7 @@ from diffclust.cluster.kmeans import fit_kmeans
 from diffclust.cluster.losses import AssignmentMemoryBank, cluster_guidance_loss
 from diffclust.cluster.neighbours import nearest_neighbours
 from diffclust.engine.trainer import EpochTrainer
-from diffclust.engine.runtime import epoch_order, progress
+from diffclust.engine.runtime import epoch_batches, progress
 from diffclust.methods.difc.constants import ConstantStore
 from diffclust.methods.difc.losses import masked_diffusion_loss
 from diffclust.methods.difc.network import DiFiCNetwork, assign, assign_probabilities
@@ -176,7 +176,7 @@ class DiFiCTrainer(EpochTrainer):
                 self.fill_bank(proxies, epoch)
             neighbours = torch.from_numpy(nearest_neighbours(proxies, self.p["n_neighbours"]))
         generator = make_generator(self.p["random_state"] + 7919 * (epoch + 1) + 104729 * self.accelerator.process_index)
-        batches = epoch_order(len(self.store), self.p["random_state"], epoch, self.accelerator).split(self.p["batch_size"])
+        batches = epoch_batches(len(self.store), self.p["batch_size"], self.p["random_state"], epoch, self.accelerator)
         phase = "cluster guidance" if guided else ("warm-up" if self.p["cluster_guidance"] else "distillation")
         bar = progress(batches, self.accelerator, self.p["progress"], desc=f"epoch {epoch + 1}/{self.p['epochs']} ({phase})", unit="batch")
         totals: dict[str, float] = {}

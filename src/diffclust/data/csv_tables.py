@@ -1,0 +1,46 @@
+"""Reading the CSV files people hand us (labels.csv, assignments.csv) with errors that name the
+file, the row and the fix, instead of a decoder's or the csv module's traceback."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from diffclust.errors import DiffclustError
+
+
+def read_csv_rows(path: str | Path, required: set[str], expected: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """(column names, [(row number as a spreadsheet shows it, row)]) of a UTF-8 CSV file that
+    has the `required` columns; `expected` describes the layout for the error message."""
+    path = Path(path)
+    if path.is_dir():
+        raise DiffclustError(f"'{path}' is a folder; expected a CSV file ({expected}).")
+    if not path.is_file():
+        raise DiffclustError(f"'{path}' does not exist; expected a CSV file ({expected}).")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = list(reader.fieldnames or [])
+            if not required <= set(columns):
+                raise DiffclustError(f"{path}: needs the columns {', '.join(sorted(required))} (found {columns or 'none'}); "
+                                     f"expected {expected}.")
+            rows = [(number, {key: (value or "") for key, value in row.items() if key is not None})
+                    for number, row in enumerate(reader, start=2)]
+    except UnicodeDecodeError as error:
+        raise DiffclustError(f"{path} is not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8 "
+                             "(in a spreadsheet: 'CSV UTF-8'), or is it a CSV file at all?") from None
+    except csv.Error as error:
+        raise DiffclustError(f"{path}: not a readable CSV file near line {reader.line_num}: {error}.") from None
+    return columns, rows
+
+
+def integer_cell(row: dict[str, str], column: str, path: Path | str, number: int, blank_ok: bool = False) -> int | None:
+    """The integer in `column` of a row, or a clear error naming the file, row and value."""
+    text = row.get(column, "").strip()
+    if not text and blank_ok:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise DiffclustError(f"{path}: row {number} has {column} '{text[:40]}'; {column} values must be integers"
+                             + (" (put names in a 'class_name' column)." if column == "label" else ".")) from None

@@ -1,0 +1,44 @@
+"""One writer per run folder: an exclusive lock held for the whole fit.
+
+Without it, a second `fit` into the same --out truncates the first one's cache files in place
+and both finish with wrong clusters. The lock is an OS file lock (released when the process
+ends, even on kill -9); beside it, a note names the holder for the error message.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from diffclust.errors import DiffclustError
+
+LOCK_NAME = ".diffclust.lock"
+HOLDER_NAME = ".diffclust.holder"
+
+
+class RunFolderLock:
+    """Context manager: hold `folder`'s lock, or refuse at once if another process holds it."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self._lock = FileLock(str(self.folder / LOCK_NAME), timeout=0)
+
+    def __enter__(self) -> "RunFolderLock":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock.acquire()
+        except Timeout:
+            holder = self.folder / HOLDER_NAME
+            who = holder.read_text().strip() if holder.is_file() else "another process"
+            raise DiffclustError(f"{self.folder} is in use by another diffclust run ({who}). Wait for it to finish, or "
+                                 "choose another output folder (--out): two runs in one folder would corrupt each other.") from None
+        (self.folder / HOLDER_NAME).write_text(f"PID {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        (self.folder / HOLDER_NAME).unlink(missing_ok=True)
+        self._lock.release()
