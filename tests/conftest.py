@@ -11,6 +11,8 @@ import shutil
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests must never reach the network
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers share two cores: one torch thread each
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
