@@ -226,7 +226,9 @@ def test_resume_refuses_other_data_backbone_or_resolution(run, twelve, tmp_path,
         data = write_subset(twelve, rows(twelve / "labels.csv")[:6], tmp_path / "six")
         change = []
     change = [str(ensure_tiny_random()) if item == "OTHER" else item for item in change]
+    cache = {path.name: path.read_bytes() for path in (copy / "cache").iterdir()}
     cli_error(capsys, ["fit", str(data), "--k", "3", *QUICK, *change, "--out", str(copy), "--resume"], expected)
+    assert {path.name: path.read_bytes() for path in (copy / "cache").iterdir()} == cache  # refused before any rewrite
 
 
 # ---------------------------------------------------------------------------------- clear errors

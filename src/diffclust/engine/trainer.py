@@ -66,6 +66,14 @@ class EpochTrainer:
         save_run_checkpoint(self.run_dir, self.accelerator.is_main_process, self.checkpoint_state(), epochs_done,
                             self.log.records, self.p, self.identity_keys + self.resume_keys)
 
+    @classmethod
+    def check_resumable(cls, run_dir: Path | None, params: dict[str, Any]) -> None:
+        """Refuse a resume with other data, backbone, resolution or settings before any costly
+        or destructive work (DiFiC's cache is rewritten for other data)."""
+        path = checkpoint_path(run_dir)
+        if path is None or path.is_file():  # no folder: the same clear error as resume(); no checkpoint: resume() says so
+            load_resume_state(path, params, cls.identity_keys + cls.resume_keys)
+
     def resume(self) -> bool:
         """Load the interrupted run's state; False when there was none (the run starts afresh)."""
         state = load_resume_state(checkpoint_path(self.run_dir), self.p, self.identity_keys + self.resume_keys)

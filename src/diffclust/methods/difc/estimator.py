@@ -138,6 +138,10 @@ class DiFiC(ClusteringEstimator):
             backbone = load_backbone(self.backbone, device=accelerator.device, progress=self.progress)
         resolution = self.resolution or backbone.resolution
         self._check_for_backbone(backbone, resolution, feature_timestep=self.feature_timestep, mask_timestep=self.mask_timestep)
+        self.warmup_epochs_ = self.resolved_warmup_epochs()
+        params = self._trainer_params(files_identity(collection.files), resolution, warmup_epochs=self.warmup_epochs_)
+        if resume:
+            DiFiCTrainer.check_resumable(run_dir, params)
         shared_noise = self._shared_noise(backbone, resolution)
         settings = self._constant_settings(resolution, self.object_concentration)
         computer = ConstantComputer(backbone, settings, shared_noise)
@@ -147,8 +151,6 @@ class DiFiC(ClusteringEstimator):
         seed_everything(self.random_state)  # the network's initial weights must not depend on the cache's history
         network = DiFiCNetwork(store.shape("features")[0], backbone.token_dim, self.n_clusters, self.cluster_guidance,
                                self.extractor_hidden).to(accelerator.device)
-        self.warmup_epochs_ = self.resolved_warmup_epochs()
-        params = self._trainer_params(files_identity(collection.files), resolution, warmup_epochs=self.warmup_epochs_)
         trainer = DiFiCTrainer(params, backbone, store, network, accelerator, collection.labels, run_dir)
         with timer("training"):
             trainer.run(resume=resume)
