@@ -115,6 +115,7 @@ def _add_fit_parser(commands) -> None:
     fit.add_argument("--batch-size", type=_whole(1), default=None, help="images per step and process (default: DiFiC 32, DiEC 256, CLUDI 256)")
     fit.add_argument("--lr", type=_positive_number, default=None, help="AdamW learning rate (default: DiFiC 2e-4, DiEC 1e-3, CLUDI 1e-4 with a cosine to 1e-6)")
     fit.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its last checkpoint")
+    fit.add_argument("--report", action="store_true", help="write RUN_DIR/report/index.html at the end (see `diffclust report`)")
     _add_backbone_and_device(fit)
     difc = fit.add_argument_group("DiFiC (--method difc)")
     difc.add_argument("--warmup-epochs", type=_auto_or_int, default="auto", help="epochs of distillation before the cluster head trains; k-means on S* predicts meanwhile (default 'auto': the paper's 100 of 250, scaled to --epochs)")
@@ -141,6 +142,7 @@ def _add_fit_parser(commands) -> None:
     cludi.add_argument("--embedding-dim", type=int, default=64, help="size of the assignment embeddings")
     cludi.add_argument("--hidden-dim", type=int, default=512, help="width of the denoiser MLP")
     _add_search_settings(fit)
+    _add_report_options(fit)
 
 
 def _add_search_parser(commands) -> None:
@@ -167,6 +169,23 @@ def _add_predict_parser(commands) -> None:
     predict.add_argument("--batch-size", type=_whole(1), default=None, help="images per batch (default: as fitted)")
     predict.add_argument("--strict", action="store_true", help="stop with an error on unreadable images")
     _add_quiet(predict)
+
+
+def _add_report_parser(commands) -> None:
+    report = commands.add_parser("report", help="write a browsable HTML report of a run (galleries, map, names, scores)",
+                                 description="Write RUN_DIR/report/index.html (offline: images and script beside it) and "
+                                             "RUN_DIR/clusters.csv (cluster, size, mean confidence, names).")
+    report.add_argument("run_dir", type=Path, help="a finished `diffclust fit` run folder")
+    _add_report_options(report)
+    report.add_argument("--out", type=Path, default=None, help="report folder (default: RUN_DIR/report/)")
+
+
+def _add_report_options(parser) -> None:
+    group = parser.add_argument_group("report")
+    group.add_argument("--sort", choices=["size", "confidence"], default="size", help="order of the clusters")
+    group.add_argument("--per-cluster", type=_whole(1), default=8, help="most and least confident images shown per cluster")
+    group.add_argument("--map-points", type=_whole(5), default=2000, help="at most this many items on the 2-D map (a seeded sample)")
+    group.add_argument("--no-names", dest="names", action="store_false", help="skip DiFiC's cluster names (they load the text encoder)")
 
 
 def _add_evaluate_parser(commands) -> None:
@@ -217,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fit_parser(commands)
     _add_predict_parser(commands)
     _add_evaluate_parser(commands)
+    _add_report_parser(commands)
     _add_pretrain_parser(commands)
     _add_search_parser(commands)
     return parser
@@ -310,6 +330,21 @@ def run_fit(args) -> int:
     final = {key[len("final_"):]: value for key, value in last.items() if key.startswith("final_")} or last
     if "acc" in final:
         _print_scores(final, f"Against the labels from {model.label_source_} (used only to score): ")
+    if args.report:
+        _write_report(out, args)
+    return 0
+
+
+def _write_report(run_dir: Path, args, report_folder: Path | None = None) -> None:
+    from diffclust.report import build_report
+
+    page = build_report(run_dir, report_folder, sort=args.sort, per_cluster=args.per_cluster, map_points=args.map_points,
+                        names=args.names)
+    print(f"Report: {page}  (open it in a browser; it works offline); cluster names and sizes in {run_dir / 'clusters.csv'}")
+
+
+def run_report(args) -> int:
+    _write_report(args.run_dir, args, args.out)
     return 0
 
 
@@ -429,7 +464,8 @@ def configure_logging(verbose: bool, quiet: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose, getattr(args, "quiet", False))
-    runners = {"fit": run_fit, "predict": run_predict, "evaluate": run_evaluate, "pretrain": run_pretrain, "search": run_search}
+    runners = {"fit": run_fit, "predict": run_predict, "evaluate": run_evaluate, "pretrain": run_pretrain, "search": run_search,
+               "report": run_report}
     try:
         return runners[args.command](args)
     except DiffclustError as error:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from sklearn.exceptions import NotFittedError
 from diffclust.backbones.base import DiffusionBackbone
 from diffclust.backbones.registry import load_backbone
 from diffclust.data.collection import FROM_FOLDERS, ImageCollection, collect_images
-from diffclust.engine.checkpoint import CHECKPOINT_NAME, atomic_write_json, checkpoint_path, damaged
+from diffclust.engine.checkpoint import CHECKPOINT_NAME, atomic_write, atomic_write_json, checkpoint_path, damaged
 from diffclust.engine.run_lock import RunFolderLock
 from diffclust.engine.runtime import is_main_launch_process, make_accelerator, writable_folder
 from diffclust.engine.timing import StageTimer
@@ -32,6 +33,12 @@ from diffclust.errors import DiffclustError, setting_label
 from diffclust.outputs import ASSIGNMENTS_NAME, RUN_SUMMARY_NAME, read_assignment_rows, write_run_summary
 
 logger = logging.getLogger(__name__)
+
+
+def save_array(path: Path, array: np.ndarray) -> None:
+    """np.save to exactly `path` (np.save given a name would append .npy to a temp name)."""
+    with open(path, "wb") as handle:
+        np.save(handle, array)
 
 
 class NotFittedYetError(DiffclustError, NotFittedError):
@@ -44,6 +51,8 @@ PATH_SETTINGS = ("output_dir", "cache_dir")
 #: what a finished run leaves in its folder, and what any started run does
 FINISHED_RUN_FILES = (ASSIGNMENTS_NAME, RUN_SUMMARY_NAME, "difc.json", "diec.json", "cludi.json")
 RUN_ARTEFACTS = (CHECKPOINT_NAME, *FINISHED_RUN_FILES, "cache", "search.json")
+#: the representation each method clustered (DiFiC: proxy words; DiEC: embeddings; CLUDI: features)
+EMBEDDING_NAME = "embedding.npy"
 REFIT = "fit again into a new output folder, or restore the run's files from a copy"
 #: settings renamed since earlier releases: old saved name -> current name
 RENAMED_SETTINGS = {"seed": "random_state"}
@@ -135,12 +144,16 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         return {**self.get_params(deep=False), "data": data_identity, "backbone": self._backbone_reference(),
                 "resolution": resolution, **extra}
 
-    def _finish_run(self, run_dir: Path | None, accelerator, timer: StageTimer) -> None:
-        """Keep the stage times (timings_), write run.json (main process), and wait for the others."""
+    def _finish_run(self, run_dir: Path | None, accelerator, timer: StageTimer, embedding: np.ndarray | None = None) -> None:
+        """Keep the stage times (timings_); write run.json and, for the report's map, the
+        representation that was clustered (embedding.npy, fp16) (main process); wait for the others."""
         self.timings_ = timer.rounded()
         if run_dir is not None and accelerator.is_main_process:
+            if embedding is not None:
+                atomic_write(run_dir / EMBEDDING_NAME, lambda temp: save_array(temp, np.asarray(embedding, dtype=np.float16)))
             write_run_summary(run_dir, self.method, self._backbone_reference(), str(accelerator.device), self.timings_, timer.total,
-                              processes=accelerator.num_processes, items=len(self.labels_))
+                              processes=accelerator.num_processes, items=len(self.labels_), n_clusters=self.n_clusters,
+                              data=getattr(self, "data_reference_", None))
         logger.debug("%s stages (s): %s", type(self).__name__, self.timings_)
         accelerator.wait_for_everyone()
 
@@ -153,6 +166,7 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         second writer is refused instead of corrupting this one.
         """
         self._check_settings()
+        self.data_reference_ = str(Path(X).expanduser().resolve()) if isinstance(X, (str, os.PathLike)) else None
         if self.output_dir is None:
             self._fit(X, y, None, resume)
             return self

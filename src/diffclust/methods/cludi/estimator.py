@@ -201,7 +201,7 @@ class CLUDI(ClusteringEstimator):
                 self.save(run_dir)
                 write_assignments(run_dir / ASSIGNMENTS_NAME, table.names, self.labels_, self.confidence_, table.skipped)
                 write_skipped(run_dir / SKIPPED_NAME, table.skipped)
-        self._finish_run(run_dir, accelerator, timer)
+        self._finish_run(run_dir, accelerator, timer, self._standardised(table.values).numpy())
 
     # ------------------------------------------------------------------ inference
     def _logits(self, values: torch.Tensor) -> torch.Tensor:

@@ -228,7 +228,7 @@ class DiEC(ClusteringEstimator):
             with timer("outputs"):
                 self.save(run_dir)
                 collection_outputs(run_dir, collection, self.labels_, self.confidence_)
-        self._finish_run(run_dir, accelerator, timer)
+        self._finish_run(run_dir, accelerator, timer, self.embedding_)
 
     # ------------------------------------------------------------------ inference
     def _loaded_backbone(self) -> DiffusionBackbone:

@@ -172,7 +172,7 @@ class DiFiC(ClusteringEstimator):
             with timer("outputs"):
                 self.save(run_dir)
                 collection_outputs(run_dir, collection, labels, confidence)
-        self._finish_run(run_dir, accelerator, timer)
+        self._finish_run(run_dir, accelerator, timer, self.proxy_words_)
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()

@@ -1,0 +1,258 @@
+"""Build the report of a run folder: read what the run wrote, add thumbnails, a 2-D map, cluster
+names and label statistics, and render one offline HTML page beside a folder of images."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffclust import __version__
+from diffclust.cluster.metrics import clustering_scores
+from diffclust.data.collection import scan_images
+from diffclust.engine.checkpoint import atomic_write_text
+from diffclust.errors import DiffclustError
+from diffclust.outputs import ASSIGNMENTS_NAME, RUN_SUMMARY_NAME, SKIPPED_NAME, csv_text, read_assignment_rows
+from diffclust.report.analysis import (class_purity, cluster_class_table, confused_pairs, nearest_tokens, readable_token,
+                                       summarise_clusters)
+from diffclust.report.template import TEMPLATE
+from diffclust.report.thumbnails import ThumbnailCache
+
+logger = logging.getLogger(__name__)
+
+METHOD_CONFIGS = ("difc.json", "diec.json", "cludi.json")
+CLUSTERS_NAME = "clusters.csv"
+#: a categorical palette (tab20's order) for clusters and classes on the map
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+           "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5")
+MAP_SIZE = (640, 460)
+
+
+def _colour(value: int) -> str:
+    return PALETTE[int(value) % len(PALETTE)]
+
+
+def _short(file: str, length: int = 18) -> str:
+    name = Path(file).name
+    return name if len(name) <= length else name[: length - 1] + "…"
+
+
+class RunFolder:
+    """What a finished run folder holds, read once."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        if not (folder / ASSIGNMENTS_NAME).is_file():
+            raise DiffclustError(f"'{folder}' holds no {ASSIGNMENTS_NAME}: is it a finished `diffclust fit` run folder?")
+        config_name = next((name for name in METHOD_CONFIGS if (folder / name).is_file()), None)
+        self.config = json.loads((folder / config_name).read_text()) if config_name else {}
+        self.method = self.config.get("method", "unknown")
+        self.settings = self.config.get("settings", {})
+        self.summary = json.loads((folder / RUN_SUMMARY_NAME).read_text()) if (folder / RUN_SUMMARY_NAME).is_file() else {}
+        rows = read_assignment_rows(folder / ASSIGNMENTS_NAME)
+        assigned = [row for row in rows if row["cluster"] != ""]
+        self.files = [row["file"] for row in assigned]
+        self.clusters = np.array([int(row["cluster"]) for row in assigned], dtype=np.int64)
+        self.confidence = np.array([float(row.get("confidence") or 0) for row in assigned])
+        self.skipped = []
+        if (folder / SKIPPED_NAME).is_file():
+            with open(folder / SKIPPED_NAME, newline="", encoding="utf-8") as handle:
+                self.skipped = [(row["file"], row["reason"]) for row in csv.DictReader(handle)]
+        embedding = folder / "embedding.npy"
+        self.embedding = np.load(embedding, allow_pickle=False).astype(np.float32) if embedding.is_file() else None
+        if self.embedding is not None and len(self.embedding) != len(self.files):
+            self.embedding = None  # not this assignment's rows (e.g. an older run)
+
+    def images(self) -> tuple[dict[str, Path], dict[str, int], dict[int, str]]:
+        """(image path of each file, label of each file, class names) from the data the run read."""
+        data = self.summary.get("data")
+        if not data or not (Path(data).is_dir() or str(data).endswith(".csv")):
+            return {}, {}, {}
+        try:
+            collection = scan_images(data, verify=False, folder_labels=self.settings.get("folder_labels", True))
+        except DiffclustError as error:
+            logger.warning("The report shows no images: the run's data cannot be read again (%s).", error)
+            return {}, {}, {}
+        paths = {record.file: record.path for record in collection.records}
+        labels = {record.file: record.label for record in collection.records if record.label is not None}
+        names = {record.label: record.class_name for record in collection.records if record.label is not None and record.class_name}
+        return paths, labels, names
+
+
+def _map_points(run: RunFolder, labels: dict[str, int], thumbnails, paths, limit: int, seed: int) -> tuple[dict | None, str]:
+    """2-D t-SNE of the clustered representation (at most `limit` points, a seeded sample)."""
+    if run.embedding is None:
+        return None, "this run folder has no embedding.npy (made by diffclust 0.1 before reports)."
+    count = len(run.files)
+    if count < 5:
+        return None, "fewer than 5 items."
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    rows = np.arange(count)
+    if count > limit:
+        rows = np.sort(np.random.default_rng(seed).choice(count, limit, replace=False))
+    values = run.embedding[rows]
+    values = values - values.mean(axis=0)
+    if values.shape[1] > 50:
+        values = PCA(50, random_state=seed).fit_transform(values)
+    coordinates = TSNE(2, init="pca", random_state=seed, perplexity=min(30.0, (len(rows) - 1) / 3)).fit_transform(values)
+    low, high = coordinates.min(axis=0), coordinates.max(axis=0)
+    width, height = MAP_SIZE
+    scaled = 10 + (coordinates - low) / np.maximum(high - low, 1e-9) * np.array([width - 20, height - 20])
+    points = []
+    for (x, y), row in zip(scaled, rows):
+        file = run.files[row]
+        label = labels.get(file)
+        thumb = thumbnails.thumbnail(paths[file]) if file in paths else None
+        points.append({"x": round(float(x), 1), "y": round(float(y), 1), "colour": _colour(run.clusters[row]),
+                       "class_colour": _colour(label) if label is not None else "#999999", "thumb": thumb,
+                       "label": f"{file}: cluster {run.clusters[row]}" + (f", class {label}" if label is not None else "")})
+    caption = (f"t-SNE of the {'proxy words' if run.method == 'difc' else 'clustered representation'}: "
+               + (f"all {count} items." if count <= limit else f"a seeded sample of {limit} of {count} items."))
+    return {"points": points, "width": width, "height": height, "has_classes": bool(labels), "caption": caption}, ""
+
+
+def cluster_names(run: RunFolder, top: int = 3) -> dict[int, str]:
+    """DiFiC: the vocabulary tokens nearest each cluster's mean proxy word, in the text encoder's
+    input-embedding space. Empty for other methods, or when the backbone cannot be loaded."""
+    if run.method != "difc" or run.embedding is None:
+        return {}
+    from diffclust.backbones.registry import load_backbone
+
+    try:
+        backbone = load_backbone(run.settings.get("backbone"), progress=False)
+    except DiffclustError as error:
+        logger.warning("No cluster names: the backbone cannot be loaded (%s).", error)
+        return {}
+    table = backbone.text_encoder.get_input_embeddings().weight.detach()
+    tokenizer = backbone.tokenizer
+    tokens = tokenizer.convert_ids_to_tokens(list(range(len(table))))
+    special = set(tokenizer.all_special_ids)
+    import torch
+
+    names = {}
+    for cluster in np.unique(run.clusters):
+        mean = torch.from_numpy(run.embedding[run.clusters == cluster].mean(axis=0))
+        names[int(cluster)] = ", ".join(readable_token(token) for token in nearest_tokens(mean, table, tokens, top, special))
+    return names
+
+
+def _training_plot(folder: Path, out: Path) -> str | None:
+    path = folder / "metrics.csv"
+    if not path.is_file():
+        return None
+    with open(path, newline="", encoding="utf-8") as handle:
+        records = list(csv.DictReader(handle))
+    if not records:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def series(name):
+        return [float(row[name]) if row.get(name) not in (None, "") else np.nan for row in records]
+
+    epochs = series("epoch")
+    losses = [name for name in records[0] if "loss" in name or name in ("kl", "assignment_entropy", "cross_entropy")]
+    scores = [name for name in ("acc", "nmi", "ari", "mean_confidence") if name in records[0]]
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    for name in losses:
+        axes[0].plot(epochs, series(name), marker="o", markersize=3, label=name)
+    for name in scores:
+        axes[1].plot(epochs, series(name), marker="o", markersize=3, label=name)
+    for axis, title in zip(axes, ("losses", "scores")):
+        axis.set_xlabel("epoch")
+        axis.set_title(title, fontsize=10)
+        axis.grid(alpha=0.3)
+        if axis.lines:
+            axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(out / "training.png", dpi=100)
+    plt.close(figure)
+    return "training.png"
+
+
+def build_report(run_dir: str | Path, out: str | Path | None = None, sort: str = "size", per_cluster: int = 8,
+                 map_points: int = 2000, names: bool = True, seed: int = 0) -> Path:
+    """Write `out`/index.html (default RUN_DIR/report/) and RUN_DIR/clusters.csv; return the page.
+
+    Each cluster shows its `per_cluster` most and least confident images; the map shows at most
+    `map_points` items; thumbnails are reused from earlier reports in the same folder.
+    """
+    if sort not in ("size", "confidence"):
+        raise DiffclustError(f"sort must be 'size' or 'confidence', got {sort!r}.")
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    run = RunFolder(run_dir)
+    out = Path(out) if out is not None else run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    paths, labels, class_names = run.images()
+    thumbnails = ThumbnailCache(out)
+    masks = np.load(run_dir / "cache" / "masks.npy", mmap_mode="r") if run.method == "difc" and (run_dir / "cache" / "masks.npy").is_file() else None
+    if masks is not None and len(masks) != len(run.files):
+        masks = None
+    index_of = {file: row for row, file in enumerate(run.files)}
+    words = cluster_names(run) if names else {}
+
+    def item(row: int) -> dict[str, Any]:
+        file = run.files[row]
+        path = paths.get(file)
+        return {"file": file, "short": _short(file), "confidence": float(run.confidence[row]),
+                "thumb": thumbnails.thumbnail(path) if path else None,
+                "masked": thumbnails.thumbnail(path, np.asarray(masks[row])) if path is not None and masks is not None else None}
+
+    clusters = []
+    for summary in summarise_clusters(run.clusters, run.confidence, sort):
+        best = summary.members[:per_cluster]
+        worst = [row for row in summary.members[::-1][:per_cluster] if row not in set(best)][::-1]
+        rows = [("most confident", [item(row) for row in best])]
+        if worst:
+            rows.append(("least confident", [item(row) for row in worst]))
+        clusters.append({"cluster": summary.cluster, "size": summary.size, "mean_confidence": summary.mean_confidence,
+                         "names": words.get(summary.cluster, ""), "rows": rows})
+
+    context: dict[str, Any] = {"title": run_dir.name, "thumb": thumbnails.size, "clusters": clusters, "sort": sort,
+                               "skipped": run.skipped, "version": __version__, "has_masks": masks is not None, "notes": []}
+    labelled = [file for file in run.files if file in labels]
+    if labelled:
+        truth = np.array([labels[file] for file in labelled])
+        found = run.clusters[[index_of[file] for file in labelled]]
+        cluster_ids, class_ids, table = cluster_class_table(found, truth)
+        named = [class_names.get(label, str(label)) for label in class_ids]
+        context.update(scores=clustering_scores(truth, found), labelled=len(labelled), class_names=named,
+                       class_table=[{"cluster": c, "counts": table[i].tolist()} for i, c in enumerate(cluster_ids)],
+                       purity=class_purity(table).tolist(),
+                       pairs=[(class_names.get(a, a), class_names.get(b, b), n) for a, b, n in confused_pairs(table, class_ids)])
+    context["map"], context["map_reason"] = _map_points(run, labels, thumbnails, paths, map_points, seed)
+    context["training_plot"] = _training_plot(run_dir, out)
+    if (run_dir / "search.png").is_file():
+        shutil.copyfile(run_dir / "search.png", out / "search.png")
+        context["search_plot"] = "search.png"
+    if not paths:
+        context["notes"].append("No thumbnails: the run's images are not where it read them (or it clustered a feature file).")
+    if run.method == "cludi":
+        context["notes"].append("CLUDI's per-item spread over its samples is not shown yet; confidence is the balanced assignment's.")
+    context["summary"] = [("method", run.method), ("backbone", run.summary.get("backbone") or run.settings.get("backbone")),
+                          ("data", run.summary.get("data") or "(arrays or features)"), ("clusters (K)", run.settings.get("n_clusters")),
+                          ("images clustered", len(run.files)), ("skipped", len(run.skipped)),
+                          ("wall time", f"{run.summary['wall_seconds']:.1f} s" if "wall_seconds" in run.summary else "?"),
+                          ("device", run.summary.get("device", "?")),
+                          ("settings", ", ".join(f"{key}={value}" for key, value in sorted(run.settings.items())
+                                                 if key in ("epochs", "batch_size", "lr", "random_state", "resolution", "warmup_epochs")))]
+
+    from jinja2 import Environment
+
+    html = Environment(autoescape=True).from_string(TEMPLATE).render(**context)
+    page = atomic_write_text(out / "index.html", html)
+    rows = [(c["cluster"], c["size"], f"{c['mean_confidence']:.4f}", c["names"]) for c in clusters]
+    atomic_write_text(run_dir / CLUSTERS_NAME, csv_text(("cluster", "size", "mean_confidence", "names"), rows))
+    logger.info("Report %s: %d thumbnails made, %d reused, %.1f s.", page, thumbnails.made, thumbnails.reused, time.perf_counter() - started)
+    return page

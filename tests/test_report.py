@@ -1,0 +1,113 @@
+"""`diffclust report`: values on hand cases, a real run's report with no broken links, cached
+thumbnails, and (marked slow) the page in a real headless Chromium."""
+
+from __future__ import annotations
+
+import csv
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_subset
+from diffclust.cli import main
+from diffclust.report.analysis import class_purity, cluster_class_table, confused_pairs, nearest_tokens, summarise_clusters
+
+
+def rows(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+# ---------------------------------------------------------------------------------- hand cases
+def test_nearest_tokens_of_a_planted_vector():
+    vocabulary = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0], [0.9, 0.1, 0, 0], [0, 0, 0, 1.0]])
+    tokens = ["red", "green", "blue", "crimson", "<|endoftext|>"]
+    planted = torch.tensor([0.9, 0.12, 0.0, 0.0]) * 3  # scale does not matter: cosine 0.9997 to crimson, 0.9912 to red
+    assert nearest_tokens(planted, vocabulary, tokens, top=2) == ["crimson", "red"]
+    assert nearest_tokens(torch.tensor([0.0, 0, 0.1, 1.0]), vocabulary, tokens, top=1, exclude={4}) == ["blue"]
+
+
+def test_cluster_by_class_table_purity_and_confused_pairs_by_hand():
+    clusters = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    labels = np.array([5, 5, 7, 7, 7, 9, 9, 5])
+    cluster_ids, class_ids, table = cluster_class_table(clusters, labels)
+    assert cluster_ids == [0, 1, 2] and class_ids == [5, 7, 9]
+    assert table.tolist() == [[2, 1, 0], [0, 2, 0], [1, 0, 2]]
+    assert class_purity(table).tolist() == pytest.approx([2 / 3, 2 / 3, 1.0])
+    assert confused_pairs(table, class_ids) == [(5, 7, 1), (5, 9, 1)]  # cluster 0 holds 5 & 7, cluster 2 holds 5 & 9
+
+
+def test_clusters_sort_by_size_or_confidence_with_members_most_confident_first():
+    clusters = np.array([1, 1, 1, 0, 0])
+    confidence = np.array([0.2, 0.9, 0.5, 0.95, 0.99])
+    by_size = summarise_clusters(clusters, confidence, "size")
+    assert [s.cluster for s in by_size] == [1, 0] and by_size[0].members.tolist() == [1, 2, 0]
+    assert [s.cluster for s in summarise_clusters(clusters, confidence, "confidence")] == [0, 1]
+    assert by_size[0].mean_confidence == pytest.approx(1.6 / 3)
+
+
+# ---------------------------------------------------------------------------------- a real run
+@pytest.fixture(scope="module")
+def reported(butterflies, tmp_path_factory) -> Path:
+    data = write_subset(butterflies, rows(butterflies / "labels.csv")[::8], tmp_path_factory.mktemp("report-data") / "data")
+    out = tmp_path_factory.mktemp("report-runs") / "run"
+    assert main(["fit", str(data), "--k", "5", "--backbone", "tiny-random", "--epochs", "2", "--device", "cpu", "--quiet",
+                 "--report", "--per-cluster", "4", "--out", str(out)]) == 0
+    return out
+
+
+def _links(page: Path) -> list[str]:
+    html = re.sub(r"<script>.*?</script>", "", page.read_text(), flags=re.S)  # the script builds tags, it links nothing
+    return re.findall(r'(?:src|data-thumb)="([^"]+)"', html)
+
+
+def test_the_report_of_a_run_has_every_part_and_no_broken_link(reported):
+    page = reported / "report" / "index.html"
+    html = page.read_text()
+    links = _links(page)
+    assert links and all((page.parent / link).is_file() for link in links)
+    assert not re.search(r'(?:src|href)="(?:https?:)?//', html)  # offline: nothing from the network
+    assert html.count('class="point"') == 104  # every image on the map
+    summary = rows(reported / "clusters.csv")
+    assert len(summary) == len(re.findall(r'<div class="cluster"', html)) and sum(int(row["size"]) for row in summary) == 104
+    assert all(row["names"] for row in summary)  # DiFiC: nearest vocabulary tokens
+    for part in ("Against the labels", "Cluster by class", "Most-confused class pairs", "training.png", "show object masks",
+                 'class="masked"'):
+        assert part in html
+
+
+def test_a_second_report_reuses_every_thumbnail(reported, capsys):
+    thumbs = reported / "report" / "thumbs"
+    before = {path.name: path.stat().st_mtime_ns for path in thumbs.iterdir()}
+    assert main(["report", str(reported), "--per-cluster", "4", "--no-names"]) == 0
+    assert {path.name: path.stat().st_mtime_ns for path in thumbs.iterdir()} == before
+    assert "clusters.csv" in capsys.readouterr().out
+
+
+def test_report_refuses_a_folder_that_is_no_run(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no assignments.csv" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------- a real browser
+@pytest.mark.slow
+def test_the_report_loads_in_headless_chromium_without_errors(reported, tmp_path):
+    """Run with `python -m pytest -m slow tests/test_report.py` after `apt-get install chromium`."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no Chromium here: apt-get install chromium")
+    page = (reported / "report" / "index.html").resolve().as_uri()
+    base = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,2400",
+            "--virtual-time-budget=5000"]
+    shot = subprocess.run([*base, f"--screenshot={tmp_path / 'report.png'}", "--enable-logging=stderr", "--v=0", page],
+                          capture_output=True, text=True, timeout=120)
+    assert (tmp_path / "report.png").stat().st_size > 50_000  # a page with pictures, not a blank one
+    console = [line for line in shot.stderr.splitlines() if "CONSOLE" in line or "ERR_FILE_NOT_FOUND" in line]
+    assert console == [], console
+    dom = subprocess.run([*base, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
+    assert dom.count('class="point"') == 104 and dom.count('class="cluster"') >= 2
