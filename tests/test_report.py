@@ -51,6 +51,29 @@ def test_clusters_sort_by_size_or_confidence_with_members_most_confident_first()
     assert by_size[0].mean_confidence == pytest.approx(1.6 / 3)
 
 
+def test_sample_agreement_counts_the_samples_that_assign_each_row_to_its_cluster():
+    from diffclust.methods.cludi.training import sample_agreement
+
+    sampled = torch.tensor([[[2.0, 0.0], [0.0, 1.0]],    # sample 1: row 0 -> 0, row 1 -> 1
+                            [[0.0, 3.0], [0.0, 1.0]]])   # sample 2: row 0 -> 1, row 1 -> 1
+    assert sample_agreement(sampled, np.array([0, 1]), 1.0, torch.zeros(2)).tolist() == [0.5, 1.0]
+    # the offsets shift the balanced assignment: with b = (0, 3), every sample puts row 1 in cluster 0
+    assert sample_agreement(sampled, np.array([0, 0]), 1.0, torch.tensor([0.0, 3.0])).tolist() == [1.0, 1.0]
+
+
+def test_prototypes_are_generated_from_proxy_words_repeatably():
+    from diffclust.backbones.registry import load_backbone
+    from diffclust.report.prototypes import generate_prototypes
+
+    backbone = load_backbone("tiny-random")
+    words = torch.randn(3, backbone.token_dim, generator=torch.Generator().manual_seed(0))
+    first = generate_prototypes(backbone, words, "A photo of a S*", 64, steps=3)
+    again = generate_prototypes(backbone, words, "A photo of a S*", 64, steps=3)
+    assert [image.size for image in first] == [(64, 64)] * 3
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(first, again))
+    assert not np.array_equal(np.asarray(first[0]), np.asarray(first[1]))  # each word its own picture
+
+
 # ---------------------------------------------------------------------------------- a real run
 @pytest.fixture(scope="module")
 def reported(butterflies, tmp_path_factory) -> Path:
@@ -87,6 +110,20 @@ def test_a_second_report_reuses_every_thumbnail(reported, capsys):
     assert main(["report", str(reported), "--per-cluster", "4", "--no-names"]) == 0
     assert {path.name: path.stat().st_mtime_ns for path in thumbs.iterdir()} == before
     assert "clusters.csv" in capsys.readouterr().out
+
+
+def test_a_cludi_report_shows_how_far_its_samples_agree(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    labels = np.arange(60) % 3
+    np.save(tmp_path / "f.npy", (rng.normal(size=(3, 6)) * 5)[labels] + rng.normal(size=(60, 6)))
+    out = tmp_path / "run"
+    assert main(["fit", "--method", "cludi", "--features", str(tmp_path / "f.npy"), "--k", "3", "--epochs", "1",
+                 "--predict-samples", "4", "--predict-steps", "3", "--teacher-steps", "3", "--batch-size", "32",
+                 "--device", "cpu", "--quiet", "--report", "--out", str(out)]) == 0
+    agreement = np.load(out / "sample_agreement.npy")
+    assert agreement.shape == (60,) and ((agreement >= 0) & (agreement <= 1)).all()
+    html = (out / "report" / "index.html").read_text()
+    assert html.count("samples agreeing") >= 3 and html.count('class="point"') == 60
 
 
 def test_report_refuses_a_folder_that_is_no_run(tmp_path, capsys):

@@ -186,6 +186,8 @@ def _add_report_options(parser) -> None:
     group.add_argument("--per-cluster", type=_whole(1), default=8, help="most and least confident images shown per cluster")
     group.add_argument("--map-points", type=_whole(5), default=2000, help="at most this many items on the 2-D map (a seeded sample)")
     group.add_argument("--no-names", dest="names", action="store_false", help="skip DiFiC's cluster names (they load the text encoder)")
+    group.add_argument("--prototypes", action=argparse.BooleanOptionalAction, default=None,
+                       help="DiFiC: an image generated from each cluster's mean proxy word (default: on with a GPU, off on CPU)")
 
 
 def _add_evaluate_parser(commands) -> None:
@@ -339,7 +341,7 @@ def _write_report(run_dir: Path, args, report_folder: Path | None = None) -> Non
     from diffclust.report import build_report
 
     page = build_report(run_dir, report_folder, sort=args.sort, per_cluster=args.per_cluster, map_points=args.map_points,
-                        names=args.names)
+                        names=args.names, prototypes=args.prototypes)
     print(f"Report: {page}  (open it in a browser; it works offline); cluster names and sizes in {run_dir / 'clusters.csv'}")
 
 

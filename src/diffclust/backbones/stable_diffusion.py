@@ -151,6 +151,16 @@ class StableDiffusionBackbone(SchedulerNoiseMixin, DiffusionBackbone):
         latents = self.vae.encode(pixels).latent_dist.mean
         return latents * self.vae.config.scaling_factor
 
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> images in [-1, 1] (the VAE's decoder; pixel-space models are their own images)."""
+        latents = latents.to(self.device, self.dtype)
+        if self.vae is None:
+            images = latents[:, :3] if latents.shape[1] >= 3 else latents.expand(-1, 3, -1, -1)
+        else:
+            images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        return images.float().clamp(-1, 1)
+
     # ----------------------------------------------------------------------------- text
     def _tokenize(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor, int, int | None]:
         """Token ids for `prompt`, with one ordinary token standing where the placeholder is."""

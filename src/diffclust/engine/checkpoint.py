@@ -77,6 +77,17 @@ def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta
     return atomic_write(path, lambda temp: save_file(clean, str(temp), metadata=metadata))
 
 
+def atomic_save_array(path: str | Path, array) -> Path:
+    """A .npy file (np.save given a file name would append .npy to the temp name, so a handle)."""
+    import numpy as np
+
+    def write(temp: Path) -> None:
+        with open(temp, "wb") as handle:
+            np.save(handle, np.asarray(array))
+
+    return atomic_write(path, write)
+
+
 def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     return load_file(str(path), device=str(device))
 

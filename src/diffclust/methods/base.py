@@ -25,7 +25,7 @@ from sklearn.exceptions import NotFittedError
 from diffclust.backbones.base import DiffusionBackbone
 from diffclust.backbones.registry import load_backbone
 from diffclust.data.collection import FROM_FOLDERS, ImageCollection, collect_images
-from diffclust.engine.checkpoint import CHECKPOINT_NAME, atomic_write, atomic_write_json, checkpoint_path, damaged
+from diffclust.engine.checkpoint import CHECKPOINT_NAME, atomic_save_array, atomic_write_json, checkpoint_path, damaged
 from diffclust.engine.run_lock import RunFolderLock
 from diffclust.engine.runtime import is_main_launch_process, make_accelerator, writable_folder
 from diffclust.engine.timing import StageTimer
@@ -33,12 +33,6 @@ from diffclust.errors import DiffclustError, setting_label
 from diffclust.outputs import ASSIGNMENTS_NAME, RUN_SUMMARY_NAME, read_assignment_rows, write_run_summary
 
 logger = logging.getLogger(__name__)
-
-
-def save_array(path: Path, array: np.ndarray) -> None:
-    """np.save to exactly `path` (np.save given a name would append .npy to a temp name)."""
-    with open(path, "wb") as handle:
-        np.save(handle, array)
 
 
 class NotFittedYetError(DiffclustError, NotFittedError):
@@ -150,7 +144,7 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         self.timings_ = timer.rounded()
         if run_dir is not None and accelerator.is_main_process:
             if embedding is not None:
-                atomic_write(run_dir / EMBEDDING_NAME, lambda temp: save_array(temp, np.asarray(embedding, dtype=np.float16)))
+                atomic_save_array(run_dir / EMBEDDING_NAME, np.asarray(embedding, dtype=np.float16))
             write_run_summary(run_dir, self.method, self._backbone_reference(), str(accelerator.device), self.timings_, timer.total,
                               processes=accelerator.num_processes, items=len(self.labels_), n_clusters=self.n_clusters,
                               data=getattr(self, "data_reference_", None))

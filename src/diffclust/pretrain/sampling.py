@@ -12,12 +12,14 @@ from PIL import Image
 
 @torch.no_grad()
 def sample(unet, scheduler, shape: tuple[int, ...], generator: torch.Generator, context=None, empty_context=None,
-           guidance: float = 3.0, steps: int = 50) -> torch.Tensor:
-    """Images in [-1, 1] of `shape` (batch, C, H, W); `context` (batch, L, D) conditions them."""
+           guidance: float = 3.0, steps: int = 50, clip: bool = True) -> torch.Tensor:
+    """Samples of `shape` (batch, C, H, W), clipped to the image range [-1, 1] unless `clip` is
+    off (latents of a VAE model); `context` (batch, L, D) conditions them."""
     ddim = DDIMScheduler.from_config(scheduler.config)
     ddim.set_timesteps(steps)
-    device = next(unet.parameters()).device
-    images = torch.randn(shape, generator=generator).to(device)
+    parameter = next(unet.parameters())
+    device = parameter.device
+    images = torch.randn(shape, generator=generator).to(device, parameter.dtype)
     for timestep in ddim.timesteps:
         batch_t = torch.full((shape[0],), int(timestep), device=device, dtype=torch.long)
         if context is None:
@@ -28,7 +30,7 @@ def sample(unet, scheduler, shape: tuple[int, ...], generator: torch.Generator, 
             conditional, unconditional = both.chunk(2)
             noise = unconditional + guidance * (conditional - unconditional)
         images = ddim.step(noise, timestep, images).prev_sample
-    return images.clamp(-1, 1)
+    return images.clamp(-1, 1) if clip else images
 
 
 def save_grid(images: torch.Tensor, rows: int, path: Path) -> Path:

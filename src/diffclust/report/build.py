@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from diffclust import __version__
 from diffclust.cluster.metrics import clustering_scores
 from diffclust.data.collection import scan_images
-from diffclust.engine.checkpoint import atomic_write_text
+from diffclust.engine.checkpoint import atomic_write_text, damaged
 from diffclust.errors import DiffclustError
 from diffclust.outputs import ASSIGNMENTS_NAME, RUN_SUMMARY_NAME, SKIPPED_NAME, csv_text, read_assignment_rows
 from diffclust.report.analysis import (class_purity, cluster_class_table, confused_pairs, nearest_tokens, readable_token,
@@ -43,6 +44,16 @@ def _short(file: str, length: int = 18) -> str:
     return name if len(name) <= length else name[: length - 1] + "…"
 
 
+def _json_object(folder: Path, name: str) -> dict:
+    try:
+        value = json.loads((folder / name).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise damaged(folder, f"{name} is not valid JSON ({error})", "fit again into a new output folder") from None
+    if not isinstance(value, dict):
+        raise damaged(folder, f"{name} holds a {type(value).__name__}, not an object", "fit again into a new output folder")
+    return value
+
+
 class RunFolder:
     """What a finished run folder holds, read once."""
 
@@ -51,10 +62,10 @@ class RunFolder:
         if not (folder / ASSIGNMENTS_NAME).is_file():
             raise DiffclustError(f"'{folder}' holds no {ASSIGNMENTS_NAME}: is it a finished `diffclust fit` run folder?")
         config_name = next((name for name in METHOD_CONFIGS if (folder / name).is_file()), None)
-        self.config = json.loads((folder / config_name).read_text()) if config_name else {}
+        self.config = _json_object(folder, config_name) if config_name else {}
         self.method = self.config.get("method", "unknown")
         self.settings = self.config.get("settings", {})
-        self.summary = json.loads((folder / RUN_SUMMARY_NAME).read_text()) if (folder / RUN_SUMMARY_NAME).is_file() else {}
+        self.summary = _json_object(folder, RUN_SUMMARY_NAME) if (folder / RUN_SUMMARY_NAME).is_file() else {}
         rows = read_assignment_rows(folder / ASSIGNMENTS_NAME)
         assigned = [row for row in rows if row["cluster"] != ""]
         self.files = [row["file"] for row in assigned]
@@ -68,6 +79,10 @@ class RunFolder:
         self.embedding = np.load(embedding, allow_pickle=False).astype(np.float32) if embedding.is_file() else None
         if self.embedding is not None and len(self.embedding) != len(self.files):
             self.embedding = None  # not this assignment's rows (e.g. an older run)
+        agreement = folder / "sample_agreement.npy"
+        self.agreement = np.load(agreement, allow_pickle=False) if agreement.is_file() else None
+        if self.agreement is not None and len(self.agreement) != len(self.files):
+            self.agreement = None
 
     def images(self) -> tuple[dict[str, Path], dict[str, int], dict[int, str]]:
         """(image path of each file, label of each file, class names) from the data the run read."""
@@ -119,29 +134,48 @@ def _map_points(run: RunFolder, labels: dict[str, int], thumbnails, paths, limit
     return {"points": points, "width": width, "height": height, "has_classes": bool(labels), "caption": caption}, ""
 
 
-def cluster_names(run: RunFolder, top: int = 3) -> dict[int, str]:
-    """DiFiC: the vocabulary tokens nearest each cluster's mean proxy word, in the text encoder's
-    input-embedding space. Empty for other methods, or when the backbone cannot be loaded."""
-    if run.method != "difc" or run.embedding is None:
-        return {}
+def _run_backbone(run: RunFolder, device: str):
+    """The run's backbone (for names and prototypes), or None with a warning when it cannot be loaded."""
     from diffclust.backbones.registry import load_backbone
 
     try:
-        backbone = load_backbone(run.settings.get("backbone"), progress=False)
+        return load_backbone(run.settings.get("backbone"), device=device, progress=False)
     except DiffclustError as error:
-        logger.warning("No cluster names: the backbone cannot be loaded (%s).", error)
-        return {}
-    table = backbone.text_encoder.get_input_embeddings().weight.detach()
+        logger.warning("No cluster names or prototypes: the backbone cannot be loaded (%s).", error)
+        return None
+
+
+def _mean_proxies(run: RunFolder) -> dict[int, torch.Tensor]:
+    return {int(cluster): torch.from_numpy(run.embedding[run.clusters == cluster].mean(axis=0)) for cluster in np.unique(run.clusters)}
+
+
+def cluster_names(run: RunFolder, backbone, top: int = 3) -> dict[int, str]:
+    """DiFiC: the vocabulary tokens nearest each cluster's mean proxy word, in the text encoder's
+    input-embedding space."""
+    table = backbone.text_encoder.get_input_embeddings().weight.detach().cpu()
     tokenizer = backbone.tokenizer
     tokens = tokenizer.convert_ids_to_tokens(list(range(len(table))))
     special = set(tokenizer.all_special_ids)
-    import torch
+    return {cluster: ", ".join(readable_token(token) for token in nearest_tokens(mean, table, tokens, top, special))
+            for cluster, mean in _mean_proxies(run).items()}
 
-    names = {}
-    for cluster in np.unique(run.clusters):
-        mean = torch.from_numpy(run.embedding[run.clusters == cluster].mean(axis=0))
-        names[int(cluster)] = ", ".join(readable_token(token) for token in nearest_tokens(mean, table, tokens, top, special))
-    return names
+
+def cluster_prototypes(run: RunFolder, backbone, out: Path, steps: int = 20) -> dict[int, str]:
+    """DiFiC: an image generated from "A photo of a S*" with each cluster's mean proxy word,
+    saved as out/prototypes/cluster_K.png."""
+    from diffclust.report.prototypes import generate_prototypes
+
+    means = _mean_proxies(run)
+    resolution = int(run.config.get("state", {}).get("resolution") or backbone.resolution)
+    images = generate_prototypes(backbone, torch.stack(list(means.values())), run.settings.get("prompt_template", "A photo of a S*"),
+                                 resolution, steps=steps, seed=int(run.settings.get("random_state", 0)))
+    (out / "prototypes").mkdir(exist_ok=True)
+    paths = {}
+    for cluster, image in zip(means, images):
+        name = f"prototypes/cluster_{cluster}.png"
+        image.save(out / name)
+        paths[cluster] = name
+    return paths
 
 
 def _training_plot(folder: Path, out: Path) -> str | None:
@@ -181,11 +215,13 @@ def _training_plot(folder: Path, out: Path) -> str | None:
 
 
 def build_report(run_dir: str | Path, out: str | Path | None = None, sort: str = "size", per_cluster: int = 8,
-                 map_points: int = 2000, names: bool = True, seed: int = 0) -> Path:
+                 map_points: int = 2000, names: bool = True, prototypes: bool | None = None, seed: int = 0) -> Path:
     """Write `out`/index.html (default RUN_DIR/report/) and RUN_DIR/clusters.csv; return the page.
 
     Each cluster shows its `per_cluster` most and least confident images; the map shows at most
-    `map_points` items; thumbnails are reused from earlier reports in the same folder.
+    `map_points` items; thumbnails are reused from earlier reports in the same folder. For
+    DiFiC, `names` adds the vocabulary tokens nearest each cluster, and `prototypes` an image
+    generated from its mean proxy word (None: only when a GPU is there; it is slow on a CPU).
     """
     if sort not in ("size", "confidence"):
         raise DiffclustError(f"sort must be 'size' or 'confidence', got {sort!r}.")
@@ -200,24 +236,32 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, sort: str =
     if masks is not None and len(masks) != len(run.files):
         masks = None
     index_of = {file: row for row, file in enumerate(run.files)}
-    words = cluster_names(run) if names else {}
+    prototypes = torch.cuda.is_available() if prototypes is None else prototypes
+    backbone = None
+    if run.method == "difc" and run.embedding is not None and (names or prototypes):
+        backbone = _run_backbone(run, "cuda" if torch.cuda.is_available() else "cpu")
+    words = cluster_names(run, backbone) if names and backbone is not None else {}
+    pictures = cluster_prototypes(run, backbone, out) if prototypes and backbone is not None else {}
 
     def item(row: int) -> dict[str, Any]:
         file = run.files[row]
         path = paths.get(file)
         return {"file": file, "short": _short(file), "confidence": float(run.confidence[row]),
+                "agreement": None if run.agreement is None else float(run.agreement[row]),
                 "thumb": thumbnails.thumbnail(path) if path else None,
                 "masked": thumbnails.thumbnail(path, np.asarray(masks[row])) if path is not None and masks is not None else None}
 
     clusters = []
     for summary in summarise_clusters(run.clusters, run.confidence, sort):
         best = summary.members[:per_cluster]
-        worst = [row for row in summary.members[::-1][:per_cluster] if row not in set(best)][::-1]
+        shown = set(best.tolist())
+        worst = [row for row in summary.members[::-1][:per_cluster] if row not in shown][::-1]
         rows = [("most confident", [item(row) for row in best])]
         if worst:
             rows.append(("least confident", [item(row) for row in worst]))
         clusters.append({"cluster": summary.cluster, "size": summary.size, "mean_confidence": summary.mean_confidence,
-                         "names": words.get(summary.cluster, ""), "rows": rows})
+                         "names": words.get(summary.cluster, ""), "prototype": pictures.get(summary.cluster), "rows": rows,
+                         "agreement": None if run.agreement is None else float(run.agreement[summary.members].mean())})
 
     context: dict[str, Any] = {"title": run_dir.name, "thumb": thumbnails.size, "clusters": clusters, "sort": sort,
                                "skipped": run.skipped, "version": __version__, "has_masks": masks is not None, "notes": []}
@@ -238,8 +282,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, sort: str =
         context["search_plot"] = "search.png"
     if not paths:
         context["notes"].append("No thumbnails: the run's images are not where it read them (or it clustered a feature file).")
-    if run.method == "cludi":
-        context["notes"].append("CLUDI's per-item spread over its samples is not shown yet; confidence is the balanced assignment's.")
+    if run.agreement is not None:
+        context["notes"].append("CLUDI: 'samples agreeing' is the share of the teacher's prediction samples whose own assignment "
+                                "is the item's cluster (1.0: no spread); each picture's tooltip gives its own.")
     context["summary"] = [("method", run.method), ("backbone", run.summary.get("backbone") or run.settings.get("backbone")),
                           ("data", run.summary.get("data") or "(arrays or features)"), ("clusters (K)", run.settings.get("n_clusters")),
                           ("images clustered", len(run.files)), ("skipped", len(run.skipped)),

@@ -14,7 +14,7 @@ img.masked{display:none}body.masks img.masked{display:block}body.masks img.plain
 .row-label{font-size:12px;color:#444;margin-top:6px}
 #tooltip{position:fixed;pointer-events:none;background:#fff;border:1px solid #888;padding:4px;font-size:11px;display:none;z-index:9}
 #tooltip img{width:{{ thumb }}px;height:{{ thumb }}px;display:block}
-.controls{margin:8px 0;font-size:13px}.warn{color:#a33}.muted{color:#777;font-size:12px}
+.controls{margin:8px 0;font-size:13px}.prototype{margin:4px 0;font-size:11px;color:#555}.prototype img{width:{{ 2 * thumb }}px;height:{{ 2 * thumb }}px}.warn{color:#a33}.muted{color:#777;font-size:12px}
 </style></head>
 <body>
 <h1>diffclust report: {{ title }}</h1>
@@ -24,16 +24,7 @@ img.masked{display:none}body.masks img.masked{display:block}body.masks img.plain
 {% if scores %}<h2>Against the labels</h2>
 <p>ACC {{ "%.2f"|format(100 * scores.acc) }}% &nbsp; NMI {{ "%.4f"|format(scores.nmi) }} &nbsp; ARI {{ "%.4f"|format(scores.ari) }}
  &nbsp; many-to-one ACC {{ "%.2f"|format(100 * scores.acc_many_to_one) }}% &nbsp; <span class="muted">({{ labelled }} labelled images; labels only score)</span></p>
-<h3>Cluster by class</h3>
-<table id="class-table"><tr><th class="l">cluster \ class</th>{% for name in class_names %}<th>{{ name }}</th>{% endfor %}</tr>
-{% for row in class_table %}<tr><th class="l">{{ row.cluster }}</th>{% for count in row.counts %}<td>{{ count or "" }}</td>{% endfor %}</tr>{% endfor %}
-<tr><th class="l">purity</th>{% for value in purity %}<td>{{ "%.2f"|format(value) }}</td>{% endfor %}</tr></table>
-{% if pairs %}<h3>Most-confused class pairs</h3><table><tr><th class="l">classes</th><th>images together</th></tr>
-{% for a, b, n in pairs %}<tr><td class="l">{{ a }} &amp; {{ b }}</td><td>{{ n }}</td></tr>{% endfor %}</table>{% endif %}
 {% endif %}
-
-{% if training_plot %}<h2>Training</h2><img src="{{ training_plot }}" alt="training curves" style="max-width:100%">{% endif %}
-{% if search_plot %}<h2>Layer and timestep search</h2><img src="{{ search_plot }}" alt="search" style="max-width:100%">{% endif %}
 
 <h2>Map</h2>
 {% if map %}<p class="muted">{{ map.caption }}</p>
@@ -46,11 +37,24 @@ img.masked{display:none}body.masks img.masked{display:block}body.masks img.plain
 <h2>Clusters ({{ clusters|length }}, sorted by {{ sort }})</h2>
 {% if has_masks %}<div class="controls"><label><input type="checkbox" id="masks"> show object masks (DiFiC: the loss is computed inside them)</label></div>{% endif %}
 {% for c in clusters %}<div class="cluster" id="cluster-{{ c.cluster }}">
-<h3>Cluster {{ c.cluster }}: {{ c.size }} images, mean confidence {{ "%.3f"|format(c.mean_confidence) }}
+<h3>Cluster {{ c.cluster }}: {{ c.size }} images, mean confidence {{ "%.3f"|format(c.mean_confidence) }}{% if c.agreement is not none %}, samples agreeing {{ "%.0f"|format(100 * c.agreement) }}%{% endif %}
 {% if c.names %}<span class="names">&mdash; {{ c.names }}</span>{% endif %}</h3>
+{% if c.prototype %}<figure class="prototype"><img src="{{ c.prototype }}" alt="generated for cluster {{ c.cluster }}"><figcaption>generated from &ldquo;A photo of a S*&rdquo;, S* = the cluster's mean proxy word</figcaption></figure>{% endif %}
 {% for title, items in c.rows %}<div class="row-label">{{ title }}</div><div class="strip">
-{% for item in items %}<figure title="{{ item.file }} ({{ '%.3f'|format(item.confidence) }})">{% if item.thumb %}<img class="plain" src="{{ item.thumb }}" alt="{{ item.file }}" loading="lazy">{% if item.masked %}<img class="masked" src="{{ item.masked }}" alt="{{ item.file }} with its mask" loading="lazy">{% endif %}{% else %}<div style="width:{{ thumb }}px;height:{{ thumb }}px;background:#eee"></div>{% endif %}{{ item.short }}</figure>{% endfor %}
+{% for item in items %}<figure title="{{ item.file }} (confidence {{ '%.3f'|format(item.confidence) }}{% if item.agreement is not none %}, samples agreeing {{ '%.0f'|format(100 * item.agreement) }}%{% endif %})">{% if item.thumb %}<img class="plain" src="{{ item.thumb }}" alt="{{ item.file }}" loading="lazy">{% if item.masked %}<img class="masked" src="{{ item.masked }}" alt="{{ item.file }} with its mask" loading="lazy">{% endif %}{% else %}<div style="width:{{ thumb }}px;height:{{ thumb }}px;background:#eee"></div>{% endif %}{{ item.short }}</figure>{% endfor %}
 </div>{% endfor %}</div>{% endfor %}
+
+{% if scores %}<h2>Clusters against the classes</h2>
+<h3>Cluster by class</h3>
+<table id="class-table"><tr><th class="l">cluster \ class</th>{% for name in class_names %}<th>{{ name }}</th>{% endfor %}</tr>
+{% for row in class_table %}<tr><th class="l">{{ row.cluster }}</th>{% for count in row.counts %}<td>{{ count or "" }}</td>{% endfor %}</tr>{% endfor %}
+<tr><th class="l">purity</th>{% for value in purity %}<td>{{ "%.2f"|format(value) }}</td>{% endfor %}</tr></table>
+{% if pairs %}<h3>Most-confused class pairs</h3><table><tr><th class="l">classes</th><th>images together</th></tr>
+{% for a, b, n in pairs %}<tr><td class="l">{{ a }} &amp; {{ b }}</td><td>{{ n }}</td></tr>{% endfor %}</table>{% endif %}
+{% endif %}
+
+{% if training_plot %}<h2>Training</h2><img src="{{ training_plot }}" alt="training curves" style="max-width:100%">{% endif %}
+{% if search_plot %}<h2>Layer and timestep search</h2><img src="{{ search_plot }}" alt="search" style="max-width:100%">{% endif %}
 
 {% if skipped %}<h2>Skipped ({{ skipped|length }})</h2><table><tr><th class="l">file</th><th class="l">reason</th></tr>
 {% for file, reason in skipped %}<tr><td class="l">{{ file }}</td><td class="l">{{ reason }}</td></tr>{% endfor %}</table>{% endif %}

@@ -12,7 +12,7 @@ import torch
 from diffclust.backbones.base import DiffusionBackbone
 from diffclust.cluster.metrics import clustering_scores
 from diffclust.data.collection import ImageCollection
-from diffclust.engine.checkpoint import atomic_save_tensors, load_tensors
+from diffclust.engine.checkpoint import atomic_save_array, atomic_save_tensors, load_tensors
 from diffclust.engine.runtime import make_accelerator
 from diffclust.engine.timing import StageTimer
 from diffclust.engine.trainer import matrix_identity
@@ -21,12 +21,16 @@ from diffclust.methods.base import ClusteringEstimator
 from diffclust.methods.cludi.diffusion import EmbeddingDiffusion
 from diffclust.methods.cludi.inputs import FeatureTable, is_feature_file, read_feature_file, table_from_matrix
 from diffclust.methods.cludi.network import CLUDINetwork
-from diffclust.methods.cludi.training import CLUDITrainer, assign, mean_logits
+from diffclust.methods.cludi.training import CLUDITrainer, assign, mean_logits, sample_agreement
 from diffclust.outputs import ASSIGNMENTS_NAME, SKIPPED_NAME, write_assignments, write_skipped
 from diffclust.seeding import make_generator, seed_everything
 
 logger = logging.getLogger(__name__)
 
+
+
+#: per item, the share of CLUDI's prediction samples that agree with its cluster (the report's spread)
+AGREEMENT_NAME = "sample_agreement.npy"
 
 
 def _names_images(data) -> bool:
@@ -188,7 +192,9 @@ class CLUDI(ClusteringEstimator):
         self.teacher_ = trainer.teacher.model.eval()
         self.history_ = list(trainer.log.records)
         with timer("assignment"):
-            self.labels_, self.confidence_, self.cluster_offsets_ = assign(self._logits(table.values), self.column_temperature)
+            logits, sampled = self._logits(table.values, keep_samples=True)
+            self.labels_, self.confidence_, self.cluster_offsets_ = assign(logits, self.column_temperature)
+            self.sample_agreement_ = sample_agreement(sampled, self.labels_, self.column_temperature, self.cluster_offsets_)
         self.files_ = table.names
         self.skipped_ = list(table.skipped)
         if table.labels is not None and self.history_:  # scores of the final, many-sample assignment
@@ -199,18 +205,20 @@ class CLUDI(ClusteringEstimator):
         if run_dir is not None and accelerator.is_main_process:
             with timer("outputs"):
                 self.save(run_dir)
+                atomic_save_array(run_dir / AGREEMENT_NAME, self.sample_agreement_.astype(np.float32))
                 write_assignments(run_dir / ASSIGNMENTS_NAME, table.names, self.labels_, self.confidence_, table.skipped)
                 write_skipped(run_dir / SKIPPED_NAME, table.skipped)
         self._finish_run(run_dir, accelerator, timer, self._standardised(table.values).numpy())
 
     # ------------------------------------------------------------------ inference
-    def _logits(self, values: torch.Tensor) -> torch.Tensor:
+    def _logits(self, values: torch.Tensor, keep_samples: bool = False):
         """Teacher logits averaged over predict_samples sampled embeddings of predict_steps steps."""
         diffusion = EmbeddingDiffusion(self.num_train_timesteps, self.beta_schedule)
         device = next(self.teacher_.parameters()).device
         generator = make_generator(self.random_state + 2_718)
-        return mean_logits(self.teacher_, diffusion, self._standardised(values).to(device), self.predict_samples,
-                           self.predict_steps, self.teacher_eta, generator).cpu()
+        result = mean_logits(self.teacher_, diffusion, self._standardised(values).to(device), self.predict_samples,
+                             self.predict_steps, self.teacher_eta, generator, keep_samples=keep_samples)
+        return (result[0].cpu(), result[1]) if keep_samples else result.cpu()
 
     def transform(self, X) -> np.ndarray:
         """Mean teacher logits (N, K) of the rows of `X` (assign with the fitted cluster offsets)."""

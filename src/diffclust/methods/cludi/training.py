@@ -39,14 +39,26 @@ INIT_LOGIT = 5.0
 
 @torch.no_grad()
 def mean_logits(network: CLUDINetwork, diffusion: EmbeddingDiffusion, features: torch.Tensor, samples: int, steps: int,
-                eta: float, generator: torch.Generator, chunk: int = 4096) -> torch.Tensor:
-    """Logits averaged over `samples` sampled embeddings per row (CLUDI's prediction)."""
+                eta: float, generator: torch.Generator, chunk: int = 4096, keep_samples: bool = False):
+    """Logits averaged over `samples` sampled embeddings per row (CLUDI's prediction); with
+    `keep_samples`, also every sample's logits (samples, N, K), to measure their spread."""
     total = torch.zeros(len(features), network.classifier.out_features, device=features.device)
-    for _ in range(samples):
+    kept = torch.zeros(samples, *total.shape) if keep_samples else None
+    for draw in range(samples):
         for rows in torch.arange(len(features)).split(chunk):
-            embedding = diffusion.sample(network, features[rows], steps, eta, generator)
-            total[rows] += network.classifier(embedding)
-    return total / samples
+            logits = network.classifier(diffusion.sample(network, features[rows], steps, eta, generator))
+            total[rows] += logits
+            if kept is not None:
+                kept[draw, rows] = logits.cpu()
+    mean = total / samples
+    return (mean, kept) if keep_samples else mean
+
+
+def sample_agreement(sampled_logits: torch.Tensor, labels: np.ndarray, column_temperature: float, offsets: torch.Tensor) -> np.ndarray:
+    """For each row, the share of its samples whose own balanced assignment is the row's final
+    cluster: 1.0 when every sample agrees, lower when the teacher's samples are spread."""
+    votes = (sampled_logits.float() / column_temperature - offsets).argmax(dim=2)
+    return (votes == torch.from_numpy(labels)).float().mean(dim=0).numpy()
 
 
 def assign(logits: torch.Tensor, column_temperature: float, offsets: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
