@@ -65,6 +65,20 @@ def _positive_number(text: str) -> float:
     return value
 
 
+def _k_value(text: str):
+    """argparse type for --k: 'auto' or an integer >= 2."""
+    return text if text == "auto" else _whole(2)(text)
+
+
+def _k_range(text: str) -> tuple[int, int]:
+    from diffclust.cluster.k_selection import parse_k_range
+
+    try:
+        return parse_k_range(text)
+    except DiffclustError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _auto_or_int(text: str):
     """argparse type: 'auto' or an integer >= 0."""
     return text if text == "auto" else _whole(0)(text)
@@ -108,7 +122,8 @@ def _add_fit_parser(commands) -> None:
                               description="Cluster the images under DATA (or, with --method cludi, the rows of --features) "
                                           "into K groups and write a run folder.")
     fit.add_argument("data", nargs="?", default=None, help="image folder: flat, one sub-folder per class, or with a labels.csv (file,label[,class_name,split])")
-    fit.add_argument("--k", type=_whole(2), required=True, help="number of clusters (2 <= K <= number of images)")
+    fit.add_argument("--k", type=_k_value, required=True, help="number of clusters (2 <= K <= number of items), or 'auto' (CLUDI): "
+                                                              "chosen without labels, see --k-range and --k-criterion")
     fit.add_argument("--method", choices=sorted(METHOD_NAMES), default="difc", help="difc: proxy words (fine-grained, needs a text-to-image backbone); diec: best layer x timestep (any UNet); cludi: diffusion teacher-student on features")
     fit.add_argument("--out", type=Path, default=None, help="run folder for checkpoints, logs, assignments.csv and the model (default: runs/<data folder name>)")
     fit.add_argument("--epochs", type=_whole(0), default=None, help="training epochs in all (default: DiFiC 250 as in the paper, DiEC 50, CLUDI 200)")
@@ -134,6 +149,9 @@ def _add_fit_parser(commands) -> None:
     cludi = fit.add_argument_group("CLUDI (--method cludi)")
     cludi.add_argument("--features", type=Path, default=None, help="feature matrix N x d (.npy, .pt, .safetensors) to cluster instead of images")
     cludi.add_argument("--labels", type=Path, default=None, help="labels of the feature rows, for the metrics log only (.npy, or labels.csv with file = row index)")
+    cludi.add_argument("--k-range", type=_k_range, default=None, help="with --k auto: the Ks scanned, MIN:MAX (default 2 to N/5, at most 100)")
+    cludi.add_argument("--k-criterion", choices=["silhouette", "calinski_harabasz", "davies_bouldin", "bic", "prediction_strength"],
+                       default="silhouette", help="with --k auto: the label-free criterion that chooses K (see README)")
     cludi.add_argument("--ema-decay", type=float, default=0.999, help="teacher = EMA of the student with this decay")
     cludi.add_argument("--teacher-steps", type=int, default=25, help="DDIM steps of the teacher's samples (eta 1)")
     cludi.add_argument("--ce-weight", type=float, default=50.0, help="weight of the two-way cross-entropy against the embedding MSE")
@@ -279,7 +297,8 @@ def _method_settings(args) -> dict:
         settings.update(finetune_unet=args.finetune_unet, unet_lr=args.unet_lr, graph_weight=args.graph_weight,
                         entropy_weight=args.entropy_weight, denoising_weight=args.denoising_weight)
     if args.method == "cludi":
-        settings.update(ema_decay=args.ema_decay, teacher_steps=args.teacher_steps, ce_weight=args.ce_weight,
+        settings.update(k_range=args.k_range, k_criterion=args.k_criterion, ema_decay=args.ema_decay,
+                        teacher_steps=args.teacher_steps, ce_weight=args.ce_weight,
                         predict_samples=args.predict_samples, predict_steps=args.predict_steps,
                         embedding_dim=args.embedding_dim, hidden_dim=args.hidden_dim)
     return settings
@@ -323,7 +342,8 @@ def run_fit(args) -> int:
         return 0
     used = len(set(model.labels_.tolist()))
     kind = "rows" if args.features is not None else "images"
-    print(f"{METHOD_NAMES[args.method]}: clustered {len(model.labels_)} {kind} into {used} of {args.k} clusters; "
+    chosen = f" (K chosen by {model.k_selection_.criterion}; see k_selection.png)" if getattr(model, "k_selection_", None) else ""
+    print(f"{METHOD_NAMES[args.method]}: clustered {len(model.labels_)} {kind} into {used} of {model.n_clusters_} clusters{chosen}; "
           f"skipped {sum(s.is_image for s in model.skipped_)} unreadable.")
     if args.method == "diec":
         print(f"Clustered at {model.layer_}, t={model.timestep_}" + (" (see search.png)" if model.search_result_ else ""))

@@ -24,6 +24,7 @@ from sklearn.exceptions import NotFittedError
 
 from diffclust.backbones.base import DiffusionBackbone
 from diffclust.backbones.registry import load_backbone
+from diffclust.cluster.k_selection import CRITERIA, choose_k, write_k_selection
 from diffclust.data.collection import FROM_FOLDERS, ImageCollection, collect_images
 from diffclust.engine.checkpoint import CHECKPOINT_NAME, atomic_save_array, atomic_write_json, checkpoint_path, damaged
 from diffclust.engine.run_lock import RunFolderLock
@@ -63,6 +64,8 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
     format_version: int = 1
     #: True when the estimator clusters rows of a feature matrix (CLUDI); DiFiC and DiEC take images
     takes_feature_matrix: bool = False
+    #: True when n_clusters="auto" is supported (K chosen without labels, see cluster.k_selection)
+    chooses_k: bool = False
 
     def __sklearn_tags__(self):
         """Clusterers, seeded (deterministic); image methods do not take 2-D feature matrices."""
@@ -114,8 +117,14 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
     def _check_settings(self) -> None:
         """One error naming every bad setting, K's and the method's own."""
         problems = []
-        if not isinstance(self.n_clusters, int) or self.n_clusters < 2:
-            problems.append(f"n_clusters (--k) must be an integer >= 2, got {self.n_clusters!r}")
+        if self.n_clusters == "auto" and self.chooses_k:
+            if self.k_criterion not in CRITERIA:
+                problems.append(f"k_criterion (--k-criterion) must be one of {', '.join(CRITERIA)}, got {self.k_criterion!r}")
+            if self.k_range is not None and not (len(self.k_range) == 2 and 2 <= self.k_range[0] <= self.k_range[1]):
+                problems.append(f"k_range (--k-range) must be (MIN, MAX) with 2 <= MIN <= MAX, got {self.k_range!r}")
+        elif isinstance(self.n_clusters, bool) or not isinstance(self.n_clusters, (int, np.integer)) or self.n_clusters < 2:
+            auto = " or 'auto'" if self.chooses_k else ""
+            problems.append(f"n_clusters (--k) must be an integer >= 2{auto}, got {self.n_clusters!r}")
         problems += self._shared_setting_problems()
         problems += self._setting_problems()
         if problems:
@@ -123,8 +132,24 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def _require_samples(self, count: int, what: str) -> None:
         """K clusters need at least K items; `what` names them in the error."""
-        if self.n_clusters > count:
+        if self.n_clusters != "auto" and self.n_clusters > count:
             raise DiffclustError(f"n_clusters (--k) is {self.n_clusters} but only {count} {what}.")
+
+    def _resolve_k(self, features, run_dir: Path | None, is_main: bool = True) -> int:
+        """n_clusters_: the given K, or (n_clusters="auto") the K chosen without labels on
+        `features`, with the criteria's curves written to k_selection.csv/.png in the run folder."""
+        if self.n_clusters != "auto":
+            self.k_selection_ = None
+            self.n_clusters_ = int(self.n_clusters)
+            return self.n_clusters_
+        selection = choose_k(features, tuple(self.k_range) if self.k_range else None, self.k_criterion, self.random_state)
+        self.k_selection_ = selection
+        self.n_clusters_ = selection.k
+        logger.info("Chose K = %d by %s over K = %d..%d (%d items scanned; curves in k_selection.csv/png).", selection.k,
+                    selection.criterion, selection.candidates[0], selection.candidates[-1], selection.items)
+        if run_dir is not None and is_main:
+            write_k_selection(run_dir, selection)
+        return selection.k
 
     def _loaded_backbone(self) -> DiffusionBackbone:
         """The backbone for inference, loaded on first use (after `load`, only its reference is known)."""
@@ -135,8 +160,8 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
     def _trainer_params(self, data_identity: str, resolution: int | None, **extra) -> dict[str, Any]:
         """The settings a trainer reads, with the run's identity (data, backbone reference,
         resolution in effect), which a resume must match."""
-        return {**self.get_params(deep=False), "data": data_identity, "backbone": self._backbone_reference(),
-                "resolution": resolution, **extra}
+        return {**self.get_params(deep=False), "n_clusters": getattr(self, "n_clusters_", self.n_clusters), "data": data_identity,
+                "backbone": self._backbone_reference(), "resolution": resolution, **extra}
 
     def _finish_run(self, run_dir: Path | None, accelerator, timer: StageTimer, embedding: np.ndarray | None = None) -> None:
         """Keep the stage times (timings_); write run.json and, for the report's map, the
@@ -146,7 +171,7 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
             if embedding is not None:
                 atomic_save_array(run_dir / EMBEDDING_NAME, np.asarray(embedding, dtype=np.float16))
             write_run_summary(run_dir, self.method, self._backbone_reference(), str(accelerator.device), self.timings_, timer.total,
-                              processes=accelerator.num_processes, items=len(self.labels_), n_clusters=self.n_clusters,
+                              processes=accelerator.num_processes, items=len(self.labels_), n_clusters=self.n_clusters_,
                               data=getattr(self, "data_reference_", None))
         logger.debug("%s stages (s): %s", type(self).__name__, self.timings_)
         accelerator.wait_for_everyone()
@@ -280,7 +305,10 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         (e.g. when the SD folder has moved). A folder whose files are broken is a clear error."""
         folder = Path(folder)
         try:
-            return cls._load(folder, backbone, device)
+            model = cls._load(folder, backbone, device)
+            if not hasattr(model, "n_clusters_"):
+                model.n_clusters_ = model.n_clusters
+            return model
         except DiffclustError:
             raise
         except Exception as error:  # missing or truncated weights, wrong types or shapes in the config

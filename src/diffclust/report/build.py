@@ -277,9 +277,10 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, sort: str =
                        pairs=[(class_names.get(a, a), class_names.get(b, b), n) for a, b, n in confused_pairs(table, class_ids)])
     context["map"], context["map_reason"] = _map_points(run, labels, thumbnails, paths, map_points, seed)
     context["training_plot"] = _training_plot(run_dir, out)
-    if (run_dir / "search.png").is_file():
-        shutil.copyfile(run_dir / "search.png", out / "search.png")
-        context["search_plot"] = "search.png"
+    for name, key in (("search.png", "search_plot"), ("k_selection.png", "k_plot")):
+        if (run_dir / name).is_file():
+            shutil.copyfile(run_dir / name, out / name)
+            context[key] = name
     if not paths:
         context["notes"].append("No thumbnails: the run's images are not where it read them (or it clustered a feature file).")
     if run.agreement is not None:

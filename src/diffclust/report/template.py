@@ -54,6 +54,7 @@ img.masked{display:none}body.masks img.masked{display:block}body.masks img.plain
 {% endif %}
 
 {% if training_plot %}<h2>Training</h2><img src="{{ training_plot }}" alt="training curves" style="max-width:100%">{% endif %}
+{% if k_plot %}<h2>Choosing K</h2><p class="muted">K was chosen without labels; each panel is one criterion over K (dotted: its own pick; red: the chosen K).</p><img src="{{ k_plot }}" alt="K selection" style="max-width:100%">{% endif %}
 {% if search_plot %}<h2>Layer and timestep search</h2><img src="{{ search_plot }}" alt="search" style="max-width:100%">{% endif %}
 
 {% if skipped %}<h2>Skipped ({{ skipped|length }})</h2><table><tr><th class="l">file</th><th class="l">reason</th></tr>

@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 
 
+#: with n_clusters="auto" on images, the K at which DiEC's layer/timestep search scores k-means
+#: (the search needs one; K itself is then chosen on the features at the chosen pair)
+PROVISIONAL_K = 10
 #: per item, the share of CLUDI's prediction samples that agree with its cluster (the report's spread)
 AGREEMENT_NAME = "sample_agreement.npy"
 
@@ -59,11 +62,14 @@ class CLUDI(ClusteringEstimator):
     method = "cludi"
     fitted_attribute = "teacher_"
     takes_feature_matrix = True
+    chooses_k = True
 
     def __init__(
         self,
-        n_clusters: int = 10,
+        n_clusters: int | str = 10,
         *,
+        k_range: tuple[int, int] | None = None,
+        k_criterion: str = "silhouette",
         backbone: str | DiffusionBackbone | None = None,
         layer: str = "auto",
         timestep: int | str = "auto",
@@ -135,7 +141,8 @@ class CLUDI(ClusteringEstimator):
         if self.backbone is None:
             raise DiffclustError(f"'{data}' is not a feature matrix or feature file ({', '.join(('.npy', '.pt', '.safetensors'))}); "
                                  "to cluster images, give a backbone (--backbone) whose activations become the features.")
-        reader = DiEC(self.n_clusters, backbone=self.backbone, layer=layer, timestep=timestep, resolution=self.resolution,
+        provisional_k = PROVISIONAL_K if self.n_clusters == "auto" else self.n_clusters  # only scores DiEC's search
+        reader = DiEC(provisional_k, backbone=self.backbone, layer=layer, timestep=timestep, resolution=self.resolution,
                       noise_draws=self.noise_draws, pool_size=self.pool_size, search_subset=self.search_subset,
                       batch_size=self.batch_size, device=self.device, random_state=self.random_state, num_workers=self.num_workers,
                       strict=self.strict, folder_labels=self.folder_labels, progress=self.progress)
@@ -182,8 +189,9 @@ class CLUDI(ClusteringEstimator):
         self.feature_dim_ = self.n_features_in_ = table.values.shape[1]
         self.feature_mean_ = table.values.mean(dim=0)
         self.feature_std_ = table.values.std(dim=0).clamp_min(1e-6)
+        k = self._resolve_k(self._standardised(table.values).numpy(), run_dir, accelerator.is_main_process)
         seed_everything(self.random_state)
-        network = CLUDINetwork(self.feature_dim_, self.n_clusters, self.embedding_dim, self.hidden_dim, self.depth)
+        network = CLUDINetwork(self.feature_dim_, k, self.embedding_dim, self.hidden_dim, self.depth)
         params = self._trainer_params(matrix_identity(table.values), self.resolution)
         trainer = CLUDITrainer(params, self._standardised(table.values), network, accelerator, table.labels, run_dir)
         with timer("training"):
@@ -240,8 +248,9 @@ class CLUDI(ClusteringEstimator):
         tensors.update(feature_mean=self.feature_mean_, feature_std=self.feature_std_, cluster_offsets=self.cluster_offsets_)
         atomic_save_tensors(folder / self.weights_name(), tensors)
         settings = self.saved_settings()
-        settings.update(betas=list(self.betas), feature_noise=list(self.feature_noise), feature_dropout=list(self.feature_dropout))
-        self.write_config(folder, {"feature_dim": self.feature_dim_, "feature_layer": self.feature_layer_,
+        settings.update(betas=list(self.betas), feature_noise=list(self.feature_noise), feature_dropout=list(self.feature_dropout),
+                        k_range=list(self.k_range) if self.k_range else None)
+        self.write_config(folder, {"feature_dim": self.feature_dim_, "n_clusters": self.n_clusters_, "feature_layer": self.feature_layer_,
                                    "feature_timestep": self.feature_timestep_}, settings)
         return folder
 
@@ -252,13 +261,15 @@ class CLUDI(ClusteringEstimator):
         model = cls.from_settings(config["settings"])
         model.betas, model.feature_noise, model.feature_dropout = (tuple(model.betas), tuple(model.feature_noise),
                                                                    tuple(model.feature_dropout))
+        model.k_range = tuple(model.k_range) if model.k_range else None
         if backbone is not None:
             model.backbone = backbone
         if device is not None:
             model.device = device
         state = config["state"]
         tensors = load_tensors(folder / cls.weights_name())
-        teacher = CLUDINetwork(state["feature_dim"], model.n_clusters, model.embedding_dim, model.hidden_dim, model.depth)
+        model.n_clusters_ = int(state.get("n_clusters", model.n_clusters))
+        teacher = CLUDINetwork(state["feature_dim"], model.n_clusters_, model.embedding_dim, model.hidden_dim, model.depth)
         teacher.load_state_dict({name[len("teacher."):]: value for name, value in tensors.items() if name.startswith("teacher.")})
         model.teacher_ = teacher.eval()
         model.feature_dim_ = model.n_features_in_ = state["feature_dim"]

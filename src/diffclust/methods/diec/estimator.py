@@ -198,6 +198,7 @@ class DiEC(ClusteringEstimator):
         """Search (unless layer and timestep are given), then train at the chosen pair; on resume
         the saved search is reused."""
         timer = StageTimer()
+        self._resolve_k(None, run_dir)  # DiFiC and DiEC take a given K
         with timer("images, backbone and latents"):
             accelerator, collection, backbone, resolution, latents = self._prepare(data)
         with timer("search"):

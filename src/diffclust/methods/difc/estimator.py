@@ -129,6 +129,7 @@ class DiFiC(ClusteringEstimator):
         """Learn proxy words (and the cluster head) for the images in `data`: a folder (flat,
         class sub-folders, or with labels.csv), image files, PIL images, arrays or an ImageCollection."""
         timer = StageTimer()
+        self._resolve_k(None, run_dir)  # DiFiC and DiEC take a given K
         accelerator = make_accelerator(self.device, self.mixed_precision)
         seed_everything(self.random_state)
         with timer("scan images"):

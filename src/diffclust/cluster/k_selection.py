@@ -1,0 +1,162 @@
+"""Choosing the number of clusters K without labels.
+
+k-means is fitted for every K in a range, on a seeded subsample (and, for wide features, a
+PCA to 50 dimensions), and each fit is scored by established internal criteria: silhouette,
+Calinski-Harabasz and Davies-Bouldin (scikit-learn), the BIC of a Gaussian mixture started
+from the k-means fit, and prediction strength (Tibshirani & Walther 2005), a stability
+criterion over two halves of the data. Labels are never used.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
+from sklearn.mixture import GaussianMixture
+
+from diffclust.errors import DiffclustError
+
+#: criterion -> True when a higher score is better
+CRITERIA = {"silhouette": True, "calinski_harabasz": True, "davies_bouldin": False, "bic": False, "prediction_strength": True}
+#: prediction strength picks the largest K whose clusters are this reproducible (the paper's 0.8)
+STRENGTH_THRESHOLD = 0.8
+
+
+def default_k_range(count: int) -> tuple[int, int]:
+    """2 to N/5 (five items per cluster on average), at most 100."""
+    return 2, max(2, min(100, count // 5))
+
+
+def parse_k_range(text: str) -> tuple[int, int]:
+    """'MIN:MAX' -> (MIN, MAX) with 2 <= MIN <= MAX."""
+    try:
+        low, high = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise DiffclustError(f"k_range (--k-range) must be MIN:MAX, e.g. 2:50, got '{text}'.") from None
+    if not 2 <= low <= high:
+        raise DiffclustError(f"k_range (--k-range) needs 2 <= MIN <= MAX, got {low}:{high}.")
+    return low, high
+
+
+@dataclass
+class KSelection:
+    """The chosen K, the criterion that chose it, and every criterion's curve over K."""
+
+    k: int
+    criterion: str
+    candidates: list[int]
+    scores: dict[str, list[float]] = field(default_factory=dict)
+    items: int = 0
+
+    def rows(self) -> list[list]:
+        return [[k, *(round(self.scores[name][i], 6) for name in self.scores)] for i, k in enumerate(self.candidates)]
+
+    def pick(self, criterion: str) -> int:
+        """The K a criterion would choose (to compare criteria on the same scan)."""
+        values = np.asarray(self.scores[criterion], dtype=float)
+        if criterion == "prediction_strength":
+            good = [k for k, value in zip(self.candidates, values) if value >= STRENGTH_THRESHOLD]
+            return max(good) if good else self.candidates[int(np.nanargmax(values))]
+        best = np.nanargmax(values) if CRITERIA[criterion] else np.nanargmin(values)
+        return self.candidates[int(best)]
+
+
+def _prediction_strength(data: np.ndarray, k: int, seed: int) -> float:
+    """How well clusters fitted on one half predict the co-membership of the other half's clusters."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(data))
+    train, test = data[order[: len(data) // 2]], data[order[len(data) // 2 :]]
+    if k > len(test) // 2:
+        return float("nan")
+    by_train = KMeans(k, n_init=1, random_state=seed).fit(train).predict(test)
+    test_labels = KMeans(k, n_init=1, random_state=seed + 1).fit_predict(test)
+    strengths = []
+    for cluster in range(k):
+        members = by_train[test_labels == cluster]
+        if len(members) < 2:
+            continue
+        counts = np.bincount(members)
+        strengths.append(float((counts * (counts - 1)).sum() / (len(members) * (len(members) - 1))))
+    return min(strengths) if strengths else float("nan")
+
+
+def choose_k(features, k_range: tuple[int, int] | None = None, criterion: str = "silhouette", seed: int = 0,
+             max_items: int = 3000, criteria: tuple[str, ...] | None = None) -> KSelection:
+    """Scan K over `k_range` (default: default_k_range) and choose it by `criterion`.
+
+    `criteria` lists the scores computed for the record (default: all; the chosen criterion is
+    always among them). A seeded subsample of `max_items` rows keeps 10,000 items x K = 2..100
+    under a minute on a laptop CPU.
+    """
+    if criterion not in CRITERIA:
+        raise DiffclustError(f"k criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}.")
+    data = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
+    low, high = k_range or default_k_range(len(data))
+    high = min(high, len(data) - 1)
+    if high < low:
+        raise DiffclustError(f"Cannot choose K in {low}..{high}: only {len(data)} items.")
+    if len(data) > max_items:
+        data = data[np.sort(np.random.default_rng(seed).choice(len(data), max_items, replace=False))]
+    if data.shape[1] > 50:
+        data = PCA(50, random_state=seed).fit_transform(data)
+    wanted = list(dict.fromkeys([criterion, *(criteria or CRITERIA)]))
+    candidates = list(range(low, high + 1))
+    scores: dict[str, list[float]] = {name: [] for name in wanted}
+    for k in candidates:
+        fit = KMeans(k, n_init=2, random_state=seed).fit(data)
+        labels = fit.labels_
+        several = len(np.unique(labels)) > 1
+        for name in wanted:
+            if name == "silhouette":
+                value = silhouette_score(data, labels, sample_size=min(2000, len(data)), random_state=seed) if several else math.nan
+            elif name == "calinski_harabasz":
+                value = calinski_harabasz_score(data, labels) if several else math.nan
+            elif name == "davies_bouldin":
+                value = davies_bouldin_score(data, labels) if several else math.nan
+            elif name == "bic":  # a short EM from the k-means fit: an approximation, so its warning is expected
+                mixture = GaussianMixture(k, covariance_type="diag", means_init=fit.cluster_centers_, max_iter=20,
+                                          reg_covar=1e-4, random_state=seed)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    value = mixture.fit(data).bic(data)
+            else:
+                value = _prediction_strength(data, k, seed)
+            scores[name].append(float(value))
+    selection = KSelection(0, criterion, candidates, scores, len(data))
+    selection.k = selection.pick(criterion)
+    return selection
+
+
+def write_k_selection(folder: str | Path, selection: KSelection) -> dict[str, Path]:
+    """k_selection.csv (K, each criterion) and k_selection.png (each curve, the chosen K marked)."""
+    from diffclust.engine.checkpoint import atomic_write, atomic_write_text
+    from diffclust.outputs import csv_text
+
+    folder = Path(folder)
+    table = atomic_write_text(folder / "k_selection.csv", csv_text(("k", *selection.scores), selection.rows()))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(selection.scores), figsize=(3.2 * len(selection.scores), 2.8), squeeze=False)
+    for axis, (name, values) in zip(axes[0], selection.scores.items()):
+        axis.plot(selection.candidates, values, marker="o", markersize=2.5, linewidth=1)
+        axis.axvline(selection.pick(name), color="grey", linestyle=":", linewidth=1)
+        if name == selection.criterion:
+            axis.axvline(selection.k, color="red", linewidth=1.5, label=f"chosen K = {selection.k}")
+            axis.legend(fontsize=7)
+        axis.set_title(name + ("" if CRITERIA[name] else " (lower is better)"), fontsize=8)
+        axis.set_xlabel("K", fontsize=8)
+        axis.tick_params(labelsize=7)
+    figure.tight_layout()
+    plot = atomic_write(folder / "k_selection.png", lambda temp: figure.savefig(temp, format="png", dpi=110))
+    plt.close(figure)
+    return {"csv": table, "png": plot}

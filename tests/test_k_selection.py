@@ -1,0 +1,69 @@
+"""Choosing K without labels: hand cases, Gaussian blobs of known K, and CLUDI's n_clusters="auto"."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from diffclust.cli import main
+from diffclust.cluster.k_selection import KSelection, choose_k, default_k_range, parse_k_range
+from diffclust.errors import DiffclustError
+from diffclust.methods.cludi import CLUDI
+
+FAST = dict(batch_size=64, hidden_dim=64, embedding_dim=16, teacher_steps=3, predict_samples=2, predict_steps=3,
+            monitor_samples=1, lr=1e-3, ema_decay=0.99, init_steps=60, device="cpu", progress=False)
+
+
+def blobs(k: int, per_cluster: int, spread: float, imbalance: bool = False, d: int = 16, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    sizes = np.round(per_cluster * (np.linspace(0.5, 1.5, k) if imbalance else np.ones(k))).astype(int)
+    labels = np.repeat(np.arange(k), sizes)
+    return rng.normal(size=(k, d))[labels] * spread + rng.normal(size=(len(labels), d)), labels
+
+
+def test_each_criterion_picks_by_its_own_rule():
+    selection = KSelection(0, "silhouette", [2, 3, 4, 5], {
+        "silhouette": [0.2, 0.6, 0.5, 0.1], "davies_bouldin": [1.0, 0.4, 0.7, 0.9],
+        "prediction_strength": [0.95, 0.9, 0.85, 0.3]})
+    assert selection.pick("silhouette") == 3 and selection.pick("davies_bouldin") == 3
+    assert selection.pick("prediction_strength") == 4  # the largest K still above 0.8
+    assert default_k_range(1250) == (2, 100) and default_k_range(60) == (2, 12)
+    assert parse_k_range("3:40") == (3, 40)
+    with pytest.raises(DiffclustError, match="MIN:MAX"):
+        parse_k_range("40")
+
+
+@pytest.mark.parametrize("k", [3, 10, 30, 50])
+def test_k_is_exact_on_well_separated_blobs(k):
+    features, _ = blobs(k, 20, spread=10.0)
+    assert choose_k(features, (2, k + 10), criteria=("silhouette",)).k == k
+
+
+@pytest.mark.parametrize("k", [10, 30])
+def test_k_is_within_a_fifth_on_close_imbalanced_blobs(k):
+    features, _ = blobs(k, 30, spread=2.5, imbalance=True, seed=1)
+    chosen = choose_k(features, (2, 2 * k), criteria=("silhouette",)).k
+    assert abs(chosen - k) <= 0.2 * k, chosen
+
+
+def test_cludi_chooses_k_and_keeps_it(tmp_path):
+    features, labels = blobs(5, 40, spread=8.0)
+    model = CLUDI("auto", k_range=(2, 12), epochs=3, output_dir=tmp_path / "run", **FAST).fit(features)
+    assert model.n_clusters_ == 5 and len(np.unique(model.labels_)) == 5
+    table = (tmp_path / "run" / "k_selection.csv").read_text().splitlines()
+    assert table[0].startswith("k,silhouette,") and len(table) == 1 + 11
+    assert (tmp_path / "run" / "k_selection.png").read_bytes()[:4] == b"\x89PNG"
+    loaded = CLUDI.load(tmp_path / "run")
+    assert loaded.n_clusters_ == 5 and np.array_equal(loaded.predict(features), model.predict(features))
+
+
+def test_k_auto_on_the_command_line(tmp_path, capsys):
+    features, _ = blobs(4, 30, spread=8.0)
+    np.save(tmp_path / "f.npy", features)
+    assert main(["fit", "--method", "cludi", "--features", str(tmp_path / "f.npy"), "--k", "auto", "--k-range", "2:9",
+                 "--epochs", "1", "--predict-samples", "2", "--predict-steps", "3", "--teacher-steps", "3", "--batch-size", "64",
+                 "--device", "cpu", "--quiet", "--report", "--out", str(tmp_path / "run")]) == 0
+    assert "into 4 of 4 clusters (K chosen by silhouette" in capsys.readouterr().out
+    assert 'src="k_selection.png"' in (tmp_path / "run" / "report" / "index.html").read_text()
+    assert main(["fit", "data", "--k", "auto", "--backbone", "tiny-random", "--out", str(tmp_path / "difc")]) == 2
+    assert "must be an integer >= 2, got 'auto'" in capsys.readouterr().err
