@@ -67,3 +67,17 @@ def test_k_auto_on_the_command_line(tmp_path, capsys):
     assert 'src="k_selection.png"' in (tmp_path / "run" / "report" / "index.html").read_text()
     assert main(["fit", "data", "--k", "auto", "--backbone", "tiny-random", "--out", str(tmp_path / "difc")]) == 2
     assert "must be an integer >= 2, got 'auto'" in capsys.readouterr().err
+
+
+def test_diec_chooses_k_on_the_features_at_its_pair(tiny_ddpm, usps_subset, tmp_path):
+    from diffclust.methods.diec import DiEC
+
+    settings = dict(backbone=str(tiny_ddpm), layer="mid_block", timestep=100, finetune_unet=False, epochs=1, batch_size=64,
+                    pool_size=2, noise_draws=1, device="cpu", progress=False)
+    model = DiEC("auto", k_range=(2, 12), output_dir=tmp_path / "run", **settings).fit(usps_subset)
+    assert 2 <= model.n_clusters_ <= 12 and model.k_selection_.candidates == list(range(2, 13))
+    assert model.network_.centres.shape[0] == model.n_clusters_
+    assert len((tmp_path / "run" / "k_selection.csv").read_text().splitlines()) == 12
+    loaded = DiEC.load(tmp_path / "run")
+    assert loaded.n_clusters_ == model.n_clusters_
+    assert np.array_equal(loaded.predict(usps_subset), model.labels_)

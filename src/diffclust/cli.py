@@ -122,13 +122,16 @@ def _add_fit_parser(commands) -> None:
                               description="Cluster the images under DATA (or, with --method cludi, the rows of --features) "
                                           "into K groups and write a run folder.")
     fit.add_argument("data", nargs="?", default=None, help="image folder: flat, one sub-folder per class, or with a labels.csv (file,label[,class_name,split])")
-    fit.add_argument("--k", type=_k_value, required=True, help="number of clusters (2 <= K <= number of items), or 'auto' (CLUDI): "
+    fit.add_argument("--k", type=_k_value, required=True, help="number of clusters (2 <= K <= number of items), or 'auto' (DiEC, CLUDI): "
                                                               "chosen without labels, see --k-range and --k-criterion")
     fit.add_argument("--method", choices=sorted(METHOD_NAMES), default="difc", help="difc: proxy words (fine-grained, needs a text-to-image backbone); diec: best layer x timestep (any UNet); cludi: diffusion teacher-student on features")
     fit.add_argument("--out", type=Path, default=None, help="run folder for checkpoints, logs, assignments.csv and the model (default: runs/<data folder name>)")
     fit.add_argument("--epochs", type=_whole(0), default=None, help="training epochs in all (default: DiFiC 250 as in the paper, DiEC 50, CLUDI 200)")
     fit.add_argument("--batch-size", type=_whole(1), default=None, help="images per step and process (default: DiFiC 32, DiEC 256, CLUDI 256)")
     fit.add_argument("--lr", type=_positive_number, default=None, help="AdamW learning rate (default: DiFiC 2e-4, DiEC 1e-3, CLUDI 1e-4 with a cosine to 1e-6)")
+    fit.add_argument("--k-range", type=_k_range, default=None, help="with --k auto: the Ks scanned, MIN:MAX (default 2 to N/5, at most 100)")
+    fit.add_argument("--k-criterion", choices=["silhouette", "calinski_harabasz", "davies_bouldin", "bic", "prediction_strength"],
+                     default="silhouette", help="with --k auto: the label-free criterion that chooses K (see README)")
     fit.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its last checkpoint")
     fit.add_argument("--report", action="store_true", help="write RUN_DIR/report/index.html at the end (see `diffclust report`)")
     _add_backbone_and_device(fit)
@@ -149,9 +152,6 @@ def _add_fit_parser(commands) -> None:
     cludi = fit.add_argument_group("CLUDI (--method cludi)")
     cludi.add_argument("--features", type=Path, default=None, help="feature matrix N x d (.npy, .pt, .safetensors) to cluster instead of images")
     cludi.add_argument("--labels", type=Path, default=None, help="labels of the feature rows, for the metrics log only (.npy, or labels.csv with file = row index)")
-    cludi.add_argument("--k-range", type=_k_range, default=None, help="with --k auto: the Ks scanned, MIN:MAX (default 2 to N/5, at most 100)")
-    cludi.add_argument("--k-criterion", choices=["silhouette", "calinski_harabasz", "davies_bouldin", "bic", "prediction_strength"],
-                       default="silhouette", help="with --k auto: the label-free criterion that chooses K (see README)")
     cludi.add_argument("--ema-decay", type=float, default=0.999, help="teacher = EMA of the student with this decay")
     cludi.add_argument("--teacher-steps", type=int, default=25, help="DDIM steps of the teacher's samples (eta 1)")
     cludi.add_argument("--ce-weight", type=float, default=50.0, help="weight of the two-way cross-entropy against the embedding MSE")
@@ -285,8 +285,9 @@ def _common_settings(args) -> dict:
 def _method_settings(args) -> dict:
     """The chosen method's settings from the command line. Only its own option groups are read
     (DiEC's --entropy-weight must not reach DiFiC's lambda), and unset ones keep its defaults."""
-    given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
-    settings = {**_common_settings(args), **{key: value for key, value in given.items() if value is not None}}
+    given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "k_range": args.k_range}
+    settings = {**_common_settings(args), "k_criterion": args.k_criterion,
+                **{key: value for key, value in given.items() if value is not None}}
     if args.method == "difc":
         settings.update(warmup_epochs=args.warmup_epochs, feature_layer=args.feature_layer, feature_timestep=args.feature_timestep,
                         mask_timestep=args.mask_timestep, object_concentration=args.object_concentration,
@@ -297,8 +298,7 @@ def _method_settings(args) -> dict:
         settings.update(finetune_unet=args.finetune_unet, unet_lr=args.unet_lr, graph_weight=args.graph_weight,
                         entropy_weight=args.entropy_weight, denoising_weight=args.denoising_weight)
     if args.method == "cludi":
-        settings.update(k_range=args.k_range, k_criterion=args.k_criterion, ema_decay=args.ema_decay,
-                        teacher_steps=args.teacher_steps, ce_weight=args.ce_weight,
+        settings.update(ema_decay=args.ema_decay, teacher_steps=args.teacher_steps, ce_weight=args.ce_weight,
                         predict_samples=args.predict_samples, predict_steps=args.predict_steps,
                         embedding_dim=args.embedding_dim, hidden_dim=args.hidden_dim)
     return settings

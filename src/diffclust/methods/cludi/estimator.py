@@ -29,9 +29,6 @@ logger = logging.getLogger(__name__)
 
 
 
-#: with n_clusters="auto" on images, the K at which DiEC's layer/timestep search scores k-means
-#: (the search needs one; K itself is then chosen on the features at the chosen pair)
-PROVISIONAL_K = 10
 #: per item, the share of CLUDI's prediction samples that agree with its cluster (the report's spread)
 AGREEMENT_NAME = "sample_agreement.npy"
 
@@ -141,8 +138,7 @@ class CLUDI(ClusteringEstimator):
         if self.backbone is None:
             raise DiffclustError(f"'{data}' is not a feature matrix or feature file ({', '.join(('.npy', '.pt', '.safetensors'))}); "
                                  "to cluster images, give a backbone (--backbone) whose activations become the features.")
-        provisional_k = PROVISIONAL_K if self.n_clusters == "auto" else self.n_clusters  # only scores DiEC's search
-        reader = DiEC(provisional_k, backbone=self.backbone, layer=layer, timestep=timestep, resolution=self.resolution,
+        reader = DiEC(self.n_clusters, backbone=self.backbone, layer=layer, timestep=timestep, resolution=self.resolution,
                       noise_draws=self.noise_draws, pool_size=self.pool_size, search_subset=self.search_subset,
                       batch_size=self.batch_size, device=self.device, random_state=self.random_state, num_workers=self.num_workers,
                       strict=self.strict, folder_labels=self.folder_labels, progress=self.progress)

@@ -28,6 +28,8 @@ from diffclust.seeding import make_generator, seed_everything
 logger = logging.getLogger(__name__)
 
 UNET_WEIGHTS = "diec-unet.safetensors"
+#: with n_clusters="auto", the K at which the layer/timestep search scores k-means
+PROVISIONAL_K = 10
 SEARCH_STRATEGIES = ("two-stage", "grid")
 GRID_TIMESTEPS = 10
 
@@ -48,11 +50,14 @@ class DiEC(ClusteringEstimator):
 
     method = "diec"
     fitted_attribute = "network_"
+    chooses_k = True
 
     def __init__(
         self,
-        n_clusters: int = 10,
+        n_clusters: int | str = 10,
         *,
+        k_range: tuple[int, int] | None = None,
+        k_criterion: str = "silhouette",
         backbone: str | DiffusionBackbone = SD15_HUB_ID,
         resolution: int | None = None,
         layer: str = "auto",
@@ -97,7 +102,7 @@ class DiEC(ClusteringEstimator):
             problems.append(f"search must be one of {', '.join(SEARCH_STRATEGIES)}, got {self.search!r}")
         if self.search_score not in SCORES:
             problems.append(f"search_score must be one of {', '.join(SCORES)}, got {self.search_score!r}")
-        if self.search_subset < 2 * self.n_clusters:
+        if self.search_subset < 2 * self._search_k():
             problems.append(f"search_subset must be at least 2 x n_clusters, got {self.search_subset}")
         if self.noise_draws < 1 or self.pool_size < 1:
             problems.append("noise_draws and pool_size must be >= 1")
@@ -106,6 +111,11 @@ class DiEC(ClusteringEstimator):
         return problems
 
     # ------------------------------------------------------------------ the pieces of fit
+    def _search_k(self) -> int:
+        """The K at which the search scores k-means: the given one, or with n_clusters="auto" a
+        provisional PROVISIONAL_K (K itself is then chosen on the features at the chosen pair)."""
+        return PROVISIONAL_K if self.n_clusters == "auto" else int(self.n_clusters)
+
     def _reader(self, backbone: DiffusionBackbone, layers) -> LayerFeatureReader:
         return LayerFeatureReader(backbone, layers, self.noise_draws, self.pool_size, self.random_state)
 
@@ -147,7 +157,7 @@ class DiEC(ClusteringEstimator):
         def report(item) -> None:
             logger.info("search: %s @ t=%d -> %s %.4g", item.layer, item.timestep, score_name or self.search_score, item.score)
 
-        search = ClusterabilitySearch(read_features, self.n_clusters, score or self.search_score, self.random_state,
+        search = ClusterabilitySearch(read_features, self._search_k(), score or self.search_score, self.random_state,
                                       score_name=score_name, on_evaluation=report if self.progress else None)
         low, high = self._timestep_bounds(backbone)
         if self.timestep != "auto":
@@ -198,7 +208,6 @@ class DiEC(ClusteringEstimator):
         """Search (unless layer and timestep are given), then train at the chosen pair; on resume
         the saved search is reused."""
         timer = StageTimer()
-        self._resolve_k(None, run_dir)  # DiFiC and DiEC take a given K
         with timer("images, backbone and latents"):
             accelerator, collection, backbone, resolution, latents = self._prepare(data)
         with timer("search"):
@@ -206,8 +215,11 @@ class DiEC(ClusteringEstimator):
         logger.info("DiEC trains at %s, t=%d.", layer, timestep)
         reader = self._reader(backbone, [layer])
         dim = reader(latents[:1], timestep)[layer].shape[1]
+        with timer("choose K"):
+            at_pair = reader.read_all(latents, timestep, self.batch_size)[layer].numpy() if self.n_clusters == "auto" else None
+            k = self._resolve_k(at_pair, run_dir, accelerator.is_main_process)
         seed_everything(self.random_state)
-        network = DiECNetwork(dim, self.n_clusters, self.mapping_hidden)
+        network = DiECNetwork(dim, k, self.mapping_hidden)
         params = self._trainer_params(files_identity(collection.files), resolution, timestep_=timestep)
         trainer = DiECTrainer(params, backbone, reader, latents, network, accelerator, collection.labels, run_dir)
         with timer("training"):
@@ -268,7 +280,7 @@ class DiEC(ClusteringEstimator):
         atomic_save_tensors(folder / self.weights_name(), self.network_.state_dict())
         if self.finetune_unet:
             atomic_save_tensors(folder / UNET_WEIGHTS, self._loaded_backbone().denoiser().state_dict())
-        self.write_config(folder, {"resolution": self.resolution_, "layer": self.layer_, "timestep": self.timestep_,
+        self.write_config(folder, {"resolution": self.resolution_, "n_clusters": self.n_clusters_, "layer": self.layer_, "timestep": self.timestep_,
                                    "feature_dim": self.feature_dim_, "unet_weights": UNET_WEIGHTS if self.finetune_unet else None})
         return folder
 
@@ -283,7 +295,8 @@ class DiEC(ClusteringEstimator):
         if device is not None:
             model.device = device
         state = config["state"]
-        network = DiECNetwork(state["feature_dim"], model.n_clusters, model.mapping_hidden)
+        model.n_clusters_ = int(state.get("n_clusters", model.n_clusters))
+        network = DiECNetwork(state["feature_dim"], model.n_clusters_, model.mapping_hidden)
         network.load_state_dict(load_tensors(folder / cls.weights_name()))
         model.network_ = network.eval()
         model.resolution_ = state["resolution"]
