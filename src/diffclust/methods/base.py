@@ -160,7 +160,7 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
     def _trainer_params(self, data_identity: str, resolution: int | None, **extra) -> dict[str, Any]:
         """The settings a trainer reads, with the run's identity (data, backbone reference,
         resolution in effect), which a resume must match."""
-        return {**self.get_params(deep=False), "n_clusters": getattr(self, "n_clusters_", self.n_clusters), "data": data_identity,
+        return {**self.get_params(deep=False), "n_clusters": self.n_clusters_, "data": data_identity,
                 "backbone": self._backbone_reference(), "resolution": resolution, **extra}
 
     def _finish_run(self, run_dir: Path | None, accelerator, timer: StageTimer, embedding: np.ndarray | None = None) -> None:
@@ -172,7 +172,7 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
                 atomic_save_array(run_dir / EMBEDDING_NAME, np.asarray(embedding, dtype=np.float16))
             write_run_summary(run_dir, self.method, self._backbone_reference(), str(accelerator.device), self.timings_, timer.total,
                               processes=accelerator.num_processes, items=len(self.labels_), n_clusters=self.n_clusters_,
-                              data=getattr(self, "data_reference_", None))
+                              data=self.data_reference_)
         logger.debug("%s stages (s): %s", type(self).__name__, self.timings_)
         accelerator.wait_for_everyone()
 
@@ -271,7 +271,8 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         """<method>.json: which method, the layout version, the settings and the learned shapes."""
         return atomic_write_json(Path(folder) / self.config_name(), {
             "method": self.method, "format_version": self.format_version,
-            "settings": self.saved_settings() if settings is None else settings, "state": state,
+            "settings": self.saved_settings() if settings is None else settings,
+            "state": {"n_clusters": self.n_clusters_, **state},
         })
 
     @classmethod
@@ -302,18 +303,30 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
     @classmethod
     def load(cls, folder: str | Path, backbone: str | DiffusionBackbone | None = None, device: str | None = None):
         """A fitted model from `save` (or a run folder); `backbone` overrides the saved reference
-        (e.g. when the SD folder has moved). A folder whose files are broken is a clear error."""
+        (e.g. when the SD folder has moved). A run folder also restores labels_, files_ and
+        confidence_ of the fit. A folder whose files are broken is a clear error."""
         folder = Path(folder)
+        config = cls.read_config(folder)
         try:
-            model = cls._load(folder, backbone, device)
-            if not hasattr(model, "n_clusters_"):
-                model.n_clusters_ = model.n_clusters
-            return model
+            model = cls.from_settings(config["settings"])
+            if backbone is not None:
+                model.backbone = backbone
+            if device is not None:
+                model.device = device
+            state = config["state"]
+            model.n_clusters_ = int(state.get("n_clusters", model.n_clusters))
+            model._restore(state, folder)
+            model._restore_training_assignments(folder)
         except DiffclustError:
             raise
         except Exception as error:  # missing or truncated weights, wrong types or shapes in the config
             raise damaged(folder, f"its saved {cls.__name__} model cannot be read ({type(error).__name__}: {str(error)[:300]})",
                           REFIT) from None
+        return model
+
+    def _restore(self, state: dict[str, Any], folder: Path) -> None:
+        """Set the fitted attributes from the saved config's state and the weights in `folder`."""
+        raise NotImplementedError
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> "ClusteringEstimator":

@@ -246,31 +246,18 @@ class CLUDI(ClusteringEstimator):
         settings = self.saved_settings()
         settings.update(betas=list(self.betas), feature_noise=list(self.feature_noise), feature_dropout=list(self.feature_dropout),
                         k_range=list(self.k_range) if self.k_range else None)
-        self.write_config(folder, {"feature_dim": self.feature_dim_, "n_clusters": self.n_clusters_, "feature_layer": self.feature_layer_,
+        self.write_config(folder, {"feature_dim": self.feature_dim_, "feature_layer": self.feature_layer_,
                                    "feature_timestep": self.feature_timestep_}, settings)
         return folder
 
-    @classmethod
-    def _load(cls, folder: Path, backbone: str | DiffusionBackbone | None = None, device: str | None = None) -> "CLUDI":
-        folder = Path(folder)
-        config = cls.read_config(folder)
-        model = cls.from_settings(config["settings"])
-        model.betas, model.feature_noise, model.feature_dropout = (tuple(model.betas), tuple(model.feature_noise),
-                                                                   tuple(model.feature_dropout))
-        model.k_range = tuple(model.k_range) if model.k_range else None
-        if backbone is not None:
-            model.backbone = backbone
-        if device is not None:
-            model.device = device
-        state = config["state"]
-        tensors = load_tensors(folder / cls.weights_name())
-        model.n_clusters_ = int(state.get("n_clusters", model.n_clusters))
-        teacher = CLUDINetwork(state["feature_dim"], model.n_clusters_, model.embedding_dim, model.hidden_dim, model.depth)
+    def _restore(self, state: dict, folder: Path) -> None:
+        self.betas, self.feature_noise, self.feature_dropout = tuple(self.betas), tuple(self.feature_noise), tuple(self.feature_dropout)
+        self.k_range = tuple(self.k_range) if self.k_range else None  # JSON saved these tuples as lists
+        tensors = load_tensors(folder / self.weights_name())
+        teacher = CLUDINetwork(state["feature_dim"], self.n_clusters_, self.embedding_dim, self.hidden_dim, self.depth)
         teacher.load_state_dict({name[len("teacher."):]: value for name, value in tensors.items() if name.startswith("teacher.")})
-        model.teacher_ = teacher.eval()
-        model.feature_dim_ = model.n_features_in_ = state["feature_dim"]
-        model.feature_layer_, model.feature_timestep_ = state["feature_layer"], state["feature_timestep"]
-        model.feature_mean_, model.feature_std_ = tensors["feature_mean"], tensors["feature_std"]
-        model.cluster_offsets_ = tensors["cluster_offsets"]
-        model._restore_training_assignments(folder)
-        return model
+        self.teacher_ = teacher.eval()
+        self.feature_dim_ = self.n_features_in_ = state["feature_dim"]
+        self.feature_layer_, self.feature_timestep_ = state["feature_layer"], state["feature_timestep"]
+        self.feature_mean_, self.feature_std_ = tensors["feature_mean"], tensors["feature_std"]
+        self.cluster_offsets_ = tensors["cluster_offsets"]

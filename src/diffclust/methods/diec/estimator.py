@@ -216,12 +216,12 @@ class DiEC(ClusteringEstimator):
         reader = self._reader(backbone, [layer])
         dim = reader(latents[:1], timestep)[layer].shape[1]
         with timer("choose K"):
-            at_pair = reader.read_all(latents, timestep, self.batch_size)[layer].numpy() if self.n_clusters == "auto" else None
-            k = self._resolve_k(at_pair, run_dir, accelerator.is_main_process)
+            at_pair = reader.read_all(latents, timestep, self.batch_size)[layer] if self.n_clusters == "auto" else None
+            k = self._resolve_k(None if at_pair is None else at_pair.numpy(), run_dir, accelerator.is_main_process)
         seed_everything(self.random_state)
         network = DiECNetwork(dim, k, self.mapping_hidden)
         params = self._trainer_params(files_identity(collection.files), resolution, timestep_=timestep)
-        trainer = DiECTrainer(params, backbone, reader, latents, network, accelerator, collection.labels, run_dir)
+        trainer = DiECTrainer(params, backbone, reader, latents, network, accelerator, collection.labels, run_dir, at_pair)
         with timer("training"):
             trainer.run(resume=resume)
 
@@ -280,28 +280,15 @@ class DiEC(ClusteringEstimator):
         atomic_save_tensors(folder / self.weights_name(), self.network_.state_dict())
         if self.finetune_unet:
             atomic_save_tensors(folder / UNET_WEIGHTS, self._loaded_backbone().denoiser().state_dict())
-        self.write_config(folder, {"resolution": self.resolution_, "n_clusters": self.n_clusters_, "layer": self.layer_, "timestep": self.timestep_,
+        self.write_config(folder, {"resolution": self.resolution_, "layer": self.layer_, "timestep": self.timestep_,
                                    "feature_dim": self.feature_dim_, "unet_weights": UNET_WEIGHTS if self.finetune_unet else None})
         return folder
 
-    @classmethod
-    def _load(cls, folder: Path, backbone: str | DiffusionBackbone | None = None, device: str | None = None) -> "DiEC":
-        """A fitted model from `save` (or a run folder); `backbone` overrides the saved reference."""
-        folder = Path(folder)
-        config = cls.read_config(folder)
-        model = cls.from_settings(config["settings"])
-        if backbone is not None:
-            model.backbone = backbone
-        if device is not None:
-            model.device = device
-        state = config["state"]
-        model.n_clusters_ = int(state.get("n_clusters", model.n_clusters))
-        network = DiECNetwork(state["feature_dim"], model.n_clusters_, model.mapping_hidden)
-        network.load_state_dict(load_tensors(folder / cls.weights_name()))
-        model.network_ = network.eval()
-        model.resolution_ = state["resolution"]
-        model.layer_, model.timestep_ = state["layer"], int(state["timestep"])
-        model.feature_dim_ = state["feature_dim"]
-        model.unet_state_ = load_tensors(folder / state["unet_weights"]) if state["unet_weights"] else None
-        model._restore_training_assignments(folder)
-        return model
+    def _restore(self, state: dict, folder: Path) -> None:
+        network = DiECNetwork(state["feature_dim"], self.n_clusters_, self.mapping_hidden)
+        network.load_state_dict(load_tensors(folder / self.weights_name()))
+        self.network_ = network.eval()
+        self.resolution_ = state["resolution"]
+        self.layer_, self.timestep_ = state["layer"], int(state["timestep"])
+        self.feature_dim_ = state["feature_dim"]
+        self.unet_state_ = load_tensors(folder / state["unet_weights"]) if state["unet_weights"] else None

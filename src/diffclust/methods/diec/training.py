@@ -45,7 +45,8 @@ class DiECTrainer(EpochTrainer):
     resume_keys = RESUME_KEYS
 
     def __init__(self, params: dict, backbone: DiffusionBackbone, reader: LayerFeatureReader, latents: torch.Tensor,
-                 network: DiECNetwork, accelerator: Accelerator, labels: np.ndarray | None, run_dir: Path | None):
+                 network: DiECNetwork, accelerator: Accelerator, labels: np.ndarray | None, run_dir: Path | None,
+                 features: torch.Tensor | None = None):
         super().__init__(params, accelerator, labels, run_dir)
         self.backbone = backbone
         self.reader = reader
@@ -60,7 +61,8 @@ class DiECTrainer(EpochTrainer):
             self.unet.requires_grad_(True)
             groups.append({"params": list(self.unet.parameters()), "lr": params["unet_lr"]})
         self.optimizer = torch.optim.AdamW(groups, weight_decay=params["weight_decay"])
-        self._frozen_features: torch.Tensor | None = None
+        #: a frozen UNet's features never change: read once (or handed over, when choosing K read them)
+        self._frozen_features: torch.Tensor | None = None if self.finetune else features
         #: (embedding, q) of every image under the model as it is now
         self.state: tuple[torch.Tensor, torch.Tensor] | None = None
 

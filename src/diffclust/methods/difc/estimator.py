@@ -222,26 +222,13 @@ class DiFiC(ClusteringEstimator):
         })
         return folder
 
-    @classmethod
-    def _load(cls, folder: Path, backbone: str | DiffusionBackbone | None = None, device: str | None = None) -> "DiFiC":
-        """A fitted model from `save` (or a run folder). `backbone` overrides the saved reference,
-        e.g. when the SD folder has moved."""
-        folder = Path(folder)
-        config = cls.read_config(folder)
-        model = cls.from_settings(config["settings"])
-        if backbone is not None:
-            model.backbone = backbone
-        if device is not None:
-            model.device = device
-        state = config["state"]
-        tensors = load_tensors(folder / cls.weights_name())
-        network = DiFiCNetwork(state["feature_shape"][0], state["token_dim"], model.n_clusters, state["has_head"], model.extractor_hidden)
+    def _restore(self, state: dict, folder: Path) -> None:
+        tensors = load_tensors(folder / self.weights_name())
+        network = DiFiCNetwork(state["feature_shape"][0], state["token_dim"], self.n_clusters_, state["has_head"], self.extractor_hidden)
         network.load_state_dict({name[len("network."):]: value for name, value in tensors.items() if name.startswith("network.")})
-        model.network_ = network.eval()
-        model.resolution_ = state["resolution"]
-        model.feature_shape_ = tuple(state["feature_shape"])
-        model.shared_noise_ = tensors["shared_noise"]
-        model.kmeans_centres_ = tensors["kmeans_centres"].numpy() if "kmeans_centres" in tensors else None
-        model.warmup_epochs_ = state.get("warmup_epochs", model.warmup_epochs)
-        model._restore_training_assignments(folder)
-        return model
+        self.network_ = network.eval()
+        self.resolution_ = state["resolution"]
+        self.feature_shape_ = tuple(state["feature_shape"])
+        self.shared_noise_ = tensors["shared_noise"]
+        self.kmeans_centres_ = tensors["kmeans_centres"].numpy() if "kmeans_centres" in tensors else None
+        self.warmup_epochs_ = state.get("warmup_epochs", self.warmup_epochs)
