@@ -1,106 +1,85 @@
-"""CLUDI against k-means on the same features, over several seeds (mean and spread).
+"""CLUDI against k-means on the same features, over several seeds (mean ± sd of ACC, NMI, ARI and wall time).
 
-Features come from a file (--features, with --labels) or from images through a backbone at a
-given layer and timestep (saved as features.npy in --out, so later runs can reuse them):
+Each --set NAME=FOLDER names a folder holding features.npy and labels.npy (../shared/data/in50-vits-dev,
+or the USPS features benchmarks/diec_quality.py writes at DiEC's searched pair); `blobs` adds
+imbalanced Gaussian blobs (K = 10, 2,000 x 64). Labels only score. CLUDI runs with its
+defaults unless --variants gives JSON settings per row:
 
-    python benchmarks/cludi_quality.py --data ../shared/data/usps --backbone .data/usps-ddpm \
-        --layer mid_block --timestep 150 --out benchmarks/results/cludi_usps --epochs 20
+    python benchmarks/cludi_quality.py --out benchmarks/results/cludi_quality \\
+        --set in50-vits-dev=../shared/data/in50-vits-dev --set blobs \\
+        --variants '{"CLUDI (defaults)": {}, "CLUDI (k-means start)": {"init": "kmeans"}}'
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from diffclust import CLUDI, DiEC
-from diffclust.cluster.kmeans import fit_kmeans
-from diffclust.cluster.metrics import clustering_scores
-from diffclust.engine.checkpoint import atomic_write_json, atomic_write_text
-from diffclust.methods.cludi.inputs import read_feature_file, read_row_labels
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
-
-def load_features(args) -> tuple[torch.Tensor, np.ndarray, str]:
-    if args.features is not None:
-        values, labels = read_feature_file(args.features)
-        if args.labels is not None:
-            labels = read_row_labels(args.labels, len(values))
-        if labels is None:
-            raise SystemExit("The features need labels to be scored: pass --labels.")
-        return values, labels, str(args.features)
-    reader = DiEC(2, backbone=args.backbone, layer=args.layer, timestep=args.timestep, noise_draws=args.noise_draws,
-                  pool_size=args.pool_size, batch_size=256, device="cpu", progress=False)
-    collection, values, layer, timestep = reader.extract_features(args.data)
-    args.out.mkdir(parents=True, exist_ok=True)
-    np.save(args.out / "features.npy", values.numpy())
-    np.save(args.out / "labels.npy", collection.labels)
-    return values, collection.labels, f"{args.data} through {args.backbone} at {layer}, t={timestep} (pool {args.pool_size}, {args.noise_draws} draws)"
+from diffclust import CLUDI  # noqa: E402
+from diffclust.cluster.kmeans import fit_kmeans  # noqa: E402
+from diffclust.cluster.metrics import clustering_scores  # noqa: E402
+from diffclust.engine.checkpoint import atomic_write_json, atomic_write_text  # noqa: E402
 
 
-def summary(rows: list[dict], method: str) -> dict:
-    picked = [row for row in rows if row["method"] == method]
-    return {key: (float(np.mean([r[key] for r in picked])), float(np.std([r[key] for r in picked])))
-            for key in ("acc", "nmi", "ari", "seconds")}
+def load_set(spec: str) -> tuple[str, np.ndarray, np.ndarray]:
+    if spec == "blobs":
+        rng = np.random.default_rng(0)
+        sizes = np.round(200 * np.linspace(0.5, 1.5, 10)).astype(int)
+        labels = np.repeat(np.arange(10), sizes)
+        features = rng.normal(size=(10, 64))[labels] * 0.6 + rng.normal(size=(len(labels), 64))
+        return "blobs (K=10, imbalanced, 64-d)", features.astype(np.float32), labels
+    name, folder = spec.split("=", 1)
+    return name, np.load(Path(folder) / "features.npy", allow_pickle=False), np.load(Path(folder) / "labels.npy", allow_pickle=False)
+
+
+def summary(rows: list[dict]) -> dict:
+    return {key: (float(np.mean([r[key] for r in rows])), float(np.std([r[key] for r in rows]))) for key in ("acc", "nmi", "ari", "seconds")}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--features", type=Path)
-    parser.add_argument("--labels", type=Path)
-    parser.add_argument("--data")
-    parser.add_argument("--backbone")
-    parser.add_argument("--layer", default="mid_block")
-    parser.add_argument("--timestep", type=int, default=150)
-    parser.add_argument("--pool-size", type=int, default=4)
-    parser.add_argument("--noise-draws", type=int, default=4)
+    parser.add_argument("--set", action="append", required=True, metavar="NAME=FOLDER or blobs")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--k", type=int, default=None)
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--hidden-dim", type=int, default=256)
-    parser.add_argument("--teacher-steps", type=int, default=10)
-    parser.add_argument("--predict-samples", type=int, default=8)
-    parser.add_argument("--predict-steps", type=int, default=20)
-    parser.add_argument("--monitor-samples", type=int, default=1, help="samples behind the per-epoch metrics")
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--inits", default="kmeans,random", help="CLUDI starts to compare")
+    parser.add_argument("--variants", default='{"CLUDI (defaults)": {}}', help="JSON: row name -> CLUDI settings")
     args = parser.parse_args()
-
-    values, labels, source = load_features(args)
-    k = args.k or len(np.unique(labels))
-    standardised = ((values - values.mean(dim=0)) / values.std(dim=0).clamp_min(1e-6)).numpy()
-    settings = dict(epochs=args.epochs, hidden_dim=args.hidden_dim, teacher_steps=args.teacher_steps, lr=args.lr,
-                    predict_samples=args.predict_samples, predict_steps=args.predict_steps,
-                    monitor_samples=args.monitor_samples, device="cpu", progress=False)
-    rows = []
-    for seed in (int(s) for s in args.seeds.split(",")):
-        started = time.perf_counter()
-        _, predicted = fit_kmeans(standardised, k, seed=seed)
-        rows.append({"method": "k-means", "seed": seed, **clustering_scores(labels, predicted),
-                     "seconds": round(time.perf_counter() - started, 1)})
-        for init in args.inits.split(","):
+    variants = json.loads(args.variants)
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    report = {"device": f"cpu ({platform.machine()}), {torch.get_num_threads()} threads", "seeds": seeds, "variants": variants, "sets": []}
+    lines = ["# CLUDI against k-means", "", f"`python benchmarks/cludi_quality.py` (seeds {args.seeds}; labels only score). "
+             f"Device: {report['device']}. CLUDI settings: its defaults, changed per row as named.", ""]
+    for spec in args.set:
+        name, features, labels = load_set(spec)
+        k = len(np.unique(labels))
+        runs: dict[str, list[dict]] = {"k-means": []}
+        for seed in seeds:
             started = time.perf_counter()
-            model = CLUDI(k, random_state=seed, init=init, **settings).fit(values, labels)
-            rows.append({"method": f"CLUDI (init {init})", "seed": seed, **clustering_scores(labels, model.labels_),
-                         "seconds": round(time.perf_counter() - started, 1)})
-            print(rows[-1], flush=True)
-    methods = list(dict.fromkeys(row["method"] for row in rows))
-    report = {"features": source, "rows_in_data": len(values), "dims": int(values.shape[1]), "k": k, "settings": settings,
-              "device": f"cpu ({platform.machine()})", "runs": rows, "summary": {m: summary(rows, m) for m in methods}}
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "results.json", report)
-    lines = [f"# CLUDI vs k-means: {source}", "", f"{len(values)} rows x {values.shape[1]} dims, K={k}, seeds {args.seeds}; "
-             f"CLUDI settings {settings} (CPU: fewer epochs and samples than the published 200 epochs, 64 x 50).", "",
-             "| method | ACC % (mean ± sd) | NMI | ARI | seconds per run |", "|---|---|---|---|---|"]
-    for method in methods:
-        s = report["summary"][method]
-        lines.append(f"| {method} | {100 * s['acc'][0]:.2f} ± {100 * s['acc'][1]:.2f} | {s['nmi'][0]:.4f} ± {s['nmi'][1]:.4f} | "
-                     f"{s['ari'][0]:.4f} ± {s['ari'][1]:.4f} | {s['seconds'][0]:.0f} |")
-    atomic_write_text(args.out / "results.md", "\n".join(lines) + "\n")
+            runs["k-means"].append({**clustering_scores(labels, fit_kmeans(features, k, seed=seed)[1]),
+                                    "seconds": time.perf_counter() - started})
+            for row, settings in variants.items():
+                started = time.perf_counter()
+                model = CLUDI(k, random_state=seed, device="cpu", progress=False, **settings).fit(features, labels)
+                runs.setdefault(row, []).append({**clustering_scores(labels, model.labels_), "seconds": time.perf_counter() - started})
+                print(name, row, seed, {key: round(value, 4) for key, value in runs[row][-1].items()}, flush=True)
+        table = {row: summary(values) for row, values in runs.items()}
+        report["sets"].append({"name": name, "rows": len(features), "dims": int(features.shape[1]), "k": k, "runs": runs, "summary": table})
+        lines += [f"## {name}: {len(features)} x {features.shape[1]}, K = {k}", "",
+                  "| method | ACC % | NMI | ARI | seconds per run |", "|---|---|---|---|---|"]
+        lines += [f"| {row} | {100 * s['acc'][0]:.2f} ± {100 * s['acc'][1]:.2f} | {s['nmi'][0]:.4f} ± {s['nmi'][1]:.4f} | "
+                  f"{s['ari'][0]:.4f} ± {s['ari'][1]:.4f} | {s['seconds'][0]:.0f} |" for row, s in table.items()]
+        lines.append("")
+        args.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(args.out / "results.json", report)
+        atomic_write_text(args.out / "results.md", "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -2,7 +2,11 @@
 and k-means' ACC/NMI at that K and at the true K. Also the time to scan 10,000 items over
 K = 2..100.
 
-    python benchmarks/k_selection.py --out benchmarks/results/k_selection
+    python benchmarks/k_selection.py --out benchmarks/results/k_selection \
+        [--set "USPS (DDPM, DiEC's pair)=benchmarks/results/diec_usps"]
+
+Each --set NAME=FOLDER adds a folder holding features.npy and labels.npy (as in
+../shared/data/in50-vits-dev, or as benchmarks/diec_quality.py writes the searched pair's features).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ def kmeans_scores(features: np.ndarray, labels: np.ndarray, k: int) -> dict:
 def evaluate(name: str, features: np.ndarray, labels: np.ndarray, k_range: tuple[int, int]) -> list[dict]:
     truth = len(np.unique(labels))
     started = time.perf_counter()
-    selection = choose_k(features, k_range)
+    selection = choose_k(features, k_range, criteria=tuple(CRITERIA))
     seconds = time.perf_counter() - started
     at_truth = kmeans_scores(features, labels, truth)
     rows = []
@@ -51,12 +55,14 @@ def evaluate(name: str, features: np.ndarray, labels: np.ndarray, k_range: tuple
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=FOLDER", help="more feature sets (features.npy, labels.npy)")
     args = parser.parse_args()
+    sets = ([("in50-vits-dev (ViT-S)", IN50)] if IN50.is_dir() else []) + [tuple(item.split("=", 1)) for item in args.set]
     rows = []
-    if IN50.is_dir():
-        features = np.load(IN50 / "features.npy", allow_pickle=False)
-        labels = np.load(IN50 / "labels.npy", allow_pickle=False)
-        rows += evaluate("in50-vits-dev (ViT-S)", features, labels, (2, 100))
+    for name, folder in sets:
+        features = np.load(Path(folder) / "features.npy", allow_pickle=False)
+        labels = np.load(Path(folder) / "labels.npy", allow_pickle=False)
+        rows += evaluate(name, features.reshape(len(features), -1), labels, (2, min(100, len(features) // 5)))
     rng = np.random.default_rng(0)
     truth = rng.integers(0, 40, 10_000)
     blobs = rng.normal(size=(40, 384))[truth] * 2.0 + rng.normal(size=(10_000, 384))
@@ -67,17 +73,23 @@ def main() -> None:
     started = time.perf_counter()
     all_criteria = choose_k(blobs, (2, 100))
     scan_all = time.perf_counter() - started
-    print(f"the same with all five criteria: {scan_all:.1f} s; picks {[all_criteria.pick(c) for c in CRITERIA]} (true 40)")
+    print(f"the same with the five default criteria: {scan_all:.1f} s; picks {[all_criteria.pick(c) for c in all_criteria.scores]} (true 40)")
+    started = time.perf_counter()
+    umap_pick = choose_k(blobs, (2, 100), "umap_silhouette", criteria=("umap_silhouette",)).k
+    scan_umap = time.perf_counter() - started
+    print(f"umap_silhouette alone: {scan_umap:.1f} s; picks {umap_pick} (true 40)")
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps({"rows": rows, "scan_10k_silhouette_seconds": round(scan, 1),
-                                                           "scan_10k_all_seconds": round(scan_all, 1)}, indent=2) + "\n")
+                                                           "scan_10k_all_seconds": round(scan_all, 1),
+                                                           "scan_10k_umap_silhouette_seconds": round(scan_umap, 1)}, indent=2) + "\n")
         lines = ["# Choosing K without labels", "", "`python benchmarks/k_selection.py` (k-means scored at each K; labels only score).", "",
                  "| data | true K | criterion | picked K | ACC/NMI at picked K | ACC/NMI at true K |", "|---|---|---|---|---|---|"]
         lines += [f"| {r['data']} | {r['true_k']} | {r['criterion']} | {r['picked_k']} | {r['acc_at_picked']} / {r['nmi_at_picked']} | "
                   f"{r['acc_at_true']} / {r['nmi_at_true']} |" for r in rows]
-        lines += ["", f"Scan of 10,000 x 384 items over K = 2..100: {scan:.1f} s with silhouette alone, {scan_all:.1f} s with all "
-                  "five criteria (a seeded 3,000-item subsample, PCA to 50 dimensions)."]
+        lines += ["", f"Scan of 10,000 x 384 items over K = 2..100: {scan:.1f} s with silhouette alone, {scan_all:.1f} s with the "
+                  f"five default criteria, {scan_umap:.1f} s with umap_silhouette alone (a seeded 3,000-item subsample, PCA to 50 "
+                  "dimensions; UMAP to 10 dimensions)."]
         (args.out / "results.md").write_text("\n".join(lines) + "\n")
 
 

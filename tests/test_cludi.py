@@ -190,3 +190,59 @@ def test_cludi_explains_bad_settings_and_inputs(tmp_path):
     with pytest.raises(DiffclustError, match="only 20 samples"):
         CLUDI(30, **FAST).fit(features)
     assert main(["fit", "--method", "diec", "--features", str(tmp_path / "x.npy"), "--k", "3"]) == 2
+
+
+# ---------------------------------------------------------------------------------- start, neighbours, cost
+def _trainer(features, **settings) -> CLUDITrainer:
+    torch.manual_seed(0)
+    network = CLUDINetwork(features.shape[1], settings.get("n_clusters", 2), embedding_dim=16, hidden=32, depth=1)
+    params = CLUDI(settings.pop("n_clusters", 2), **{**FAST, "batch_size": 32, **settings}).get_params()
+    return CLUDITrainer(params, torch.tensor(features, dtype=torch.float32), network, make_accelerator("cpu"), None, None)
+
+
+def test_the_teacher_reads_a_neighbour_of_each_row():
+    features, _ = blobs(k=3, n=60, d=4)
+    trainer = _trainer(features, n_clusters=3, teacher_neighbours=2)
+    seen = []
+    sample = trainer.diffusion.sample
+    trainer.diffusion.sample = lambda network, rows, *args: seen.append(rows.clone()) or sample(network, rows, *args)
+    rows = torch.arange(20)
+    trainer._step(rows, torch.Generator().manual_seed(0))
+    for row, read in zip(rows.tolist(), seen[0]):
+        neighbours = trainer.features[trainer.neighbours[row]]
+        assert any(torch.equal(read, neighbour) for neighbour in neighbours) and not torch.equal(read, trainer.features[row])
+
+
+def test_spectral_start_follows_neighbourhoods_where_kmeans_cuts_across():
+    """Two concentric rings: the kNN graph's spectral clustering separates them, k-means cannot."""
+    angles = np.random.default_rng(0).uniform(0, 2 * np.pi, 200)
+    radius = np.repeat([1.0, 3.0], 100)
+    rings = np.stack([radius * np.cos(angles), radius * np.sin(angles)], axis=1)
+    labels = np.repeat([0, 1], 100)
+    assert hungarian_accuracy(labels, _trainer(rings, init="spectral").start_clusters()) == 1.0
+    assert hungarian_accuracy(labels, _trainer(rings, init="kmeans").start_clusters()) < 0.8
+
+
+def test_estimated_time_counts_every_denoiser_pass(monkeypatch):
+    """With a clock that ticks 1 s per call, the timed passes cost 1 s / (3 x 32 rows) per row pass."""
+    features, _ = blobs(n=64, d=4)
+    trainer = _trainer(features, epochs=3, teacher_steps=4, monitor_samples=2, init_steps=5, self_conditioning=0.5)
+    ticks = iter(range(100))
+    monkeypatch.setattr("diffclust.methods.cludi.training.time.perf_counter", lambda: float(next(ticks)))
+    per_row = 1 / (3 * 32)
+    student = 3 + 0.5
+    expected = per_row * (64 * (3 * (4 + student + 2 * 4) + 6 * 7) + 5 * 32 * student)
+    assert trainer.estimated_seconds(predict_samples=6, predict_steps=7) == pytest.approx(expected)
+
+
+def test_paper_settings_switch_takes_the_published_values_under_explicit_options(tmp_path):
+    from diffclust.cli import build_model, build_parser
+    from diffclust.methods.cludi.estimator import PAPER_SETTINGS
+
+    args = build_parser().parse_args(["fit", "--method", "cludi", "--features", "f.npy", "--k", "3", "--paper-settings",
+                                      "--epochs", "7"])
+    model = build_model(args, tmp_path)
+    assert model.epochs == 7 and model.teacher_steps == PAPER_SETTINGS["teacher_steps"] == 25
+    assert (model.init, model.predict_samples, model.lr) == ("random", 64, 1e-4)
+    plain = build_model(build_parser().parse_args(["fit", "--method", "cludi", "--features", "f.npy", "--k", "3"]), tmp_path)
+    assert plain.get_params() == CLUDI(3, output_dir=tmp_path).get_params()  # no option given: the estimator's defaults

@@ -8,6 +8,8 @@ from PIL import Image
 
 from diffclust import DiFiC, hungarian_accuracy
 from diffclust.data import scan_images
+from diffclust.engine.checkpoint import load_training_state
+from diffclust.methods.difc import training
 
 from gaussian_backbone import GaussianMixtureBackbone
 
@@ -36,11 +38,11 @@ def mixture_folder(tmp_path_factory):
     return folder
 
 
-def _fit(folder, tmp_path, **settings):
-    model = DiFiC(GROUPS, backbone=GaussianMixtureBackbone(), feature_layer="latent", device="cpu", batch_size=16,
+def _fit(folder, tmp_path, n_clusters=GROUPS, resume=False, **settings):
+    model = DiFiC(n_clusters, backbone=GaussianMixtureBackbone(), feature_layer="latent", device="cpu", batch_size=16,
                   lr=1e-3, n_neighbours=5, memory_bank_size=64, object_concentration=False, progress=False,
                   cache_dir=tmp_path / "cache", random_state=0, **settings)
-    return model.fit(folder)
+    return model.fit(folder, resume=resume)
 
 
 def test_difc_recovers_the_mixture_components(mixture_folder, tmp_path):
@@ -60,3 +62,50 @@ def test_distillation_alone_recovers_the_components_with_kmeans(mixture_folder, 
     assert model.kmeans_centres_ is not None and model.network_.head is None
     assert model.history_[0]["acc"] < 0.9
     assert hungarian_accuracy(labels, model.labels_) >= 0.95
+
+
+AUTO = dict(n_clusters="auto", k_range=(2, 8), epochs=30, warmup_epochs=15)
+
+
+@pytest.fixture(scope="module")
+def auto_run(mixture_folder, tmp_path_factory):
+    """An uninterrupted n_clusters="auto" run and its folder."""
+    folder = tmp_path_factory.mktemp("auto")
+    return _fit(mixture_folder, folder, output_dir=folder / "run", **AUTO), folder / "run"
+
+
+def test_auto_k_is_chosen_on_the_proxy_words_at_the_end_of_warm_up(auto_run, mixture_folder):
+    model, run = auto_run
+    assert model.n_clusters_ == GROUPS and model.k_selection_.k == GROUPS
+    assert model.k_selection_.candidates == list(range(2, 9))
+    assert model.network_.head.layers[-1].out_features == GROUPS
+    # warm-up epochs before the choice assign no clusters; the last warm-up epoch uses the chosen K
+    assert all("acc" not in record for record in model.history_[:14])
+    assert model.history_[14]["phase"] == "warm-up" and model.history_[14]["clusters_used"] == GROUPS
+    assert model.history_[-1]["phase"] == "guided" and model.kmeans_centres_ is None
+    assert hungarian_accuracy(scan_images(mixture_folder).labels, model.labels_) >= 0.95
+    table = (run / "k_selection.csv").read_text().splitlines()
+    assert table[0].startswith("k,silhouette") and len(table) == 1 + 7
+    assert DiFiC.load(run).n_clusters_ == GROUPS
+
+
+@pytest.mark.parametrize("crash_after", [8, 15, 20])  # in warm-up, just after K is chosen, during guidance
+def test_auto_k_run_resumes_to_the_same_result(auto_run, mixture_folder, tmp_path, monkeypatch, crash_after):
+    original = training.DiFiCTrainer.save_checkpoint
+
+    def crash(self, epochs_done):
+        original(self, epochs_done)
+        if epochs_done == crash_after:
+            raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(training.DiFiCTrainer, "save_checkpoint", crash)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(mixture_folder, tmp_path, output_dir=tmp_path / "run", **AUTO)
+    state = load_training_state(tmp_path / "run" / "checkpoint.pt")
+    assert ("n_clusters" in state) == (crash_after >= 15)  # K is kept from the end of warm-up on
+    monkeypatch.setattr(training.DiFiCTrainer, "save_checkpoint", original)
+    resumed = _fit(mixture_folder, tmp_path, output_dir=tmp_path / "run", resume=True, **AUTO)
+    assert resumed.n_clusters_ == GROUPS
+    assert [record["epoch"] for record in resumed.history_] == list(range(1, 31))
+    np.testing.assert_array_equal(resumed.labels_, auto_run[0].labels_)
+    np.testing.assert_allclose(resumed.proxy_words_, auto_run[0].proxy_words_, rtol=1e-4, atol=1e-5)

@@ -222,5 +222,5 @@ def test_each_method_gets_its_own_defaults_from_the_command_line(tmp_path):
     difc, diec, cludi = model(), model("--method", "diec"), model("--method", "cludi", "--layer", "mid_block")
     assert (difc.entropy_weight, difc.epochs, difc.batch_size, difc.lr) == (5.0, 250, 32, 2e-4)
     assert (diec.entropy_weight, diec.epochs, diec.batch_size, diec.lr, diec.pool_size) == (1.0, 50, 256, 1e-3, 4)
-    assert (cludi.epochs, cludi.lr, cludi.ema_decay, cludi.layer) == (200, 1e-4, 0.999, "mid_block")
+    assert (cludi.epochs, cludi.lr, cludi.ema_decay, cludi.layer, cludi.backbone) == (30, 1e-3, 0.99, "mid_block", None)
     assert model("--epochs", "7", "--method", "diec").epochs == 7

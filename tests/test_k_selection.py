@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import sys
+
 import numpy as np
 import pytest
 
@@ -39,6 +42,20 @@ def test_k_is_exact_on_well_separated_blobs(k):
     assert choose_k(features, (2, k + 10), criteria=("silhouette",)).k == k
 
 
+def test_umap_silhouette_finds_the_blobs_and_scores_only_when_asked():
+    pytest.importorskip("umap")
+    features, _ = blobs(10, 30, spread=2.5, imbalance=True, seed=1)
+    selection = choose_k(features, (2, 20), "umap_silhouette", criteria=("umap_silhouette",))
+    assert list(selection.scores) == ["umap_silhouette"] and abs(selection.k - 10) <= 2, selection.k
+    assert "umap_silhouette" not in choose_k(features, (2, 4)).scores  # default record: the five cheaper criteria
+
+
+def test_umap_silhouette_without_umap_learn_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "umap", None)  # import fails as if not installed
+    with pytest.raises(DiffclustError, match="pip install umap-learn"):
+        choose_k(blobs(3, 10, spread=5.0)[0], (2, 4), "umap_silhouette")
+
+
 @pytest.mark.parametrize("k", [10, 30])
 def test_k_is_within_a_fifth_on_close_imbalanced_blobs(k):
     features, _ = blobs(k, 30, spread=2.5, imbalance=True, seed=1)
@@ -65,8 +82,19 @@ def test_k_auto_on_the_command_line(tmp_path, capsys):
                  "--device", "cpu", "--quiet", "--report", "--out", str(tmp_path / "run")]) == 0
     assert "into 4 of 4 clusters (K chosen by silhouette" in capsys.readouterr().out
     assert 'src="k_selection.png"' in (tmp_path / "run" / "report" / "index.html").read_text()
-    assert main(["fit", "data", "--k", "auto", "--backbone", "tiny-random", "--out", str(tmp_path / "difc")]) == 2
-    assert "must be an integer >= 2, got 'auto'" in capsys.readouterr().err
+
+
+def test_difc_k_auto_on_the_command_line(usps_subset, tmp_path, capsys):
+    """DiFiC chooses K after warm-up (the API's behaviour is tested on a known mixture in
+    test_difc_recovers_mixture): here the CLI path, its files and its message."""
+    run = tmp_path / "difc"
+    assert main(["fit", str(usps_subset), "--k", "auto", "--k-range", "2:5", "--backbone", "tiny-random", "--resolution", "32",
+                 "--epochs", "2", "--batch-size", "20", "--device", "cpu", "--quiet", "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    chosen = int(out.split(" of ")[1].split(" clusters")[0])
+    assert 2 <= chosen <= 5 and "clustered 60 images into" in out and "(K chosen by silhouette" in out
+    assert len((run / "k_selection.csv").read_text().splitlines()) == 1 + 4
+    assert json.loads((run / "run.json").read_text())["n_clusters"] == chosen
 
 
 def test_diec_chooses_k_on_the_features_at_its_pair(tiny_ddpm, usps_subset, tmp_path):

@@ -22,7 +22,7 @@ logger = logging.getLogger("diffclust")
 
 BACKBONE_HELP = (
     f"backbone: a built-in name ({', '.join(BUILTIN_BACKBONES)}), a local folder in the diffusers SD-1.x layout "
-    f"(unet/, vae/, text_encoder/, tokenizer/, scheduler/), or a Hugging Face hub id (default: {SD15_HUB_ID}; "
+    f"(unet/, vae/, text_encoder/, tokenizer/, scheduler/), or a Hugging Face hub id (default for DiFiC and DiEC: {SD15_HUB_ID}; "
     "needs network or a filled HF cache; set HF_HUB_OFFLINE=1 to use the cache only)"
 )
 
@@ -85,7 +85,7 @@ def _auto_or_int(text: str):
 
 
 def _add_backbone_and_device(parser) -> None:
-    parser.add_argument("--backbone", default=SD15_HUB_ID, help=BACKBONE_HELP)
+    parser.add_argument("--backbone", default=None, help=BACKBONE_HELP)
     parser.add_argument("--resolution", type=_whole(1), default=None, help="image size in pixels (default: the backbone's own, 512 for SD v1.5)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="where to run (several GPUs: launch with `accelerate launch`)")
     parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no", help="autocast precision on GPU")
@@ -122,16 +122,16 @@ def _add_fit_parser(commands) -> None:
                               description="Cluster the images under DATA (or, with --method cludi, the rows of --features) "
                                           "into K groups and write a run folder.")
     fit.add_argument("data", nargs="?", default=None, help="image folder: flat, one sub-folder per class, or with a labels.csv (file,label[,class_name,split])")
-    fit.add_argument("--k", type=_k_value, required=True, help="number of clusters (2 <= K <= number of items), or 'auto' (DiEC, CLUDI): "
+    fit.add_argument("--k", type=_k_value, required=True, help="number of clusters (2 <= K <= number of items), or 'auto': "
                                                               "chosen without labels, see --k-range and --k-criterion")
     fit.add_argument("--method", choices=sorted(METHOD_NAMES), default="difc", help="difc: proxy words (fine-grained, needs a text-to-image backbone); diec: best layer x timestep (any UNet); cludi: diffusion teacher-student on features")
     fit.add_argument("--out", type=Path, default=None, help="run folder for checkpoints, logs, assignments.csv and the model (default: runs/<data folder name>)")
-    fit.add_argument("--epochs", type=_whole(0), default=None, help="training epochs in all (default: DiFiC 250 as in the paper, DiEC 50, CLUDI 200)")
+    fit.add_argument("--epochs", type=_whole(0), default=None, help="training epochs in all (default: DiFiC 250 as in the paper, DiEC 50, CLUDI 30; --paper-settings: 200)")
     fit.add_argument("--batch-size", type=_whole(1), default=None, help="images per step and process (default: DiFiC 32, DiEC 256, CLUDI 256)")
-    fit.add_argument("--lr", type=_positive_number, default=None, help="AdamW learning rate (default: DiFiC 2e-4, DiEC 1e-3, CLUDI 1e-4 with a cosine to 1e-6)")
+    fit.add_argument("--lr", type=_positive_number, default=None, help="AdamW learning rate (default: DiFiC 2e-4, DiEC 1e-3, CLUDI 1e-3 with a cosine to 1e-6)")
     fit.add_argument("--k-range", type=_k_range, default=None, help="with --k auto: the Ks scanned, MIN:MAX (default 2 to N/5, at most 100)")
-    fit.add_argument("--k-criterion", choices=["silhouette", "calinski_harabasz", "davies_bouldin", "bic", "prediction_strength"],
-                     default="silhouette", help="with --k auto: the label-free criterion that chooses K (see README)")
+    fit.add_argument("--k-criterion", default="silhouette",
+                     choices=["silhouette", "calinski_harabasz", "davies_bouldin", "bic", "prediction_strength", "umap_silhouette"], help="with --k auto: the label-free criterion that chooses K (see README)")
     fit.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its last checkpoint")
     fit.add_argument("--report", action="store_true", help="write RUN_DIR/report/index.html at the end (see `diffclust report`)")
     _add_backbone_and_device(fit)
@@ -150,17 +150,48 @@ def _add_fit_parser(commands) -> None:
     diec.add_argument("--entropy-weight", type=float, default=1.0, help="weight of the entropy regulariser against empty clusters")
     diec.add_argument("--denoising-weight", type=float, default=1.0, help="weight of the parallel denoising loss (fine-tuning only)")
     cludi = fit.add_argument_group("CLUDI (--method cludi)")
-    cludi.add_argument("--features", type=Path, default=None, help="feature matrix N x d (.npy, .pt, .safetensors) to cluster instead of images")
+    cludi.add_argument("--features", type=Path, default=None, help="feature matrix N x d (.npy, .pt, .safetensors) to cluster instead of images "
+                                                                  "(rows named by FEATURES.files.csv when `diffclust features` wrote it)")
+    _add_encoder_options(cludi)
     cludi.add_argument("--labels", type=Path, default=None, help="labels of the feature rows, for the metrics log only (.npy, or labels.csv with file = row index)")
-    cludi.add_argument("--ema-decay", type=float, default=0.999, help="teacher = EMA of the student with this decay")
-    cludi.add_argument("--teacher-steps", type=int, default=25, help="DDIM steps of the teacher's samples (eta 1)")
-    cludi.add_argument("--ce-weight", type=float, default=50.0, help="weight of the two-way cross-entropy against the embedding MSE")
-    cludi.add_argument("--predict-samples", type=int, default=64, help="sampled embeddings averaged per prediction")
-    cludi.add_argument("--predict-steps", type=int, default=50, help="DDIM steps of each prediction sample")
-    cludi.add_argument("--embedding-dim", type=int, default=64, help="size of the assignment embeddings")
-    cludi.add_argument("--hidden-dim", type=int, default=512, help="width of the denoiser MLP")
+    cludi.add_argument("--paper-settings", action="store_true", help="the published settings (200 epochs, lr 1e-4, teacher 25 steps, "
+                                                                      "prediction 64 x 50, random start): hours on a CPU, for GPUs")
+    cludi.add_argument("--init", choices=["kmeans", "spectral", "random"], default=None, help="start: k-means, spectral clustering of the "
+                                                                                             "kNN graph, or random weights (published)")
+    cludi.add_argument("--teacher-neighbours", type=_whole(0), default=None, help="the teacher reads one of each row's k nearest "
+                                                                                  "neighbours (0: the row itself, published)")
+    cludi.add_argument("--ema-decay", type=float, default=None, help="teacher = EMA of the student with this decay")
+    cludi.add_argument("--teacher-steps", type=_whole(1), default=None, help="DDIM steps of the teacher's samples (eta 1)")
+    cludi.add_argument("--ce-weight", type=float, default=None, help="weight of the two-way cross-entropy against the embedding MSE")
+    cludi.add_argument("--predict-samples", type=_whole(1), default=None, help="sampled embeddings averaged per prediction")
+    cludi.add_argument("--predict-steps", type=_whole(1), default=None, help="DDIM steps of each prediction sample")
+    cludi.add_argument("--embedding-dim", type=_whole(1), default=None, help="size of the assignment embeddings")
+    cludi.add_argument("--hidden-dim", type=_whole(1), default=None, help="width of the denoiser MLP")
     _add_search_settings(fit)
     _add_report_options(fit)
+
+
+def _add_encoder_options(group) -> None:
+    group.add_argument("--encoder", default=None, help="vision transformer that turns images into features (ViT, DINO, DINOv2, CLIP): "
+                                                      "a folder saved with transformers, or a hub id such as facebook/dinov2-small")
+    group.add_argument("--pooling", choices=["cls", "mean"], default="cls", help="the image's vector: the CLS token (CLIP: its image "
+                                                                                 "embedding) or the mean of the patch tokens; L2-normalised")
+
+
+def _add_features_parser(commands) -> None:
+    features = commands.add_parser("features", help="encode images with a vision transformer into a feature file (for CLUDI)",
+                                   description="Encode every image under DATA with --encoder and write --out (N x D, one row per "
+                                               "image), OUT.files.csv (row, file, and labels when known) and OUT.skipped.csv. "
+                                               "Shards are kept in OUT.npy.parts/ while it runs: run it again to continue.")
+    features.add_argument("data", help="image folder: flat, one sub-folder per class, or with a labels.csv")
+    features.add_argument("--out", type=Path, required=True, help="feature file to write (.npy)")
+    _add_encoder_options(features)
+    features.add_argument("--batch-size", type=_whole(1), default=64, help="images per encoder batch")
+    features.add_argument("--shard-size", type=_whole(1), default=1024, help="rows per shard (the unit an interrupted run keeps)")
+    features.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="where to run")
+    features.add_argument("--strict", action="store_true", help="stop with an error on unreadable images instead of skipping them")
+    features.add_argument("--no-folder-labels", dest="folder_labels", action="store_false", help="read sub-folders as unlabelled")
+    _add_quiet(features)
 
 
 def _add_search_parser(commands) -> None:
@@ -254,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", action="store_true", help="log debugging detail")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_fit_parser(commands)
+    _add_features_parser(commands)
     _add_predict_parser(commands)
     _add_evaluate_parser(commands)
     _add_report_parser(commands)
@@ -277,7 +309,9 @@ def _search_settings(args) -> dict:
 
 
 def _common_settings(args) -> dict:
-    return dict(backbone=args.backbone, resolution=args.resolution, device=args.device, mixed_precision=args.mixed_precision,
+    # --backbone left out: each method's own default (SD v1.5 for DiFiC and DiEC; none for CLUDI, which reads features)
+    backbone = {} if args.backbone is None else {"backbone": args.backbone}
+    return dict(**backbone, resolution=args.resolution, device=args.device, mixed_precision=args.mixed_precision,
                 random_state=args.seed, num_workers=args.num_workers, strict=args.strict, folder_labels=args.folder_labels,
                 progress=not args.quiet)
 
@@ -298,9 +332,14 @@ def _method_settings(args) -> dict:
         settings.update(finetune_unet=args.finetune_unet, unet_lr=args.unet_lr, graph_weight=args.graph_weight,
                         entropy_weight=args.entropy_weight, denoising_weight=args.denoising_weight)
     if args.method == "cludi":
-        settings.update(ema_decay=args.ema_decay, teacher_steps=args.teacher_steps, ce_weight=args.ce_weight,
-                        predict_samples=args.predict_samples, predict_steps=args.predict_steps,
-                        embedding_dim=args.embedding_dim, hidden_dim=args.hidden_dim)
+        from diffclust.methods.cludi.estimator import PAPER_SETTINGS
+
+        given = dict(init=args.init, teacher_neighbours=args.teacher_neighbours, ema_decay=args.ema_decay,
+                     teacher_steps=args.teacher_steps, ce_weight=args.ce_weight, predict_samples=args.predict_samples,
+                     predict_steps=args.predict_steps, embedding_dim=args.embedding_dim, hidden_dim=args.hidden_dim)
+        # the published settings, under any option given explicitly (--epochs included)
+        paper = {key: value for key, value in PAPER_SETTINGS.items() if key not in settings} if args.paper_settings else {}
+        settings.update(encoder=args.encoder, pooling=args.pooling, **paper, **{key: value for key, value in given.items() if value is not None})
     return settings
 
 
@@ -320,10 +359,9 @@ def _fit_input(args):
             raise DiffclustError("Give either DATA (images) or --features FILE, not both.")
         from diffclust.methods.cludi.inputs import read_feature_file, read_row_labels
 
-        values, labels = read_feature_file(args.features)
-        if args.labels is not None:
-            labels = read_row_labels(args.labels, len(values))
-        return values, labels, args.features.stem
+        values, _ = read_feature_file(args.features)  # checked here, read again by CLUDI with its row names
+        labels = read_row_labels(args.labels, len(values)) if args.labels is not None else None
+        return args.features, labels, args.features.stem
     if args.features is not None or args.labels is not None:
         raise DiffclustError("--features and --labels belong to --method cludi; other methods read labels from DATA.")
     if args.data is None:
@@ -367,6 +405,27 @@ def _write_report(run_dir: Path, args, report_folder: Path | None = None) -> Non
 
 def run_report(args) -> int:
     _write_report(args.run_dir, args, args.out)
+    return 0
+
+
+def run_features(args) -> int:
+    from diffclust.data.collection import collect_images
+    from diffclust.encoders.extraction import extract_features, sidecar
+    from diffclust.encoders.vision import VisionEncoder
+    from diffclust.engine.runtime import make_accelerator
+
+    if args.encoder is None:
+        raise DiffclustError("features needs --encoder NAME_OR_PATH (a ViT, DINO, DINOv2 or CLIP folder, or a hub id).")
+    if args.out.suffix.lower() != ".npy":
+        raise DiffclustError(f"--out must be a .npy file, got '{args.out}'.")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    collection = collect_images(args.data, strict=args.strict, folder_labels=args.folder_labels)
+    encoder = VisionEncoder.load(args.encoder, args.pooling, make_accelerator(args.device).device, progress=not args.quiet)
+    features = extract_features(encoder, collection, args.out, args.batch_size, args.shard_size, show_progress=not args.quiet)
+    print(f"Encoded {len(features)} images into {features.shape[1]}-d features ({encoder.model_type}, {args.pooling}) -> {args.out}; "
+          f"rows in {sidecar(args.out, 'files')}, {sum(s.is_image for s in collection.skipped)} unreadable skipped "
+          f"({sidecar(args.out, 'skipped')}).")
+    print(f"Cluster them: diffclust fit --method cludi --features {args.out} --k auto")
     return 0
 
 
@@ -486,7 +545,7 @@ def configure_logging(verbose: bool, quiet: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose, getattr(args, "quiet", False))
-    runners = {"fit": run_fit, "predict": run_predict, "evaluate": run_evaluate, "pretrain": run_pretrain, "search": run_search,
+    runners = {"fit": run_fit, "features": run_features, "predict": run_predict, "evaluate": run_evaluate, "pretrain": run_pretrain, "search": run_search,
                "report": run_report}
     try:
         return runners[args.command](args)

@@ -48,30 +48,33 @@ def cached_snapshot(repo_id: str) -> Path | None:
         return None
 
 
-def not_a_builtin_hint(name: str) -> str:
-    close = difflib.get_close_matches(name, BUILTIN_BACKBONES, n=1)
+def not_a_builtin_hint(name: str, builtins: tuple[str, ...] = BUILTIN_BACKBONES) -> str:
+    close = difflib.get_close_matches(name, builtins, n=1)
     return f"Did you mean '{close[0]}'? " if close else ""
 
 
-def locate_hub_model(reference: str, allow_download: bool = True) -> str:
+def locate_hub_model(reference: str, allow_download: bool = True, kind: str = "Backbone", option: str = "--backbone",
+                     builtins: tuple[str, ...] = BUILTIN_BACKBONES) -> str:
     """A cached snapshot folder for the hub id `reference`, or the id itself when it can be
-    downloaded; otherwise a clear error, at once."""
-    builtins = ", ".join(BUILTIN_BACKBONES)
+    downloaded; otherwise a clear error, at once. `kind`, `option` and `builtins` word the
+    errors for what is being loaded (a diffusion backbone, a vision encoder)."""
+    listed = ", ".join(builtins) or "none"
     if not HUB_ID.match(reference):
         raise BackboneNotFoundError(
-            f"Backbone '{reference}' is not a built-in name ({builtins}), not an existing folder, and not a "
-            f"Hugging Face hub id (owner/name). {not_a_builtin_hint(reference)}Check the spelling or the path."
+            f"{kind} '{reference}' is not a built-in name ({listed}), not an existing folder, and not a "
+            f"Hugging Face hub id (owner/name). {not_a_builtin_hint(reference, builtins)}Check the spelling or the path."
         )
     cached = cached_snapshot(reference)
     if cached is not None:
         return str(cached)
-    how = (f"Download it once on a machine with network (e.g. `hf download {reference} --local-dir sd15`) and pass "
-           f"--backbone sd15; a local folder works fully offline. Built-in backbones: {builtins}.")
+    local = reference.rsplit("/", 1)[-1]
+    how = (f"Download it once on a machine with network (e.g. `hf download {reference} --local-dir {local}`) and pass "
+           f"{option} {local}; a local folder works fully offline. Built-in: {listed}.")
     if not allow_download or hub_offline():
-        raise BackboneNotFoundError(f"Backbone '{reference}' is not a folder here and not in the local Hugging Face cache "
+        raise BackboneNotFoundError(f"{kind} '{reference}' is not a folder here and not in the local Hugging Face cache "
                                     f"(offline mode: nothing is downloaded). {how}")
     if not hub_reachable():
-        raise BackboneNotFoundError(f"Backbone '{reference}' is not a folder here nor in the local Hugging Face cache, and "
+        raise BackboneNotFoundError(f"{kind} '{reference}' is not a folder here nor in the local Hugging Face cache, and "
                                     f"the hub cannot be reached (no network). {how}")
     return reference
 

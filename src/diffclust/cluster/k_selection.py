@@ -4,7 +4,9 @@ k-means is fitted for every K in a range, on a seeded subsample (and, for wide f
 PCA to 50 dimensions), and each fit is scored by established internal criteria: silhouette,
 Calinski-Harabasz and Davies-Bouldin (scikit-learn), the BIC of a Gaussian mixture started
 from the k-means fit, and prediction strength (Tibshirani & Walther 2005), a stability
-criterion over two halves of the data. Labels are never used.
+criterion over two halves of the data. ``umap_silhouette`` is the silhouette of k-means fitted
+in a UMAP embedding (umap-learn, an optional dependency: ``pip install diffclust[umap]``),
+where neighbourhoods matter more than global distances. Labels are never used.
 """
 
 from __future__ import annotations
@@ -24,7 +26,12 @@ from sklearn.mixture import GaussianMixture
 from diffclust.errors import DiffclustError
 
 #: criterion -> True when a higher score is better
-CRITERIA = {"silhouette": True, "calinski_harabasz": True, "davies_bouldin": False, "bic": False, "prediction_strength": True}
+CRITERIA = {"silhouette": True, "calinski_harabasz": True, "davies_bouldin": False, "bic": False, "prediction_strength": True,
+            "umap_silhouette": True}
+#: the criteria recorded beside the chosen one by default (UMAP costs more, and an optional install)
+RECORDED = ("silhouette", "calinski_harabasz", "davies_bouldin", "bic", "prediction_strength")
+#: the UMAP embedding's settings: neighbourhoods of 15, packed clusters, 10 dimensions
+UMAP_SETTINGS = {"n_neighbors": 15, "min_dist": 0.0, "n_components": 10}
 #: prediction strength picks the largest K whose clusters are this reproducible (the paper's 0.8)
 STRENGTH_THRESHOLD = 0.8
 
@@ -87,13 +94,53 @@ def _prediction_strength(data: np.ndarray, k: int, seed: int) -> float:
     return min(strengths) if strengths else float("nan")
 
 
+def _silhouette(data: np.ndarray, labels: np.ndarray, seed: int) -> float:
+    """Silhouette on at most 2,000 seeded points (NaN for a single cluster)."""
+    if len(np.unique(labels)) < 2:
+        return math.nan
+    return silhouette_score(data, labels, sample_size=min(2000, len(data)), random_state=seed)
+
+
+def _criterion(name: str, data: np.ndarray, k: int, fit: KMeans | None, embedded: np.ndarray | None, seed: int) -> float:
+    """One criterion's score of the k-means `fit` with K = `k` on `data` (umap_silhouette: of a
+    k-means fitted in the UMAP `embedded` space)."""
+    several = fit is not None and len(np.unique(fit.labels_)) > 1
+    if name == "silhouette":
+        return _silhouette(data, fit.labels_, seed)
+    if name == "calinski_harabasz":
+        return calinski_harabasz_score(data, fit.labels_) if several else math.nan
+    if name == "davies_bouldin":
+        return davies_bouldin_score(data, fit.labels_) if several else math.nan
+    if name == "bic":  # a short EM from the k-means fit: an approximation, so its warning is expected
+        mixture = GaussianMixture(k, covariance_type="diag", means_init=fit.cluster_centers_, max_iter=20, reg_covar=1e-4,
+                                  random_state=seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return mixture.fit(data).bic(data)
+    if name == "prediction_strength":
+        return _prediction_strength(data, k, seed)
+    return _silhouette(embedded, KMeans(k, n_init=2, random_state=seed).fit_predict(embedded), seed)
+
+
+def umap_embedding(data: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded UMAP embedding of `data` (UMAP_SETTINGS), or a clear error without umap-learn."""
+    try:
+        import umap
+    except ImportError:
+        raise DiffclustError("The umap_silhouette criterion needs umap-learn: pip install umap-learn "
+                             "(or diffclust[umap]), or pick another --k-criterion.") from None
+    with warnings.catch_warnings():  # a seed turns off UMAP's parallelism, and it says so
+        warnings.simplefilter("ignore", UserWarning)
+        return umap.UMAP(**UMAP_SETTINGS, random_state=seed).fit_transform(data)
+
+
 def choose_k(features, k_range: tuple[int, int] | None = None, criterion: str = "silhouette", seed: int = 0,
              max_items: int = 3000, criteria: tuple[str, ...] | None = None) -> KSelection:
     """Scan K over `k_range` (default: default_k_range) and choose it by `criterion`.
 
-    `criteria` lists the scores computed for the record (default: all; the chosen criterion is
-    always among them). A seeded subsample of `max_items` rows keeps 10,000 items x K = 2..100
-    under a minute on a laptop CPU.
+    `criteria` lists the scores computed for the record (default: RECORDED; the chosen
+    criterion is always among them). A seeded subsample of `max_items` rows keeps 10,000 items
+    x K = 2..100 under a minute on a laptop CPU.
     """
     if criterion not in CRITERIA:
         raise DiffclustError(f"k criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}.")
@@ -106,29 +153,14 @@ def choose_k(features, k_range: tuple[int, int] | None = None, criterion: str = 
         data = data[np.sort(np.random.default_rng(seed).choice(len(data), max_items, replace=False))]
     if data.shape[1] > 50:
         data = PCA(50, random_state=seed).fit_transform(data)
-    wanted = list(dict.fromkeys([criterion, *(criteria or CRITERIA)]))
+    wanted = list(dict.fromkeys([criterion, *(criteria or RECORDED)]))
     candidates = list(range(low, high + 1))
     scores: dict[str, list[float]] = {name: [] for name in wanted}
+    embedded = umap_embedding(data, seed) if "umap_silhouette" in wanted else None
     for k in candidates:
-        fit = KMeans(k, n_init=2, random_state=seed).fit(data)
-        labels = fit.labels_
-        several = len(np.unique(labels)) > 1
+        fit = KMeans(k, n_init=2, random_state=seed).fit(data) if wanted != ["umap_silhouette"] else None
         for name in wanted:
-            if name == "silhouette":
-                value = silhouette_score(data, labels, sample_size=min(2000, len(data)), random_state=seed) if several else math.nan
-            elif name == "calinski_harabasz":
-                value = calinski_harabasz_score(data, labels) if several else math.nan
-            elif name == "davies_bouldin":
-                value = davies_bouldin_score(data, labels) if several else math.nan
-            elif name == "bic":  # a short EM from the k-means fit: an approximation, so its warning is expected
-                mixture = GaussianMixture(k, covariance_type="diag", means_init=fit.cluster_centers_, max_iter=20,
-                                          reg_covar=1e-4, random_state=seed)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", ConvergenceWarning)
-                    value = mixture.fit(data).bic(data)
-            else:
-                value = _prediction_strength(data, k, seed)
-            scores[name].append(float(value))
+            scores[name].append(float(_criterion(name, data, k, fit, embedded, seed)))
     selection = KSelection(0, criterion, candidates, scores, len(data))
     selection.k = selection.pick(criterion)
     return selection

@@ -45,12 +45,14 @@ class EpochTrainer:
         average_gradients(parameters, self.accelerator)
         self.optimizer.step()
 
-    def end_epoch(self, epochs_done: int, record: dict[str, Any], clusters: np.ndarray, started: float) -> None:
+    def end_epoch(self, epochs_done: int, record: dict[str, Any], clusters: np.ndarray | None, started: float) -> None:
         """Complete the epoch's record (clusters in use, scores against known labels, seconds),
-        log it, and checkpoint."""
-        record["clusters_used"] = int(len(np.unique(clusters)))
-        if self.labels is not None:
-            record.update(clustering_scores(self.labels, clusters))
+        log it, and checkpoint. `clusters` is None for an epoch that assigns none (a warm-up
+        before K is chosen)."""
+        if clusters is not None:
+            record["clusters_used"] = int(len(np.unique(clusters)))
+            if self.labels is not None:
+                record.update(clustering_scores(self.labels, clusters))
         record["seconds"] = round(time.perf_counter() - started, 3)
         self.log.append(record)
         self.save_checkpoint(epochs_done)

@@ -64,8 +64,6 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
     format_version: int = 1
     #: True when the estimator clusters rows of a feature matrix (CLUDI); DiFiC and DiEC take images
     takes_feature_matrix: bool = False
-    #: True when n_clusters="auto" is supported (K chosen without labels, see cluster.k_selection)
-    chooses_k: bool = False
 
     def __sklearn_tags__(self):
         """Clusterers, seeded (deterministic); image methods do not take 2-D feature matrices."""
@@ -117,14 +115,13 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
     def _check_settings(self) -> None:
         """One error naming every bad setting, K's and the method's own."""
         problems = []
-        if self.n_clusters == "auto" and self.chooses_k:
+        if self.n_clusters == "auto":  # K chosen without labels, see cluster.k_selection
             if self.k_criterion not in CRITERIA:
                 problems.append(f"k_criterion (--k-criterion) must be one of {', '.join(CRITERIA)}, got {self.k_criterion!r}")
             if self.k_range is not None and not (len(self.k_range) == 2 and 2 <= self.k_range[0] <= self.k_range[1]):
                 problems.append(f"k_range (--k-range) must be (MIN, MAX) with 2 <= MIN <= MAX, got {self.k_range!r}")
         elif isinstance(self.n_clusters, bool) or not isinstance(self.n_clusters, (int, np.integer)) or self.n_clusters < 2:
-            auto = " or 'auto'" if self.chooses_k else ""
-            problems.append(f"n_clusters (--k) must be an integer >= 2{auto}, got {self.n_clusters!r}")
+            problems.append(f"n_clusters (--k) must be an integer >= 2 or 'auto', got {self.n_clusters!r}")
         problems += self._shared_setting_problems()
         problems += self._setting_problems()
         if problems:
@@ -135,12 +132,13 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         if self.n_clusters != "auto" and self.n_clusters > count:
             raise DiffclustError(f"n_clusters (--k) is {self.n_clusters} but only {count} {what}.")
 
-    def _resolve_k(self, features, run_dir: Path | None, is_main: bool = True) -> int:
+    def _resolve_k(self, features, run_dir: Path | None, is_main: bool = True) -> int | None:
         """n_clusters_: the given K, or (n_clusters="auto") the K chosen without labels on
-        `features`, with the criteria's curves written to k_selection.csv/.png in the run folder."""
-        if self.n_clusters != "auto":
+        `features`, with the criteria's curves written to k_selection.csv/.png in the run folder.
+        With "auto" and no features yet (DiFiC before warm-up ends), n_clusters_ is None."""
+        if self.n_clusters != "auto" or features is None:
             self.k_selection_ = None
-            self.n_clusters_ = int(self.n_clusters)
+            self.n_clusters_ = None if self.n_clusters == "auto" else int(self.n_clusters)
             return self.n_clusters_
         selection = choose_k(features, tuple(self.k_range) if self.k_range else None, self.k_criterion, self.random_state)
         self.k_selection_ = selection
@@ -160,7 +158,8 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
     def _trainer_params(self, data_identity: str, resolution: int | None, **extra) -> dict[str, Any]:
         """The settings a trainer reads, with the run's identity (data, backbone reference,
         resolution in effect), which a resume must match."""
-        return {**self.get_params(deep=False), "n_clusters": self.n_clusters_, "data": data_identity,
+        k = self.n_clusters if self.n_clusters_ is None else self.n_clusters_  # "auto" until chosen
+        return {**self.get_params(deep=False), "n_clusters": k, "data": data_identity,
                 "backbone": self._backbone_reference(), "resolution": resolution, **extra}
 
     def _finish_run(self, run_dir: Path | None, accelerator, timer: StageTimer, embedding: np.ndarray | None = None) -> None:

@@ -1,7 +1,10 @@
 """CLUDI's teacher-student loop.
 
 Each step: the teacher (EMA of the student) samples assignment embeddings for the clean
-features with stochastic DDIM and reads its logits from them. The student gets the teacher's
+features with stochastic DDIM and reads its logits from them. With `teacher_neighbours` k > 0
+(our addition), the teacher reads, for each row, one of its k nearest neighbours picked at
+random: the student learns to give a row its neighbours' cluster (SCAN's consistency, brought
+into the teacher-student), so the clusters follow the data's neighbourhoods, not only k-means' cells. The student gets the teacher's
 assignment as an embedding of its own centres, noised at a random timestep, and noised,
 dropped-out features; it predicts the clean embedding (self-conditioned half of the time) and
 its logits. Loss: embedding MSE + ce_weight * two-way cross-entropy (teacher -> student). Then
@@ -14,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +26,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 
 from diffclust.cluster.kmeans import fit_kmeans
+from diffclust.cluster.neighbours import nearest_neighbours
 from diffclust.engine.ema import EMA
 from diffclust.engine.trainer import EpochTrainer
 from diffclust.engine.runtime import epoch_batches, progress
@@ -32,7 +37,8 @@ from diffclust.seeding import make_generator
 
 logger = logging.getLogger(__name__)
 
-RESUME_KEYS = ("n_clusters", "embedding_dim", "hidden_dim", "depth", "batch_size", "random_state", "num_train_timesteps", "beta_schedule", "init")
+RESUME_KEYS = ("n_clusters", "embedding_dim", "hidden_dim", "depth", "batch_size", "random_state", "num_train_timesteps", "beta_schedule", "init",
+               "teacher_neighbours")
 #: the logit scale of the one-hot k-means targets of init="kmeans" (sharp at the 0.05-0.1 temperatures)
 INIT_LOGIT = 5.0
 
@@ -85,6 +91,9 @@ class CLUDITrainer(EpochTrainer):
             [{"params": others, "scale": 1.0}, {"params": centres, "scale": params["centre_lr_scale"]}],
             lr=params["lr"], betas=tuple(params["betas"]), weight_decay=params["weight_decay"])
         self.steps_per_epoch = math.ceil(math.ceil(len(features) / accelerator.num_processes) / params["batch_size"])
+        k = params.get("teacher_neighbours", 0)
+        #: (N, k) nearest neighbours of each row (cosine), whose clean features the teacher reads
+        self.neighbours = torch.from_numpy(nearest_neighbours(features, k)) if k else None
         #: teacher logits of every row after the last epoch (monitoring samples)
         self.logits: torch.Tensor | None = None
 
@@ -112,7 +121,11 @@ class CLUDITrainer(EpochTrainer):
         p, student, device = self.p, self.network, self.accelerator.device
         features = self.features[rows]
         if given_logits is None:
-            teacher_embedding = self.diffusion.sample(self.teacher.model, features, p["teacher_steps"], p["teacher_eta"], generator)
+            teacher_rows = rows
+            if self.neighbours is not None:
+                teacher_rows = self.neighbours[rows, torch.randint(self.neighbours.shape[1], (len(rows),), generator=generator)]
+            teacher_embedding = self.diffusion.sample(self.teacher.model, self.features[teacher_rows], p["teacher_steps"],
+                                                      p["teacher_eta"], generator)
             with torch.no_grad():
                 teacher_logits = self.teacher.model.classifier(teacher_embedding)
         else:
@@ -132,15 +145,29 @@ class CLUDITrainer(EpochTrainer):
         return {"loss": mse + p["ce_weight"] * ce, "embedding_mse": mse.detach(), "cross_entropy": ce.detach(),
                 "cross_entropy_teacher_to_student": to_student.detach(), "cross_entropy_student_to_teacher": to_teacher.detach()}
 
-    def initialise_from_kmeans(self) -> None:
-        """Start teacher and student from k-means on the features: `init_steps` updates toward
-        k-means' one-hot assignments in place of the teacher's, then the teacher copies the student.
+    def start_clusters(self) -> np.ndarray:
+        """The partition the networks start from: k-means, or spectral clustering of the
+        `init_neighbours`-nearest-neighbour graph (clusters that follow the data's neighbourhoods)."""
+        if self.p["init"] == "spectral":
+            from sklearn.cluster import SpectralClustering
+
+            with warnings.catch_warnings():  # a graph in several pieces is expected with many clusters
+                warnings.simplefilter("ignore", UserWarning)
+                return SpectralClustering(self.p["n_clusters"], affinity="nearest_neighbors",
+                                          n_neighbors=min(self.p["init_neighbours"], len(self.features) - 1),
+                                          random_state=self.p["random_state"]).fit_predict(self.features.cpu().numpy()).astype(np.int64)
+        return fit_kmeans(self.features, self.p["n_clusters"], seed=self.p["random_state"])[1]
+
+    def initialise_from_clusters(self) -> None:
+        """Start teacher and student from a partition of the features (`start_clusters`):
+        `init_steps` updates toward its one-hot assignments in place of the teacher's, then the
+        teacher copies the student.
 
         Our addition (the published method starts from random weights): from random weights a
         balanced self-distillation can settle in a partition that splits one group and merges
-        two others, which no later step undoes; k-means puts the start in the right basin.
+        two others, which no later step undoes; a clustering puts the start in the right basin.
         """
-        _, targets = fit_kmeans(self.features, self.p["n_clusters"], seed=self.p["random_state"])
+        targets = self.start_clusters()
         given = torch.nn.functional.one_hot(torch.from_numpy(targets), self.p["n_clusters"]).float() * INIT_LOGIT
         generator = make_generator(self.p["random_state"] + 11)
         parameters = list(self.network.parameters())
@@ -151,6 +178,26 @@ class CLUDITrainer(EpochTrainer):
             self.optimise(self._step(rows, generator, given)["loss"], parameters)
         self.optimizer.state.clear()
         self.teacher.model.load_state_dict(self.network.state_dict())
+
+    # ------------------------------------------------------------------ cost
+    @torch.no_grad()
+    def estimated_seconds(self, predict_samples: int, predict_steps: int) -> float:
+        """Seconds the fit will take, from a timed denoiser pass over one batch: every cost is a
+        number of such row passes (a training step's backward counts as two more)."""
+        p = self.p
+        rows = self.features[: p["batch_size"]]
+        noisy = torch.zeros(len(rows), self.network.denoiser.embedding_dim, device=rows.device)
+        timesteps = torch.full((len(rows),), self.diffusion.num_train_timesteps // 2, device=rows.device)
+        self.network.denoiser(noisy, timesteps, rows, noisy)  # the first call pays one-off costs
+        started = time.perf_counter()
+        for _ in range(3):
+            self.network.denoiser(noisy, timesteps, rows, noisy)
+        per_row = (time.perf_counter() - started) / (3 * len(rows))
+        student = 3 + p["self_conditioning"]  # forward, backward (about two forwards), self-conditioning
+        per_epoch = p["teacher_steps"] + student + p["monitor_samples"] * p["teacher_steps"]
+        epochs_left = max(0, p["epochs"] - self.start_epoch)
+        init = p["init_steps"] * p["batch_size"] * student if p["init"] != "random" and self.start_epoch == 0 else 0
+        return per_row * (len(self.features) * (epochs_left * per_epoch + predict_samples * predict_steps) + init)
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_state(self) -> dict:
@@ -190,8 +237,8 @@ class CLUDITrainer(EpochTrainer):
     def run(self, resume: bool = False) -> None:
         if resume:
             self.resume()
-        if self.start_epoch == 0 and self.p["init"] == "kmeans":
-            self.initialise_from_kmeans()
+        if self.start_epoch == 0 and self.p["init"] != "random":
+            self.initialise_from_clusters()
         for epoch in range(self.start_epoch, self.p["epochs"]):
             started = time.perf_counter()
             record: dict = {"epoch": epoch + 1, **self.train_epoch(epoch)}

@@ -50,7 +50,6 @@ class DiEC(ClusteringEstimator):
 
     method = "diec"
     fitted_attribute = "network_"
-    chooses_k = True
 
     def __init__(
         self,

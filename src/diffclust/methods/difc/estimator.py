@@ -44,6 +44,9 @@ class DiFiC(ClusteringEstimator):
     ``cluster_guidance`` (train the head g after warm-up; without it, k-means on S* decides).
     ``head_init="kmeans"`` starts g from the warm-up's k-means clusters (our addition: the paper
     does not say; ``"random"`` is the literal reading).
+    ``n_clusters="auto"``: warm-up distils proxy words without needing K, so K is chosen on S* at
+    the end of warm-up (``k_criterion`` over ``k_range``, see cluster.k_selection) and the head
+    is built with it.
     ``output_dir`` makes a run folder: checkpoints, metrics log, cache, assignments, model.
     """
 
@@ -52,8 +55,10 @@ class DiFiC(ClusteringEstimator):
 
     def __init__(
         self,
-        n_clusters: int = 10,
+        n_clusters: int | str = 10,
         *,
+        k_range: tuple[int, int] | None = None,
+        k_criterion: str = "silhouette",
         backbone: str | DiffusionBackbone = SD15_HUB_ID,
         resolution: int | None = None,
         feature_layer: str = "up_blocks.2.attentions.0",
@@ -129,7 +134,7 @@ class DiFiC(ClusteringEstimator):
         """Learn proxy words (and the cluster head) for the images in `data`: a folder (flat,
         class sub-folders, or with labels.csv), image files, PIL images, arrays or an ImageCollection."""
         timer = StageTimer()
-        self._resolve_k(None, run_dir)  # DiFiC and DiEC take a given K
+        self._resolve_k(None, run_dir)  # a given K; "auto" waits for the proxy words at the end of warm-up
         accelerator = make_accelerator(self.device, self.mixed_precision)
         seed_everything(self.random_state)
         with timer("scan images"):
@@ -150,11 +155,16 @@ class DiFiC(ClusteringEstimator):
             store = load_or_compute_constants(computer, collection, self._cache_folder(backbone, collection, settings), accelerator,
                                               self.batch_size, self.num_workers, self.progress)
         seed_everything(self.random_state)  # the network's initial weights must not depend on the cache's history
-        network = DiFiCNetwork(store.shape("features")[0], backbone.token_dim, self.n_clusters, self.cluster_guidance,
+        network = DiFiCNetwork(store.shape("features")[0], backbone.token_dim, self.n_clusters_, self.cluster_guidance,
                                self.extractor_hidden).to(accelerator.device)
-        trainer = DiFiCTrainer(params, backbone, store, network, accelerator, collection.labels, run_dir)
+
+        def choose_k_on(proxies: torch.Tensor) -> int:
+            return self._resolve_k(proxies.cpu().numpy(), run_dir, accelerator.is_main_process)
+
+        trainer = DiFiCTrainer(params, backbone, store, network, accelerator, collection.labels, run_dir, choose_k_on)
         with timer("training"):
             trainer.run(resume=resume)
+        self.n_clusters_ = trainer.k  # the chosen K too (restored from the checkpoint on resume)
 
         self.backbone_ = backbone
         self.resolution_ = resolution

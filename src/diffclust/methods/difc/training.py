@@ -5,6 +5,10 @@ the cluster head is training, then go once through the images in a seeded order.
 ends with an assignment of every image (head, or k-means during warm-up), a log record and an
 atomic checkpoint. Randomness is drawn from generators seeded by (seed, epoch, process), so a
 resumed run continues exactly as an uninterrupted one would.
+
+With n_clusters "auto", warm-up runs without a head and without per-epoch clusters (it needs no
+K); K is chosen on the proxy words S* at the end of warm-up (`choose_k`), kept in the
+checkpoint, and the head and memory bank are built with it before cluster guidance starts.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -48,16 +53,21 @@ class DiFiCTrainer(EpochTrainer):
     resume_keys = RESUME_KEYS
 
     def __init__(self, params: dict, backbone: DiffusionBackbone, store: ConstantStore, network: DiFiCNetwork,
-                 accelerator: Accelerator, labels: np.ndarray | None, run_dir: Path | None):
+                 accelerator: Accelerator, labels: np.ndarray | None, run_dir: Path | None,
+                 choose_k: Callable[[torch.Tensor], int] | None = None):
         super().__init__(params, accelerator, labels, run_dir)
         self.backbone = backbone
         self.store = store
         self.network = network
-        groups = [{"params": network.extractor.parameters()}]
+        #: K: given, or (n_clusters "auto") None until `choose_k(proxy words)` picks it
+        self.k: int | None = None if params["n_clusters"] == "auto" else int(params["n_clusters"])
+        if self.k is None and choose_k is None:
+            raise ValueError("n_clusters='auto' needs a choose_k function")
+        self.choose_k = choose_k
+        self.optimizer = torch.optim.AdamW([{"params": network.extractor.parameters()}], lr=params["lr"], weight_decay=params["weight_decay"])
+        self.bank = AssignmentMemoryBank(params["memory_bank_size"], self.k or 0)
         if network.head is not None:
-            groups.append({"params": network.head.parameters(), "name": "head"})
-        self.optimizer = torch.optim.AdamW(groups, lr=params["lr"], weight_decay=params["weight_decay"])
-        self.bank = AssignmentMemoryBank(params["memory_bank_size"], params["n_clusters"])
+            self._train_head(network.head)
         self.sampler = TimestepSampler(TIMESTEP_DISTRIBUTIONS[params["timestep_sampling"]](backbone.num_train_timesteps))
         self.centres: np.ndarray | None = None
         #: (proxy words, labels, confidence) of every image after the last epoch run
@@ -67,6 +77,29 @@ class DiFiCTrainer(EpochTrainer):
     def guided(self, epoch: int) -> bool:
         """True once the cluster head trains (after warm-up, when cluster guidance is on)."""
         return self.p["cluster_guidance"] and epoch >= self.p["warmup_epochs"]
+
+    def k_due(self, epoch: int) -> bool:
+        """True when the epoch that just ran ends the distillation that K is chosen after: the
+        last warm-up epoch (or, without guidance, the last epoch)."""
+        end = self.p["warmup_epochs"] if self.p["cluster_guidance"] else self.p["epochs"]
+        return epoch + 1 >= min(end, self.p["epochs"])
+
+    def k_for(self, proxies: torch.Tensor) -> int:
+        """K: given, chosen before (or restored), or chosen now on these proxy words."""
+        if self.k is None:
+            self.k = int(self.choose_k(proxies))
+        return self.k
+
+    def _train_head(self, head: torch.nn.Module) -> None:
+        """Give the head its own optimiser group (its learning rate ramps up, see HEAD_WARMUP_STEPS)
+        and a memory bank sized for its K."""
+        self.optimizer.add_param_group({"params": head.parameters(), "name": "head"})
+        self.bank = AssignmentMemoryBank(self.p["memory_bank_size"], self.k)
+
+    def add_head(self) -> None:
+        """Build the head for the chosen K (n_clusters "auto", at the end of warm-up or on resume)."""
+        network = self.accelerator.unwrap_model(self.network)
+        self._train_head(network.add_head(self.k, self.p["random_state"]))
 
     @torch.no_grad()
     def all_proxies(self, chunk: int = 256) -> torch.Tensor:
@@ -79,16 +112,22 @@ class DiFiCTrainer(EpochTrainer):
         extractor.train(was_training)
         return torch.cat(words)
 
-    def assign_all(self, epoch: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-        """(proxy words, labels, confidence) for every image with the model as it is after `epoch`."""
+    def assign_all(self, epoch: int) -> tuple[torch.Tensor, np.ndarray | None, np.ndarray | None]:
+        """(proxy words, labels, confidence) for every image with the model as it is after `epoch`.
+
+        Labels and confidence are None during an "auto" warm-up before K is due: there is no K
+        to cluster with yet.
+        """
         proxies = self.all_proxies()
         if self.guided(epoch):
             self.centres = None
             head = self.accelerator.unwrap_model(self.network).head
             head.calibrate(proxies)
             labels, confidence = assign(proxies, head, None)
+        elif self.k is None and not self.k_due(epoch):
+            self.centres, labels, confidence = None, None, None
         else:
-            self.centres, _ = fit_kmeans(proxies, self.p["n_clusters"], seed=self.p["random_state"])
+            self.centres, _ = fit_kmeans(proxies, self.k_for(proxies), seed=self.p["random_state"])
             labels, confidence = assign(proxies, None, self.centres)
         return proxies, labels, confidence
 
@@ -99,7 +138,7 @@ class DiFiCTrainer(EpochTrainer):
         cluster) and throws away what warm-up found; this hand-over keeps the k-means clusters
         as the starting point. Every process computes the same thing from the same seed.
         """
-        _, targets = fit_kmeans(proxies, self.p["n_clusters"], seed=self.p["random_state"])
+        _, targets = fit_kmeans(proxies, self.k, seed=self.p["random_state"])
         targets = torch.from_numpy(targets).to(proxies.device)
         head = self.accelerator.unwrap_model(self.network).head.train()
         optimizer = torch.optim.Adam(head.parameters(), lr=1e-3)
@@ -129,10 +168,17 @@ class DiFiCTrainer(EpochTrainer):
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_state(self) -> dict:
-        return {"network": self.accelerator.unwrap_model(self.network).state_dict(), "optimizer": self.optimizer.state_dict(),
-                "bank": self.bank.state()}
+        state = {"network": self.accelerator.unwrap_model(self.network).state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "bank": self.bank.state()}
+        if self.k is not None:
+            state["n_clusters"] = self.k
+        return state
 
     def restore(self, state: dict) -> None:
+        if self.p["n_clusters"] == "auto" and "n_clusters" in state:  # K was chosen before the interruption
+            self.k = int(state["n_clusters"])
+            if self.network.head is None and any(name.startswith("head.") for name in state["network"]):
+                self.add_head()
         self.network.load_state_dict(state["network"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.bank.load_state(state["bank"])
@@ -170,6 +216,8 @@ class DiFiCTrainer(EpochTrainer):
         neighbours = None
         if guided:  # one pass of f over every cached z serves the hand-over, the bank and the neighbours
             proxies = self.all_proxies()
+            if self.accelerator.unwrap_model(model).head is None:
+                raise RuntimeError("cluster guidance started without a head; run() builds it once K is known")
             if epoch == self.p["warmup_epochs"] and self.p["head_init"] == "kmeans":
                 self.initialise_head(proxies)
             if len(self.bank) == 0:
@@ -205,11 +253,19 @@ class DiFiCTrainer(EpochTrainer):
         model, optimizer = self.accelerator.prepare(self.network, self.optimizer)
         for epoch in range(self.start_epoch, self.p["epochs"]):
             started = time.perf_counter()
+            if self.guided(epoch) and self.accelerator.unwrap_model(model).head is None:
+                # n_clusters "auto": K is known now (chosen at the end of warm-up); the head joins
+                # the model, and the model is prepared again so that a DDP wrapper covers it
+                self.network = self.accelerator.unwrap_model(model)
+                self.k_for(self.all_proxies())
+                self.add_head()
+                model, optimizer = self.accelerator.prepare(self.network, self.optimizer)
             record: dict = {"epoch": epoch + 1, "phase": "guided" if self.guided(epoch) else "warm-up"}
             record.update(self.train_epoch(model, optimizer, epoch))
             self.assignment = self.assign_all(epoch)
             _, labels, confidence = self.assignment
-            record["mean_confidence"] = float(confidence.mean())
+            if confidence is not None:
+                record["mean_confidence"] = float(confidence.mean())
             self.end_epoch(epoch + 1, record, labels, started)
         self.network = self.accelerator.unwrap_model(model)
         if self.assignment is None:  # nothing left to train (a finished run resumed, or epochs == 0)

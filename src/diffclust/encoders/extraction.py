@@ -1,0 +1,151 @@
+"""Encode a whole image collection into a feature file, in shards that survive an interruption.
+
+`FEATURES.npy` gets one row per usable image, in the collection's order. Beside it:
+`FEATURES.files.csv` (row, file, and label/class_name when the data has labels), so CLUDI
+names its assignments by file and scores against the labels, and `FEATURES.skipped.csv`
+(files set aside, and why). While it runs, finished shards of `shard_size` rows wait in
+`FEATURES.npy.parts/`; a second run with the same encoder, pooling and images continues after
+the last finished shard, and the folder is removed once the file is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from diffclust.data.collection import ImageCollection
+from diffclust.engine.checkpoint import atomic_save_array, atomic_write_json, atomic_write_text
+from diffclust.engine.runtime import progress
+from diffclust.engine.trainer import files_identity
+from diffclust.encoders.vision import VisionEncoder
+from diffclust.errors import DiffclustError
+from diffclust.outputs import csv_text, write_skipped
+
+logger = logging.getLogger(__name__)
+
+SHARD_SIZE = 1024
+PARTS_SUFFIX = ".parts"
+PLAN_NAME = "plan.json"
+
+
+def sidecar(features_path: str | Path, kind: str) -> Path:
+    """`feats.npy` -> `feats.files.csv` / `feats.skipped.csv` (kind: files, skipped)."""
+    path = Path(features_path)
+    return path.with_name(f"{path.stem}.{kind}.csv")
+
+
+def _decode(collection: ImageCollection, rows: range, size_hint: int, workers: int) -> list:
+    def one(row: int):
+        record = collection.records[row]
+        try:
+            return record.rgb(size_hint)
+        except Exception as error:  # the scan verified it; a file changed or vanished since
+            raise DiffclustError(f"Could not read '{record.file}' while encoding ({type(error).__name__}: {error}); "
+                                 "fix or remove it and run again (finished shards are kept).") from None
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        return list(pool.map(one, rows))
+
+
+def _shards_folder(out: Path, plan: dict) -> Path:
+    """The shard folder for `out`, created with `plan`, or an existing one holding the same plan."""
+    parts = out.with_name(out.name + PARTS_SUFFIX)
+    plan_file = parts / PLAN_NAME
+    if plan_file.is_file():
+        before = json.loads(plan_file.read_text())
+        changed = [f"{key}: {before.get(key)!r} -> {value!r}" for key, value in plan.items() if before.get(key) != value]
+        if changed:
+            raise DiffclustError(f"{parts} holds the shards of another extraction ({'; '.join(changed)}). Delete that folder "
+                                 "to start again, or write to another --out.")
+        logger.info("Continuing the extraction in %s.", parts)
+    else:
+        parts.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(plan_file, plan)
+    return parts
+
+
+def _finished_shard(path: Path, rows: int) -> np.ndarray | None:
+    if not path.is_file():
+        return None
+    try:
+        values = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None  # a damaged shard is computed again
+    return values if values.ndim == 2 and len(values) == rows else None
+
+
+def encode_rows(encoder: VisionEncoder, collection: ImageCollection, rows: range, batch_size: int = 64, workers: int = 4,
+                bar=None) -> np.ndarray:
+    """Features of `rows` of the collection, decoded `batch_size` images at a time."""
+    batches = []
+    for start in range(rows.start, rows.stop, batch_size):
+        images = _decode(collection, range(start, min(rows.stop, start + batch_size)), encoder.image_size, workers)
+        batches.append(encoder.encode(images).numpy())
+        if bar is not None:
+            bar.update(len(images))
+    return np.concatenate(batches).astype(np.float32)
+
+
+def extract_features(encoder: VisionEncoder, collection: ImageCollection, out: str | Path | None = None, batch_size: int = 64,
+                     shard_size: int = SHARD_SIZE, workers: int = 4, show_progress: bool = True) -> np.ndarray:
+    """The features (N x D float32, unit rows) of every image; with `out`, also written there,
+    with its sidecar files, through resumable shards."""
+    if len(collection) == 0:
+        raise DiffclustError("No usable images to encode.")
+    bar = progress(total=len(collection), enabled=show_progress, desc=f"encoding ({encoder.model_type})", unit="img")
+    if out is None:
+        features = encode_rows(encoder, collection, range(len(collection)), batch_size, workers, bar)
+        bar.close()
+        return features
+    out = Path(out)
+    parts = _shards_folder(out, {**encoder.description, "images": files_identity(collection.files), "shard_size": shard_size})
+    shards = []
+    for index in range(math.ceil(len(collection) / shard_size)):
+        rows = range(index * shard_size, min(len(collection), (index + 1) * shard_size))
+        path = parts / f"shard-{index:05d}.npy"
+        values = _finished_shard(path, len(rows))
+        if values is None:
+            values = encode_rows(encoder, collection, rows, batch_size, workers, bar)
+            atomic_save_array(path, values)
+        else:
+            bar.update(len(rows))
+        shards.append(values)
+    bar.close()
+    features = np.concatenate(shards)
+    atomic_save_array(out, features)
+    write_row_names(out, collection)
+    write_skipped(sidecar(out, "skipped"), collection.skipped)
+    shutil.rmtree(parts, ignore_errors=True)
+    return features
+
+
+def write_row_names(out: Path, collection: ImageCollection) -> Path:
+    """FEATURES.files.csv: row, file (and label, class_name when every image has a label)."""
+    labels = collection.labels
+    if labels is None:
+        return atomic_write_text(sidecar(out, "files"), csv_text(("row", "file"), enumerate(collection.files)))
+    rows = [(row, record.file, int(record.label), record.class_name or "") for row, record in enumerate(collection.records)]
+    return atomic_write_text(sidecar(out, "files"), csv_text(("row", "file", "label", "class_name"), rows))
+
+
+def read_row_names(features_path: str | Path, count: int) -> tuple[list[str], np.ndarray | None] | None:
+    """(file of each row, labels or None) from FEATURES.files.csv beside a feature file, or None
+    when there is none. A table that does not match the file's rows is an error."""
+    from diffclust.data.csv_tables import read_csv_rows
+
+    path = sidecar(features_path, "files")
+    if not path.is_file():
+        return None
+    _, numbered = read_csv_rows(path, {"row", "file"}, "row,file[,label,class_name], as `diffclust features` writes it")
+    rows = [row for _, row in numbered]
+    if len(rows) != count or any(row.get("row") != str(number) for number, row in enumerate(rows)):
+        raise DiffclustError(f"{path} lists {len(rows)} rows for the {count} rows of {features_path} (or out of order): "
+                             "it belongs to another extraction. Delete it to name the rows by index.")
+    labelled = all(row.get("label") not in (None, "") for row in rows)
+    return [row["file"] for row in rows], np.array([int(row["label"]) for row in rows], dtype=np.int64) if labelled else None

@@ -1,0 +1,154 @@
+"""Vision encoders (ViT, DINOv2, CLIP) built from small random configs: features, shards, CLUDI on images."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffclust.cli import main
+from diffclust.data.collection import collect_images
+from diffclust.encoders import extraction
+from diffclust.encoders.vision import VisionEncoder
+from diffclust.errors import DiffclustError
+from diffclust.methods.cludi import CLUDI
+
+TINY = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+CLUDI_FAST = dict(epochs=2, batch_size=16, hidden_dim=32, embedding_dim=8, teacher_steps=2, predict_samples=2, predict_steps=2,
+                  monitor_samples=1, init_steps=10, device="cpu", progress=False)
+
+
+@pytest.fixture(scope="module")
+def encoders(tmp_path_factory):
+    """{'vit': folder with its image processor, 'dinov2': 2 register tokens and no processor, 'clip': a two-tower checkpoint}."""
+    from transformers import (CLIPConfig, CLIPModel, Dinov2WithRegistersConfig, Dinov2WithRegistersModel, ViTConfig,
+                              ViTImageProcessorPil, ViTModel)
+
+    root = tmp_path_factory.mktemp("encoders")
+    torch.manual_seed(0)
+    ViTModel(ViTConfig(**TINY), add_pooling_layer=False).save_pretrained(root / "vit")
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(root / "vit")
+    Dinov2WithRegistersModel(Dinov2WithRegistersConfig(**TINY, num_register_tokens=2)).save_pretrained(root / "dinov2")
+    text = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=100)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=TINY, projection_dim=16)).save_pretrained(root / "clip")
+    return {name: root / name for name in ("vit", "dinov2", "clip")}
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Two classes in sub-folders (bright and dark noise images, 12 each) and one broken file."""
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for name, low in (("bright", 150), ("dark", 0)):
+        (root / name).mkdir()
+        for index in range(12):
+            size = (40 + index, 36)
+            Image.fromarray(rng.integers(low, low + 100, (*size, 3), dtype=np.uint8)).save(root / name / f"{index:02d}.png")
+    (root / "dark" / "broken.png").write_bytes(b"not an image")
+    return root
+
+
+def rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_features_command_writes_rows_names_and_skipped(encoders, photos, tmp_path, capsys):
+    out = tmp_path / "feats.npy"
+    assert main(["features", str(photos), "--encoder", str(encoders["vit"]), "--out", str(out), "--batch-size", "5",
+                 "--device", "cpu", "--quiet"]) == 0
+    features = np.load(out, allow_pickle=False)
+    names = rows(tmp_path / "feats.files.csv")
+    collection = collect_images(photos)
+    assert features.shape == (24, 32) and features.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, atol=1e-5)
+    assert [row["file"] for row in names] == collection.files and [row["row"] for row in names] == [str(i) for i in range(24)]
+    assert {row["class_name"] for row in names} == {"bright", "dark"}
+    assert [row["file"] for row in rows(tmp_path / "feats.skipped.csv")] == ["dark/broken.png"]
+    assert not (tmp_path / "feats.npy.parts").exists()  # shards go once the file is complete
+    assert "Encoded 24 images into 32-d features (vit, cls)" in capsys.readouterr().out
+
+
+def test_pooling_reads_the_right_tokens(encoders, photos):
+    """CLS is token 0; the mean skips CLS and DINOv2's register tokens; CLIP's CLS is its projected embedding."""
+    images = [record.rgb() for record in collect_images(photos).records[:3]]
+    dinov2 = VisionEncoder.load(encoders["dinov2"], "mean", progress=False)
+    assert dinov2.register_tokens == 2 and dinov2.processor is None  # no preprocessor_config.json: the fallback
+    hidden = dinov2.model(pixel_values=dinov2.pixels(images)).last_hidden_state
+    assert hidden.shape[1] == 1 + 2 + 16
+    expected = torch.nn.functional.normalize(hidden[:, 3:].mean(dim=1), dim=1)
+    torch.testing.assert_close(dinov2.encode(images), expected, atol=1e-5, rtol=1e-5)
+    cls = VisionEncoder.load(encoders["dinov2"], "cls", progress=False).encode(images)
+    torch.testing.assert_close(cls, torch.nn.functional.normalize(hidden[:, 0], dim=1), atol=1e-5, rtol=1e-5)
+    clip = VisionEncoder.load(encoders["clip"], "cls", progress=False)
+    assert clip.model_type == "clip" and clip.encode(images).shape == (3, 16)  # the projection's size, not the tower's
+    assert VisionEncoder.load(encoders["clip"], "mean", progress=False).encode(images).shape == (3, 32)
+
+
+def test_an_interrupted_extraction_continues_from_its_shards(encoders, photos, tmp_path, monkeypatch):
+    encoder = VisionEncoder.load(encoders["vit"], progress=False)
+    collection = collect_images(photos)
+    whole = extraction.extract_features(encoder, collection, tmp_path / "whole.npy", batch_size=4, shard_size=10, show_progress=False)
+    original, calls = extraction.encode_rows, []
+
+    def crash_on_third_shard(encoder, collection, rows, *args, **kwargs):
+        calls.append(rows.start)
+        if rows.start == 20 and len(calls) == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return original(encoder, collection, rows, *args, **kwargs)
+
+    monkeypatch.setattr(extraction, "encode_rows", crash_on_third_shard)
+    out = tmp_path / "feats.npy"
+    with pytest.raises(KeyboardInterrupt):
+        extraction.extract_features(encoder, collection, out, batch_size=4, shard_size=10, show_progress=False)
+    assert sorted(path.name for path in (tmp_path / "feats.npy.parts").glob("shard-*")) == ["shard-00000.npy", "shard-00001.npy"]
+    assert not out.exists()
+    resumed = extraction.extract_features(encoder, collection, out, batch_size=4, shard_size=10, show_progress=False)
+    assert calls == [0, 10, 20, 20]  # the second run encodes only the missing shard
+    np.testing.assert_array_equal(resumed, whole)
+
+
+def test_leftover_shards_of_another_extraction_are_refused(encoders, photos, tmp_path):
+    collection = collect_images(photos)
+    parts = tmp_path / "feats.npy.parts"
+    parts.mkdir()
+    extraction._shards_folder(tmp_path / "feats.npy", {"encoder": "x", "pooling": "cls"})
+    with pytest.raises(DiffclustError, match=r"another extraction \(encoder: 'x' ->"):
+        extraction.extract_features(VisionEncoder.load(encoders["vit"], progress=False), collection, tmp_path / "feats.npy",
+                                    show_progress=False)
+
+
+def test_unknown_encoder_is_a_clear_offline_error(photos, tmp_path, capsys):
+    assert main(["features", str(photos), "--encoder", "no-such-model", "--out", str(tmp_path / "f.npy"), "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert "Encoder 'no-such-model' is not a built-in name" in error and "hub id" in error
+    with pytest.raises(DiffclustError, match="pooling"):
+        VisionEncoder.load("anything", pooling="max")
+
+
+def test_encoder_path_and_feature_file_give_the_same_clusters(encoders, photos, tmp_path):
+    """CLUDI on images through --encoder, and on the .npy `diffclust features` wrote from them."""
+    assert main(["features", str(photos), "--encoder", str(encoders["vit"]), "--out", str(tmp_path / "f.npy"), "--quiet"]) == 0
+    on_images = CLUDI(2, encoder=str(encoders["vit"]), output_dir=tmp_path / "run", **CLUDI_FAST).fit(photos)
+    on_file = CLUDI(2, **CLUDI_FAST).fit(tmp_path / "f.npy")
+    np.testing.assert_array_equal(on_images.labels_, on_file.labels_)
+    assert on_file.files_ == on_images.files_ == collect_images(photos).files  # rows named by feats.files.csv
+    assert on_file.label_source_ == "the labels stored with the features"
+    np.testing.assert_array_equal(np.load(tmp_path / "run" / "features.npy"), np.load(tmp_path / "f.npy"))
+    loaded = CLUDI.load(tmp_path / "run")  # predict encodes new images with the fitted encoder
+    assert len(loaded.predict(str(photos / "bright" / "00.png"))) == 1
+
+
+def test_fit_on_images_with_an_encoder_from_the_command_line(encoders, photos, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["fit", str(photos), "--method", "cludi", "--encoder", str(encoders["dinov2"]), "--pooling", "mean", "--k", "2",
+                 "--epochs", "1", "--batch-size", "16", "--teacher-steps", "2", "--predict-samples", "2", "--predict-steps", "2",
+                 "--hidden-dim", "32", "--embedding-dim", "8", "--device", "cpu", "--quiet", "--out", str(run)]) == 0
+    assert "clustered 24 images" in capsys.readouterr().out
+    assert [row["file"] for row in rows(run / "assignments.csv") if row["cluster"]] == collect_images(photos).files
+    assert main(["fit", str(photos), "--method", "cludi", "--encoder", "x", "--backbone", "tiny-random", "--k", "2",
+                 "--out", str(tmp_path / "both")]) == 2
+    assert "either encoder (--encoder" in capsys.readouterr().err
