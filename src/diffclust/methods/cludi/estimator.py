@@ -12,6 +12,8 @@ import torch
 from diffclust.backbones.base import DiffusionBackbone
 from diffclust.cluster.metrics import clustering_scores
 from diffclust.data.collection import ImageCollection
+from diffclust.encoders.extraction import read_row_names
+from diffclust.encoders.vision import POOLINGS, VisionEncoder
 from diffclust.engine.checkpoint import atomic_save_array, atomic_save_tensors, load_tensors
 from diffclust.engine.runtime import make_accelerator
 from diffclust.engine.timing import StageTimer
@@ -19,8 +21,6 @@ from diffclust.engine.trainer import matrix_identity
 from diffclust.errors import DiffclustError
 from diffclust.methods.base import ClusteringEstimator
 from diffclust.methods.cludi.diffusion import EmbeddingDiffusion
-from diffclust.encoders.extraction import read_row_names
-from diffclust.encoders.vision import POOLINGS, VisionEncoder
 from diffclust.methods.cludi.inputs import FeatureTable, is_feature_file, read_feature_file, table_from_matrix
 from diffclust.methods.cludi.network import CLUDINetwork
 from diffclust.methods.cludi.training import CLUDITrainer, assign, mean_logits, sample_agreement
