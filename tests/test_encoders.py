@@ -88,6 +88,23 @@ def test_pooling_reads_the_right_tokens(encoders, photos):
     assert VisionEncoder.load(encoders["clip"], "mean", progress=False).encode(images).shape == (3, 32)
 
 
+def test_siglip_has_no_cls_token_its_pooled_vector_and_all_tokens_serve(tmp_path, photos):
+    from transformers import SiglipConfig, SiglipModel
+
+    text = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=100)
+    torch.manual_seed(0)
+    SiglipModel(SiglipConfig(text_config=text, vision_config=TINY)).save_pretrained(tmp_path / "siglip")
+    images = [record.rgb() for record in collect_images(photos).records[:3]]
+    siglip = VisionEncoder.load(tmp_path / "siglip", "mean", progress=False)
+    assert siglip.prefix_tokens == 0
+    outputs = siglip.model(pixel_values=siglip.pixels(images))
+    assert outputs.last_hidden_state.shape[1] == 16  # patches only
+    normalize = torch.nn.functional.normalize
+    torch.testing.assert_close(siglip.encode(images), normalize(outputs.last_hidden_state.mean(dim=1), dim=1), atol=1e-5, rtol=1e-5)
+    cls = VisionEncoder.load(tmp_path / "siglip", "cls", progress=False).encode(images)
+    torch.testing.assert_close(cls, normalize(outputs.pooler_output, dim=1), atol=1e-5, rtol=1e-5)
+
+
 def test_an_interrupted_extraction_continues_from_its_shards(encoders, photos, tmp_path, monkeypatch):
     encoder = VisionEncoder.load(encoders["vit"], progress=False)
     collection = collect_images(photos)

@@ -127,8 +127,7 @@ def extract_features(encoder: VisionEncoder, collection: ImageCollection, out: s
 
 def write_row_names(out: Path, collection: ImageCollection) -> Path:
     """FEATURES.files.csv: row, file (and label, class_name when every image has a label)."""
-    labels = collection.labels
-    if labels is None:
+    if not collection.has_labels:
         return atomic_write_text(sidecar(out, "files"), csv_text(("row", "file"), enumerate(collection.files)))
     rows = [(row, record.file, int(record.label), record.class_name or "") for row, record in enumerate(collection.records)]
     return atomic_write_text(sidecar(out, "files"), csv_text(("row", "file", "label", "class_name"), rows))

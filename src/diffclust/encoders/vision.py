@@ -3,7 +3,8 @@
 CLUDI is defined on such features. An encoder loads the transformers way, from a local folder
 or a hub id (offline first, like the diffusion backbones), with the folder's own image
 processor, and maps a batch of PIL images to one L2-normalised vector each: the CLS token
-(for CLIP, its projected image embedding) or the mean of the patch tokens.
+(for CLIP, its projected image embedding; SigLIP, which has no CLS token, gives its
+attention-pooled image vector) or the mean of the patch tokens.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ logger = logging.getLogger(__name__)
 POOLINGS = ("cls", "mean")
 #: model types whose checkpoints hold a text tower too: only the vision tower (and projection) loads
 TWO_TOWER_TYPES = ("clip", "siglip")
-#: normalisation used when a folder has no preprocessor_config.json (ImageNet's; CLIP's for CLIP)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-CLIP_MEAN, CLIP_STD = (0.4815, 0.4578, 0.4082), (0.2686, 0.2613, 0.2758)
+#: model types whose token sequence holds only patches (no CLS token in front)
+NO_CLS_TYPES = ("siglip",)
+#: (mean, std) used when a folder has no preprocessor_config.json: each family's own, else ImageNet's
+IMAGENET_STATISTICS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+FALLBACK_STATISTICS = {"clip": ((0.4815, 0.4578, 0.4082), (0.2686, 0.2613, 0.2758)), "siglip": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
 
 
 class EncoderError(DiffclustError):
@@ -45,6 +48,8 @@ class VisionEncoder:
         self.reference = reference
         self.device = device
         self.register_tokens = register_tokens
+        #: tokens before the patches: CLS (none for SigLIP) and any register tokens
+        self.prefix_tokens = (0 if model_type in NO_CLS_TYPES else 1) + register_tokens
 
     @classmethod
     def load(cls, name_or_path: str | Path, pooling: str = "cls", device: str | torch.device = "cpu", progress: bool = True,
@@ -82,7 +87,7 @@ class VisionEncoder:
         image_size = _image_size(vision_config)
         if processor is None:
             logger.warning("'%s' has no preprocessor_config.json: resizing to %d px and normalising with %s statistics.",
-                           reference, image_size, "CLIP's" if model_type in TWO_TOWER_TYPES else "ImageNet's")
+                           reference, image_size, f"{model_type}'s" if model_type in FALLBACK_STATISTICS else "ImageNet's")
         registers = int(getattr(vision_config, "num_register_tokens", 0) or 0) if "register" in model_type else 0
         return cls(model, processor, model_type, image_size, pooling, reference, torch.device(device), registers)
 
@@ -95,7 +100,7 @@ class VisionEncoder:
         """The model's input for these RGB images (its processor, or the fallback)."""
         if self.processor is not None:
             return self.processor(images=images, return_tensors="pt")["pixel_values"]
-        mean, std = (CLIP_MEAN, CLIP_STD) if self.model_type in TWO_TOWER_TYPES else (IMAGENET_MEAN, IMAGENET_STD)
+        mean, std = FALLBACK_STATISTICS.get(self.model_type, IMAGENET_STATISTICS)
         from diffclust.data.images import image_to_tensor, resize_center_crop
 
         batch = torch.stack([image_to_tensor(resize_center_crop(image, self.image_size)) for image in images]).float() / 255.0
@@ -105,10 +110,14 @@ class VisionEncoder:
     def encode(self, images: list[Image.Image]) -> torch.Tensor:
         """(B, D) float32 features, each row of unit length."""
         outputs = self.model(pixel_values=self.pixels(images).to(self.device))
-        if self.pooling == "cls":
-            vectors = outputs.image_embeds if hasattr(outputs, "image_embeds") else outputs.last_hidden_state[:, 0]
-        else:  # the patch tokens: after the CLS token and any register tokens
-            vectors = outputs.last_hidden_state[:, 1 + self.register_tokens:].mean(dim=1)
+        if self.pooling == "mean":  # the patch tokens: after the CLS token and any register tokens
+            vectors = outputs.last_hidden_state[:, self.prefix_tokens:].mean(dim=1)
+        elif hasattr(outputs, "image_embeds"):  # CLIP: the projected image embedding
+            vectors = outputs.image_embeds
+        elif self.model_type in NO_CLS_TYPES:  # SigLIP: its attention-pooled image vector
+            vectors = outputs.pooler_output
+        else:
+            vectors = outputs.last_hidden_state[:, 0]
         return F.normalize(vectors.float(), dim=1).cpu()
 
 

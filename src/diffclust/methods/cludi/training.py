@@ -4,10 +4,10 @@ Each step: the teacher (EMA of the student) samples assignment embeddings for th
 features with stochastic DDIM and reads its logits from them. With `teacher_neighbours` k > 0
 (our addition), the teacher reads, for each row, one of its k nearest neighbours picked at
 random: the student learns to give a row its neighbours' cluster (SCAN's consistency, brought
-into the teacher-student), so the clusters follow the data's neighbourhoods, not only k-means' cells. The student gets the teacher's
-assignment as an embedding of its own centres, noised at a random timestep, and noised,
-dropped-out features; it predicts the clean embedding (self-conditioned half of the time) and
-its logits. Loss: embedding MSE + ce_weight * two-way cross-entropy (teacher -> student). Then
+into the teacher-student), so the clusters follow the data's neighbourhoods, not only
+k-means' cells. The student gets the teacher's assignment as an embedding of its own
+centres, noised at a random timestep, and noised, dropped-out features; it predicts the
+clean embedding (self-conditioned half of the time) and its logits. Loss: embedding MSE + ce_weight * two-way cross-entropy (teacher -> student). Then
 the teacher takes its EMA step. The learning rate follows a cosine from lr to min_lr (the
 centres at centre_lr_scale of both).
 """
@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 RESUME_KEYS = ("n_clusters", "embedding_dim", "hidden_dim", "depth", "batch_size", "random_state", "num_train_timesteps", "beta_schedule", "init",
                "teacher_neighbours")
-#: the logit scale of the one-hot k-means targets of init="kmeans" (sharp at the 0.05-0.1 temperatures)
+#: the logit scale of the one-hot start targets of init="spectral"/"kmeans" (sharp at the 0.05-0.1 temperatures)
 INIT_LOGIT = 5.0
 
 
