@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -10,6 +11,8 @@ import torch
 from safetensors.torch import save_file
 
 from diffclust.cli import main
+from diffclust.cluster.consensus import NEIGHBOUR_COUNTS, consensus_partition, median_partition
+from diffclust.cluster.kmeans import fit_kmeans
 from diffclust.cluster.metrics import hungarian_accuracy
 from diffclust.engine.checkpoint import load_tensors
 from diffclust.engine.runtime import make_accelerator
@@ -18,7 +21,7 @@ from diffclust.methods.cludi import CLUDI
 from diffclust.methods.cludi.inputs import read_feature_file
 from diffclust.methods.cludi.losses import two_way_cross_entropy
 from diffclust.methods.cludi.network import AssignmentEmbedding, CLUDINetwork
-from diffclust.methods.cludi.training import CLUDITrainer
+from diffclust.methods.cludi.training import START_PARTITION_NAME, CLUDITrainer
 from diffclust.methods.diec import DiEC
 from diffclust.outputs import read_assignments
 
@@ -221,6 +224,41 @@ def test_spectral_start_follows_neighbourhoods_where_kmeans_cuts_across():
     labels = np.repeat([0, 1], 100)
     assert hungarian_accuracy(labels, _trainer(rings, init="spectral").start_clusters()) == 1.0
     assert hungarian_accuracy(labels, _trainer(rings, init="kmeans").start_clusters()) < 0.8
+
+
+def test_median_partition_keeps_the_clustering_the_others_agree_with():
+    """A and B agree (NMI 1); C splits every pair of A (NMI 0 to both): A's mean agreement is
+    (1 + 0) / 2, as is B's, C's is 0; the first of the tied pair is kept."""
+    a = np.array([0, 0, 1, 1, 2, 2])
+    candidates = {"A": a, "B": np.array([2, 2, 0, 0, 1, 1]), "C": np.array([0, 1, 0, 1, 0, 1])}
+    result = median_partition(candidates)
+    assert result.chosen == "A" and np.array_equal(result.labels, a)
+    assert result.agreement == pytest.approx({"A": 0.5, "B": 0.5, "C": 0.0}, abs=1e-12)
+    with pytest.raises(ValueError):
+        median_partition({"A": a})
+
+
+def test_consensus_start_outvotes_kmeans_on_rings(tmp_path):
+    """On two rings the spectral candidates agree and k-means cuts across: the consensus start
+    is a spectral partition, recorded in the run folder, and separates the rings."""
+    angles = np.random.default_rng(0).uniform(0, 2 * np.pi, 200)
+    radius = np.repeat([1.0, 3.0], 100)
+    rings = np.stack([radius * np.cos(angles), radius * np.sin(angles)], axis=1)
+    trainer = _trainer(rings, init="consensus")
+    trainer.run_dir = tmp_path
+    assert hungarian_accuracy(np.repeat([0, 1], 100), trainer.start_clusters()) == 1.0
+    record = json.loads((tmp_path / START_PARTITION_NAME).read_text())
+    assert record == trainer.start_partition and record["chosen"].startswith("spectral")
+    assert set(record["mean_nmi_to_others"]) == {"kmeans", *(f"spectral, {count} neighbours" for count in NEIGHBOUR_COUNTS)}
+    assert record["mean_nmi_to_others"]["kmeans"] < record["mean_nmi_to_others"][record["chosen"]]
+
+
+def test_consensus_start_falls_back_to_kmeans_above_the_spectral_row_limit(monkeypatch, caplog):
+    features, _ = blobs(k=3, n=60, d=4)
+    monkeypatch.setattr("diffclust.cluster.consensus.MAX_SPECTRAL_ROWS", 50)
+    result = consensus_partition(features, 3, seed=0)
+    assert result.chosen == "kmeans" and np.array_equal(result.labels, fit_kmeans(features, 3, seed=0)[1])
+    assert "too many for the spectral candidates" in caplog.text
 
 
 def test_estimated_time_counts_every_denoiser_pass(monkeypatch):

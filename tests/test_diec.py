@@ -152,6 +152,24 @@ def test_network_starts_as_kmeans_on_standardised_features():
     assert float(q.max(dim=1).values.min()) > 0.69
 
 
+def test_consensus_start_puts_the_centres_at_the_means_of_its_clusters():
+    """Two rings: spectral candidates outvote k-means, so the centres are the ring means
+    (both near the origin), not k-means' two half-planes."""
+    angles = np.random.default_rng(0).uniform(0, 2 * np.pi, 200)
+    radius = np.repeat([1.0, 3.0], 100)
+    rings = torch.tensor(np.stack([radius * np.cos(angles), radius * np.sin(angles)], axis=1), dtype=torch.float32)
+    network = DiECNetwork(2, 2)
+    network.initialise(rings, seed=0, init="consensus")
+    embedding = network.embed_all(rings)
+    expected = torch.stack([embedding[:100].mean(dim=0), embedding[100:].mean(dim=0)])
+    found = network.centres.detach()
+    order = [0, 1] if torch.dist(found[0], expected[0]) < torch.dist(found[0], expected[1]) else [1, 0]
+    torch.testing.assert_close(found[order], expected, atol=1e-5, rtol=0)
+    kmeans = DiECNetwork(2, 2)
+    kmeans.initialise(rings, seed=0)
+    assert kmeans.centres.norm(dim=1).min() > 3 * found.norm(dim=1).max()  # k-means' centres sit out in the half-planes
+
+
 # ---------------------------------------------------------------------------------- end to end
 DIEC_FAST = ["--method", "diec", "--k", "10", "--search-subset", "40", "--noise-draws", "2", "--pool-size", "2",
              "--batch-size", "16", "--device", "cpu", "--quiet"]

@@ -84,6 +84,14 @@ def _auto_or_int(text: str):
     return text if text == "auto" else _whole(0)(text)
 
 
+def _auto_or_switch(text: str):
+    """argparse type: 'auto', 'on' or 'off'."""
+    choices = {"auto": "auto", "on": True, "off": False}
+    if text not in choices:
+        raise argparse.ArgumentTypeError(f"expected auto, on or off, got '{text}'")
+    return choices[text]
+
+
 def _add_backbone_and_device(parser) -> None:
     parser.add_argument("--backbone", default=None, help=BACKBONE_HELP)
     parser.add_argument("--resolution", type=_whole(1), default=None, help="image size in pixels (default: the backbone's own, 512 for SD v1.5)")
@@ -143,7 +151,21 @@ def _add_fit_parser(commands) -> None:
     difc.add_argument("--no-object-concentration", dest="object_concentration", action="store_false", help="ablation: diffusion loss over the whole image instead of the object mask")
     difc.add_argument("--no-cluster-guidance", dest="cluster_guidance", action="store_false", help="ablation: no cluster head; clusters are k-means on the proxy words")
     difc.add_argument("--timestep-sampling", choices=["cosine", "uniform"], default="cosine", help="p(t) for the diffusion loss: 1 + cos(pi t / T) (paper) or uniform")
+    speed = fit.add_argument_group("DiFiC training passes: memory and speed ('auto' saves memory on CUDA, keeps speed on CPU)")
+    speed.add_argument("--weights-dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                       help="storage type of the frozen UNet and text encoder during training (auto: bf16 on CUDA, fp32 elsewhere)")
+    speed.add_argument("--gradient-checkpointing", type=_auto_or_switch, default="auto",
+                       help="recompute UNet blocks and the text encoder in the backward pass (auto: on with CUDA)")
+    speed.add_argument("--keep-vae", dest="offload_vae", action="store_false", help="keep the VAE on the GPU during training (default: offloaded)")
+    speed.add_argument("--channels-last", type=_auto_or_switch, default="auto", help="UNet in channels_last memory format (auto: on with CUDA)")
+    speed.add_argument("--no-fused-attention", dest="fused_attention", action="store_false",
+                       help="explicit attention instead of PyTorch's fused SDPA kernels")
+    speed.add_argument("--compile-unet", action="store_true", help="torch.compile the UNet for training (minutes of compiling first)")
+    speed.add_argument("--no-tf32", dest="tf32", action="store_false", help="full float32 matmuls on Ampere and newer GPUs")
     diec = fit.add_argument_group("DiEC (--method diec)")
+    fit.add_argument("--init", choices=["consensus", "spectral", "kmeans", "random"], default=None,
+                     help="DiEC and CLUDI start: the median of k-means and spectral clusterings (default), spectral clustering "
+                          "of the kNN graph (CLUDI), k-means (DEC's start), or random weights (CLUDI, published)")
     diec.add_argument("--frozen", dest="finetune_unet", action="store_false", help="keep the UNet frozen (no denoising loss; features computed once)")
     diec.add_argument("--unet-lr", type=_positive_number, default=1e-5, help="learning rate of the fine-tuned UNet")
     diec.add_argument("--graph-weight", type=float, default=1.0, help="weight of the neighbour-agreement (graph) regulariser")
@@ -156,8 +178,6 @@ def _add_fit_parser(commands) -> None:
     cludi.add_argument("--labels", type=Path, default=None, help="labels of the feature rows, for the metrics log only (.npy, or labels.csv with file = row index)")
     cludi.add_argument("--paper-settings", action="store_true", help="the published settings (200 epochs, lr 1e-4, teacher 25 steps, "
                                                                       "prediction 64 x 50, random start): hours on a CPU, for GPUs")
-    cludi.add_argument("--init", choices=["kmeans", "spectral", "random"], default=None, help="start: k-means, spectral clustering of the "
-                                                                                             "kNN graph, or random weights (published)")
     cludi.add_argument("--teacher-neighbours", type=_whole(0), default=None, help="the teacher reads one of each row's k nearest "
                                                                                   "neighbours (0: the row itself, published)")
     cludi.add_argument("--ema-decay", type=float, default=None, help="teacher = EMA of the student with this decay")
@@ -325,12 +345,17 @@ def _method_settings(args) -> dict:
     if args.method == "difc":
         settings.update(warmup_epochs=args.warmup_epochs, feature_layer=args.feature_layer, feature_timestep=args.feature_timestep,
                         mask_timestep=args.mask_timestep, object_concentration=args.object_concentration,
-                        cluster_guidance=args.cluster_guidance, timestep_sampling=args.timestep_sampling)
+                        cluster_guidance=args.cluster_guidance, timestep_sampling=args.timestep_sampling,
+                        weights_dtype=args.weights_dtype, gradient_checkpointing=args.gradient_checkpointing, offload_vae=args.offload_vae,
+                        channels_last=args.channels_last, fused_attention=args.fused_attention, compile_unet=args.compile_unet,
+                        tf32=args.tf32)
     else:  # DiEC, and CLUDI on images, read UNet features
         settings.update(_search_settings(args))
     if args.method == "diec":
         settings.update(finetune_unet=args.finetune_unet, unet_lr=args.unet_lr, graph_weight=args.graph_weight,
                         entropy_weight=args.entropy_weight, denoising_weight=args.denoising_weight)
+        if args.init is not None:
+            settings["init"] = args.init
     if args.method == "cludi":
         from diffclust.methods.cludi.estimator import PAPER_SETTINGS
 

@@ -113,3 +113,11 @@ class DiffusionBackbone(ABC):
     def freeze(self) -> "DiffusionBackbone":
         """Backbones are frozen by default: methods train their own modules around them."""
         return self
+
+    def prepare_training(self, options) -> None:
+        """Run the training passes as `options` (a resolved backbones.efficiency.TrainingEfficiency)
+        say: lower-precision weights, checkpointing, offloading. Backbones without such
+        machinery (closed-form test models) run as they are."""
+
+    def finish_training(self) -> None:
+        """Undo `prepare_training` (full-precision weights, VAE back on the device) for prediction."""

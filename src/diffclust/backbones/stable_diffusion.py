@@ -12,11 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import torch.utils.checkpoint
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from transformers import AutoModel, AutoTokenizer, CLIPTextModel, PreTrainedModel
 
 from diffclust.backbones.base import PLACEHOLDER, DiffusionBackbone, PromptEncoding, UNetPass, match_channels
 from diffclust.backbones.capture import ActivationCapture, AttentionCapture
+from diffclust.backbones.efficiency import enable_tf32
 from diffclust.backbones.names import BUILTIN_BACKBONES
 from diffclust.backbones.noise import SchedulerNoiseMixin
 from diffclust.backbones.text_encoders import referenced_folder
@@ -53,6 +56,11 @@ class StableDiffusionBackbone(SchedulerNoiseMixin, DiffusionBackbone):
         self.reference = reference
         self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor, int, int | None]] = {}
         self._use_attention_mask = not isinstance(text_encoder, CLIPTextModel)
+        #: training-pass settings (prepare_training) and what finish_training restores
+        self._training = None
+        self._full_precision: dict[str, dict[str, torch.Tensor]] = {}
+        self._compiled_unet = None
+        self._attention_processors: dict = {}
         self.freeze()
 
     # ----------------------------------------------------------------------------- loading
@@ -110,6 +118,49 @@ class StableDiffusionBackbone(SchedulerNoiseMixin, DiffusionBackbone):
             module.eval()
         return self
 
+    # ----------------------------------------------------------------------------- training passes
+    def prepare_training(self, options) -> None:
+        """Weights in `options.dtype` (the fp32 originals wait on the CPU for finish_training),
+        UNet and text-encoder checkpointing, fused attention, channels_last, the VAE off the
+        device, and optionally a compiled UNet. The cached constants were computed before, at
+        full precision."""
+        device = self.device
+        self._attention_processors = self.unet.attn_processors
+        self.unet.set_attn_processor(AttnProcessor2_0() if options.fused_attention else AttnProcessor())
+        for name, module in (("unet", self.unet), ("text_encoder", self.text_encoder)):
+            if module.dtype != options.dtype:
+                self._full_precision[name] = {key: value.detach().to("cpu", copy=True) for key, value in module.state_dict().items()}
+                module.to(options.dtype)
+        if options.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        if options.channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+        if options.offload_vae and self.vae is not None and device.type != "cpu":
+            self.vae.to("cpu")
+        if options.tf32:
+            enable_tf32(device)
+        self._compiled_unet = torch.compile(self.unet) if options.compile_unet else None
+        self._training = options
+
+    def finish_training(self) -> None:
+        if self._training is None:
+            return
+        device = self.device
+        for name, state in self._full_precision.items():
+            module = getattr(self, name)
+            module.to(state[next(iter(state))].dtype)
+            module.load_state_dict(state)
+        self._full_precision.clear()
+        self.unet.set_attn_processor(self._attention_processors)
+        if self._training.gradient_checkpointing:
+            self.unet.disable_gradient_checkpointing()
+        if self._training.channels_last:
+            self.unet.to(memory_format=torch.contiguous_format)
+        if self.vae is not None:
+            self.vae.to(device)
+        self._compiled_unet = None
+        self._training = None
+
     # ----------------------------------------------------------------------------- geometry
     @property
     def vae_scale_factor(self) -> int:
@@ -144,21 +195,20 @@ class StableDiffusionBackbone(SchedulerNoiseMixin, DiffusionBackbone):
     # ----------------------------------------------------------------------------- diffusion
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        pixels = pixels.to(self.device, self.dtype)
         if self.vae is None:
-            return match_channels(pixels, int(self.unet.config.in_channels))
+            return match_channels(pixels.to(self.device, self.dtype), int(self.unet.config.in_channels))
         # The posterior mean, not a sample: the cached latent must be the same on every read.
-        latents = self.vae.encode(pixels).latent_dist.mean
-        return latents * self.vae.config.scaling_factor
+        latents = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist.mean
+        return (latents * self.vae.config.scaling_factor).to(self.device)
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents -> images in [-1, 1] (the VAE's decoder; pixel-space models are their own images)."""
-        latents = latents.to(self.device, self.dtype)
         if self.vae is None:
+            latents = latents.to(self.device, self.dtype)
             images = latents[:, :3] if latents.shape[1] >= 3 else latents.expand(-1, 3, -1, -1)
         else:
-            images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+            images = self.vae.decode(latents.to(self.vae.device, self.vae.dtype) / self.vae.config.scaling_factor).sample
         return images.float().clamp(-1, 1)
 
     # ----------------------------------------------------------------------------- text
@@ -204,15 +254,19 @@ class StableDiffusionBackbone(SchedulerNoiseMixin, DiffusionBackbone):
                 hidden = self.text_encoder(input_ids=ids, **kwargs)[0]
             return PromptEncoding(hidden, end_index, None)
 
-        def splice(module, inputs, output):
-            word = proxy.to(output.dtype)[:, None, :]
-            return torch.cat([output[:, :placeholder_index], word, output[:, placeholder_index + 1 :]], dim=1)
+        def encode(word: torch.Tensor) -> torch.Tensor:
+            # the hook lives inside the function, so a checkpointed recomputation splices again
+            def splice(module, inputs, output):
+                return torch.cat([output[:, :placeholder_index], word.to(output.dtype)[:, None, :], output[:, placeholder_index + 1 :]], dim=1)
 
-        handle = self.text_encoder.get_input_embeddings().register_forward_hook(splice)
-        try:
-            hidden = self.text_encoder(input_ids=ids, **kwargs)[0]
-        finally:
-            handle.remove()
+            handle = self.text_encoder.get_input_embeddings().register_forward_hook(splice)
+            try:
+                return self.text_encoder(input_ids=ids, **kwargs)[0]
+            finally:
+                handle.remove()
+
+        checkpointed = self._training is not None and self._training.gradient_checkpointing and torch.is_grad_enabled()
+        hidden = torch.utils.checkpoint.checkpoint(encode, proxy, use_reentrant=False) if checkpointed else encode(proxy)
         return PromptEncoding(hidden, end_index, placeholder_index)
 
     # ----------------------------------------------------------------------------- UNet
@@ -228,7 +282,11 @@ class StableDiffusionBackbone(SchedulerNoiseMixin, DiffusionBackbone):
         prediction = None
         timesteps = timesteps.to(self.device)
         context = prompt.embeddings.to(self.dtype)
+        noisy = noisy.to(self.dtype)
+        if self._training is not None and self._training.channels_last:
+            noisy = noisy.contiguous(memory_format=torch.channels_last)
+        unet = self._compiled_unet if self._compiled_unet is not None and not capture and attention_token is None else self.unet
         with ActivationCapture(self.unet, capture, stop_after_capture and bool(capture)) as activations:
             with AttentionCapture(self.unet, attention_token, tuple(noisy.shape[-2:])) as attention:
-                prediction = self.unet(noisy.to(self.dtype), timesteps, encoder_hidden_states=context).sample
+                prediction = unet(noisy, timesteps, encoder_hidden_states=context).sample
         return UNetPass(prediction, activations.outputs, attention.mean_map())

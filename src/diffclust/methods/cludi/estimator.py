@@ -38,8 +38,9 @@ ENCODER_BATCH = 64
 #: "global": centre, then divide by one overall spread (keeps the features' geometry, so the
 #: k-means start equals k-means on the raw features); "per_feature": standardise each column
 FEATURE_SCALINGS = ("global", "per_feature")
-#: where the networks start: k-means, spectral clustering of the kNN graph, or random weights (published)
-INITS = ("kmeans", "spectral", "random")
+#: where the networks start: the median of k-means and spectral clusterings, spectral clustering of the kNN graph,
+#: k-means, or random weights (published)
+INITS = ("consensus", "spectral", "kmeans", "random")
 #: the published settings (the authors' code), which the CPU defaults cut down: `--paper-settings`
 PAPER_SETTINGS = {"epochs": 200, "batch_size": 256, "lr": 1e-4, "ema_decay": 0.999, "teacher_steps": 25, "predict_samples": 64,
                   "predict_steps": 50, "monitor_samples": 4, "init": "random", "teacher_neighbours": 0}
@@ -77,9 +78,12 @@ class CLUDI(ClusteringEstimator):
     centred and scaled by one overall spread (``feature_scaling="global"``). ``PAPER_SETTINGS``
     (``--paper-settings``) holds the published 200 epochs, lr 1e-4, EMA 0.999, 25 steps, 64 x 50
     samples and random start. Our additions: ``init`` starts the networks from a clustering
-    (``"spectral"``: of the ``init_neighbours``-nearest-neighbour graph, default; ``"kmeans"``)
-    for ``init_steps`` updates; ``teacher_neighbours`` k makes the teacher read one of a row's k
-    nearest neighbours, so the student learns neighbourhood-consistent clusters.
+    for ``init_steps`` updates (``"consensus"``, default: of k-means and spectral clusterings at
+    several kNN-graph sizes, the one that agrees most with the others, so no graph size is
+    tuned, see diffclust.cluster.consensus; ``"spectral"``: of the ``init_neighbours``-nearest-
+    neighbour graph; ``"kmeans"``); the choice is ``start_partition_``. ``teacher_neighbours`` k
+    makes the teacher read one of a row's k nearest neighbours, so the student learns
+    neighbourhood-consistent clusters.
     """
 
     method = "cludi"
@@ -102,7 +106,7 @@ class CLUDI(ClusteringEstimator):
         pool_size: int = 4,
         search_subset: int = 1000,
         feature_scaling: str = "global",
-        init: str = "spectral",
+        init: str = "consensus",
         init_steps: int = 200,
         init_neighbours: int = 10,
         embedding_dim: int = 64,
@@ -259,6 +263,7 @@ class CLUDI(ClusteringEstimator):
         self.student_ = trainer.network.eval()
         self.teacher_ = trainer.teacher.model.eval()
         self.history_ = list(trainer.log.records)
+        self.start_partition_ = trainer.start_partition
         with timer("assignment"):
             logits, sampled = self._logits(table.values, keep_samples=True)
             self.labels_, self.confidence_, self.cluster_offsets_ = assign(logits, self.column_temperature)

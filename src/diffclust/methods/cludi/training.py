@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +24,10 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 
+from diffclust.cluster.consensus import consensus_partition, spectral_partition
 from diffclust.cluster.kmeans import fit_kmeans
 from diffclust.cluster.neighbours import nearest_neighbours
+from diffclust.engine.checkpoint import atomic_write_json
 from diffclust.engine.ema import EMA
 from diffclust.engine.trainer import EpochTrainer
 from diffclust.engine.runtime import epoch_batches, progress
@@ -39,8 +40,10 @@ logger = logging.getLogger(__name__)
 
 RESUME_KEYS = ("n_clusters", "embedding_dim", "hidden_dim", "depth", "batch_size", "random_state", "num_train_timesteps", "beta_schedule", "init",
                "teacher_neighbours")
-#: the logit scale of the one-hot start targets of init="spectral"/"kmeans" (sharp at the 0.05-0.1 temperatures)
+#: the logit scale of the one-hot start targets of a clustering start (sharp at the 0.05-0.1 temperatures)
 INIT_LOGIT = 5.0
+#: the consensus start's record in the run folder
+START_PARTITION_NAME = "start_partition.json"
 
 
 @torch.no_grad()
@@ -96,6 +99,8 @@ class CLUDITrainer(EpochTrainer):
         self.neighbours = torch.from_numpy(nearest_neighbours(features, k)) if k else None
         #: teacher logits of every row after the last epoch (monitoring samples)
         self.logits: torch.Tensor | None = None
+        #: the consensus start's choice and every candidate's agreement (None for other starts, and on resume)
+        self.start_partition: dict | None = None
 
     # ------------------------------------------------------------------ schedule
     def set_learning_rate(self, step: int) -> None:
@@ -146,17 +151,19 @@ class CLUDITrainer(EpochTrainer):
                 "cross_entropy_teacher_to_student": to_student.detach(), "cross_entropy_student_to_teacher": to_teacher.detach()}
 
     def start_clusters(self) -> np.ndarray:
-        """The partition the networks start from: k-means, or spectral clustering of the
-        `init_neighbours`-nearest-neighbour graph (clusters that follow the data's neighbourhoods)."""
+        """The partition the networks start from: the median of k-means and spectral clusterings
+        at several kNN-graph sizes ("consensus", see diffclust.cluster.consensus), spectral
+        clustering of the `init_neighbours`-nearest-neighbour graph, or k-means."""
+        seed = self.p["random_state"]
+        if self.p["init"] == "consensus":
+            result = consensus_partition(self.features, self.p["n_clusters"], seed)
+            self.start_partition = {"chosen": result.chosen, "mean_nmi_to_others": result.agreement}
+            if self.run_dir is not None and self.accelerator.is_main_process:
+                atomic_write_json(self.run_dir / START_PARTITION_NAME, self.start_partition)
+            return result.labels
         if self.p["init"] == "spectral":
-            from sklearn.cluster import SpectralClustering
-
-            with warnings.catch_warnings():  # a graph in several pieces is expected with many clusters
-                warnings.simplefilter("ignore", UserWarning)
-                return SpectralClustering(self.p["n_clusters"], affinity="nearest_neighbors",
-                                          n_neighbors=min(self.p["init_neighbours"], len(self.features) - 1),
-                                          random_state=self.p["random_state"]).fit_predict(self.features.cpu().numpy()).astype(np.int64)
-        return fit_kmeans(self.features, self.p["n_clusters"], seed=self.p["random_state"])[1]
+            return spectral_partition(self.features.cpu().numpy(), self.p["n_clusters"], self.p["init_neighbours"], seed)
+        return fit_kmeans(self.features, self.p["n_clusters"], seed=seed)[1]
 
     def initialise_from_clusters(self) -> None:
         """Start teacher and student from a partition of the features (`start_clusters`):

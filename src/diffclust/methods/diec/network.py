@@ -5,7 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from diffclust.cluster.consensus import consensus_partition
 from diffclust.cluster.kmeans import fit_kmeans, half_gap_scale, student_t_assignments
+
+#: where the centres start: k-means of the embedding (DEC's start), or the mean of each cluster of
+#: the consensus partition (k-means and spectral clusterings, see cluster.consensus)
+DIEC_INITS = ("kmeans", "consensus")
 
 
 class ResidualMapping(nn.Module):
@@ -46,11 +51,18 @@ class DiECNetwork(nn.Module):
         self.register_buffer("kernel_scale", torch.ones(()))
 
     @torch.no_grad()
-    def initialise(self, features: torch.Tensor, seed: int) -> None:
-        """Standardise on the data, then put the centres at k-means of the initial embedding."""
+    def initialise(self, features: torch.Tensor, seed: int, init: str = "kmeans") -> None:
+        """Standardise on the data, then put the centres at k-means of the initial embedding
+        (or at the means of the consensus partition's clusters)."""
         self.mapping.standardise_on(features)
-        centres, _ = fit_kmeans(self.embed_all(features), self.centres.shape[0], seed=seed)
-        self.centres.copy_(torch.from_numpy(centres))
+        embedding = self.embed_all(features)
+        if init == "consensus":
+            labels = torch.from_numpy(consensus_partition(embedding, self.centres.shape[0], seed).labels).to(embedding.device)
+            sums = torch.zeros_like(self.centres).index_add_(0, labels, embedding)
+            centres = sums / torch.bincount(labels, minlength=len(sums)).clamp_min(1)[:, None]
+        else:
+            centres = torch.from_numpy(fit_kmeans(embedding, self.centres.shape[0], seed=seed)[0])
+        self.centres.copy_(centres)
         self.kernel_scale.fill_(half_gap_scale(self.centres))
 
     @torch.no_grad()

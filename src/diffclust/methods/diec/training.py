@@ -153,7 +153,7 @@ class DiECTrainer(EpochTrainer):
         resumed = resume and self.resume()
         features = self.features()
         if not resumed:  # epoch 0: the k-means start, logged and checkpointed like any epoch
-            self.network.initialise(features.to(self.accelerator.device), self.p["random_state"])
+            self.network.initialise(features.to(self.accelerator.device), self.p["random_state"], self.p.get("init", "kmeans"))
         self.state = self.assign_all(features)
         if not resumed:
             self.end_epoch(0, self._record(0, {}, None), self.clusters(), time.perf_counter())

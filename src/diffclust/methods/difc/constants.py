@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import shutil
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,9 +29,16 @@ from diffclust.data.dataset import ImageTensorDataset
 from diffclust.data.images import PREPROCESSING_VERSION
 from diffclust.engine.checkpoint import atomic_write_json
 from diffclust.engine.runtime import progress
+from diffclust.errors import DiffclustError
 from diffclust.methods.difc.masks import object_masks
 
+logger = logging.getLogger(__name__)
+
 FEATURE_DTYPE = torch.float16  # z is stored at half precision: SD's z is 2.6 MB per image in fp32
+#: how each constant is stored on disk
+CACHE_DTYPES = {"latents": np.float32, "features": np.float16, "masks": np.uint8}
+#: the cache may take at most this share of the free disk space (the rest stays for checkpoints and outputs)
+CACHE_DISK_SHARE = 0.95
 META_NAME = "constants.json"
 
 
@@ -110,7 +121,26 @@ class ConstantStore:
 
     def batch(self, name: str, indices: torch.Tensor | np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
         rows = np.asarray(indices.cpu() if isinstance(indices, torch.Tensor) else indices)
-        return torch.from_numpy(np.ascontiguousarray(self.arrays[name][rows])).float().to(device)
+        values = torch.from_numpy(np.ascontiguousarray(self.arrays[name][rows]))
+        if torch.device(device).type == "cuda":  # pinned, so the copy runs beside the GPU's work
+            return values.pin_memory().to(device, non_blocking=True).float()
+        return values.float().to(device)
+
+    def prefetch(self, names: list[str], batches: Iterable[torch.Tensor], device: torch.device | str) -> Iterator[dict[str, torch.Tensor]]:
+        """Each batch's rows of `names`, read by a background thread one batch ahead, so disk
+        reads (memory-mapped caches) overlap with the training step."""
+        def read(indices):
+            return {name: self.batch(name, indices, device) for name in names}
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = None
+            for indices in batches:
+                upcoming = pool.submit(read, indices)
+                if pending is not None:
+                    yield pending.result()
+                pending = upcoming
+            if pending is not None:
+                yield pending.result()
 
 
 def fingerprint(backbone: DiffusionBackbone, collection: ImageCollection, settings: ConstantSettings) -> dict:
@@ -120,6 +150,29 @@ def fingerprint(backbone: DiffusionBackbone, collection: ImageCollection, settin
         listing.update(f"{record.file}\0{record.identity()}\n".encode())
     return {"settings": asdict(settings), "backbone": backbone.reference, "files": listing.hexdigest(), "count": len(collection),
             "preprocessing": PREPROCESSING_VERSION}
+
+
+def check_cache_space(folder: Path, layout: dict[str, tuple[tuple[int, ...], type]]) -> int:
+    """Say how large the cache will be, and refuse before writing when the disk cannot hold it."""
+    sizes = {name: int(np.prod(shape)) * np.dtype(dtype).itemsize for name, (shape, dtype) in layout.items()}
+    total = sum(sizes.values())
+    count = next(iter(layout.values()))[0][0]
+    free = shutil.disk_usage(folder).free
+    logger.info("Constant cache for %d images: %s (%s per image: %s) in %s; %s free there.", count, _size(total),
+                _size(total / max(count, 1)), ", ".join(f"{name} {_size(size)}" for name, size in sizes.items()), folder, _size(free))
+    if total > free * CACHE_DISK_SHARE:
+        raise DiffclustError(f"The constant cache needs {_size(total)} for {count} images ({_size(total / max(count, 1))} each), "
+                             f"but {folder} has {_size(free)} free. Point --cache-dir at a larger disk, or fit on fewer images "
+                             "(or a lower --resolution).")
+    return total
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1000:
+            return f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} TB"
 
 
 def _open_store(folder: Path, names: list[str], in_memory_bytes: int) -> ConstantStore:
@@ -152,9 +205,9 @@ def load_or_compute_constants(
         folder.mkdir(parents=True, exist_ok=True)
         meta_path.unlink(missing_ok=True)
         probe = computer(dataset[0][1][None])  # shapes of every constant, from one image
-        for name in names:
-            dtype = np.float16 if name == "features" else (np.uint8 if name == "masks" else np.float32)
-            shape = (len(dataset),) + tuple(probe[name].shape[1:])
+        layout = {name: ((len(dataset),) + tuple(probe[name].shape[1:]), CACHE_DTYPES[name]) for name in names}
+        check_cache_space(folder, layout)
+        for name, (shape, dtype) in layout.items():
             np.lib.format.open_memmap(folder / f"{name}.npy.partial", mode="w+", dtype=dtype, shape=shape).flush()
     accelerator.wait_for_everyone()
 

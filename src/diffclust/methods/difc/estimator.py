@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from diffclust.backbones.base import DiffusionBackbone
+from diffclust.backbones.efficiency import TrainingEfficiency
 from diffclust.backbones.registry import SD15_HUB_ID, load_backbone
 from diffclust.backbones.tiny_random import cache_root
 from diffclust.data.collection import ImageCollection
@@ -20,6 +21,7 @@ from diffclust.engine.checkpoint import atomic_save_tensors, load_tensors
 from diffclust.engine.runtime import make_accelerator, progress
 from diffclust.engine.timing import StageTimer
 from diffclust.engine.trainer import files_identity
+from diffclust.errors import DiffclustError
 from diffclust.methods.base import ClusteringEstimator
 from diffclust.methods.difc.constants import ConstantComputer, ConstantSettings, fingerprint, load_or_compute_constants
 from diffclust.methods.difc.network import DiFiCNetwork, assign
@@ -48,6 +50,9 @@ class DiFiC(ClusteringEstimator):
     the end of warm-up (``k_criterion`` over ``k_range``, see cluster.k_selection) and the head
     is built with it.
     ``output_dir`` makes a run folder: checkpoints, metrics log, cache, assignments, model.
+    How the frozen backbone runs the training steps (not what it computes): ``weights_dtype``,
+    ``gradient_checkpointing``, ``offload_vae``, ``channels_last``, ``fused_attention``,
+    ``compile_unet`` and ``tf32`` (see backbones.efficiency; "auto" saves memory on CUDA).
     """
 
     method = "difc"
@@ -80,6 +85,13 @@ class DiFiC(ClusteringEstimator):
         entropy_weight: float = 5.0,
         cluster_loss_weight: float = 1.0,
         extractor_hidden: int | None = None,
+        weights_dtype: str = "auto",
+        gradient_checkpointing: bool | str = "auto",
+        offload_vae: bool = True,
+        channels_last: bool | str = "auto",
+        fused_attention: bool = True,
+        compile_unet: bool = False,
+        tf32: bool = True,
         device: str = "auto",
         mixed_precision: str = "no",
         random_state: int = 0,
@@ -106,7 +118,15 @@ class DiFiC(ClusteringEstimator):
             problems.append(f"head_init must be 'kmeans' or 'random', got {self.head_init!r}")
         if self.n_neighbours < 1:
             problems.append(f"n_neighbours must be >= 1, got {self.n_neighbours}")
+        try:
+            self._efficiency()
+        except DiffclustError as error:
+            problems.append(str(error))
         return problems
+
+    def _efficiency(self) -> TrainingEfficiency:
+        return TrainingEfficiency(self.weights_dtype, self.gradient_checkpointing, self.offload_vae, self.channels_last,
+                                  self.compile_unet, self.tf32, self.fused_attention)
 
     # ------------------------------------------------------------------ helpers
     def resolved_warmup_epochs(self) -> int:
@@ -162,8 +182,16 @@ class DiFiC(ClusteringEstimator):
             return self._resolve_k(proxies.cpu().numpy(), run_dir, accelerator.is_main_process)
 
         trainer = DiFiCTrainer(params, backbone, store, network, accelerator, collection.labels, run_dir, choose_k_on)
-        with timer("training"):
-            trainer.run(resume=resume)
+        efficiency = self._efficiency().resolved(accelerator.device)
+        logger.info("Training passes: backbone weights %s, gradient checkpointing %s, VAE offloaded %s, channels_last %s, "
+                    "fused attention %s, compiled UNet %s.", efficiency.weights_dtype, efficiency.gradient_checkpointing,
+                    efficiency.offload_vae, efficiency.channels_last, efficiency.fused_attention, efficiency.compile_unet)
+        backbone.prepare_training(efficiency)
+        try:
+            with timer("training"):
+                trainer.run(resume=resume)
+        finally:
+            backbone.finish_training()
         self.n_clusters_ = trainer.k  # the chosen K too (restored from the checkpoint on resume)
 
         self.backbone_ = backbone

@@ -46,6 +46,8 @@ HEAD_INIT_STEPS = 200
 #: the head's learning rate ramps up over this many steps once guidance starts: a fresh Adam
 #: state makes the first steps sign(g) * lr for every weight, which flips a good head at once
 HEAD_WARMUP_STEPS = 100
+#: steps between progress-bar loss updates (each one waits for the device)
+POSTFIX_EVERY = 10
 TIMESTEP_DISTRIBUTIONS = {"cosine": cosine_timestep_probabilities, "uniform": uniform_timestep_probabilities}
 
 
@@ -184,12 +186,17 @@ class DiFiCTrainer(EpochTrainer):
         self.bank.load_state(state["bank"])
 
     # ------------------------------------------------------------------ training
-    def _step(self, model, indices: torch.Tensor, neighbours: torch.Tensor | None, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def cached_names(self) -> list[str]:
+        """The constants a training step reads for its own rows."""
+        return ["features", "latents"] + (["masks"] if self.p["object_concentration"] else [])
+
+    def _step(self, model, indices: torch.Tensor, neighbours: torch.Tensor | None, generator: torch.Generator,
+              cached: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """One training step's losses; `cached` holds the rows' constants when they were prefetched."""
         device, store, backbone = self.accelerator.device, self.store, self.backbone
         batch = len(indices)
-        z = store.batch("features", indices, device)
-        latents = store.batch("latents", indices, device)
-        mask = store.batch("masks", indices, device) if self.p["object_concentration"] else None
+        cached = cached or {name: store.batch(name, indices, device) for name in self.cached_names()}
+        z, latents, mask = cached["features"], cached["latents"], cached.get("masks")
         if neighbours is not None:
             picks = torch.randint(neighbours.shape[1], (batch,), generator=generator)
             z = torch.cat([z, store.batch("features", neighbours[indices, picks], device)])
@@ -227,20 +234,22 @@ class DiFiCTrainer(EpochTrainer):
         batches = epoch_batches(len(self.store), self.p["batch_size"], self.p["random_state"], epoch, self.accelerator)
         phase = "cluster guidance" if guided else ("warm-up" if self.p["cluster_guidance"] else "distillation")
         bar = progress(batches, self.accelerator, self.p["progress"], desc=f"epoch {epoch + 1}/{self.p['epochs']} ({phase})", unit="batch")
-        totals: dict[str, float] = {}
+        totals: dict[str, torch.Tensor] = {}
         model.train()
         guided_steps_before = (epoch - self.p["warmup_epochs"]) * len(batches)
-        for number, indices in enumerate(bar):
+        cached_rows = self.store.prefetch(self.cached_names(), batches, self.accelerator.device)
+        for number, (indices, cached) in enumerate(zip(bar, cached_rows)):
             if guided:
                 self._set_head_lr(optimizer, guided_steps_before + number)
-            parts = self._step(model, indices, neighbours, generator)
+            parts = self._step(model, indices, neighbours, generator, cached)
             self.accelerator.backward(parts.pop("loss"))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            for key, value in parts.items():
-                totals[key] = totals.get(key, 0.0) + float(value)
-            bar.set_postfix({key: f"{value / (bar.n + 1):.4f}" for key, value in totals.items()})
-        means = {key: value / max(1, len(batches)) for key, value in totals.items()}
+            for key, value in parts.items():  # summed on the device: reading a value each step would wait for the GPU
+                totals[key] = totals[key] + value if key in totals else value.clone()
+            if number % POSTFIX_EVERY == POSTFIX_EVERY - 1:
+                bar.set_postfix({key: f"{float(value) / (number + 1):.4f}" for key, value in totals.items()})
+        means = {key: float(value) / max(1, len(batches)) for key, value in totals.items()}
         if self.accelerator.num_processes > 1:  # average over processes
             keys = sorted(means)
             reduced = self.accelerator.reduce(torch.tensor([means[k] for k in keys], device=self.accelerator.device), "mean")

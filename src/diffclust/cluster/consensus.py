@@ -1,0 +1,73 @@
+"""A start partition without a tuning knob: the median of several clusterings.
+
+Spectral clustering of the kNN graph follows the data's neighbourhoods better than k-means,
+but how well depends on the graph's neighbour count, and nothing label-free says which count
+suits a data set. So we cluster with k-means and with spectral clustering at several counts,
+and keep the partition that agrees most, by mean NMI, with all the others (the median
+partition of the ensemble; Strehl & Ghosh, 2002). A count that splits or merges groups the
+others keep apart scores low; no labels are read.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.metrics import normalized_mutual_info_score
+
+from diffclust.cluster.kmeans import fit_kmeans
+
+logger = logging.getLogger(__name__)
+
+#: the kNN-graph neighbour counts of the spectral candidates (k-means is the other candidate)
+NEIGHBOUR_COUNTS = (5, 10, 15, 20, 30, 50)
+#: above this many rows the spectral candidates' eigen-decompositions take too long: k-means alone
+MAX_SPECTRAL_ROWS = 30_000
+
+
+@dataclass
+class MedianPartition:
+    """The chosen partition, its candidate's name, and every candidate's mean agreement."""
+
+    labels: np.ndarray
+    chosen: str
+    agreement: dict[str, float]
+
+
+def spectral_partition(features: np.ndarray, n_clusters: int, neighbours: int, seed: int) -> np.ndarray:
+    """Spectral clustering of the symmetrised `neighbours`-nearest-neighbour graph."""
+    from sklearn.cluster import SpectralClustering
+
+    with warnings.catch_warnings():  # a graph in several pieces is expected with many clusters
+        warnings.simplefilter("ignore", UserWarning)
+        return SpectralClustering(n_clusters, affinity="nearest_neighbors", n_neighbors=min(neighbours, len(features) - 1),
+                                  random_state=seed).fit_predict(features).astype(np.int64)
+
+
+def median_partition(candidates: dict[str, np.ndarray]) -> MedianPartition:
+    """The candidate whose mean NMI to the other candidates is highest (first one on ties)."""
+    if len(candidates) < 2:
+        raise ValueError("median_partition needs at least two candidate partitions")
+    names = list(candidates)
+    agreement = {name: float(np.mean([normalized_mutual_info_score(candidates[name], candidates[other])
+                                      for other in names if other != name])) for name in names}
+    chosen = max(names, key=lambda name: agreement[name])
+    return MedianPartition(np.asarray(candidates[chosen], dtype=np.int64), chosen, agreement)
+
+
+def consensus_partition(features, n_clusters: int, seed: int, neighbour_counts=NEIGHBOUR_COUNTS) -> MedianPartition:
+    """k-means and spectral clustering at each of `neighbour_counts`; their median partition."""
+    array = features.cpu().numpy() if hasattr(features, "cpu") else np.asarray(features)
+    candidates = {"kmeans": fit_kmeans(array, n_clusters, seed=seed)[1].astype(np.int64)}
+    if len(array) > MAX_SPECTRAL_ROWS:
+        logger.warning("%d rows: too many for the spectral candidates of the consensus start (at most %d); starting from k-means.",
+                       len(array), MAX_SPECTRAL_ROWS)
+        return MedianPartition(candidates["kmeans"], "kmeans", {"kmeans": 1.0})
+    for count in sorted({min(count, len(array) - 1) for count in neighbour_counts}):
+        candidates[f"spectral, {count} neighbours"] = spectral_partition(array, n_clusters, count, seed)
+    result = median_partition(candidates)
+    logger.info("Start partition: %s (mean NMI %.3f to the other %d candidates; %s).", result.chosen, result.agreement[result.chosen],
+                len(candidates) - 1, ", ".join(f"{name} {value:.3f}" for name, value in result.agreement.items()))
+    return result
