@@ -13,7 +13,7 @@ from diffclust.backbones.efficiency import TrainingEfficiency
 from diffclust.cluster.neighbours import nearest_neighbours
 from diffclust.errors import DiffclustError
 from diffclust.methods.difc import DiFiC
-from diffclust.methods.difc.constants import ConstantStore, check_cache_space
+from diffclust.methods.difc.constants import ConstantStore, as_cached_feature, check_cache_space, quantise_int8
 
 
 @pytest.fixture()
@@ -122,6 +122,19 @@ def test_cache_size_is_checked_before_anything_is_written(tmp_path, monkeypatch)
     with pytest.raises(DiffclustError, match=r"needs 1\.4 GB for 1000 images .* --cache-dir") as error:
         check_cache_space(tmp_path, layout)
     assert str(tmp_path) in str(error.value) and not list(tmp_path.iterdir())
+
+
+def test_int8_codes_by_hand_and_the_store_reads_them_back_scaled():
+    """Channel maxima 2.54 and 0.127 give scales 0.02 and 0.001; every value is off by at most
+    half a step, and the store's read equals the predict-time rounding."""
+    z = torch.tensor([[[[2.54, -1.0], [0.011, 0.0]], [[0.127, -0.0504], [0.0, 0.001]]]])
+    codes, scales = quantise_int8(z)
+    torch.testing.assert_close(scales, torch.tensor([[0.02, 0.001]]))
+    assert codes.dtype == torch.int8 and codes[0, 0].tolist() == [[127, -50], [1, 0]] and codes[0, 1].tolist() == [[127, -50], [0, 1]]
+    rounded = as_cached_feature(z, "int8")
+    assert float((rounded - z).abs().max()) <= 0.01 + 1e-7
+    store = ConstantStore({"features": codes.numpy(), "feature_scales": scales.numpy()})
+    torch.testing.assert_close(store.batch("features", [0]), rounded)
 
 
 def test_prefetched_batches_are_the_direct_reads_in_order():

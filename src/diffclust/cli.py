@@ -162,6 +162,8 @@ def _add_fit_parser(commands) -> None:
                        help="explicit attention instead of PyTorch's fused SDPA kernels")
     speed.add_argument("--compile-unet", action="store_true", help="torch.compile the UNet for training (minutes of compiling first)")
     speed.add_argument("--no-tf32", dest="tf32", action="store_false", help="full float32 matmuls on Ampere and newer GPUs")
+    speed.add_argument("--cache-precision", choices=["fp16", "int8"], default="fp16",
+                       help="how the cached z is stored: fp16, or int8 with a scale per image and channel (half the disk)")
     diec = fit.add_argument_group("DiEC (--method diec)")
     fit.add_argument("--init", choices=["consensus", "spectral", "kmeans", "random"], default=None,
                      help="DiEC and CLUDI start: the median of k-means and spectral clusterings (default), spectral clustering "
@@ -348,7 +350,7 @@ def _method_settings(args) -> dict:
                         cluster_guidance=args.cluster_guidance, timestep_sampling=args.timestep_sampling,
                         weights_dtype=args.weights_dtype, gradient_checkpointing=args.gradient_checkpointing, offload_vae=args.offload_vae,
                         channels_last=args.channels_last, fused_attention=args.fused_attention, compile_unet=args.compile_unet,
-                        tf32=args.tf32)
+                        tf32=args.tf32, cache_precision=args.cache_precision)
     else:  # DiEC, and CLUDI on images, read UNet features
         settings.update(_search_settings(args))
     if args.method == "diec":

@@ -36,14 +36,29 @@ logger = logging.getLogger(__name__)
 
 FEATURE_DTYPE = torch.float16  # z is stored at half precision: SD's z is 2.6 MB per image in fp32
 #: how each constant is stored on disk
-CACHE_DTYPES = {"latents": np.float32, "features": np.float16, "masks": np.uint8}
+CACHE_DTYPES = {"latents": np.float32, "features": np.float16, "masks": np.uint8, "feature_scales": np.float32}
 #: the cache may take at most this share of the free disk space (the rest stays for checkpoints and outputs)
 CACHE_DISK_SHARE = 0.95
 META_NAME = "constants.json"
 
 
-def as_cached_feature(z: torch.Tensor) -> torch.Tensor:
+#: how z is stored: fp16, or int8 with one scale per image and channel (half the disk of fp16)
+FEATURE_STORAGES = ("fp16", "int8")
+
+
+def quantise_int8(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """z (N, C, H, W) -> int8 codes and (N, C) scales, symmetric: each image's channel maps
+    its largest |value| to 127, so the error is at most half a scale step."""
+    scales = (z.float().abs().amax(dim=(2, 3)) / 127).clamp_min(1e-12)
+    codes = torch.round(z.float() / scales[:, :, None, None]).clamp(-127, 127).to(torch.int8)
+    return codes, scales
+
+
+def as_cached_feature(z: torch.Tensor, storage: str = "fp16") -> torch.Tensor:
     """Round z as the cache does, so features computed at predict time match those of fit."""
+    if storage == "int8":
+        codes, scales = quantise_int8(z)
+        return codes.float() * scales[:, :, None, None]
     return z.to(FEATURE_DTYPE).float()
 
 
@@ -58,6 +73,7 @@ class ConstantSettings:
     mask_prompt: str
     with_masks: bool
     seed: int
+    feature_storage: str = "fp16"
 
 
 class ConstantComputer:
@@ -84,7 +100,7 @@ class ConstantComputer:
         prompt = self.backbone.encode_prompt("", len(latents))
         layer = self.settings.feature_layer
         run = self.backbone.run_unet(noisy, timesteps, prompt, capture=[layer], stop_after_capture=True)
-        return as_cached_feature(run.activations[layer])
+        return as_cached_feature(run.activations[layer], self.settings.feature_storage)
 
     @torch.no_grad()
     def attention_maps(self, latents: torch.Tensor) -> torch.Tensor:
@@ -122,6 +138,8 @@ class ConstantStore:
     def batch(self, name: str, indices: torch.Tensor | np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
         rows = np.asarray(indices.cpu() if isinstance(indices, torch.Tensor) else indices)
         values = torch.from_numpy(np.ascontiguousarray(self.arrays[name][rows]))
+        if name == "features" and "feature_scales" in self.arrays:  # int8 codes: scale each image's channels
+            values = values.float() * torch.from_numpy(np.ascontiguousarray(self.arrays["feature_scales"][rows]))[:, :, None, None]
         if torch.device(device).type == "cuda":  # pinned, so the copy runs beside the GPU's work
             return values.pin_memory().to(device, non_blocking=True).float()
         return values.float().to(device)
@@ -175,6 +193,14 @@ def _size(count: float) -> str:
     return f"{count:.1f} TB"
 
 
+def _stored(values: dict[str, torch.Tensor], int8: bool) -> dict[str, torch.Tensor]:
+    """The constants as the cache holds them: with int8 z, its codes and per-channel scales."""
+    if int8:
+        values = dict(values)
+        values["features"], values["feature_scales"] = quantise_int8(values["features"])
+    return values
+
+
 def _open_store(folder: Path, names: list[str], in_memory_bytes: int) -> ConstantStore:
     arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in names}
     if sum(array.nbytes for array in arrays.values()) <= in_memory_bytes:
@@ -194,7 +220,8 @@ def load_or_compute_constants(
 ) -> ConstantStore:
     """Reuse the cache in `folder` if its fingerprint matches, else compute it (sharded)."""
     folder = Path(folder)
-    names = ["latents", "features"] + (["masks"] if computer.settings.with_masks else [])
+    int8 = computer.settings.feature_storage == "int8"
+    names = ["latents", "features"] + (["masks"] if computer.settings.with_masks else []) + (["feature_scales"] if int8 else [])
     expected = fingerprint(computer.backbone, collection, computer.settings)
     meta_path = folder / META_NAME
     if meta_path.is_file() and json.loads(meta_path.read_text()).get("fingerprint") == expected:
@@ -204,8 +231,10 @@ def load_or_compute_constants(
     if accelerator.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)
         meta_path.unlink(missing_ok=True)
-        probe = computer(dataset[0][1][None])  # shapes of every constant, from one image
+        probe = _stored(computer(dataset[0][1][None]), int8)  # shapes of every constant, from one image
         layout = {name: ((len(dataset),) + tuple(probe[name].shape[1:]), CACHE_DTYPES[name]) for name in names}
+        if int8:
+            layout["features"] = (layout["features"][0], np.int8)
         check_cache_space(folder, layout)
         for name, (shape, dtype) in layout.items():
             np.lib.format.open_memmap(folder / f"{name}.npy.partial", mode="w+", dtype=dtype, shape=shape).flush()
@@ -216,7 +245,7 @@ def load_or_compute_constants(
     loader = DataLoader(Subset(dataset, mine), batch_size=batch_size, num_workers=num_workers, shuffle=False)
     bar = progress(loader, accelerator, show_progress, desc="constants (latent, z, mask)", unit="batch")
     for indices, pixels in bar:
-        values = computer(pixels)
+        values = _stored(computer(pixels), int8)
         rows = indices.numpy()
         for name in names:
             outputs[name][rows] = values[name].cpu().numpy().astype(outputs[name].dtype)
