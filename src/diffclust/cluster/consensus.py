@@ -29,7 +29,8 @@ MAX_SPECTRAL_ROWS = 30_000
 
 @dataclass
 class MedianPartition:
-    """The chosen partition, its candidate's name, and every candidate's mean agreement."""
+    """The chosen partition, its candidate's name, and every candidate's mean agreement (empty
+    when k-means was the only candidate)."""
 
     labels: np.ndarray
     chosen: str
@@ -64,7 +65,7 @@ def consensus_partition(features, n_clusters: int, seed: int, neighbour_counts=N
     if len(array) > MAX_SPECTRAL_ROWS:
         logger.warning("%d rows: too many for the spectral candidates of the consensus start (at most %d); starting from k-means.",
                        len(array), MAX_SPECTRAL_ROWS)
-        return MedianPartition(candidates["kmeans"], "kmeans", {"kmeans": 1.0})
+        return MedianPartition(candidates["kmeans"], "kmeans", {})  # no other candidate to agree with
     for count in sorted({min(count, len(array) - 1) for count in neighbour_counts}):
         candidates[f"spectral, {count} neighbours"] = spectral_partition(array, n_clusters, count, seed)
     result = median_partition(candidates)

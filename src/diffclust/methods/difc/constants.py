@@ -232,9 +232,8 @@ def load_or_compute_constants(
         folder.mkdir(parents=True, exist_ok=True)
         meta_path.unlink(missing_ok=True)
         probe = _stored(computer(dataset[0][1][None]), int8)  # shapes of every constant, from one image
-        layout = {name: ((len(dataset),) + tuple(probe[name].shape[1:]), CACHE_DTYPES[name]) for name in names}
-        if int8:
-            layout["features"] = (layout["features"][0], np.int8)
+        dtypes = {**CACHE_DTYPES, "features": np.int8} if int8 else CACHE_DTYPES
+        layout = {name: ((len(dataset),) + tuple(probe[name].shape[1:]), dtypes[name]) for name in names}
         check_cache_space(folder, layout)
         for name, (shape, dtype) in layout.items():
             np.lib.format.open_memmap(folder / f"{name}.npy.partial", mode="w+", dtype=dtype, shape=shape).flush()
