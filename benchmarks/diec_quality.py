@@ -24,6 +24,7 @@ from diffclust.cluster.kmeans import fit_kmeans
 from diffclust.cluster.metrics import clustering_scores, hungarian_accuracy
 from diffclust.engine.checkpoint import atomic_write_json, atomic_write_text
 from diffclust.methods.diec.features import BOTTLENECK, encode_collection
+from diffclust.methods.diec.search import SCORES, Criterion
 from diffclust.methods.diec.search_report import write_search_plot
 
 
@@ -76,22 +77,21 @@ def main() -> None:
     rows.append(kmeans_row(f"k-means at the searched pair ({search.layer}, t={search.timestep})", features, labels, k,
                            args.seed, started, search_evaluations=search.n_evaluations, search_seconds=round(search_seconds, 1)))
 
-    # reporting only: the full grid, judged by the CH index and by accuracy against the labels
+    # reporting only: the full grid, judged by the search's index and by accuracy against the labels
     subset_labels = labels[probe.search_rows(len(latents)).numpy()]
     grid = DiEC(k, search="grid", **settings)
     started = time.perf_counter()
-    grid_ch = grid.run_search(backbone, latents)
+    grid_index = grid.run_search(backbone, latents)
     grid_seconds = time.perf_counter() - started
-    grid_acc = grid.run_search(backbone, latents, score=lambda x, predicted: hungarian_accuracy(subset_labels, predicted),
-                               score_name="acc")
+    label_accuracy = Criterion(lambda x, predicted: hungarian_accuracy(subset_labels, predicted), SCORES[grid.search_score].embedding)
+    grid_acc = grid.run_search(backbone, latents, score=label_accuracy, score_name="acc")
     args.out.mkdir(parents=True, exist_ok=True)
     write_search_plot(args.out / "search_two_stage.png", search)
-    write_search_plot(args.out / "grid_calinski_harabasz.png", grid_ch)
+    write_search_plot(args.out / f"grid_{grid_index.score_name}.png", grid_index)
     write_search_plot(args.out / "grid_label_accuracy.png", grid_acc)
     layers = grid_acc.layers
-    label_accuracy = DiEC(k, layer=search.layer, timestep=search.timestep, **settings).run_search(
-        backbone, latents, score=lambda x, predicted: hungarian_accuracy(subset_labels, predicted), score_name="acc")
-    pick_acc = label_accuracy.score
+    pick_acc = DiEC(k, layer=search.layer, timestep=search.timestep, **settings).run_search(
+        backbone, latents, score=label_accuracy, score_name="acc").score
 
     histories = {}
     for variant in args.variants.split(","):
@@ -112,11 +112,11 @@ def main() -> None:
         "search": {"strategy": search.strategy, "layer": search.layer, "timestep": search.timestep,
                    "evaluations": search.n_evaluations, "feature_passes": search.feature_passes,
                    "seconds": round(search_seconds, 1), "subset_accuracy_of_pick": pick_acc},
-        "grid": {"layers": layers, "timesteps": grid_ch.matrix()[1], "evaluations": grid_ch.n_evaluations,
+        "grid": {"layers": layers, "timesteps": grid_index.matrix()[1], "evaluations": grid_index.n_evaluations,
                  "seconds": round(grid_seconds, 1),
-                 "best_by_calinski_harabasz": [grid_ch.layer, grid_ch.timestep],
+                 "index": grid_index.score_name, "best_by_index": [grid_index.layer, grid_index.timestep],
                  "best_by_label_accuracy": [grid_acc.layer, grid_acc.timestep, grid_acc.score],
-                 "label_accuracy_at_best_ch": next(e.score for e in grid_acc.evaluations if (e.layer, e.timestep) == (grid_ch.layer, grid_ch.timestep))},
+                 "label_accuracy_at_best_index": next(e.score for e in grid_acc.evaluations if (e.layer, e.timestep) == (grid_index.layer, grid_index.timestep))},
         "history": histories,
     }
     report["search"]["distance_to_label_best"] = {
@@ -129,7 +129,7 @@ def main() -> None:
     lines += [f"| {r['row']} | {100 * r['acc']:.2f} | {r['nmi']:.4f} | {r['ari']:.4f} | {r['seconds']} |" for r in rows]
     s, g = report["search"], report["grid"]
     lines += ["", f"Two-stage search: {s['layer']} at t={s['timestep']}, {s['evaluations']} evaluations in {s['seconds']} s; "
-              f"full grid: {g['evaluations']} evaluations in {g['seconds']} s, CH's best {g['best_by_calinski_harabasz']}.",
+              f"full grid: {g['evaluations']} evaluations in {g['seconds']} s, {g['index']}'s best {g['best_by_index']}.",
               f"Best pair judged by the labels (subset, grid; reporting only): {g['best_by_label_accuracy'][:2]} with subset ACC "
               f"{100 * g['best_by_label_accuracy'][2]:.2f}%; the search's pick scores {100 * pick_acc:.2f}% on the same subset."]
     atomic_write_text(args.out / "results.md", "\n".join(lines) + "\n")

@@ -91,7 +91,7 @@ def _planted_features(planted: tuple[str, int], n: int = 120, k: int = 4):
 
 def test_grid_search_returns_the_planted_pair():
     layers = ["down_blocks.0", "mid_block", "up_blocks.1"]
-    search = ClusterabilitySearch(_planted_features(("up_blocks.1", 300)), 4, seed=0)
+    search = ClusterabilitySearch(_planted_features(("up_blocks.1", 300)), 4, "calinski_harabasz", seed=0)
     result = search.grid(layers, [0, 100, 200, 300, 400, 500])
     assert (result.layer, result.timestep) == ("up_blocks.1", 300)
     assert result.n_evaluations == 18 and result.feature_passes == 6
@@ -101,7 +101,7 @@ def test_grid_search_returns_the_planted_pair():
 
 def test_two_stage_search_probes_layers_then_finds_t():
     layers = ["down_blocks.0", "mid_block", "up_blocks.1"]
-    search = ClusterabilitySearch(_planted_features(("mid_block", 437)), 4, seed=0)
+    search = ClusterabilitySearch(_planted_features(("mid_block", 437)), 4, "calinski_harabasz", seed=0)
     result = search.two_stage(layers, 0, 999, layer=None, probe_timestep=400)
     assert (result.layer, result.timestep) == ("mid_block", 437)
     assert result.n_evaluations <= 3 + 15  # the probe's layers, then log-many timesteps
@@ -112,8 +112,32 @@ def test_clusterability_prefers_separated_blobs():
     labels = np.arange(90) % 3
     tight = np.eye(3)[labels] * 10 + rng.normal(size=(90, 3))
     loose = np.eye(3)[labels] * 1 + rng.normal(size=(90, 3))
-    assert clusterability(tight, 3, 0) > clusterability(loose, 3, 0) > 0
+    assert clusterability(tight, 3, 0, "calinski_harabasz") > clusterability(loose, 3, 0, "calinski_harabasz") > 0
     assert clusterability(tight, 3, 0, "silhouette") > 0.7
+
+
+def _rings_and_a_cigar(n: int = 200):
+    """Two concentric rings (two clusters that k-means cannot separate) and one elongated
+    Gaussian (no clusters at all, but k-means' two halves of it are far apart)."""
+    rng = np.random.default_rng(0)
+    angles = rng.uniform(0, 2 * np.pi, n)
+    radius = np.repeat([1.0, 3.0], n // 2)
+    rings = np.stack([radius * np.cos(angles), radius * np.sin(angles)], axis=1) + rng.normal(scale=0.05, size=(n, 2))
+    return rings, rng.normal(size=(n, 2)) * [4.0, 0.5]
+
+
+def test_umap_silhouette_prefers_rings_where_the_raw_indices_prefer_a_structureless_cigar():
+    """Why the search scores in a UMAP embedding: CH and silhouette of k-means in the features
+    rank the single elongated blob above the two rings (measured: CH 321 against 117, silhouette
+    0.53 against 0.34); in the UMAP embedding the rings come apart and score higher (0.79 against 0.67)."""
+    rings, cigar = _rings_and_a_cigar()
+    assert clusterability(cigar, 2, 0, "calinski_harabasz") > 2 * clusterability(rings, 2, 0, "calinski_harabasz")
+    assert clusterability(cigar, 2, 0, "silhouette") > clusterability(rings, 2, 0, "silhouette") + 0.1
+    assert clusterability(rings, 2, 0, "umap_silhouette") > clusterability(cigar, 2, 0, "umap_silhouette") + 0.05
+    # in a search over two "timesteps", the default criterion picks the rings, CH the cigar
+    read = lambda timestep, layers: {layer: rings if timestep == 100 else cigar for layer in layers}  # noqa: E731
+    assert ClusterabilitySearch(read, 2, seed=0).grid(["mid_block"], [100, 400]).timestep == 100
+    assert ClusterabilitySearch(read, 2, "calinski_harabasz", seed=0).grid(["mid_block"], [100, 400]).timestep == 400
 
 
 # ---------------------------------------------------------------------------------- DEC numerics
@@ -152,14 +176,16 @@ def test_network_starts_as_kmeans_on_standardised_features():
     assert float(q.max(dim=1).values.min()) > 0.69
 
 
-def test_consensus_start_puts_the_centres_at_the_means_of_its_clusters():
-    """Two rings: spectral candidates outvote k-means, so the centres are the ring means
-    (both near the origin), not k-means' two half-planes."""
+@pytest.mark.parametrize("init", ["consensus", "umap"])
+def test_partition_starts_put_the_centres_at_the_means_of_their_clusters(init):
+    """Two rings: spectral candidates outvote k-means (consensus), and k-means in the UMAP
+    embedding finds them (umap), so the centres are the ring means (both near the origin), not
+    k-means' two half-planes."""
     angles = np.random.default_rng(0).uniform(0, 2 * np.pi, 200)
     radius = np.repeat([1.0, 3.0], 100)
     rings = torch.tensor(np.stack([radius * np.cos(angles), radius * np.sin(angles)], axis=1), dtype=torch.float32)
     network = DiECNetwork(2, 2)
-    network.initialise(rings, seed=0, init="consensus")
+    network.initialise(rings, seed=0, init=init)
     embedding = network.embed_all(rings)
     expected = torch.stack([embedding[:100].mean(dim=0), embedding[100:].mean(dim=0)])
     found = network.centres.detach()

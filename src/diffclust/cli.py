@@ -16,6 +16,7 @@ from pathlib import Path
 
 from diffclust import __version__
 from diffclust.backbones.names import BUILTIN_BACKBONES, SD15_HUB_ID
+from diffclust.choices import CLUDI_INITS, DIEC_INITS, K_CRITERIA, SEARCH_SCORES
 from diffclust.errors import DiffclustError
 
 logger = logging.getLogger("diffclust")
@@ -119,7 +120,8 @@ def _add_search_settings(parser) -> None:
     group.add_argument("--search-layers", type=_comma_list(str), default=None, help="candidate blocks, comma-separated (default: every top-level UNet block)")
     group.add_argument("--search-timesteps", type=_comma_list(int), default=None, help="grid timesteps, comma-separated (default: 10 evenly spaced over the range)")
     group.add_argument("--timestep-range", type=_comma_list(int), default=None, help="LOW,HIGH timesteps searched (default: 0,T-1)")
-    group.add_argument("--search-score", choices=["calinski_harabasz", "silhouette"], default="calinski_harabasz", help="internal index of k-means on the subset")
+    group.add_argument("--search-score", choices=list(SEARCH_SCORES), default="umap_silhouette",
+                       help="internal index of k-means on the subset: its silhouette in a UMAP embedding (default), or CH / silhouette in the features")
     group.add_argument("--search-subset", type=int, default=1000, help="random images the search scores")
     group.add_argument("--noise-draws", type=int, default=4, help="noise draws averaged per feature")
     group.add_argument("--pool-size", type=int, default=4, help="activations are average-pooled to this size squared, then flattened")
@@ -139,7 +141,7 @@ def _add_fit_parser(commands) -> None:
     fit.add_argument("--lr", type=_positive_number, default=None, help="AdamW learning rate (default: DiFiC 2e-4, DiEC 1e-3, CLUDI 1e-3 with a cosine to 1e-6)")
     fit.add_argument("--k-range", type=_k_range, default=None, help="with --k auto: the Ks scanned, MIN:MAX (default 2 to N/5, at most 100)")
     fit.add_argument("--k-criterion", default="silhouette",
-                     choices=["silhouette", "calinski_harabasz", "davies_bouldin", "bic", "prediction_strength", "umap_silhouette"], help="with --k auto: the label-free criterion that chooses K (see README)")
+                     choices=list(K_CRITERIA), help="with --k auto: the label-free criterion that chooses K (see README)")
     fit.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its last checkpoint")
     fit.add_argument("--report", action="store_true", help="write RUN_DIR/report/index.html at the end (see `diffclust report`)")
     _add_backbone_and_device(fit)
@@ -165,9 +167,10 @@ def _add_fit_parser(commands) -> None:
     speed.add_argument("--cache-precision", choices=["fp16", "int8"], default="fp16",
                        help="how the cached z is stored: fp16, or int8 with a scale per image and channel (half the disk)")
     diec = fit.add_argument_group("DiEC (--method diec)")
-    fit.add_argument("--init", choices=["consensus", "spectral", "kmeans", "random"], default=None,
-                     help="DiEC and CLUDI start: the median of k-means and spectral clusterings (default), spectral clustering "
-                          "of the kNN graph (CLUDI), k-means (DEC's start), or random weights (CLUDI, published)")
+    fit.add_argument("--init", choices=list(dict.fromkeys([*DIEC_INITS, *CLUDI_INITS])), default=None,
+                     help="DiEC and CLUDI start: k-means in a UMAP embedding (DiEC's default), the median of k-means and spectral "
+                          "clusterings (CLUDI's default), spectral clustering of the kNN graph (CLUDI), k-means (DEC's start), "
+                          "or random weights (CLUDI, published)")
     diec.add_argument("--frozen", dest="finetune_unet", action="store_false", help="keep the UNet frozen (no denoising loss; features computed once)")
     diec.add_argument("--unet-lr", type=_positive_number, default=1e-5, help="learning rate of the fine-tuned UNet")
     diec.add_argument("--graph-weight", type=float, default=1.0, help="weight of the neighbour-agreement (graph) regulariser")

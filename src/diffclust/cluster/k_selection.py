@@ -5,7 +5,7 @@ PCA to 50 dimensions), and each fit is scored by established internal criteria: 
 Calinski-Harabasz and Davies-Bouldin (scikit-learn), the BIC of a Gaussian mixture started
 from the k-means fit, and prediction strength (Tibshirani & Walther 2005), a stability
 criterion over two halves of the data. ``umap_silhouette`` is the silhouette of k-means fitted
-in a UMAP embedding (umap-learn, an optional dependency: ``pip install diffclust[umap]``),
+in a UMAP embedding (cluster.manifold),
 where neighbourhoods matter more than global distances. Labels are never used.
 """
 
@@ -23,15 +23,14 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
 from sklearn.mixture import GaussianMixture
 
+from diffclust.choices import K_CRITERIA
+from diffclust.cluster.manifold import umap_embedding
 from diffclust.errors import DiffclustError
 
 #: criterion -> True when a higher score is better
-CRITERIA = {"silhouette": True, "calinski_harabasz": True, "davies_bouldin": False, "bic": False, "prediction_strength": True,
-            "umap_silhouette": True}
-#: the criteria recorded beside the chosen one by default (UMAP costs more, and an optional install)
+CRITERIA = K_CRITERIA
+#: the criteria recorded beside the chosen one by default (UMAP costs more)
 RECORDED = ("silhouette", "calinski_harabasz", "davies_bouldin", "bic", "prediction_strength")
-#: the UMAP embedding's settings: neighbourhoods of 15, packed clusters, 10 dimensions
-UMAP_SETTINGS = {"n_neighbors": 15, "min_dist": 0.0, "n_components": 10}
 #: prediction strength picks the largest K whose clusters are this reproducible (the paper's 0.8)
 STRENGTH_THRESHOLD = 0.8
 
@@ -122,18 +121,6 @@ def _criterion(name: str, data: np.ndarray, k: int, fit: KMeans | None, embedded
     return _silhouette(embedded, KMeans(k, n_init=2, random_state=seed).fit_predict(embedded), seed)
 
 
-def umap_embedding(data: np.ndarray, seed: int) -> np.ndarray:
-    """A seeded UMAP embedding of `data` (UMAP_SETTINGS), or a clear error without umap-learn."""
-    try:
-        import umap
-    except ImportError:
-        raise DiffclustError("The umap_silhouette criterion needs umap-learn: pip install umap-learn "
-                             "(or diffclust[umap]), or pick another --k-criterion.") from None
-    with warnings.catch_warnings():  # a seed turns off UMAP's parallelism, and it says so
-        warnings.simplefilter("ignore", UserWarning)
-        return umap.UMAP(**UMAP_SETTINGS, random_state=seed).fit_transform(data)
-
-
 def choose_k(features, k_range: tuple[int, int] | None = None, criterion: str = "silhouette", seed: int = 0,
              max_items: int = 3000, criteria: tuple[str, ...] | None = None) -> KSelection:
     """Scan K over `k_range` (default: default_k_range) and choose it by `criterion`.
@@ -156,7 +143,7 @@ def choose_k(features, k_range: tuple[int, int] | None = None, criterion: str = 
     wanted = list(dict.fromkeys([criterion, *(criteria or RECORDED)]))
     candidates = list(range(low, high + 1))
     scores: dict[str, list[float]] = {name: [] for name in wanted}
-    embedded = umap_embedding(data, seed) if "umap_silhouette" in wanted else None
+    embedded = umap_embedding(data, seed, "The umap_silhouette criterion (--k-criterion)") if "umap_silhouette" in wanted else None
     for k in candidates:
         fit = KMeans(k, n_init=2, random_state=seed).fit(data) if wanted != ["umap_silhouette"] else None
         for name in wanted:

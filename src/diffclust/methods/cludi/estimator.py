@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from diffclust.backbones.base import DiffusionBackbone
+from diffclust.choices import CLUDI_INITS
 from diffclust.cluster.metrics import clustering_scores
 from diffclust.data.collection import ImageCollection
 from diffclust.encoders.extraction import read_row_names
@@ -38,9 +39,8 @@ ENCODER_BATCH = 64
 #: "global": centre, then divide by one overall spread (keeps the features' geometry, so the
 #: k-means start equals k-means on the raw features); "per_feature": standardise each column
 FEATURE_SCALINGS = ("global", "per_feature")
-#: where the networks start: the median of k-means and spectral clusterings, spectral clustering of the kNN graph,
-#: k-means, or random weights (published)
-INITS = ("consensus", "spectral", "kmeans", "random")
+#: where the networks start (see choices.CLUDI_INITS)
+INITS = CLUDI_INITS
 #: the published settings (the authors' code), which the CPU defaults cut down: `--paper-settings`
 PAPER_SETTINGS = {"epochs": 200, "batch_size": 256, "lr": 1e-4, "ema_decay": 0.999, "teacher_steps": 25, "predict_samples": 64,
                   "predict_steps": 50, "monitor_samples": 4, "init": "random", "teacher_neighbours": 0}

@@ -10,6 +10,7 @@ import torch
 
 from diffclust.backbones.base import DiffusionBackbone
 from diffclust.backbones.registry import SD15_HUB_ID, load_backbone
+from diffclust.choices import DIEC_INITS
 from diffclust.data.collection import ImageCollection
 from diffclust.engine.checkpoint import atomic_save_tensors, load_tensors
 from diffclust.engine.runtime import make_accelerator
@@ -18,7 +19,7 @@ from diffclust.engine.trainer import files_identity
 from diffclust.errors import DiffclustError
 from diffclust.methods.base import ClusteringEstimator
 from diffclust.methods.diec.features import BOTTLENECK, LayerFeatureReader, candidate_layers, encode_collection
-from diffclust.methods.diec.network import DIEC_INITS, DiECNetwork
+from diffclust.methods.diec.network import DiECNetwork
 from diffclust.methods.diec.search import SCORES, ClusterabilitySearch, SearchResult
 from diffclust.methods.diec.search_report import read_search, write_search_outputs
 from diffclust.methods.diec.training import DiECTrainer
@@ -41,13 +42,17 @@ class DiEC(ClusteringEstimator):
     ``search="two-stage"`` (default) fixes the layer (``search_layer``: "bottleneck", "probe" =
     best block at ``probe_timestep``, or a module path) and then searches t in ``timestep_range``
     with a Fibonacci (integer golden-section) search; ``search="grid"`` scores every block at
-    ``search_timesteps`` (candidates: ``search_layers``, default every top-level block).
+    ``search_timesteps`` (candidates: ``search_layers``, default every top-level block). A pair's
+    score (``search_score``) is by default the silhouette of k-means in a UMAP embedding of the
+    subset's features (see search.py for why).
     Features are block outputs average-pooled to ``pool_size`` x ``pool_size`` (4: global pooling
     loses the layout that tells digits apart) and averaged over ``noise_draws`` noise draws. Training: residual mapping + DEC KL + graph and
     entropy regularisers, and with ``finetune_unet`` a parallel denoising loss that fine-tunes
     the UNet (off: the UNet stays frozen and features are computed once). The centres start at
-    the means of the consensus partition's clusters (``init="consensus"``, see
-    cluster.consensus; measured on USPS: +0.6 points over DEC's k-means start) or at k-means.
+    the means of the clusters of a start partition: k-means in a UMAP embedding
+    (``init="umap"``, cluster.manifold), the consensus of k-means and spectral clusterings
+    (``init="consensus"``, cluster.consensus), or at plain k-means (DEC's start). Measured on
+    USPS: benchmarks/results/diec_usps/results.md.
     """
 
     method = "diec"
@@ -66,7 +71,7 @@ class DiEC(ClusteringEstimator):
         search: str = "two-stage",
         search_layer: str = "bottleneck",
         probe_timestep: int | None = None,
-        search_score: str = "calinski_harabasz",
+        search_score: str = "umap_silhouette",
         search_subset: int = 1000,
         search_layers: list[str] | None = None,
         search_timesteps: list[int] | None = None,
@@ -84,7 +89,7 @@ class DiEC(ClusteringEstimator):
         denoising_weight: float = 1.0,
         n_neighbours: int = 10,
         mapping_hidden: int | None = None,
-        init: str = "consensus",
+        init: str = "umap",
         device: str = "auto",
         mixed_precision: str = "no",
         random_state: int = 0,

@@ -7,10 +7,8 @@ from torch import nn
 
 from diffclust.cluster.consensus import consensus_partition
 from diffclust.cluster.kmeans import fit_kmeans, half_gap_scale, student_t_assignments
+from diffclust.cluster.manifold import umap_partition
 
-#: where the centres start: k-means of the embedding (DEC's start), or the mean of each cluster of
-#: the consensus partition (k-means and spectral clusterings, see cluster.consensus)
-DIEC_INITS = ("kmeans", "consensus")
 
 
 class ResidualMapping(nn.Module):
@@ -53,15 +51,18 @@ class DiECNetwork(nn.Module):
     @torch.no_grad()
     def initialise(self, features: torch.Tensor, seed: int, init: str = "kmeans") -> None:
         """Standardise on the data, then put the centres at k-means of the initial embedding
-        (or at the means of the consensus partition's clusters)."""
+        (or at the means of the clusters of the UMAP or consensus start partition)."""
         self.mapping.standardise_on(features)
         embedding = self.embed_all(features)
-        if init == "consensus":
-            labels = torch.from_numpy(consensus_partition(embedding, self.centres.shape[0], seed).labels).to(embedding.device)
+        k = self.centres.shape[0]
+        if init in ("umap", "consensus"):
+            start = (umap_partition(embedding, k, seed, "DiEC's init='umap' (--init umap)") if init == "umap"
+                     else consensus_partition(embedding, k, seed).labels)
+            labels = torch.from_numpy(start).to(embedding.device)
             sums = torch.zeros_like(self.centres).index_add_(0, labels, embedding)
             centres = sums / torch.bincount(labels, minlength=len(sums)).clamp_min(1)[:, None]
         else:
-            centres = torch.from_numpy(fit_kmeans(embedding, self.centres.shape[0], seed=seed)[0])
+            centres = torch.from_numpy(fit_kmeans(embedding, k, seed=seed)[0])
         self.centres.copy_(centres)
         self.kernel_scale.fill_(half_gap_scale(self.centres))
 
