@@ -3,12 +3,13 @@
 For each seed, DiEC's own search picks (layer, t) on its seeded subset; then, on every image,
 k-means on the raw pixels, k-means at the searched pair, k-means in a UMAP embedding at the pair
 (DiEC's start partition) and DiEC itself (default settings but a frozen UNet and --epochs, for
-CPU time) are scored against labels.csv. Labels only score. With --label-grid, the pair the
+CPU time) are scored against labels.csv; --plain-dec adds DiEC without its self-labelling
+epochs (self_label_epochs=0), side by side. Labels only score. With --label-grid, the pair the
 labels would pick (UMAP + k-means accuracy on the search subset, over --grid-timesteps of the
 search layer) is reported beside the searched one. Writes seeds.json and seeds.md to --out:
 
     python benchmarks/diec_seeds.py ../shared/data/usps --backbone .data/usps-ddpm-4000 \
-        --out benchmarks/results/diec_usps --seeds 0,1,2 --epochs 20 --label-grid
+        --out benchmarks/results/diec_usps --seeds 0,1,2 --epochs 20 --label-grid --plain-dec
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from diffclust.methods.diec.search import SCORES, Criterion  # noqa: E402
 SCORE_KEYS = ("acc", "nmi", "ari")
 
 
-def one_seed(collection, backbone_path: str, k: int, seed: int, epochs: int, out: Path) -> dict:
+def one_seed(collection, backbone_path: str, k: int, seed: int, epochs: int, out: Path, plain_dec: bool) -> dict:
     settings = dict(backbone=backbone_path, random_state=seed, device="cpu", progress=False)
     labels = collection.labels
     rows: dict[str, dict] = {}
@@ -51,10 +52,15 @@ def one_seed(collection, backbone_path: str, k: int, seed: int, epochs: int, out
     model = DiEC(k, **settings, layer=search.layer, timestep=search.timestep, finetune_unet=False, epochs=epochs,
                  output_dir=out / f"run-seed{seed}")
     model.fit(collection)
+    fit_seconds = round(time.perf_counter() - started_fit, 1)
     rows[f"DiEC (frozen UNet, {epochs} epochs) at the searched pair"] = clustering_scores(labels, model.labels_)
+    if plain_dec:
+        plain = DiEC(k, **settings, layer=search.layer, timestep=search.timestep, finetune_unet=False, epochs=epochs,
+                     self_label_epochs=0, output_dir=out / f"run-seed{seed}-plain-dec")
+        rows["DiEC with plain DEC targets (self_label_epochs=0)"] = clustering_scores(labels, plain.fit(collection).labels_)
     result = {"seed": seed, "layer": search.layer, "timestep": search.timestep, "search_score": search.score,
               "search_evaluations": search.n_evaluations, "search_seconds": round(search_seconds, 1),
-              "fit_seconds": round(time.perf_counter() - started_fit, 1),
+              "fit_seconds": fit_seconds,
               "rows": rows, "history": model.history_}
     print(json.dumps({key: value for key, value in result.items() if key != "history"}), flush=True)
     return result
@@ -118,6 +124,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--label-grid", action="store_true", help="also report the labels' best timestep (reporting only)")
+    parser.add_argument("--plain-dec", action="store_true", help="also fit DiEC with self_label_epochs=0 (plain DEC)")
     parser.add_argument("--grid-timesteps", default="25,50,100,150,200,250,300,350,400,500")
     args = parser.parse_args()
     collection = scan_images(args.data)
@@ -125,7 +132,7 @@ def main() -> None:
         raise SystemExit(f"{args.data} has no labels to score against.")
     k = len(np.unique(collection.labels))
     args.out.mkdir(parents=True, exist_ok=True)
-    results = [one_seed(collection, args.backbone, k, int(seed), args.epochs, args.out) for seed in args.seeds.split(",")]
+    results = [one_seed(collection, args.backbone, k, int(seed), args.epochs, args.out, args.plain_dec) for seed in args.seeds.split(",")]
     report = {"data": str(args.data), "images": len(collection), "k": k, "backbone": str(args.backbone),
               "device": f"cpu ({platform.processor() or platform.machine()})", "epochs": args.epochs,
               "seeds": results, "summary": summary(results)}

@@ -2,11 +2,15 @@
 
     python benchmarks/diec_usps_limits.py backbones ../shared/data/usps .data/usps-ddpm-4000 .data/usps-ddpm-5000 --out DIR
     python benchmarks/diec_usps_limits.py start ../shared/data/usps .data/usps-ddpm-4000 --layer mid_block --timestep 343 --out DIR
+    python benchmarks/diec_usps_limits.py features ../shared/data/usps .data/usps-ddpm-4000 --layer mid_block --timestep 150 --out DIR
 
 `backbones`: for each DDPM and each search criterion (--scores), DiEC's label-free search picks
 a pair; k-means and k-means in a UMAP embedding (DiEC's start partition) are scored there on
 every image. `start`: DiEC with a frozen UNet (20 epochs) at one pair, from each of --inits,
-over seeds. Labels only score.
+over seeds. `features`: at one pair, the feature variants of --variants (pool size, noise draws,
+neighbouring timesteps concatenated), each scored by the search's label-free index (silhouette
+of k-means in a UMAP embedding, here of every image) beside that partition's accuracy. Labels
+only score.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from diffclust import DiEC  # noqa: E402
 from diffclust.cluster.kmeans import fit_kmeans  # noqa: E402
-from diffclust.cluster.manifold import umap_partition  # noqa: E402
+from diffclust.cluster.manifold import umap_embedding, umap_partition  # noqa: E402
 from diffclust.cluster.metrics import clustering_scores  # noqa: E402
 
 
@@ -54,9 +58,33 @@ def starts(data: str, model: str, layer: str, timestep: int, seeds: list[int], e
     return rows
 
 
+def feature_variants(data: str, model: str, layer: str, timestep: int, variants: list[str]) -> list[dict]:
+    """Each variant "pool:draws:offsets" (e.g. "4:4:-50,0,50") reads the features at t + each
+    offset with that pooling and number of noise draws, concatenated over the offsets."""
+    import numpy as np
+    from sklearn.metrics import silhouette_score
+
+    probe = DiEC(10, backbone=model, device="cpu", progress=False)
+    _, collection, backbone, _, latents = probe._prepare(data)
+    rows = []
+    for variant in variants:
+        pool, draws, offsets = variant.split(":")
+        started = time.perf_counter()
+        reader = DiEC(10, noise_draws=int(draws), pool_size=int(pool))._reader(backbone, [layer])
+        features = np.concatenate([reader.read_all(latents, timestep + int(offset), 256)[layer].numpy()
+                                   for offset in offsets.split(",")], axis=1)
+        embedding = umap_embedding(features, 0)
+        labels = fit_kmeans(embedding, 10, seed=0)[1]
+        rows.append({"variant": variant, "pool_size": int(pool), "noise_draws": int(draws), "timesteps": [timestep + int(o) for o in offsets.split(",")],
+                     "dim": features.shape[1], "umap_silhouette": float(silhouette_score(embedding, labels)),
+                     "umap_kmeans": clustering_scores(collection.labels, labels), "seconds": time.perf_counter() - started})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiment", choices=["backbones", "start"])
+    parser.add_argument("experiment", choices=["backbones", "start", "features"])
     parser.add_argument("data")
     parser.add_argument("models", nargs="+")
     parser.add_argument("--layer", default="mid_block")
@@ -65,10 +93,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--scores", default="calinski_harabasz,umap_silhouette", help="backbones: the search criteria compared")
     parser.add_argument("--inits", default="kmeans,consensus,umap", help="start: the starts compared")
+    parser.add_argument("--variants", default="4:4:0 1:4:0 2:4:0 4:1:0 4:8:0 4:4:-50,0,50",
+                        help="features: pool:draws:offsets variants, space-separated")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if args.experiment == "backbones":
         rows = backbones(args.data, args.models, args.scores.split(","))
+    elif args.experiment == "features":
+        rows = feature_variants(args.data, args.models[0], args.layer, args.timestep, args.variants.split())
     else:
         rows = starts(args.data, args.models[0], args.layer, args.timestep, [int(s) for s in args.seeds.split(",")], args.epochs,
                       args.inits.split(","))

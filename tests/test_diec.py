@@ -11,13 +11,14 @@ import torch
 
 from diffclust.backbones import load_backbone
 from diffclust.cli import main
-from diffclust.cluster.dec import dec_kl_loss, target_distribution
+from diffclust.cluster.dec import dec_kl_loss, partition_target, target_distribution
 from diffclust.cluster.losses import neighbour_consistency_loss
 from diffclust.engine.checkpoint import load_tensors
 from diffclust.errors import DiffclustError
 from diffclust.methods.diec import DiEC
 from diffclust.methods.diec.features import LayerFeatureReader, candidate_layers, image_noise
 from diffclust.methods.diec.network import DiECNetwork
+from diffclust.methods.diec.training import DiECTrainer
 from diffclust.methods.diec.search import ClusterabilitySearch, clusterability, fibonacci_search_max
 from diffclust.methods.registry import load_model
 from diffclust.outputs import read_assignments
@@ -153,6 +154,56 @@ def test_dec_target_and_kl_match_hand_computation():
     assert float(dec_kl_loss(p, p)) == pytest.approx(0.0, abs=1e-7)
 
 
+def test_partition_target_is_the_label_smoothed_one_hot_by_hand():
+    # K = 4, smoothing 0.1: 0.9 + 0.1 / 4 = 0.925 on the item's cluster, 0.025 elsewhere
+    target = partition_target(torch.tensor([0, 2]), 4, smoothing=0.1)
+    assert torch.allclose(target, torch.tensor([[0.925, 0.025, 0.025, 0.025], [0.025, 0.025, 0.925, 0.025]]))
+    assert torch.equal(partition_target(torch.tensor([1]), 3, smoothing=0.0), torch.tensor([[0.0, 1.0, 0.0]]))
+    with pytest.raises(ValueError, match="smoothing"):
+        partition_target(torch.tensor([0]), 2, smoothing=1.0)
+
+
+def _moons_trainer(self_label_epochs: int) -> tuple[DiECTrainer, np.ndarray]:
+    """DiEC's head on two moons in 8-d (a rank-2 plane), frozen features, seeded."""
+    from accelerate import Accelerator
+    from sklearn.datasets import make_moons
+
+    from diffclust.seeding import seed_everything
+
+    points, labels = make_moons(300, noise=0.05, random_state=0)
+    plane = np.linalg.qr(np.random.default_rng(0).normal(size=(8, 2)))[0].T
+    features = torch.tensor(points @ plane, dtype=torch.float32)
+    settings = DiEC(2, finetune_unet=False, epochs=10, self_label_epochs=self_label_epochs, batch_size=32, lr=1e-2,
+                    progress=False).get_params(deep=False)
+    seed_everything(0)
+    trainer = DiECTrainer({**settings, "timestep_": 0}, None, None, None, DiECNetwork(8, 2), Accelerator(cpu=True), labels,
+                          None, features)
+    trainer.run()
+    return trainer, labels
+
+
+def test_self_labelling_keeps_the_umap_start_where_plain_dec_pulls_it_to_nearest_centres():
+    """UMAP + k-means finds both moons exactly; its cluster means sit where nearest-centre
+    assignment scores 79%. Fitting q to the start partition first bends the mapping towards the
+    moons; plain DEC sharpens the nearest-centre split instead."""
+    from sklearn.metrics import adjusted_rand_score
+
+    self_labelled, labels = _moons_trainer(self_label_epochs=10)
+    plain, _ = _moons_trainer(self_label_epochs=0)
+    assert adjusted_rand_score(labels, self_labelled.start_labels.numpy()) == 1.0  # the same start for both
+    assert torch.equal(self_labelled.start_labels, plain.start_labels)
+    start_accuracy = self_labelled.log.records[0]["acc"]
+    assert start_accuracy == plain.log.records[0]["acc"] < 0.82
+    assert self_labelled.log.records[-1]["acc"] > 0.88 > 0.86 > plain.log.records[-1]["acc"]
+    # the epoch's target: the smoothed start partition while self-labelling, DEC's after
+    q = self_labelled.state[1]
+    assert torch.equal(self_labelled.target(9, q), partition_target(self_labelled.start_labels, 2, 0.1))
+    assert torch.equal(self_labelled.target(10, q), target_distribution(q))
+    with pytest.raises(ValueError, match="unless frozen features are given"):
+        DiECTrainer({**self_labelled.p, "finetune_unet": True}, None, None, None, DiECNetwork(8, 2), self_labelled.accelerator,
+                    None, None, torch.zeros(3, 8))
+
+
 def test_graph_consistency_over_several_neighbours_by_hand():
     q = torch.tensor([[0.9, 0.1]])
     neighbours = torch.tensor([[[1.0, 0.0], [0.5, 0.5]]])
@@ -262,6 +313,8 @@ def test_search_command_writes_heatmap_and_table(usps_subset, tiny_ddpm, tmp_pat
 def test_diec_refuses_bad_settings_and_prompts(tiny_ddpm, usps_subset):
     with pytest.raises(DiffclustError, match="search must be one of"):
         DiEC(10, backbone=str(tiny_ddpm), search="random").fit(usps_subset)
+    with pytest.raises(DiffclustError, match="self_label_epochs must be an integer >= 0, got -1"):
+        DiEC(10, backbone=str(tiny_ddpm), self_label_epochs=-1).fit(usps_subset)
     with pytest.raises(DiffclustError, match="timestep_range"):
         DiEC(10, backbone=str(tiny_ddpm), timestep_range=(0, 5000), search_subset=40, device="cpu", progress=False).fit(usps_subset)
     with pytest.raises(DiffclustError, match="not fitted"):

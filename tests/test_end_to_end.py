@@ -224,3 +224,5 @@ def test_each_method_gets_its_own_defaults_from_the_command_line(tmp_path):
     assert (diec.entropy_weight, diec.epochs, diec.batch_size, diec.lr, diec.pool_size) == (1.0, 50, 256, 1e-3, 4)
     assert (cludi.epochs, cludi.lr, cludi.ema_decay, cludi.layer, cludi.backbone) == (30, 1e-3, 0.99, "mid_block", None)
     assert model("--epochs", "7", "--method", "diec").epochs == 7
+    assert (diec.self_label_epochs, diec.init) == (10, "umap")
+    assert model("--method", "diec", "--self-label-epochs", "0").self_label_epochs == 0

@@ -173,6 +173,8 @@ def _add_fit_parser(commands) -> None:
                           "or random weights (CLUDI, published)")
     diec.add_argument("--frozen", dest="finetune_unet", action="store_false", help="keep the UNet frozen (no denoising loss; features computed once)")
     diec.add_argument("--unet-lr", type=_positive_number, default=1e-5, help="learning rate of the fine-tuned UNet")
+    diec.add_argument("--self-label-epochs", type=int, default=10,
+                      help="epochs whose target is the start partition (self-labelling) before DEC's sharpened target; 0: plain DEC")
     diec.add_argument("--graph-weight", type=float, default=1.0, help="weight of the neighbour-agreement (graph) regulariser")
     diec.add_argument("--entropy-weight", type=float, default=1.0, help="weight of the entropy regulariser against empty clusters")
     diec.add_argument("--denoising-weight", type=float, default=1.0, help="weight of the parallel denoising loss (fine-tuning only)")
@@ -357,7 +359,8 @@ def _method_settings(args) -> dict:
     else:  # DiEC, and CLUDI on images, read UNet features
         settings.update(_search_settings(args))
     if args.method == "diec":
-        settings.update(finetune_unet=args.finetune_unet, unet_lr=args.unet_lr, graph_weight=args.graph_weight,
+        settings.update(finetune_unet=args.finetune_unet, unet_lr=args.unet_lr, self_label_epochs=args.self_label_epochs,
+                        graph_weight=args.graph_weight,
                         entropy_weight=args.entropy_weight, denoising_weight=args.denoising_weight)
         if args.init is not None:
             settings["init"] = args.init

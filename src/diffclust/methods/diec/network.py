@@ -49,9 +49,10 @@ class DiECNetwork(nn.Module):
         self.register_buffer("kernel_scale", torch.ones(()))
 
     @torch.no_grad()
-    def initialise(self, features: torch.Tensor, seed: int, init: str = "kmeans") -> None:
+    def initialise(self, features: torch.Tensor, seed: int, init: str = "kmeans") -> torch.Tensor:
         """Standardise on the data, then put the centres at k-means of the initial embedding
-        (or at the means of the clusters of the UMAP or consensus start partition)."""
+        (or at the means of the clusters of the UMAP or consensus start partition). Returns the
+        start partition (N,), the target of the self-labelling epochs."""
         self.mapping.standardise_on(features)
         embedding = self.embed_all(features)
         k = self.centres.shape[0]
@@ -62,9 +63,11 @@ class DiECNetwork(nn.Module):
             sums = torch.zeros_like(self.centres).index_add_(0, labels, embedding)
             centres = sums / torch.bincount(labels, minlength=len(sums)).clamp_min(1)[:, None]
         else:
-            centres = torch.from_numpy(fit_kmeans(embedding, k, seed=seed)[0])
+            centres, start = fit_kmeans(embedding, k, seed=seed)
+            centres, labels = torch.from_numpy(centres), torch.from_numpy(start)
         self.centres.copy_(centres)
-        self.kernel_scale.fill_(half_gap_scale(self.centres))
+        self.kernel_scale.fill_(half_gap_scale(self.centres.detach()))
+        return labels.long().cpu()
 
     @torch.no_grad()
     def embed_all(self, features: torch.Tensor, chunk: int = 4096) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """DiEC's training loop at the chosen (layer, timestep).
 
-Each epoch starts from every image's soft assignment q under the current model: the sharpened
-DEC target P and the k nearest neighbours in the embedding (the adaptive graph) are fixed from
-it for the epoch. Each step then minimises
+Each epoch starts from every image's soft assignment q under the current model: the target P
+and the k nearest neighbours in the embedding (the adaptive graph) are fixed from it for the
+epoch. P is the start partition, label-smoothed, for the first ``self_label_epochs`` epochs
+(self-labelling) and DEC's sharpened q after them. Each step then minimises
 
     KL(P || Q) - graph_weight * mean_j log(q_i . q_j) - entropy_weight * H(mean q)
                + denoising_weight * |UNet(x_t, t) - target|^2   (fine-tuning only)
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 
 from diffclust.backbones.base import DiffusionBackbone
-from diffclust.cluster.dec import dec_kl_loss, target_distribution
+from diffclust.cluster.dec import dec_kl_loss, partition_target, target_distribution
 from diffclust.cluster.losses import entropy, neighbour_consistency_loss
 from diffclust.cluster.neighbours import nearest_neighbours
 from diffclust.engine.trainer import EpochTrainer
@@ -38,21 +39,31 @@ from diffclust.seeding import make_generator
 logger = logging.getLogger(__name__)
 
 #: settings that must not change between an interrupted run and its resumption
-RESUME_KEYS = ("n_clusters", "batch_size", "random_state", "finetune_unet", "noise_draws", "pool_size", "mapping_hidden", "n_neighbours")
+RESUME_KEYS = ("n_clusters", "batch_size", "random_state", "finetune_unet", "noise_draws", "pool_size", "mapping_hidden", "n_neighbours",
+               "init", "self_label_epochs")
+#: label smoothing of the start partition while it is the target
+SELF_LABEL_SMOOTHING = 0.1
 
 
 class DiECTrainer(EpochTrainer):
     resume_keys = RESUME_KEYS
 
-    def __init__(self, params: dict, backbone: DiffusionBackbone, reader: LayerFeatureReader, latents: torch.Tensor,
-                 network: DiECNetwork, accelerator: Accelerator, labels: np.ndarray | None, run_dir: Path | None,
-                 features: torch.Tensor | None = None):
+    def __init__(self, params: dict, backbone: DiffusionBackbone | None, reader: LayerFeatureReader | None,
+                 latents: torch.Tensor | None, network: DiECNetwork, accelerator: Accelerator, labels: np.ndarray | None,
+                 run_dir: Path | None, features: torch.Tensor | None = None):
+        """`features` at hand (frozen UNet only) make the backbone, reader and latents optional:
+        the head then trains on any feature matrix (benchmarks/diec_training_stage.py)."""
         super().__init__(params, accelerator, labels, run_dir)
+        if reader is None and (features is None or params["finetune_unet"]):
+            raise ValueError("DiECTrainer needs a backbone, reader and latents unless frozen features are given")
         self.backbone = backbone
         self.reader = reader
-        self.layer = reader.layers[0]
+        self.layer = reader.layers[0] if reader is not None else None
         self.timestep = int(params["timestep_"])
         self.latents = latents
+        self.n_items = len(features) if features is not None else len(latents)
+        #: the start partition (N,): the target of the self-labelling epochs, kept in the checkpoint
+        self.start_labels: torch.Tensor | None = None
         self.network = network.to(accelerator.device)
         self.finetune = bool(params["finetune_unet"])
         self.unet = backbone.denoiser() if self.finetune else None
@@ -88,7 +99,7 @@ class DiECTrainer(EpochTrainer):
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_state(self) -> dict:
         state = {"network": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "pair": json.dumps([self.layer, self.timestep])}
+                 "pair": json.dumps([self.layer, self.timestep]), "start_labels": self.start_labels}
         if self.unet is not None:
             state["unet"] = self.unet.state_dict()
         return state
@@ -98,6 +109,7 @@ class DiECTrainer(EpochTrainer):
         if self.unet is not None:
             self.unet.load_state_dict(state["unet"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.start_labels = state["start_labels"]
 
     # ------------------------------------------------------------------ training
     def _denoising_loss(self, latents: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -129,13 +141,19 @@ class DiECTrainer(EpochTrainer):
         parts["loss"] = loss
         return parts
 
+    def target(self, epoch: int, q: torch.Tensor) -> torch.Tensor:
+        """The epoch's P: the smoothed start partition while self-labelling, then DEC's."""
+        if epoch < self.p["self_label_epochs"]:
+            return partition_target(self.start_labels, q.shape[1], SELF_LABEL_SMOOTHING)
+        return target_distribution(q)
+
     def train_epoch(self, epoch: int) -> dict[str, float]:
         embedding, q = self.state
-        target = target_distribution(q)
+        target = self.target(epoch, q)
         neighbours = torch.from_numpy(nearest_neighbours(embedding, self.p["n_neighbours"]))
         neighbour_q = q[neighbours]  # (N, n, K)
         generator = make_generator(self.p["random_state"] + 7919 * (epoch + 1) + 104729 * self.accelerator.process_index)
-        batches = epoch_batches(len(self.latents), self.p["batch_size"], self.p["random_state"], epoch, self.accelerator)
+        batches = epoch_batches(self.n_items, self.p["batch_size"], self.p["random_state"], epoch, self.accelerator)
         bar = progress(batches, self.accelerator, self.p["progress"], desc=f"epoch {epoch + 1}/{self.p['epochs']}", unit="batch")
         parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
         totals: dict[str, float] = {}
@@ -152,8 +170,8 @@ class DiECTrainer(EpochTrainer):
     def run(self, resume: bool = False) -> None:
         resumed = resume and self.resume()
         features = self.features()
-        if not resumed:  # epoch 0: the k-means start, logged and checkpointed like any epoch
-            self.network.initialise(features.to(self.accelerator.device), self.p["random_state"], self.p.get("init", "kmeans"))
+        if not resumed:  # epoch 0: the start, logged and checkpointed like any epoch
+            self.start_labels = self.network.initialise(features.to(self.accelerator.device), self.p["random_state"], self.p["init"])
         self.state = self.assign_all(features)
         if not resumed:
             self.end_epoch(0, self._record(0, {}, None), self.clusters(), time.perf_counter())
