@@ -212,6 +212,23 @@ def test_two_cpu_processes_complete_with_the_same_output_shape(butterflies, tmp_
     assert len(rows(out / "metrics.csv")) == 2
 
 
+def test_a_cache_the_disk_cannot_hold_stops_every_process_with_the_same_error(butterflies, tmp_path):
+    """The main process checks the disk; the refusal reaches the other process instead of leaving
+    it waiting at a barrier. The disk is made too small by a cache share of 0."""
+    folder = write_subset(butterflies, rows(butterflies / "labels.csv")[::40], tmp_path / "subset")
+    launcher = tmp_path / "launch.py"
+    launcher.write_text("import sys\nfrom diffclust.methods.difc import constants\nconstants.CACHE_DISK_SHARE = 0.0\n"
+                        "from diffclust.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(launcher), "fit", str(folder),
+               "--k", "3", "--backbone", "tiny-random", "--epochs", "1", "--quiet", "--out", str(tmp_path / "two")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert result.returncode != 0
+    # both ranks print the refusal, naming the folder's free space and the way out
+    assert result.stderr.count("The constant cache needs") == 2, result.stderr[-3000:]
+    assert "--cache-dir" in result.stderr
+    assert not list((tmp_path / "two").rglob("*.npy.partial"))  # nothing written
+
+
 def test_each_method_gets_its_own_defaults_from_the_command_line(tmp_path):
     """Options of one method never leak into another (DiEC's --entropy-weight is not DiFiC's lambda)."""
     from diffclust.cli import build_model, build_parser

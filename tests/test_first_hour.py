@@ -86,6 +86,40 @@ def test_tiny_random_says_its_clusters_mean_nothing(caplog):
     assert [record.message for record in caplog.records].count(TINY_RANDOM_WARNING) == 1
 
 
+def test_an_incomplete_tiny_random_is_rebuilt_and_a_build_that_cannot_write_waits(tmp_path, monkeypatch):
+    """Under torchrun, transformers writes the text encoder on rank 0 only: an earlier version
+    could rename a non-zero rank's incomplete build into the cache. Such a copy is rebuilt; a
+    process whose own build comes out incomplete waits for a complete one instead."""
+    from diffclust.backbones import tiny_random
+
+    monkeypatch.setenv("DIFFCLUST_HOME", str(tmp_path))
+    target = tmp_path / "backbones" / f"tiny-random-v{tiny_random.VERSION}"
+    (target / "text_encoder").mkdir(parents=True)
+    (target / "model_index.json").write_text("{}")
+    assert not tiny_random.is_complete(target)
+    assert tiny_random.ensure_tiny_random() == target and tiny_random.is_complete(target)
+
+    real_build = tiny_random.build_tiny_random
+
+    def rank_one_build(folder):  # what a non-zero rank gets: everything but the text encoder's files
+        real_build(folder)
+        shutil.rmtree(folder / "text_encoder")
+
+    monkeypatch.setattr(tiny_random, "build_tiny_random", rank_one_build)
+    monkeypatch.setattr(tiny_random, "BUILD_WAIT_SECONDS", 1)
+    shutil.rmtree(target)
+    with pytest.raises(DiffclustError, match="incomplete and no process finished building it"):
+        tiny_random.ensure_tiny_random()
+    assert not target.exists()  # the incomplete build was not renamed into place
+
+    import threading  # rank 0 finishes while this process waits
+    monkeypatch.setattr(tiny_random, "BUILD_WAIT_SECONDS", 60)
+    other = threading.Timer(0.5, lambda: (real_build(tmp_path / "rank0"), os.replace(tmp_path / "rank0", target)))
+    other.start()
+    assert tiny_random.ensure_tiny_random() == target and tiny_random.is_complete(target)
+    other.join()
+
+
 def test_cli_logging_has_one_handler_and_leaves_the_root_logger_alone(capsys):
     from diffclust.cli import configure_logging
 

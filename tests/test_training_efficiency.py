@@ -54,6 +54,19 @@ def test_checkpointing_gives_the_same_gradient_to_the_proxy_words(backbone):
     torch.testing.assert_close(checkpointed_gradient, gradient, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
+def test_compiled_unet_gives_the_same_loss_and_gradient_and_is_dropped_after_training(backbone):
+    """torch.compile (inductor, C++ on CPU) serves the training passes only; numbers as eager."""
+    loss, gradient = _loss_and_gradient(backbone)
+    backbone.prepare_training(_options(compile_unet=True))
+    assert backbone._compiled_unet is not None
+    compiled_loss, compiled_gradient = _loss_and_gradient(backbone)
+    backbone.finish_training()
+    assert backbone._compiled_unet is None
+    assert compiled_loss == pytest.approx(loss, rel=1e-4)
+    torch.testing.assert_close(compiled_gradient, gradient, atol=1e-4, rtol=1e-3)
+
+
 def test_bf16_weights_keep_the_loss_within_one_percent_and_restore_exactly(backbone):
     before = {key: value.clone() for key, value in backbone.unet.state_dict().items()}
     loss, gradient = _loss_and_gradient(backbone)

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel
 
 from diffclust.backbones.names import TINY_RANDOM as NAME
+from diffclust.errors import DiffclustError
 
 VERSION = 2
 RESOLUTION = 64
@@ -114,20 +116,46 @@ def cache_root() -> Path:
     return Path(os.environ.get("DIFFCLUST_HOME", Path.home() / ".cache" / "diffclust")).expanduser()
 
 
+#: what a complete build holds (under torch.distributed, transformers writes the text encoder on rank 0 only)
+REQUIRED_FILES = ("model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
+                  "vae/diffusion_pytorch_model.safetensors", "text_encoder/config.json", "text_encoder/model.safetensors",
+                  "tokenizer/vocab.json", "scheduler/scheduler_config.json")
+#: how long a process that cannot write the model waits for the one that can
+BUILD_WAIT_SECONDS = 600
+
+
+def is_complete(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in REQUIRED_FILES)
+
+
 def ensure_tiny_random() -> Path:
-    """Build the tiny model once into the cache (atomically: temp folder, then rename)."""
+    """Build the tiny model once into the cache (atomically: temp folder, then rename).
+
+    Several processes may build at once (torchrun): the first complete build is renamed into
+    place; a process whose build is incomplete (a non-zero rank, for which transformers skips the
+    text encoder's files) waits for it. An incomplete copy left by an earlier version is rebuilt.
+    """
     target = cache_root() / "backbones" / f"{NAME}-v{VERSION}"
-    if (target / "model_index.json").is_file():
+    if is_complete(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{NAME}-", dir=target.parent))
     try:
         build_tiny_random(staging / "model")
-        try:
-            os.replace(staging / "model", target)
-        except OSError:  # another process won the race; its copy is identical
-            if not (target / "model_index.json").is_file():
-                raise
+        if is_complete(staging / "model"):
+            if target.exists() and not is_complete(target):
+                shutil.rmtree(target, ignore_errors=True)  # a broken copy: replace it
+            try:
+                os.replace(staging / "model", target)
+            except OSError:  # another process won the race; its copy is identical
+                if not is_complete(target):
+                    raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    deadline = time.monotonic() + BUILD_WAIT_SECONDS
+    while not is_complete(target):
+        if time.monotonic() > deadline:
+            raise DiffclustError(f"The built-in '{NAME}' backbone in {target} is incomplete and no process finished building it "
+                                 f"within {BUILD_WAIT_SECONDS} s. Delete {target} and run once in a single process.")
+        time.sleep(0.5)
     return target

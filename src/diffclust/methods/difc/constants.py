@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from torch.utils.data import DataLoader, Subset
 
 from diffclust.backbones.base import DiffusionBackbone
@@ -228,16 +229,22 @@ def load_or_compute_constants(
         return _open_store(folder, names, in_memory_bytes)
 
     dataset = ImageTensorDataset(collection, computer.settings.resolution)
+    refusal = [None]  # the main process's refusal, handed to every process so none waits for it
     if accelerator.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)
         meta_path.unlink(missing_ok=True)
         probe = _stored(computer(dataset[0][1][None]), int8)  # shapes of every constant, from one image
         dtypes = {**CACHE_DTYPES, "features": np.int8} if int8 else CACHE_DTYPES
         layout = {name: ((len(dataset),) + tuple(probe[name].shape[1:]), dtypes[name]) for name in names}
-        check_cache_space(folder, layout)
-        for name, (shape, dtype) in layout.items():
-            np.lib.format.open_memmap(folder / f"{name}.npy.partial", mode="w+", dtype=dtype, shape=shape).flush()
-    accelerator.wait_for_everyone()
+        try:
+            check_cache_space(folder, layout)
+        except DiffclustError as error:
+            refusal[0] = str(error)
+        else:
+            for name, (shape, dtype) in layout.items():
+                np.lib.format.open_memmap(folder / f"{name}.npy.partial", mode="w+", dtype=dtype, shape=shape).flush()
+    if broadcast_object_list(refusal)[0] is not None:
+        raise DiffclustError(refusal[0])
 
     outputs = {name: np.load(folder / f"{name}.npy.partial", mmap_mode="r+") for name in names}
     mine = list(range(accelerator.process_index, len(dataset), accelerator.num_processes))
