@@ -241,5 +241,11 @@ def test_each_method_gets_its_own_defaults_from_the_command_line(tmp_path):
     assert (diec.entropy_weight, diec.epochs, diec.batch_size, diec.lr, diec.pool_size) == (1.0, 50, 256, 1e-3, 4)
     assert (cludi.epochs, cludi.lr, cludi.ema_decay, cludi.layer, cludi.backbone) == (30, 1e-3, 0.99, "mid_block", None)
     assert model("--epochs", "7", "--method", "diec").epochs == 7
-    assert (diec.self_label_epochs, diec.init) == (10, "umap")
+    assert (diec.self_label_epochs, diec.init, diec.search_score) == (10, "umap", "umap_silhouette")
     assert model("--method", "diec", "--self-label-epochs", "0").self_label_epochs == 0
+    # the paper's procedure, under what is given explicitly
+    paper = model("--method", "diec", "--paper-settings")
+    assert (paper.search_score, paper.init, paper.self_label_epochs, paper.finetune_unet) == ("calinski_harabasz", "kmeans", 0, True)
+    mixed = model("--method", "diec", "--paper-settings", "--search-score", "umap_silhouette", "--self-label-epochs", "3")
+    assert (mixed.search_score, mixed.init, mixed.self_label_epochs) == ("umap_silhouette", "kmeans", 3)
+    assert model("--method", "cludi", "--layer", "mid_block", "--paper-settings").init == "random"  # CLUDI's own paper settings

@@ -120,8 +120,9 @@ def _add_search_settings(parser) -> None:
     group.add_argument("--search-layers", type=_comma_list(str), default=None, help="candidate blocks, comma-separated (default: every top-level UNet block)")
     group.add_argument("--search-timesteps", type=_comma_list(int), default=None, help="grid timesteps, comma-separated (default: 10 evenly spaced over the range)")
     group.add_argument("--timestep-range", type=_comma_list(int), default=None, help="LOW,HIGH timesteps searched (default: 0,T-1)")
-    group.add_argument("--search-score", choices=list(SEARCH_SCORES), default="umap_silhouette",
-                       help="internal index of k-means on the subset: its silhouette in a UMAP embedding (default), or CH / silhouette in the features")
+    group.add_argument("--search-score", choices=list(SEARCH_SCORES), default=None,
+                       help="internal index of k-means on the subset: its silhouette in a UMAP embedding (default), or CH / silhouette "
+                            "in the features (CH: the DiEC paper's)")
     group.add_argument("--search-subset", type=int, default=1000, help="random images the search scores")
     group.add_argument("--noise-draws", type=int, default=4, help="noise draws averaged per feature")
     group.add_argument("--pool-size", type=int, default=4, help="activations are average-pooled to this size squared, then flattened")
@@ -136,7 +137,7 @@ def _add_fit_parser(commands) -> None:
                                                               "chosen without labels, see --k-range and --k-criterion")
     fit.add_argument("--method", choices=sorted(METHOD_NAMES), default="difc", help="difc: proxy words (fine-grained, needs a text-to-image backbone); diec: best layer x timestep (any UNet); cludi: diffusion teacher-student on features")
     fit.add_argument("--out", type=Path, default=None, help="run folder for checkpoints, logs, assignments.csv and the model (default: runs/<data folder name>)")
-    fit.add_argument("--epochs", type=_whole(0), default=None, help="training epochs in all (default: DiFiC 250 as in the paper, DiEC 50, CLUDI 30; --paper-settings: 200)")
+    fit.add_argument("--epochs", type=_whole(0), default=None, help="training epochs in all (default: DiFiC 250 as in the paper, DiEC 50, CLUDI 30, or 200 with --paper-settings)")
     fit.add_argument("--batch-size", type=_whole(1), default=None, help="images per step and process (default: DiFiC 32, DiEC 256, CLUDI 256)")
     fit.add_argument("--lr", type=_positive_number, default=None, help="AdamW learning rate (default: DiFiC 2e-4, DiEC 1e-3, CLUDI 1e-3 with a cosine to 1e-6)")
     fit.add_argument("--k-range", type=_k_range, default=None, help="with --k auto: the Ks scanned, MIN:MAX (default 2 to N/5, at most 100)")
@@ -173,8 +174,9 @@ def _add_fit_parser(commands) -> None:
                           "or random weights (CLUDI, published)")
     diec.add_argument("--frozen", dest="finetune_unet", action="store_false", help="keep the UNet frozen (no denoising loss; features computed once)")
     diec.add_argument("--unet-lr", type=_positive_number, default=1e-5, help="learning rate of the fine-tuned UNet")
-    diec.add_argument("--self-label-epochs", type=int, default=10,
-                      help="epochs whose target is the start partition (self-labelling) before DEC's sharpened target; 0: plain DEC")
+    diec.add_argument("--self-label-epochs", type=_whole(0), default=None,
+                      help="epochs whose target is the start partition (self-labelling) before DEC's sharpened target "
+                           "(default 10; 0: plain DEC)")
     diec.add_argument("--graph-weight", type=float, default=1.0, help="weight of the neighbour-agreement (graph) regulariser")
     diec.add_argument("--entropy-weight", type=float, default=1.0, help="weight of the entropy regulariser against empty clusters")
     diec.add_argument("--denoising-weight", type=float, default=1.0, help="weight of the parallel denoising loss (fine-tuning only)")
@@ -183,8 +185,10 @@ def _add_fit_parser(commands) -> None:
                                                                   "(rows named by FEATURES.files.csv when `diffclust features` wrote it)")
     _add_encoder_options(cludi)
     cludi.add_argument("--labels", type=Path, default=None, help="labels of the feature rows, for the metrics log only (.npy, or labels.csv with file = row index)")
-    cludi.add_argument("--paper-settings", action="store_true", help="the published settings (200 epochs, lr 1e-4, teacher 25 steps, "
-                                                                      "prediction 64 x 50, random start): hours on a CPU, for GPUs")
+    fit.add_argument("--paper-settings", action="store_true",
+                     help="DiEC and CLUDI: the published procedure, under any option given explicitly. DiEC: CH search index, "
+                          "k-means start, plain DEC targets. CLUDI: 200 epochs, lr 1e-4, teacher 25 steps, prediction 64 x 50, "
+                          "random start (hours on a CPU, for GPUs)")
     cludi.add_argument("--teacher-neighbours", type=_whole(0), default=None, help="the teacher reads one of each row's k nearest "
                                                                                   "neighbours (0: the row itself, published)")
     cludi.add_argument("--ema-decay", type=float, default=None, help="teacher = EMA of the student with this decay")
@@ -330,8 +334,9 @@ def _search_settings(args) -> dict:
     return dict(
         layer=args.layer, timestep=args.timestep, search=args.search, search_layer=args.search_layer, probe_timestep=args.probe_timestep,
         search_layers=args.search_layers, search_timesteps=args.search_timesteps,
-        timestep_range=tuple(args.timestep_range) if args.timestep_range else None, search_score=args.search_score,
+        timestep_range=tuple(args.timestep_range) if args.timestep_range else None,
         search_subset=args.search_subset, noise_draws=args.noise_draws, pool_size=args.pool_size,
+        **({} if args.search_score is None else {"search_score": args.search_score}),
     )
 
 
@@ -359,20 +364,23 @@ def _method_settings(args) -> dict:
     else:  # DiEC, and CLUDI on images, read UNet features
         settings.update(_search_settings(args))
     if args.method == "diec":
-        settings.update(finetune_unet=args.finetune_unet, unet_lr=args.unet_lr, self_label_epochs=args.self_label_epochs,
-                        graph_weight=args.graph_weight,
+        from diffclust.methods.diec.estimator import PAPER_SETTINGS
+
+        settings.update(finetune_unet=args.finetune_unet, unet_lr=args.unet_lr, graph_weight=args.graph_weight,
                         entropy_weight=args.entropy_weight, denoising_weight=args.denoising_weight)
-        if args.init is not None:
-            settings["init"] = args.init
+        given = dict(init=args.init, self_label_epochs=args.self_label_epochs)
     if args.method == "cludi":
         from diffclust.methods.cludi.estimator import PAPER_SETTINGS
 
+        settings.update(encoder=args.encoder, pooling=args.pooling)
         given = dict(init=args.init, teacher_neighbours=args.teacher_neighbours, ema_decay=args.ema_decay,
                      teacher_steps=args.teacher_steps, ce_weight=args.ce_weight, predict_samples=args.predict_samples,
                      predict_steps=args.predict_steps, embedding_dim=args.embedding_dim, hidden_dim=args.hidden_dim)
-        # the published settings, under any option given explicitly (--epochs included)
+    if args.method in ("diec", "cludi"):
+        # the published settings, under any option given explicitly (--epochs and --search-score included)
         paper = {key: value for key, value in PAPER_SETTINGS.items() if key not in settings} if args.paper_settings else {}
-        settings.update(encoder=args.encoder, pooling=args.pooling, **paper, **{key: value for key, value in given.items() if value is not None})
+        settings.update(paper)
+        settings.update({key: value for key, value in given.items() if value is not None})
     return settings
 
 
