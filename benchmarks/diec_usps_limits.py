@@ -69,13 +69,13 @@ def feature_variants(data: str, model: str, layer: str, timestep: int, variants:
     rows = []
     for variant in variants:
         pool, draws, offsets = variant.split(":")
+        timesteps = [timestep + int(offset) for offset in offsets.split(",")]
         started = time.perf_counter()
         reader = DiEC(10, noise_draws=int(draws), pool_size=int(pool))._reader(backbone, [layer])
-        features = np.concatenate([reader.read_all(latents, timestep + int(offset), 256)[layer].numpy()
-                                   for offset in offsets.split(",")], axis=1)
+        features = np.concatenate([reader.read_all(latents, t, 256)[layer].numpy() for t in timesteps], axis=1)
         embedding = umap_embedding(features, 0)
         labels = fit_kmeans(embedding, 10, seed=0)[1]
-        rows.append({"variant": variant, "pool_size": int(pool), "noise_draws": int(draws), "timesteps": [timestep + int(o) for o in offsets.split(",")],
+        rows.append({"variant": variant, "pool_size": int(pool), "noise_draws": int(draws), "timesteps": timesteps,
                      "dim": features.shape[1], "umap_silhouette": float(silhouette_score(embedding, labels)),
                      "umap_kmeans": clustering_scores(collection.labels, labels), "seconds": time.perf_counter() - started})
         print(json.dumps(rows[-1]), flush=True)

@@ -188,7 +188,7 @@ def _add_fit_parser(commands) -> None:
     fit.add_argument("--paper-settings", action="store_true",
                      help="DiEC and CLUDI: the published procedure, under any option given explicitly. DiEC: CH search index, "
                           "k-means start, plain DEC targets. CLUDI: 200 epochs, lr 1e-4, teacher 25 steps, prediction 64 x 50, "
-                          "random start (hours on a CPU, for GPUs)")
+                          "random start (hours on a CPU, for GPUs). DiFiC's defaults already are the paper's")
     cludi.add_argument("--teacher-neighbours", type=_whole(0), default=None, help="the teacher reads one of each row's k nearest "
                                                                                   "neighbours (0: the row itself, published)")
     cludi.add_argument("--ema-decay", type=float, default=None, help="teacher = EMA of the student with this decay")
