@@ -8,13 +8,22 @@ labels are renumbered so the sources do not collide, and the source split is kep
 classes' test images stay held out for the zero-shot diffusion-classifier check.
 
     python benchmarks/build_mini_corpus.py ../shared/data .data/mini-corpus --resolution 32
+    python benchmarks/build_mini_corpus.py ../shared/data .lease/corpus --pack   # one file, to travel
+
+`--pack` writes the JPEGs into one `corpus.npz` (their bytes end to end, and the offsets) beside
+labels.csv: 27,691 images at 32 px, quality 90, are about 31 MiB, which fits the GPU lease's
+travel budget where a folder of files or a raw uint8 array (85 MiB) would not. `unpack` lays it
+out again as a data folder that `diffclust pretrain` reads.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 from pathlib import Path
+
+import numpy as np
 
 from diffclust.data.images import load_rgb, resize_center_crop
 
@@ -60,32 +69,95 @@ def corpus_rows(data_root: Path) -> list[dict]:
     return rows
 
 
+def limit_per_source(rows: list[dict], count: int) -> list[dict]:
+    """The first `count` rows of each source: a toy corpus for dry runs, through the same code."""
+    kept: dict[str, int] = {}
+    chosen = []
+    for row in rows:
+        if kept.get(row["source"], 0) < count:
+            kept[row["source"]] = kept.get(row["source"], 0) + 1
+            chosen.append(row)
+    return chosen
+
+
+def jpeg_bytes(source_file: str, resolution: int, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    resize_center_crop(load_rgb(source_file), resolution).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def write_labels(rows: list[dict], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "labels.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=("file", "label", "class_name", "split", "caption", "source"), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_folder(rows: list[dict], out: Path, resolution: int, quality: int) -> int:
+    """One JPEG per row under out/images/ and labels.csv; returns the bytes written."""
+    size = 0
+    for row in rows:
+        target = out / "images" / row["file"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data := jpeg_bytes(row["source_file"], resolution, quality))
+        size += len(data)
+    write_labels(rows, out)
+    return size
+
+
+def write_pack(rows: list[dict], out: Path, resolution: int, quality: int) -> int:
+    """Every row's JPEG end to end in out/corpus.npz (uint8 `jpeg`, int64 `offsets`) and labels.csv."""
+    encoded = [jpeg_bytes(row["source_file"], resolution, quality) for row in rows]
+    offsets = np.cumsum([0] + [len(data) for data in encoded]).astype(np.int64)
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "corpus.npz", jpeg=np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets=offsets)
+    write_labels(rows, out)
+    return int(offsets[-1])
+
+
+def unpack(pack: Path, folder: Path) -> int:
+    """A packed corpus as a data folder (images/ + labels.csv); returns the image count."""
+    with np.load(pack / "corpus.npz", allow_pickle=False) as arrays:
+        blob, offsets = arrays["jpeg"], arrays["offsets"]
+    with open(pack / "labels.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if len(rows) != len(offsets) - 1:
+        raise ValueError(f"{pack}: labels.csv has {len(rows)} rows for {len(offsets) - 1} packed images")
+    for index, row in enumerate(rows):
+        target = folder / "images" / row["file"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(blob[offsets[index]:offsets[index + 1]].tobytes())
+    write_labels(rows, folder)
+    return len(rows)
+
+
+def build(data_root: Path, out: Path, resolution: int = 32, quality: int = 90, pack: bool = False,
+          per_source: int | None = None) -> str:
+    """Build the corpus (a folder, or a pack) and say what it holds."""
+    rows = corpus_rows(data_root)
+    if per_source is not None:
+        rows = limit_per_source(rows, per_source)
+    if not rows:
+        raise SystemExit(f"No source data sets under {data_root}.")
+    size = (write_pack if pack else write_folder)(rows, out, resolution, quality)
+    by_source: dict[str, int] = {}
+    for row in rows:
+        by_source[row["source"]] = by_source.get(row["source"], 0) + 1
+    return (f"{len(rows)} images ({', '.join(f'{k} {v}' for k, v in by_source.items())}), "
+            f"{len({r['label'] for r in rows})} classes, {size / 2**20:.1f} MiB{' packed' if pack else ''} -> {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data_root", type=Path, help="folder holding tinyimagenet/, flowers102/, cub100/, butterflies10/")
     parser.add_argument("out", type=Path)
     parser.add_argument("--resolution", type=int, default=32)
-    parser.add_argument("--quality", type=int, default=92, help="JPEG quality")
+    parser.add_argument("--quality", type=int, default=90, help="JPEG quality")
+    parser.add_argument("--pack", action="store_true", help="one corpus.npz of JPEG bytes instead of a folder of files")
+    parser.add_argument("--per-source", type=int, default=None, help="keep the first N images of each source (a toy corpus)")
     args = parser.parse_args()
-    rows = corpus_rows(args.data_root)
-    if not rows:
-        raise SystemExit(f"No source data sets under {args.data_root}.")
-    images = args.out / "images"
-    for row in rows:
-        target = images / row["file"]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        resize_center_crop(load_rgb(row["source_file"]), args.resolution).save(target, quality=args.quality)
-    columns = ("file", "label", "class_name", "split", "caption", "source")
-    with open(args.out / "labels.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    by_source = {}
-    for row in rows:
-        by_source[row["source"]] = by_source.get(row["source"], 0) + 1
-    size = sum(path.stat().st_size for path in images.rglob("*.jpg"))
-    print(f"{len(rows)} images ({', '.join(f'{k} {v}' for k, v in by_source.items())}), "
-          f"{len({r['label'] for r in rows})} classes, {size / 2**20:.1f} MiB -> {args.out}")
+    print(build(args.data_root, args.out, args.resolution, args.quality, args.pack, args.per_source))
 
 
 if __name__ == "__main__":

@@ -125,8 +125,8 @@ def run_child(spec: dict) -> dict:
                                 params["mask_prompt"], True, 0)
     computer = ConstantComputer(backbone, settings, torch.randn(backbone.latent_shape(resolution), generator=torch.Generator().manual_seed(0)))
     rows = batch * (spec["steps"] + spec["warmup"])
+    probe = computer(RandomImages(1, resolution)[0][1][None])  # shapes (z's channels: 640 at SD-1.5's block b)
     if spec["cached"]:  # what the cache holds, in its own dtypes (values do not change the cost)
-        probe = computer(RandomImages(1, resolution)[0][1][None])
         rng = np.random.default_rng(0)
         store = ConstantStore({name: rng.standard_normal((rows, *probe[name].shape[1:])).astype(CACHE_DTYPES[name]) if name != "masks"
                                else np.ones((rows, *probe[name].shape[1:]), CACHE_DTYPES[name]) for name in probe})
@@ -135,7 +135,7 @@ def run_child(spec: dict) -> dict:
     efficiency = TrainingEfficiency(**spec["efficiency"]).resolved(device)
     backbone.prepare_training(efficiency)
     torch.manual_seed(0)
-    network = DiFiCNetwork(640, backbone.token_dim, 10, with_head=False).to(device)
+    network = DiFiCNetwork(probe["features"].shape[1], backbone.token_dim, 10, with_head=False).to(device)
     trainer = DiFiCTrainer(params, backbone, store, network, accelerator, None, None)
     generator = torch.Generator().manual_seed(0)
 
@@ -239,33 +239,48 @@ def main() -> None:
         for round_number in range(args.rounds):  # rounds interleave the configurations, so load changes hit them all
             for batch in batch_sizes:
                 for name, config in configs.items():
+                    count = name == "cached" and round_number == 0 and not any("step_flops" in r for found in runs.values() for r in found)
                     spec = {"model": str(model), "device": args.device, "batch_size": batch, "resolution": args.resolution, "steps": steps,
-                            "warmup": args.warmup, "count_flops": name == "cached" and round_number == 0, **config}
+                            "warmup": args.warmup, "count_flops": count, **config}
                     result = run_configuration(spec)
                     runs.setdefault((batch, name), []).append(result)
                     shown = f"failed: {result['error']}" if "error" in result else (
                         f"{result['images_per_second']:8.3f} img/s  {result['seconds_per_step']:8.2f} s/step  "
                         f"peak {result['peak_bytes'] / 2**30:6.2f} GiB")
                     print(f"round {round_number + 1}  batch {batch:>3}  {name:<40} {shown}", flush=True)
+                    write_report(summarise(runs, args, steps), args.out)
+    report = summarise(runs, args, steps)
+    seconds = neighbour_seconds(args.neighbour_points, 768, args.device)
+    print(f"10 nearest neighbours of {args.neighbour_points} proxy words (768-d) on {args.device}: {seconds:.1f} s")
+    report["neighbours"] = {"points": args.neighbour_points, "seconds": seconds}
+    lines = table(report)
+    print("\n".join(lines))
+    write_report(report, args.out)
+
+
+def summarise(runs: dict[tuple[int, str], list[dict]], args, steps: int) -> dict:
+    """The report so far. The model FLOPs of a step are counted once, on the cached
+    configuration, and scale with the batch: each configuration's TFLOP/s is those FLOPs over
+    its own step time."""
     results = [{"batch_size": batch, "configuration": name, **fastest(found)} for (batch, name), found in runs.items()]
     device_name = next((r["device_name"] for r in results if "device_name" in r), args.device)
     peak = peak_tflops(device_name, args.peak_tflops)
-    flops = {r["batch_size"]: r["step_flops"] for r in results if "step_flops" in r}
+    per_image = next((r["step_flops"] / r["batch_size"] for r in results if "step_flops" in r), None)
     for r in results:
-        if "error" not in r and r["batch_size"] in flops:
-            r["model_tflops"] = flops[r["batch_size"]] / r["seconds_per_step"] / 1e12
+        if "error" not in r and per_image is not None:
+            r["model_tflops"] = per_image * r["batch_size"] / r["seconds_per_step"] / 1e12
             r["share_of_peak"] = r["model_tflops"] / peak if peak else None
-    seconds = neighbour_seconds(args.neighbour_points, 768, args.device)
-    print(f"10 nearest neighbours of {args.neighbour_points} proxy words (768-d) on {args.device}: {seconds:.1f} s")
-    report = {"device": args.device, "device_name": device_name, "peak_bf16_tflops": peak, "resolution": args.resolution,
-              "steps": steps, "warmup": args.warmup, "rounds": args.rounds, "threads": torch.get_num_threads(), "results": results,
-              "neighbours": {"points": args.neighbour_points, "seconds": seconds}}
-    lines = table(report)
-    print("\n".join(lines))
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{args.device}.json").write_text(json.dumps(report, indent=2))
-        (args.out / f"{args.device}.md").write_text("\n".join(lines) + "\n")
+    return {"device": args.device, "device_name": device_name, "peak_bf16_tflops": peak, "resolution": args.resolution,
+            "steps": steps, "warmup": args.warmup, "rounds": args.rounds, "threads": torch.get_num_threads(), "results": results,
+            "neighbours": None}
+
+
+def write_report(report: dict, out: Path | None) -> None:
+    """Written after every configuration, so a run stopped by a time limit keeps what it measured."""
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{report['device']}.json").write_text(json.dumps(report, indent=2))
+        (out / f"{report['device']}.md").write_text("\n".join(table(report)) + "\n")
 
 
 def table(report: dict) -> list[str]:
@@ -273,7 +288,7 @@ def table(report: dict) -> list[str]:
              f"{report['steps']} timed steps after {report['warmup']} warm-up steps per configuration, each in its own process, in {report['rounds']} interleaved "
              f"rounds (the fastest kept); {report['threads']} threads. "
              f"Peak memory: {'allocated on the GPU' if report['device'] == 'cuda' else 'resident set of the process (weights included)'}. "
-             "TFLOP/s: the cached step's model FLOPs (torch.utils.flop_counter) over each configuration's step time"
+             "TFLOP/s: the cached step's model FLOPs (torch.utils.flop_counter, counted at one batch size and scaled) over each configuration's step time"
              + (f"; peak {report['peak_bf16_tflops']} TFLOP/s dense bf16." if report["peak_bf16_tflops"] else "; no peak known for this device."), "",
              "| batch | configuration | img/s | s/step | x naive | peak GiB | TFLOP/s | share of peak |", "|---|---|---|---|---|---|---|---|"]
     naive = {r["batch_size"]: r["images_per_second"] for r in report["results"] if r["configuration"] == "naive" and "error" not in r}
@@ -286,8 +301,9 @@ def table(report: dict) -> list[str]:
         share = f"{r['share_of_peak']:.1%}" if r.get("share_of_peak") else ""
         lines.append(f"| {r['batch_size']} | {r['configuration']} | {r['images_per_second']:.3f} | {r['seconds_per_step']:.2f} | {ratio} | "
                      f"{r['peak_bytes'] / 2**30:.2f} | {tflops} | {share} |")
-    lines += ["", f"Neighbours: 10 nearest of {report['neighbours']['points']} proxy words (768-d, exact, chunked) in "
-              f"{report['neighbours']['seconds']:.1f} s on {report['device']}."]
+    if report.get("neighbours"):
+        lines += ["", f"Neighbours: 10 nearest of {report['neighbours']['points']} proxy words (768-d, exact, chunked) in "
+                  f"{report['neighbours']['seconds']:.1f} s on {report['device']}."]
     return lines
 
 

@@ -179,7 +179,7 @@ class StableDiffusionBackbone(SchedulerNoiseMixin, DiffusionBackbone):
 
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        return next(iter(self._modules()[0].parameters())).device  # the UNet's, or the text encoder's when encoding captions alone
 
     @property
     def dtype(self) -> torch.dtype:

@@ -22,11 +22,12 @@ def caption_for(record: ImageRecord, template: str) -> str:
 
 
 def class_captions(collection: ImageCollection, template: str) -> dict[int, str]:
-    """One caption per class label (for the diffusion classifier)."""
+    """One caption per class label (for the diffusion classifier): the caption the class was
+    trained with, so a manifest's caption column (one template per source) is asked as written."""
     captions: dict[int, str] = {}
     for record in collection.records:
         if record.label is not None and record.label not in captions:
-            captions[record.label] = template.format(class_name=record.class_name, label=record.label)
+            captions[record.label] = caption_for(record, template)
     return captions
 
 

@@ -12,15 +12,18 @@ from PIL import Image
 
 @torch.no_grad()
 def sample(unet, scheduler, shape: tuple[int, ...], generator: torch.Generator, context=None, empty_context=None,
-           guidance: float = 3.0, steps: int = 50, clip: bool = True) -> torch.Tensor:
+           guidance: float = 3.0, steps: int = 50, clip: bool = True, show_progress: bool = False, desc: str = "sampling") -> torch.Tensor:
     """Samples of `shape` (batch, C, H, W), clipped to the image range [-1, 1] unless `clip` is
-    off (latents of a VAE model); `context` (batch, L, D) conditions them."""
+    off (latents of a VAE model); `context` (batch, L, D) conditions them. On a CPU a grid takes
+    minutes, so it can show a progress bar."""
+    from diffclust.engine.runtime import progress
+
     ddim = DDIMScheduler.from_config(scheduler.config)
     ddim.set_timesteps(steps)
     parameter = next(unet.parameters())
     device = parameter.device
     images = torch.randn(shape, generator=generator).to(device, parameter.dtype)
-    for timestep in ddim.timesteps:
+    for timestep in progress(ddim.timesteps, enabled=show_progress, desc=desc, unit="step", leave=False):
         batch_t = torch.full((shape[0],), int(timestep), device=device, dtype=torch.long)
         if context is None:
             noise = unet(images, batch_t).sample
