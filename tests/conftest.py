@@ -52,6 +52,20 @@ def butterflies() -> Path:
 
 
 @pytest.fixture(scope="session")
+def twelve(butterflies, tmp_path_factory) -> Path:
+    """12 butterflies (2 of each of the first 6 species) with their labels.csv."""
+    with open(butterflies / "labels.csv", newline="") as handle:
+        chosen = [row for row in csv.DictReader(handle) if int(row["label"]) < 6]
+    per_class: dict[str, int] = {}
+    picked = []
+    for row in chosen:
+        if per_class.get(row["label"], 0) < 2:
+            per_class[row["label"]] = per_class.get(row["label"], 0) + 1
+            picked.append(row)
+    return write_subset(butterflies, picked, tmp_path_factory.mktemp("twelve") / "data")
+
+
+@pytest.fixture(scope="session")
 def tiny_ddpm(tmp_path_factory) -> Path:
     """A randomly initialised one-channel 16 px DDPM folder."""
     from tiny_ddpm import write_tiny_ddpm

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,3 +172,92 @@ def test_fit_on_images_with_an_encoder_from_the_command_line(encoders, photos, t
     assert main(["fit", str(photos), "--method", "cludi", "--encoder", "x", "--backbone", "tiny-random", "--k", "2",
                  "--out", str(tmp_path / "both")]) == 2
     assert "either encoder (--encoder" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------- hostile input, round two (issue 26)
+def _interrupted_extraction(encoder_folder: Path, photos: Path, out: Path, monkeypatch) -> None:
+    """Encode the first shard of 10 rows, then crash (as a kill would), leaving feats.npy.parts/."""
+    encoder = VisionEncoder.load(encoder_folder, progress=False)
+    original = extraction.encode_rows
+
+    def crash_after_first_shard(encoder, collection, rows, *args, **kwargs):
+        if rows.start >= 10:
+            raise KeyboardInterrupt("simulated kill")
+        return original(encoder, collection, rows, *args, **kwargs)
+
+    monkeypatch.setattr(extraction, "encode_rows", crash_after_first_shard)
+    with pytest.raises(KeyboardInterrupt):
+        extraction.extract_features(encoder, collect_images(photos), out, batch_size=4, shard_size=10, show_progress=False)
+    monkeypatch.setattr(extraction, "encode_rows", original)
+
+
+def test_resumed_features_refuse_new_weights_under_the_same_path(encoders, photos, tmp_path, monkeypatch):
+    from transformers import ViTConfig, ViTModel
+
+    folder = tmp_path / "vit"
+    shutil.copytree(encoders["vit"], folder)
+    _interrupted_extraction(folder, photos, tmp_path / "feats.npy", monkeypatch)
+    torch.manual_seed(1)  # other weights, same path, same config
+    ViTModel(ViTConfig(**TINY), add_pooling_layer=False).save_pretrained(folder)
+    with pytest.raises(DiffclustError, match="weights"):
+        extraction.extract_features(VisionEncoder.load(folder, progress=False), collect_images(photos), tmp_path / "feats.npy",
+                                    shard_size=10, show_progress=False)
+
+
+def test_resumed_features_refuse_images_edited_under_the_same_names(encoders, photos, tmp_path, monkeypatch):
+    data = tmp_path / "photos"
+    shutil.copytree(photos, data)
+    _interrupted_extraction(encoders["vit"], data, tmp_path / "feats.npy", monkeypatch)
+    for path in sorted(data.rglob("*.png"))[:3]:
+        if path.name != "broken.png":
+            Image.new("RGB", (40, 36), (1, 2, 3)).save(path)
+            os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    with pytest.raises(DiffclustError, match="contents"):
+        extraction.extract_features(VisionEncoder.load(encoders["vit"], progress=False), collect_images(data), tmp_path / "feats.npy",
+                                    shard_size=10, show_progress=False)
+
+
+def test_a_damaged_plan_starts_the_shards_afresh(encoders, photos, tmp_path, monkeypatch):
+    out = tmp_path / "feats.npy"
+    _interrupted_extraction(encoders["vit"], photos, out, monkeypatch)
+    (tmp_path / "feats.npy.parts" / "plan.json").write_text("{not json")
+    assert main(["features", str(photos), "--encoder", str(encoders["vit"]), "--out", str(out), "--shard-size", "10", "--quiet"]) == 0
+    whole = extraction.extract_features(VisionEncoder.load(encoders["vit"], progress=False), collect_images(photos), None, show_progress=False)
+    np.testing.assert_allclose(np.load(out), whole, atol=1e-6)
+
+
+def test_features_never_overwrite_a_file_they_did_not_write(encoders, photos, tmp_path, capsys):
+    out = tmp_path / "mine.npy"
+    np.save(out, np.arange(3))
+    (tmp_path / "mine.files.csv").write_text("my,own,table\n")
+    assert main(["features", str(photos), "--encoder", str(encoders["vit"]), "--out", str(out), "--quiet"]) == 2
+    assert "not part of a feature file diffclust wrote" in capsys.readouterr().err
+    np.testing.assert_array_equal(np.load(out), np.arange(3))
+    assert (tmp_path / "mine.files.csv").read_text() == "my,own,table\n"
+    fresh = tmp_path / "feats.npy"  # a feature file diffclust wrote may be written again
+    assert main(["features", str(photos), "--encoder", str(encoders["vit"]), "--out", str(fresh), "--quiet"]) == 0
+    shutil.rmtree(tmp_path / "feats.npy.parts", ignore_errors=True)
+    assert main(["features", str(photos), "--encoder", str(encoders["vit"]), "--out", str(fresh), "--quiet"]) == 0
+
+
+@pytest.mark.parametrize("target, expected", [("folder", "is a folder"), ("unwritable", "Cannot write")])
+def test_features_check_their_output_before_encoding_anything(encoders, photos, tmp_path, capsys, monkeypatch, target, expected):
+    if target == "folder":
+        out = tmp_path / "feats.npy"
+        out.mkdir()
+    else:
+        out = tmp_path / "locked" / "feats.npy"
+        out.parent.mkdir()
+        import diffclust.engine.runtime as runtime
+
+        def refuse(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(runtime.tempfile, "mkstemp", refuse)
+
+    def never(*args, **kwargs):
+        raise AssertionError("no encoder may load before the output is checked")
+
+    monkeypatch.setattr(VisionEncoder, "load", never)
+    assert main(["features", str(photos), "--encoder", str(encoders["vit"]), "--out", str(out), "--quiet"]) == 2
+    assert expected in capsys.readouterr().err

@@ -57,19 +57,6 @@ def cli_error(capsys, argv: list[str], expected: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def twelve(butterflies, tmp_path_factory) -> Path:
-    """12 butterflies (2 of each of the first 6 species) with their labels.csv."""
-    chosen = [row for row in rows(butterflies / "labels.csv") if int(row["label"]) < 6]
-    per_class: dict[str, int] = {}
-    picked = []
-    for row in chosen:
-        if per_class.get(row["label"], 0) < 2:
-            per_class[row["label"]] = per_class.get(row["label"], 0) + 1
-            picked.append(row)
-    return write_subset(butterflies, picked, tmp_path_factory.mktemp("twelve") / "data")
-
-
-@pytest.fixture(scope="module")
 def run(twelve, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("hostile-runs") / "run"
     assert main(["fit", str(twelve), "--k", "3", *QUICK, "--out", str(out)]) == 0

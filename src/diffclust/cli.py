@@ -323,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffclust", description="Cluster images without labels using pretrained diffusion models.")
     parser.add_argument("--version", action="version", version=f"diffclust {__version__}")
     parser.add_argument("--verbose", action="store_true", help="log debugging detail")
+    parser.add_argument("--debug", action="store_true", help="on an error, print the full traceback too (or set DIFFCLUST_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_fit_parser(commands)
     _add_features_parser(commands)
@@ -331,6 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_parser(commands)
     _add_pretrain_parser(commands)
     _add_search_parser(commands)
+    for command in commands.choices.values():  # the global switches work after the command too (diffclust fit ... --verbose)
+        command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="log debugging detail")
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="on an error, print the full traceback too")
+        if not any("--quiet" in action.option_strings for action in command._actions):
+            command.add_argument("--quiet", action="store_true", help="no progress bars or library loading bars")
     return parser
 
 
@@ -419,9 +425,20 @@ def _fit_input(args):
     return args.data, None, Path(args.data).resolve().name
 
 
+def default_run_folder(data, name: str, suffix: str = "") -> Path:
+    """runs/NAME in the working folder, unless that lies inside the data (`cd photos; diffclust
+    fit .`): then beside the data, so no run is ever read back as images."""
+    folder = Path("runs") / (name + suffix)
+    if data is not None and Path(data).is_dir():
+        root = Path(data).resolve()
+        if folder.resolve().is_relative_to(root):
+            folder = root.parent / "runs" / (name + suffix)
+    return folder
+
+
 def run_fit(args) -> int:
     data, labels, name = _fit_input(args)
-    out = args.out or Path("runs") / name
+    out = args.out or default_run_folder(args.data, name)
     model = build_model(args, out)
     model.fit(data, labels, resume=args.resume)
     from accelerate import PartialState
@@ -460,15 +477,13 @@ def run_report(args) -> int:
 
 def run_features(args) -> int:
     from diffclust.data.collection import collect_images
-    from diffclust.encoders.extraction import extract_features, sidecar
+    from diffclust.encoders.extraction import check_feature_output, extract_features, sidecar
     from diffclust.encoders.vision import VisionEncoder
     from diffclust.engine.runtime import make_accelerator
 
     if args.encoder is None:
         raise DiffclustError("features needs --encoder NAME_OR_PATH (a ViT, DINO, DINOv2 or CLIP folder, or a hub id).")
-    if args.out.suffix.lower() != ".npy":
-        raise DiffclustError(f"--out must be a .npy file, got '{args.out}'.")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    check_feature_output(args.out)  # before any image is read or encoded
     collection = collect_images(args.data, strict=args.strict, folder_labels=args.folder_labels)
     encoder = VisionEncoder.load(args.encoder, args.pooling, make_accelerator(args.device).device, progress=not args.quiet)
     features = extract_features(encoder, collection, args.out, args.batch_size, args.shard_size, show_progress=not args.quiet)
@@ -482,7 +497,7 @@ def run_features(args) -> int:
 def run_search(args) -> int:
     from diffclust.methods.diec import DiEC
 
-    out = args.out or Path("runs") / (Path(args.data).resolve().name + "-search")
+    out = args.out or default_run_folder(args.data, Path(args.data).resolve().name, "-search")
     model = DiEC(args.k, batch_size=args.batch_size, output_dir=out, **_common_settings(args), **_search_settings(args))
     result = model.search_pair(args.data)
     print(f"Chosen: {result.layer} at t={result.timestep} ({result.score_name} {result.score:.4g}); "
@@ -603,16 +618,40 @@ def configure_logging(verbose: bool, quiet: bool) -> None:
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 
 
+#: options whose values may start with '-' (argparse would read '-3:5' as an option and say "expected one argument")
+DASH_VALUE_OPTIONS = ("--k-range", "--timestep-range")
+
+
+def _join_dash_values(argv: list[str]) -> list[str]:
+    """'--k-range -3:5' -> '--k-range=-3:5', so the value reaches its own check and error."""
+    joined, index = [], 0
+    while index < len(argv):
+        if argv[index] in DASH_VALUE_OPTIONS and index + 1 < len(argv) and argv[index + 1].startswith("-") and argv[index + 1][1:2].isdigit():
+            joined.append(f"{argv[index]}={argv[index + 1]}")
+            index += 2
+        else:
+            joined.append(argv[index])
+            index += 1
+    return joined
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_join_dash_values(list(sys.argv[1:] if argv is None else argv)))
     configure_logging(args.verbose, getattr(args, "quiet", False))
     runners = {"fit": run_fit, "features": run_features, "predict": run_predict, "evaluate": run_evaluate, "pretrain": run_pretrain, "search": run_search,
                "report": run_report}
     try:
         return runners[args.command](args)
-    except DiffclustError as error:
-        print(f"diffclust {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as error:  # every failure ends in one line (and a traceback only with --debug)
+        from diffclust.failures import debug_requested, explain
+
+        message, code = explain(error, args.command, args)
+        if debug_requested(args):
+            import traceback
+
+            traceback.print_exc()
+        print(f"diffclust {args.command}: error: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -4,6 +4,19 @@
 class DiffclustError(ValueError):
     """A problem with the user's input or settings (not a bug in diffclust)."""
 
+    #: the command line's exit code: 2 for a mistake the user can correct
+    exit_code = 2
+
+
+class EnvironmentProblem(DiffclustError):
+    """The machine, not the input, stopped the work (a full disk, an unusable home folder)."""
+
+    exit_code = 1
+
+
+class DiskFullError(EnvironmentProblem):
+    """A write failed because its disk is full; what was there before is intact."""
+
 
 class BackboneNotFoundError(DiffclustError):
     """A backbone name, folder or hub id could not be loaded."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from diffclust.data.collection import MANIFEST_NAME, ImageCollection, SkippedFile, scan_images
-from diffclust.data.csv_tables import integer_cell, read_csv_rows
+from diffclust.data.csv_tables import from_spreadsheet_safe, integer_cell, read_csv_rows, spreadsheet_safe
 from diffclust.engine.checkpoint import atomic_write_json, atomic_write_text
 from diffclust.engine.runtime import writable_folder
 from diffclust.errors import DiffclustError
@@ -22,10 +22,11 @@ RUN_SUMMARY_NAME = "run.json"
 
 
 def csv_text(columns, rows) -> str:
+    """CSV text whose cells cannot run as spreadsheet formulas (see spreadsheet_safe)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(columns)
-    writer.writerows(rows)
+    writer.writerows([spreadsheet_safe(cell) for cell in row] for row in rows)
     return buffer.getvalue()
 
 
@@ -63,6 +64,7 @@ def read_assignment_rows(path: str | Path) -> list[dict[str, str]]:
     _, rows = read_csv_rows(path, {"file", "cluster"}, "an assignments.csv from fit or predict (file,cluster,confidence,status)")
     for number, row in rows:
         integer_cell(row, "cluster", path, number, blank_ok=True)
+        row["file"] = from_spreadsheet_safe(row["file"])
     return [row for _, row in rows]
 
 

@@ -38,13 +38,21 @@ class MedianPartition:
 
 
 def spectral_partition(features: np.ndarray, n_clusters: int, neighbours: int, seed: int) -> np.ndarray:
-    """Spectral clustering of the symmetrised `neighbours`-nearest-neighbour graph."""
+    """Spectral clustering of the symmetrised `neighbours`-nearest-neighbour graph; k-means
+    where the graph cannot give one (as many clusters as rows, or a decomposition that fails)."""
     from sklearn.cluster import SpectralClustering
 
-    with warnings.catch_warnings():  # a graph in several pieces is expected with many clusters
-        warnings.simplefilter("ignore", UserWarning)
-        return SpectralClustering(n_clusters, affinity="nearest_neighbors", n_neighbors=min(neighbours, len(features) - 1),
-                                  random_state=seed).fit_predict(features).astype(np.int64)
+    if len(features) <= n_clusters + 1:  # the spectral embedding needs more rows than clusters
+        logger.info("%d rows for %d clusters: too few for spectral clustering; using k-means.", len(features), n_clusters)
+        return fit_kmeans(features, n_clusters, seed=seed)[1].astype(np.int64)
+    try:
+        with warnings.catch_warnings():  # a graph in several pieces is expected with many clusters
+            warnings.simplefilter("ignore", UserWarning)
+            return SpectralClustering(n_clusters, affinity="nearest_neighbors", n_neighbors=min(neighbours, len(features) - 1),
+                                      random_state=seed).fit_predict(features).astype(np.int64)
+    except (np.linalg.LinAlgError, ValueError) as error:
+        logger.info("Spectral clustering at %d neighbours failed (%s); using k-means.", neighbours, error)
+        return fit_kmeans(features, n_clusters, seed=seed)[1].astype(np.int64)
 
 
 def median_partition(candidates: dict[str, np.ndarray]) -> MedianPartition:
@@ -62,6 +70,8 @@ def consensus_partition(features, n_clusters: int, seed: int, neighbour_counts=N
     """k-means and spectral clustering at each of `neighbour_counts`; their median partition."""
     array = features.cpu().numpy() if hasattr(features, "cpu") else np.asarray(features)
     candidates = {"kmeans": fit_kmeans(array, n_clusters, seed=seed)[1].astype(np.int64)}
+    if len(array) <= n_clusters + 1:
+        return MedianPartition(candidates["kmeans"], "kmeans", {})  # too few rows for any spectral candidate
     if len(array) > MAX_SPECTRAL_ROWS:
         logger.warning("%d rows: too many for the spectral candidates of the consensus start (at most %d); starting from k-means.",
                        len(array), MAX_SPECTRAL_ROWS)

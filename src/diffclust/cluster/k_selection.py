@@ -67,11 +67,23 @@ class KSelection:
     def pick(self, criterion: str) -> int:
         """The K a criterion would choose (to compare criteria on the same scan)."""
         values = np.asarray(self.scores[criterion], dtype=float)
+        if not np.isfinite(values).any():
+            raise DiffclustError(
+                f"K cannot be chosen by {criterion}: no K in {self.candidates[0]}..{self.candidates[-1]} could be scored on these "
+                f"{self.items} items (they are too few, or too alike). Give the number of clusters yourself (--k N).")
         if criterion == "prediction_strength":
             good = [k for k, value in zip(self.candidates, values) if value >= STRENGTH_THRESHOLD]
             return max(good) if good else self.candidates[int(np.nanargmax(values))]
         best = np.nanargmax(values) if CRITERIA[criterion] else np.nanargmin(values)
         return self.candidates[int(best)]
+
+
+def reduce_dimensions(data: np.ndarray, dimensions: int, seed: int) -> np.ndarray:
+    """PCA to at most `dimensions`, and never more than the rows allow (PCA(50) fails on 20 rows)."""
+    target = min(dimensions, len(data), data.shape[1])
+    if data.shape[1] <= dimensions or target < 2:
+        return data
+    return PCA(target, random_state=seed).fit_transform(data)
 
 
 def _prediction_strength(data: np.ndarray, k: int, seed: int) -> float:
@@ -133,13 +145,14 @@ def choose_k(features, k_range: tuple[int, int] | None = None, criterion: str = 
         raise DiffclustError(f"k criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}.")
     data = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
     low, high = k_range or default_k_range(len(data))
-    high = min(high, len(data) - 1)
+    distinct = len(np.unique(data, axis=0)) if len(data) <= 100_000 else len(data)
+    high = min(high, len(data) - 1, distinct - 1)  # k-means cannot make more clusters than distinct items
     if high < low:
-        raise DiffclustError(f"Cannot choose K in {low}..{high}: only {len(data)} items.")
+        raise DiffclustError(f"Cannot choose K in {low}..{high}: only {len(data)} items ({distinct} distinct). "
+                             "Give the number of clusters yourself (--k N), or cluster more items.")
     if len(data) > max_items:
         data = data[np.sort(np.random.default_rng(seed).choice(len(data), max_items, replace=False))]
-    if data.shape[1] > 50:
-        data = PCA(50, random_state=seed).fit_transform(data)
+    data = reduce_dimensions(data, 50, seed)
     wanted = list(dict.fromkeys([criterion, *(criteria or RECORDED)]))
     candidates = list(range(low, high + 1))
     scores: dict[str, list[float]] = {name: [] for name in wanted}
@@ -168,7 +181,8 @@ def write_k_selection(folder: str | Path, selection: KSelection) -> dict[str, Pa
     figure, axes = plt.subplots(1, len(selection.scores), figsize=(3.2 * len(selection.scores), 2.8), squeeze=False)
     for axis, (name, values) in zip(axes[0], selection.scores.items()):
         axis.plot(selection.candidates, values, marker="o", markersize=2.5, linewidth=1)
-        axis.axvline(selection.pick(name), color="grey", linestyle=":", linewidth=1)
+        if np.isfinite(np.asarray(values, dtype=float)).any():
+            axis.axvline(selection.pick(name), color="grey", linestyle=":", linewidth=1)
         if name == selection.criterion:
             axis.axvline(selection.k, color="red", linewidth=1.5, label=f"chosen K = {selection.k}")
             axis.legend(fontsize=7)

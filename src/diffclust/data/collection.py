@@ -108,6 +108,26 @@ class ImageCollection:
         return f"{FROM_FOLDERS}: {listed}"
 
 
+#: files that mark a folder diffclust wrote: a run folder, a report, or an older run (run.json + assignments.csv)
+RUN_MARKER, REPORT_MARKER = ".diffclust-run", ".diffclust-report"
+OUTPUT_FOLDER = "a diffclust run or report folder: not read as data"
+
+
+def is_diffclust_output(folder: Path) -> bool:
+    if (folder / RUN_MARKER).is_file() or (folder / REPORT_MARKER).is_file() or (folder / ".diffclust.lock").exists():
+        return True
+    if (folder / "run.json").is_file() and (folder / "assignments.csv").is_file():
+        return True
+    index = folder / "index.html"
+    if index.is_file():
+        try:
+            with open(index, "rb") as handle:
+                return b"Made by diffclust" in handle.read()[-4096:]
+        except OSError:
+            return False
+    return False
+
+
 def _relative_key(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
@@ -132,6 +152,9 @@ def _walk_files(root: Path) -> tuple[list[Path], list[SkippedFile]]:
     for dirpath, dirnames, names in os.walk(root, followlinks=True, onerror=unreadable):
         kept = []
         for name in sorted(dirnames):
+            if is_diffclust_output(Path(dirpath) / name):  # a run or report folder inside the data is not data
+                skipped.append(SkippedFile(_relative_key(Path(dirpath) / name, root) + "/", OUTPUT_FOLDER, is_image=False))
+                continue
             real = os.path.realpath(os.path.join(dirpath, name))
             if real in seen:
                 folder = Path(dirpath) / name
@@ -200,6 +223,9 @@ def _resolve_manifest_file(root: Path, name: str, row_number: int, manifest: Pat
 
 def _records_from_manifest(root: Path, manifest: Path) -> list[ImageRecord]:
     _, rows = read_csv_rows(manifest, {"file"}, "file,label[,class_name,split]")
+    if not rows:
+        raise DiffclustError(f"{manifest} lists no files (it has a header but no rows): add one row per image "
+                             f"(file,label[,class_name,split]), or move it away to read the images in {root} as they are.")
     records, first_row = [], {}
     for row_number, row in rows:
         name = row["file"].strip()

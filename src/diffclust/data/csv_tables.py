@@ -44,3 +44,28 @@ def integer_cell(row: dict[str, str], column: str, path: Path | str, number: int
     except ValueError:
         raise DiffclustError(f"{path}: row {number} has {column} '{text[:40]}'; {column} values must be integers"
                              + (" (put names in a 'class_name' column)." if column == "label" else ".")) from None
+
+
+#: a cell starting with one of these runs as a formula when a spreadsheet opens the CSV
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def spreadsheet_safe(value):
+    """A text cell that a spreadsheet would run as a formula (a file named '=HYPERLINK(...).jpg'),
+    prefixed with an apostrophe, the usual neutraliser; numbers and other cells unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_START) and not _is_number(value):
+        return "'" + value
+    return value
+
+
+def from_spreadsheet_safe(text: str) -> str:
+    """The original text of a cell written by `spreadsheet_safe`."""
+    return text[1:] if text.startswith("'") and text[1:2] and text[1] in FORMULA_START and not _is_number(text[1:]) else text

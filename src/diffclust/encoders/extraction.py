@@ -22,7 +22,7 @@ import numpy as np
 from diffclust.data.collection import ImageCollection
 from diffclust.engine.checkpoint import atomic_save_array, atomic_write_json, atomic_write_text
 from diffclust.engine.runtime import progress
-from diffclust.engine.trainer import files_identity
+from diffclust.engine.trainer import contents_identity, files_identity
 from diffclust.encoders.vision import VisionEncoder
 from diffclust.errors import DiffclustError
 from diffclust.outputs import csv_text, write_skipped
@@ -57,17 +57,55 @@ def _shards_folder(out: Path, plan: dict) -> Path:
     """The shard folder for `out`, created with `plan`, or an existing one holding the same plan."""
     parts = out.with_name(out.name + PARTS_SUFFIX)
     plan_file = parts / PLAN_NAME
-    if plan_file.is_file():
-        before = json.loads(plan_file.read_text())
+    before = _read_plan(plan_file)
+    if before is None and parts.is_dir():  # a damaged or missing plan: its shards cannot be trusted, so start again
+        logger.warning("%s has no readable %s: its shards are discarded and computed again.", parts, PLAN_NAME)
+        shutil.rmtree(parts)
+    if before is not None:
         changed = [f"{key}: {before.get(key)!r} -> {value!r}" for key, value in plan.items() if before.get(key) != value]
         if changed:
-            raise DiffclustError(f"{parts} holds the shards of another extraction ({'; '.join(changed)}). Delete that folder "
-                                 "to start again, or write to another --out.")
+            raise DiffclustError(f"{parts} holds the shards of another extraction ({'; '.join(changed)}): the encoder's weights or "
+                                 "the images changed since. Delete that folder to start again, or write to another --out.")
         logger.info("Continuing the extraction in %s.", parts)
     else:
         parts.mkdir(parents=True, exist_ok=True)
         atomic_write_json(plan_file, plan)
     return parts
+
+
+def _read_plan(plan_file: Path) -> dict | None:
+    try:
+        plan = json.loads(plan_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return plan if isinstance(plan, dict) else None
+
+
+def check_feature_output(out: str | Path) -> Path:
+    """Before any image is encoded: `out` is a new .npy in a writable folder, or a feature file
+    that diffclust wrote (its FEATURES.files.csv says so); never someone else's file."""
+    from diffclust.engine.runtime import writable_folder
+
+    out = Path(out)
+    if out.suffix.lower() != ".npy":
+        raise DiffclustError(f"--out must be a .npy file, got '{out}'.")
+    if out.is_dir():
+        raise DiffclustError(f"--out '{out}' is a folder; give a file name, e.g. {out / 'features.npy'}.")
+    ours = _written_by_us(sidecar(out, "files"))
+    for path in (out, sidecar(out, "files"), sidecar(out, "skipped")):
+        if path.exists() and not ours:
+            raise DiffclustError(f"'{path}' exists and is not part of a feature file diffclust wrote; nothing was overwritten. "
+                                 "Choose another --out (or delete that file first).")
+    writable_folder(out.parent if str(out.parent) else Path("."), "the folder of --out")
+    return out
+
+
+def _written_by_us(files_csv: Path) -> bool:
+    try:
+        with open(files_csv, "rb") as handle:
+            return handle.readline(100).decode("utf-8", "replace").strip() in ("row,file", "row,file,label,class_name")
+    except OSError:
+        return False
 
 
 def _finished_shard(path: Path, rows: int) -> np.ndarray | None:
@@ -104,7 +142,8 @@ def extract_features(encoder: VisionEncoder, collection: ImageCollection, out: s
         bar.close()
         return features
     out = Path(out)
-    parts = _shards_folder(out, {**encoder.description, "images": files_identity(collection.files), "shard_size": shard_size})
+    parts = _shards_folder(out, {**encoder.description, "images": files_identity(collection.files),
+                                 "contents": contents_identity(collection.records), "shard_size": shard_size})
     shards = []
     for index in range(math.ceil(len(collection) / shard_size)):
         rows = range(index * shard_size, min(len(collection), (index + 1) * shard_size))
@@ -136,7 +175,7 @@ def write_row_names(out: Path, collection: ImageCollection) -> Path:
 def read_row_names(features_path: str | Path, count: int) -> tuple[list[str], np.ndarray | None] | None:
     """(file of each row, labels or None) from FEATURES.files.csv beside a feature file, or None
     when there is none. A table that does not match the file's rows is an error."""
-    from diffclust.data.csv_tables import read_csv_rows
+    from diffclust.data.csv_tables import from_spreadsheet_safe, read_csv_rows
 
     path = sidecar(features_path, "files")
     if not path.is_file():
@@ -147,4 +186,4 @@ def read_row_names(features_path: str | Path, count: int) -> tuple[list[str], np
         raise DiffclustError(f"{path} lists {len(rows)} rows for the {count} rows of {features_path} (or out of order): "
                              "it belongs to another extraction. Delete it to name the rows by index.")
     labelled = all(row.get("label") not in (None, "") for row in rows)
-    return [row["file"] for row in rows], np.array([int(row["label"]) for row in rows], dtype=np.int64) if labelled else None
+    return [from_spreadsheet_safe(row["file"]) for row in rows], np.array([int(row["label"]) for row in rows], dtype=np.int64) if labelled else None

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from diffclust.backbones.hub import library_progress_bars, locate_hub_model
+from diffclust.engine.trainer import weights_identity
 from diffclust.errors import DiffclustError
 
 logger = logging.getLogger(__name__)
@@ -39,8 +40,9 @@ class VisionEncoder:
     """A transformers vision model and its preprocessing; `encode(images)` -> (B, D) unit rows."""
 
     def __init__(self, model: torch.nn.Module, processor, model_type: str, image_size: int, pooling: str, reference: str,
-                 device: torch.device, register_tokens: int = 0):
+                 device: torch.device, register_tokens: int = 0, weights: str | None = None):
         self.model = model.eval().to(device)
+        self.weights = weights  # identity of the weight files (a local folder), so resumed features are not mixed
         self.processor = processor
         self.model_type = model_type
         self.image_size = image_size
@@ -89,12 +91,14 @@ class VisionEncoder:
             logger.warning("'%s' has no preprocessor_config.json: resizing to %d px and normalising with %s statistics.",
                            reference, image_size, f"{model_type}'s" if model_type in FALLBACK_STATISTICS else "ImageNet's")
         registers = int(getattr(vision_config, "num_register_tokens", 0) or 0) if "register" in model_type else 0
-        return cls(model, processor, model_type, image_size, pooling, reference, torch.device(device), registers)
+        weights = weights_identity(source) if Path(source).is_dir() else None
+        return cls(model, processor, model_type, image_size, pooling, reference, torch.device(device), registers, weights)
 
     @property
     def description(self) -> dict:
         """What the features depend on: recorded beside them and checked when a run resumes."""
-        return {"encoder": self.reference, "model_type": self.model_type, "pooling": self.pooling, "image_size": self.image_size}
+        return {"encoder": self.reference, "model_type": self.model_type, "pooling": self.pooling, "image_size": self.image_size,
+                "weights": self.weights}
 
     def pixels(self, images: list[Image.Image]) -> torch.Tensor:
         """The model's input for these RGB images (its processor, or the fallback)."""

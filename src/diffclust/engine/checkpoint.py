@@ -19,9 +19,12 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffclust.errors import DiffclustError, setting_label
+from diffclust.errors import DiffclustError, DiskFullError, setting_label
+from diffclust.failures import DISK_FULL_ERRNOS, disk_full_message, free_space
 
 logger = logging.getLogger(__name__)
+#: a write that fails with less than this free beside it failed for want of space
+DISK_NEARLY_FULL = 1 << 20
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -38,9 +41,21 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         os.chmod(temp, 0o666 & ~_current_umask())  # mkstemp makes 0600; outputs follow the umask
         os.replace(temp, path)
         _fsync_folder(path.parent)
+    except Exception as error:
+        if _disk_full(error, path.parent):  # torch, numpy and safetensors each word it their own way
+            raise DiskFullError(disk_full_message(path, path.stat().st_size if path.is_file() else None)) from error
+        raise
     finally:
         temp.unlink(missing_ok=True)
     return path
+
+
+def _disk_full(error: Exception, folder: Path) -> bool:
+    """ENOSPC, or a writer's own error while the disk has (almost) nothing left."""
+    if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+        return True
+    free = free_space(folder)
+    return free is not None and free < DISK_NEARLY_FULL
 
 
 def _current_umask() -> int:
@@ -154,6 +169,10 @@ def load_resume_state(path: Path | None, params: dict[str, Any], resume_keys: tu
         raise damaged(path.parent, f"{path.name} lacks its bookkeeping ({type(error).__name__}: {error})",
                       "delete it to start the run again") from None
     changed = [f"{setting_label(key)}: {saved.get(key)!r} -> {params[key]!r}" for key in resume_keys if saved.get(key) != params[key]]
+    done = int(state["epochs_done"])
+    if "epochs" in params and int(params["epochs"]) < done:
+        changed.append(f"{setting_label('epochs')}: {params['epochs']} is fewer than the {done} already trained "
+                       f"(give {done} or more: only epochs may grow)")
     if changed:
         raise DiffclustError(
             f"Cannot resume {path.parent}: these settings differ from the interrupted run ({'; '.join(changed)}). "

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from diffclust.data.collection import RUN_MARKER
 from diffclust.errors import DiffclustError
 
 LOCK_NAME = ".diffclust.lock"
@@ -36,6 +37,7 @@ class RunFolderLock:
             who = holder.read_text().strip() if holder.is_file() else "another process"
             raise DiffclustError(f"{self.folder} is in use by another diffclust run ({who}). Wait for it to finish, or "
                                  "choose another output folder (--out): two runs in one folder would corrupt each other.") from None
+        (self.folder / RUN_MARKER).touch()  # stays after the run: a scan of the data never reads this folder as images
         (self.folder / HOLDER_NAME).write_text(f"PID {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         return self
 

@@ -93,6 +93,30 @@ def files_identity(files: list[str]) -> str:
     return f"{len(files)} files, sha256 {hashlib.sha256(chr(10).join(files).encode()).hexdigest()[:16]}"
 
 
+def contents_identity(records) -> str:
+    """The images' names with their size and modification time (or pixels): an image edited
+    under the same name changes it, as it changes DiFiC's cache key."""
+    digest = hashlib.sha256()
+    for record in records:
+        digest.update(f"{record.file}\0{record.identity()}\n".encode())
+    return f"{len(records)} images, sha256 {digest.hexdigest()[:16]}"
+
+
+def weights_identity(folder: str | Path) -> str:
+    """Sizes and hashes of a model folder's weight files: weights replaced under the same path
+    change it."""
+    folder = Path(folder)
+    files = sorted(path for pattern in ("*.safetensors", "*.bin", "*.pt", "*.pth") for path in folder.rglob(pattern) if path.is_file())
+    digest = hashlib.sha256()
+    for path in files:
+        file_digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 22):
+                file_digest.update(chunk)
+        digest.update(f"{path.relative_to(folder)}\0{path.stat().st_size}\0{file_digest.hexdigest()}\n".encode())
+    return f"{len(files)} weight files, sha256 {digest.hexdigest()[:16]}"
+
+
 def matrix_identity(values) -> str:
     """A short, readable identity of a feature matrix (its shape and bytes)."""
     array = np.ascontiguousarray(values.detach().cpu().numpy() if hasattr(values, "detach") else values)

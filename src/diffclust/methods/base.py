@@ -53,6 +53,18 @@ REFIT = "fit again into a new output folder, or restore the run's files from a c
 RENAMED_SETTINGS = {"seed": "random_state"}
 
 
+def _epochs_finished(run_dir: Path) -> int | None:
+    """The epochs of the finished run in `run_dir` (from its run.json), or None."""
+    try:
+        return json.loads((run_dir / RUN_SUMMARY_NAME).read_text(encoding="utf-8")).get("epochs")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _holds_something(path: Path) -> bool:
+    return path.is_file() or (path.is_dir() and any(path.iterdir()))
+
+
 class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
     """Base of the estimators: scikit-learn's protocol, input collection, config files."""
 
@@ -169,9 +181,10 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         if run_dir is not None and accelerator.is_main_process:
             if embedding is not None:
                 atomic_save_array(run_dir / EMBEDDING_NAME, np.asarray(embedding, dtype=np.float16))
-            write_run_summary(run_dir, self.method, self._backbone_reference(), str(accelerator.device), self.timings_, timer.total,
-                              processes=accelerator.num_processes, items=len(self.labels_), n_clusters=self.n_clusters_,
-                              data=self.data_reference_)
+            if self._finished_before != getattr(self, "epochs", None):  # a finished run resumed with no new epoch keeps its times
+                write_run_summary(run_dir, self.method, self._backbone_reference(), str(accelerator.device), self.timings_, timer.total,
+                                  processes=accelerator.num_processes, items=len(self.labels_), n_clusters=self.n_clusters_,
+                                  data=self.data_reference_, epochs=getattr(self, "epochs", None))
         logger.debug("%s stages (s): %s", type(self).__name__, self.timings_)
         accelerator.wait_for_everyone()
 
@@ -184,6 +197,7 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         second writer is refused instead of corrupting this one.
         """
         self._check_settings()
+        self._finished_before = None
         self.data_reference_ = str(Path(X).expanduser().resolve()) if isinstance(X, (str, os.PathLike)) else None
         if self.output_dir is None:
             self._fit(X, y, None, resume)
@@ -191,6 +205,7 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         run_dir = writable_folder(self.output_dir, "output_dir (--out)")
         with RunFolderLock(run_dir) if is_main_launch_process() else nullcontext():
             self._refuse_existing_run(run_dir, resume)
+            self._finished_before = _epochs_finished(run_dir) if resume else None
             self._fit(X, y, run_dir, resume)
         return self
 
@@ -200,11 +215,12 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
     def _refuse_existing_run(self, run_dir: Path, resume: bool) -> None:
         """Nothing is overwritten: a folder holding a run (finished, or interrupted with a checkpoint
         or a cache) needs resume=True; a finished run without a checkpoint cannot be resumed."""
-        found = [name for name in RUN_ARTEFACTS if (run_dir / name).exists()]
+        found = [name for name in RUN_ARTEFACTS if _holds_something(run_dir / name)]  # an empty cache/ is no run
         if not resume and found:
             raise DiffclustError(
-                f"{run_dir} already holds a run ({', '.join(found)}). Pass resume=True (--resume) to continue it, "
-                "or choose another output folder (--out): nothing is overwritten."
+                f"{run_dir} already holds a run ({', '.join(found)}): nothing is overwritten. To continue it, run the same "
+                "command with --resume (resume=True in Python); to start afresh, choose another --out (output_dir) "
+                "or delete that folder first."
             )
         finished = [name for name in found if name in FINISHED_RUN_FILES]
         if resume and finished and not checkpoint_path(run_dir).is_file():

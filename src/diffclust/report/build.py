@@ -16,7 +16,9 @@ import torch
 
 from diffclust import __version__
 from diffclust.cluster.metrics import clustering_scores
-from diffclust.data.collection import scan_images
+from diffclust.data.collection import REPORT_MARKER, scan_images
+from diffclust.data.csv_tables import from_spreadsheet_safe
+from diffclust.engine.runtime import writable_folder
 from diffclust.engine.checkpoint import atomic_write_text, damaged
 from diffclust.errors import DiffclustError
 from diffclust.outputs import ASSIGNMENTS_NAME, RUN_SUMMARY_NAME, SKIPPED_NAME, csv_text, read_assignment_rows
@@ -54,6 +56,23 @@ def _json_object(folder: Path, name: str) -> dict:
     return value
 
 
+def _run_array(folder: Path, name: str, mmap: bool = False) -> np.ndarray | None:
+    """A numeric array the run wrote, or None if absent; a broken one is a damaged run file
+    (never loaded with pickle)."""
+    path = folder / name
+    if not path.is_file():
+        return None
+    try:
+        values = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except (OSError, ValueError, EOFError) as error:
+        reason = "it holds Python objects, not numbers" if "allow_pickle" in str(error) else f"{type(error).__name__}: {error}"
+        raise damaged(folder, f"{name} is not a readable array ({reason})",
+                      f"delete {name} (the report then goes without it) or fit again into a new output folder") from None
+    if values.dtype.kind not in "biuf":
+        raise damaged(folder, f"{name} holds {values.dtype} values, not numbers", f"delete {name} or fit again")
+    return values
+
+
 class RunFolder:
     """What a finished run folder holds, read once."""
 
@@ -74,13 +93,13 @@ class RunFolder:
         self.skipped = []
         if (folder / SKIPPED_NAME).is_file():
             with open(folder / SKIPPED_NAME, newline="", encoding="utf-8") as handle:
-                self.skipped = [(row["file"], row["reason"]) for row in csv.DictReader(handle)]
-        embedding = folder / "embedding.npy"
-        self.embedding = np.load(embedding, allow_pickle=False).astype(np.float32) if embedding.is_file() else None
+                self.skipped = [(from_spreadsheet_safe(row["file"]), row["reason"]) for row in csv.DictReader(handle)]
+        self.embedding = _run_array(folder, "embedding.npy")
+        if self.embedding is not None:
+            self.embedding = self.embedding.astype(np.float32)
         if self.embedding is not None and len(self.embedding) != len(self.files):
             self.embedding = None  # not this assignment's rows (e.g. an older run)
-        agreement = folder / "sample_agreement.npy"
-        self.agreement = np.load(agreement, allow_pickle=False) if agreement.is_file() else None
+        self.agreement = _run_array(folder, "sample_agreement.npy")
         if self.agreement is not None and len(self.agreement) != len(self.files):
             self.agreement = None
 
@@ -107,16 +126,15 @@ def _map_points(run: RunFolder, labels: dict[str, int], thumbnails, paths, limit
     count = len(run.files)
     if count < 5:
         return None, "fewer than 5 items."
-    from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
+
+    from diffclust.cluster.k_selection import reduce_dimensions
 
     rows = np.arange(count)
     if count > limit:
         rows = np.sort(np.random.default_rng(seed).choice(count, limit, replace=False))
     values = run.embedding[rows]
-    values = values - values.mean(axis=0)
-    if values.shape[1] > 50:
-        values = PCA(50, random_state=seed).fit_transform(values)
+    values = reduce_dimensions(values - values.mean(axis=0), 50, seed)
     coordinates = TSNE(2, init="pca", random_state=seed, perplexity=min(30.0, (len(rows) - 1) / 3)).fit_transform(values)
     low, high = coordinates.min(axis=0), coordinates.max(axis=0)
     width, height = MAP_SIZE
@@ -214,6 +232,19 @@ def _training_plot(folder: Path, out: Path) -> str | None:
     return "training.png"
 
 
+def _report_folder(out: Path, inside_run: bool) -> Path:
+    """The folder the report goes to: new, empty, or one holding a report diffclust wrote (its
+    marker file, or RUN_DIR/report itself); anything else is someone's folder and is refused."""
+    if out.exists() and not out.is_dir():
+        raise DiffclustError(f"--out '{out}' is a file, not a folder: choose a folder name for the report.")
+    if out.is_dir() and any(out.iterdir()) and not (out / REPORT_MARKER).is_file() and not inside_run:
+        raise DiffclustError(f"--out '{out}' holds files that no diffclust report wrote; nothing was overwritten. Choose a new or "
+                             "empty folder (or one an earlier report wrote).")
+    writable_folder(out, "the report folder (--out)")
+    (out / REPORT_MARKER).touch()
+    return out
+
+
 def build_report(run_dir: str | Path, out: str | Path | None = None, sort: str = "size", per_cluster: int = 8,
                  map_points: int = 2000, names: bool = True, prototypes: bool | None = None, seed: int = 0) -> Path:
     """Write `out`/index.html (default RUN_DIR/report/) and RUN_DIR/clusters.csv; return the page.
@@ -228,11 +259,10 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, sort: str =
     started = time.perf_counter()
     run_dir = Path(run_dir)
     run = RunFolder(run_dir)
-    out = Path(out) if out is not None else run_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    out = _report_folder(Path(out) if out is not None else run_dir / "report", inside_run=out is None)
     paths, labels, class_names = run.images()
     thumbnails = ThumbnailCache(out)
-    masks = np.load(run_dir / "cache" / "masks.npy", mmap_mode="r") if run.method == "difc" and (run_dir / "cache" / "masks.npy").is_file() else None
+    masks = _run_array(run_dir, "cache/masks.npy", mmap=True) if run.method == "difc" else None
     if masks is not None and len(masks) != len(run.files):
         masks = None
     index_of = {file: row for row, file in enumerate(run.files)}

@@ -67,7 +67,9 @@ img.masked{display:none}body.masks img.masked{display:block}body.masks img.plain
   document.querySelectorAll('circle.point').forEach(function (point) {
     point.addEventListener('mouseenter', function (event) {
       var thumb = point.getAttribute('data-thumb');
-      tip.innerHTML = (thumb ? '<img src="' + thumb + '">' : '') + point.getAttribute('data-label');
+      tip.textContent = '';  // built as nodes: a file name is text, never markup
+      if (thumb) { var image = document.createElement('img'); image.src = thumb; tip.appendChild(image); }
+      tip.appendChild(document.createTextNode(point.getAttribute('data-label')));
       tip.style.display = 'block';
     });
     point.addEventListener('mousemove', function (event) {

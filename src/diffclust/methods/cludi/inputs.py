@@ -119,6 +119,11 @@ def read_row_labels(path: str | Path, count: int) -> np.ndarray:
                                  "give a .npy vector of whole numbers, or a labels.csv.") from None
     else:
         by_row = read_labels(path)
+        extra = sorted(set(by_row) - {str(row) for row in range(count)})
+        if extra:
+            raise DiffclustError(f"{path}: {len(by_row)} labelled rows for {count} feature rows (rows such as "
+                                 f"{', '.join(extra[:5])} do not exist); the `file` column must hold row indices 0..{count - 1}: "
+                                 "is it the labels of another feature file?")
         missing = [str(row) for row in range(count) if str(row) not in by_row]
         if missing:
             raise DiffclustError(f"{path}: no label for rows {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} "

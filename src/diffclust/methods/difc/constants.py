@@ -30,7 +30,7 @@ from diffclust.data.dataset import ImageTensorDataset
 from diffclust.data.images import PREPROCESSING_VERSION
 from diffclust.engine.checkpoint import atomic_write_json
 from diffclust.engine.runtime import progress
-from diffclust.errors import DiffclustError
+from diffclust.errors import DiffclustError, EnvironmentProblem
 from diffclust.methods.difc.masks import object_masks
 
 logger = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ def check_cache_space(folder: Path, layout: dict[str, tuple[tuple[int, ...], typ
     logger.info("Constant cache for %d images: %s (%s per image: %s) in %s; %s free there.", count, _size(total),
                 _size(total / max(count, 1)), ", ".join(f"{name} {_size(size)}" for name, size in sizes.items()), folder, _size(free))
     if total > free * CACHE_DISK_SHARE:
-        raise DiffclustError(f"The constant cache needs {_size(total)} for {count} images ({_size(total / max(count, 1))} each), "
+        raise EnvironmentProblem(f"The constant cache needs {_size(total)} for {count} images ({_size(total / max(count, 1))} each), "
                              f"but {folder} has {_size(free)} free. Point --cache-dir at a larger disk, or fit on fewer images "
                              "(or a lower --resolution).")
     return total
@@ -200,6 +200,18 @@ def _stored(values: dict[str, torch.Tensor], int8: bool) -> dict[str, torch.Tens
         values = dict(values)
         values["features"], values["feature_scales"] = quantise_int8(values["features"])
     return values
+
+
+def _cached_fingerprint(meta_path: Path) -> str | None:
+    """The fingerprint a cache was written for; None when absent or damaged (then it is recomputed)."""
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        return meta.get("fingerprint") if isinstance(meta, dict) else None
+    except (OSError, ValueError):
+        logger.warning("%s is damaged: the constants are computed again.", meta_path)
+        return None
 
 
 def _open_store(folder: Path, names: list[str], in_memory_bytes: int) -> ConstantStore:
@@ -225,8 +237,11 @@ def load_or_compute_constants(
     names = ["latents", "features"] + (["masks"] if computer.settings.with_masks else []) + (["feature_scales"] if int8 else [])
     expected = fingerprint(computer.backbone, collection, computer.settings)
     meta_path = folder / META_NAME
-    if meta_path.is_file() and json.loads(meta_path.read_text()).get("fingerprint") == expected:
-        return _open_store(folder, names, in_memory_bytes)
+    if _cached_fingerprint(meta_path) == expected:
+        try:
+            return _open_store(folder, names, in_memory_bytes)
+        except (OSError, ValueError) as error:  # a damaged cache is only a cache: compute it again
+            logger.warning("The constant cache in %s is damaged (%s): computing it again.", folder, error)
 
     dataset = ImageTensorDataset(collection, computer.settings.resolution)
     refusal = [None]  # the main process's refusal, handed to every process so none waits for it
@@ -238,13 +253,13 @@ def load_or_compute_constants(
         layout = {name: ((len(dataset),) + tuple(probe[name].shape[1:]), dtypes[name]) for name in names}
         try:
             check_cache_space(folder, layout)
-        except DiffclustError as error:
+        except EnvironmentProblem as error:
             refusal[0] = str(error)
         else:
             for name, (shape, dtype) in layout.items():
                 np.lib.format.open_memmap(folder / f"{name}.npy.partial", mode="w+", dtype=dtype, shape=shape).flush()
     if broadcast_object_list(refusal)[0] is not None:
-        raise DiffclustError(refusal[0])
+        raise EnvironmentProblem(refusal[0])
 
     outputs = {name: np.load(folder / f"{name}.npy.partial", mmap_mode="r+") for name in names}
     mine = list(range(accelerator.process_index, len(dataset), accelerator.num_processes))
