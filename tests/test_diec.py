@@ -254,7 +254,7 @@ DIEC_FAST = ["--method", "diec", "--k", "10", "--search-subset", "40", "--noise-
 
 def test_diec_end_to_end_search_fit_resume_predict(usps_subset, tiny_ddpm, tmp_path):
     whole, split = tmp_path / "whole", tmp_path / "split"
-    fit = ["fit", str(usps_subset), "--backbone", str(tiny_ddpm), *DIEC_FAST]
+    fit = ["fit", str(usps_subset), "--backbone", str(tiny_ddpm), *DIEC_FAST, "--finetune-unet"]  # the GPU default, forced on CPU
     assert main([*fit, "--epochs", "2", "--out", str(whole)]) == 0
     assigned, skipped = read_assignments(whole / "assignments.csv")
     images = sorted(path.name for path in (usps_subset / "images").iterdir())

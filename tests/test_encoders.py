@@ -144,7 +144,7 @@ def test_leftover_shards_of_another_extraction_are_refused(encoders, photos, tmp
 def test_unknown_encoder_is_a_clear_offline_error(photos, tmp_path, capsys):
     assert main(["features", str(photos), "--encoder", "no-such-model", "--out", str(tmp_path / "f.npy"), "--quiet"]) == 2
     error = capsys.readouterr().err
-    assert "Encoder 'no-such-model' is not a built-in name" in error and "hub id" in error
+    assert "Encoder 'no-such-model' is not an existing folder" in error and "hub id" in error and "Built-in" not in error
     with pytest.raises(DiffclustError, match="pooling"):
         VisionEncoder.load("anything", pooling="max")
 

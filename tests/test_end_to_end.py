@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import write_subset
@@ -242,6 +243,9 @@ def test_each_method_gets_its_own_defaults_from_the_command_line(tmp_path):
     assert model("--epochs", "7", "--method", "diec").epochs == 7
     assert (diec.self_label_epochs, diec.init, diec.search_score) == (10, "umap", "umap_silhouette")
     assert model("--method", "diec", "--self-label-epochs", "0").self_label_epochs == 0
+    assert (diec.finetune_unet, model("--method", "diec", "--frozen").finetune_unet,
+            model("--method", "diec", "--finetune-unet").finetune_unet) == ("auto", False, True)
+    assert diec.resolved_finetune(torch.device("cpu")) is False and diec.resolved_finetune(torch.device("cuda")) is True
     # the paper's procedure, under what is given explicitly
     paper = model("--method", "diec", "--paper-settings")
     assert (paper.search_score, paper.init, paper.self_label_epochs, paper.finetune_unet) == ("calinski_harabasz", "kmeans", 0, True)

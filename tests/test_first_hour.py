@@ -134,7 +134,7 @@ def test_cli_logging_has_one_handler_and_leaves_the_root_logger_alone(capsys):
 # ---------------------------------------------------------------------------------- backbone names, offline
 def test_a_misspelt_backbone_fails_at_once_with_the_built_ins(monkeypatch):
     monkeypatch.setattr(hub, "hub_reachable", lambda *a, **k: pytest.fail("no network look-up for a name that is no hub id"))
-    with pytest.raises(BackboneNotFoundError, match=r"not a built-in name \(tiny-random\).*Did you mean 'tiny-random'\?"):
+    with pytest.raises(BackboneNotFoundError, match=r"not a built-in name \(usps-ddpm, tiny-random\).*Did you mean 'tiny-random'\?"):
         load_backbone("tiny-randm")
 
 

@@ -167,12 +167,17 @@ def _add_fit_parser(commands) -> None:
     speed.add_argument("--no-tf32", dest="tf32", action="store_false", help="full float32 matmuls on Ampere and newer GPUs")
     speed.add_argument("--cache-precision", choices=["fp16", "int8"], default="fp16",
                        help="how the cached z is stored: fp16, or int8 with a scale per image and channel (half the disk)")
+    speed.add_argument("--cache-dir", type=Path, default=None,
+                       help="where DiFiC keeps its per-image constants (default: RUN_DIR/cache; a larger or faster disk helps)")
     diec = fit.add_argument_group("DiEC (--method diec)")
     fit.add_argument("--init", choices=list(dict.fromkeys([*DIEC_INITS, *CLUDI_INITS])), default=None,
                      help="DiEC and CLUDI start: k-means in a UMAP embedding (DiEC's default), the median of k-means and spectral "
                           "clusterings (CLUDI's default), spectral clustering of the kNN graph (CLUDI), k-means (DEC's start), "
                           "or random weights (CLUDI, published)")
-    diec.add_argument("--frozen", dest="finetune_unet", action="store_false", help="keep the UNet frozen (no denoising loss; features computed once)")
+    diec.add_argument("--frozen", dest="finetune_unet", action="store_const", const=False, default=None,
+                      help="keep the UNet frozen (no denoising loss; features computed once); the default on a CPU")
+    diec.add_argument("--finetune-unet", dest="finetune_unet", action="store_const", const=True,
+                      help="fine-tune the UNet with a parallel denoising loss (the paper's; the default on a GPU)")
     diec.add_argument("--unet-lr", type=_positive_number, default=1e-5, help="learning rate of the fine-tuned UNet")
     diec.add_argument("--self-label-epochs", type=_whole(0), default=None,
                       help="epochs whose target is the start partition (self-labelling) before DEC's sharpened target "
@@ -243,7 +248,7 @@ def _add_predict_parser(commands) -> None:
     predict.add_argument("run_dir", type=Path, help="a finished `diffclust fit` run folder (or a saved model folder)")
     predict.add_argument("data", nargs="+", help="what to assign: an image folder, a labels.csv, or one or more image files "
                                                  "(for a CLUDI run on features: a feature file)")
-    predict.add_argument("--out", type=Path, required=True, help="CSV to write (file, cluster, confidence, status)")
+    predict.add_argument("--out", type=Path, default=None, help="CSV to write (file, cluster, confidence, status); default RUN_DIR/predictions.csv")
     predict.add_argument("--backbone", default=None, help="override the backbone recorded in the run (e.g. the SD folder moved)")
     predict.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default=None, help="where to run (default: as fitted)")
     predict.add_argument("--batch-size", type=_whole(1), default=None, help="images per batch (default: as fitted)")
@@ -273,8 +278,9 @@ def _add_report_options(parser) -> None:
 def _add_evaluate_parser(commands) -> None:
     evaluate = commands.add_parser("evaluate", help="score assignments against known labels (ACC, NMI, ARI)",
                                    description="Score an assignments CSV against a labels.csv; labels are only for scoring.")
-    evaluate.add_argument("assignments", type=Path, help="assignments.csv from fit or predict")
-    evaluate.add_argument("--labels", type=Path, required=True, help="labels.csv (file,label[,class_name,split]), or the data folder fit read (with a labels.csv, or one sub-folder per class)")
+    evaluate.add_argument("assignments", type=Path, help="assignments.csv from fit or predict, or a run folder")
+    evaluate.add_argument("--labels", type=Path, default=None, help="labels.csv (file,label[,class_name,split]), or the data folder fit read "
+                                                                      "(with a labels.csv, or one sub-folder per class); default for a run folder: the data it read")
     evaluate.add_argument("--split", default=None, help="score only rows of labels.csv with this split (e.g. test)")
     evaluate.add_argument("--json", action="store_true", help="print the scores as JSON")
 
@@ -319,8 +325,15 @@ def _add_pretrain_parser(commands) -> None:
     _add_quiet(pretrain)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Argument mistakes in one line, as every other error (not 48 lines of usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="diffclust", description="Cluster images without labels using pretrained diffusion models.")
+    parser = OneLineParser(prog="diffclust", description="Cluster images without labels using pretrained diffusion models.")
     parser.add_argument("--version", action="version", version=f"diffclust {__version__}")
     parser.add_argument("--verbose", action="store_true", help="log debugging detail")
     parser.add_argument("--debug", action="store_true", help="on an error, print the full traceback too (or set DIFFCLUST_DEBUG=1)")
@@ -375,15 +388,15 @@ def _method_settings(args) -> dict:
                         cluster_guidance=args.cluster_guidance, timestep_sampling=args.timestep_sampling,
                         weights_dtype=args.weights_dtype, gradient_checkpointing=args.gradient_checkpointing, offload_vae=args.offload_vae,
                         channels_last=args.channels_last, fused_attention=args.fused_attention, compile_unet=args.compile_unet,
-                        tf32=args.tf32, cache_precision=args.cache_precision)
+                        tf32=args.tf32, cache_precision=args.cache_precision, cache_dir=args.cache_dir)
     else:  # DiEC, and CLUDI on images, read UNet features
         settings.update(_search_settings(args))
     if args.method == "diec":
         from diffclust.methods.diec.estimator import PAPER_SETTINGS
 
-        settings.update(finetune_unet=args.finetune_unet, unet_lr=args.unet_lr, graph_weight=args.graph_weight,
+        settings.update(unet_lr=args.unet_lr, graph_weight=args.graph_weight,
                         entropy_weight=args.entropy_weight, denoising_weight=args.denoising_weight)
-        given = dict(init=args.init, self_label_epochs=args.self_label_epochs)
+        given = dict(init=args.init, self_label_epochs=args.self_label_epochs, finetune_unet=args.finetune_unet)
     if args.method == "cludi":
         from diffclust.methods.cludi.estimator import PAPER_SETTINGS
 
@@ -417,7 +430,8 @@ def _fit_input(args):
 
         values, _ = read_feature_file(args.features)  # checked here, read again by CLUDI with its row names
         labels = read_row_labels(args.labels, len(values)) if args.labels is not None else None
-        return args.features, labels, args.features.stem
+        folder = args.features.resolve().parent.name
+        return args.features, labels, f"{folder}-{args.features.stem}" if folder else args.features.stem  # features.npy files differ by folder
     if args.features is not None or args.labels is not None:
         raise DiffclustError("--features and --labels belong to --method cludi; other methods read labels from DATA.")
     if args.data is None:
@@ -511,6 +525,7 @@ def run_predict(args) -> int:
     from diffclust.methods.registry import load_model
     from diffclust.outputs import check_output_file, write_assignments
 
+    args.out = args.out or args.run_dir / "predictions.csv"
     check_output_file(args.out, "--out")  # before any model loads: nothing is overwritten that we did not write
 
     model = load_model(args.run_dir, backbone=args.backbone, device=args.device)
@@ -525,15 +540,36 @@ def run_predict(args) -> int:
     return 0
 
 
+def _evaluation_inputs(assignments: Path, labels: Path | None) -> tuple[Path, Path]:
+    """(assignments.csv, labels) for `evaluate`: a run folder gives its assignments.csv and,
+    unless --labels is given, the data it was fitted on."""
+    if assignments.is_dir():
+        run_dir, assignments = assignments, assignments / "assignments.csv"
+        if not assignments.is_file():
+            raise DiffclustError(f"'{run_dir}' holds no assignments.csv: is it a finished `diffclust fit` run folder?")
+        if labels is None:
+            try:
+                data = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("data")
+            except (OSError, ValueError, AttributeError):
+                data = None
+            if not data:
+                raise DiffclustError(f"'{run_dir}' does not record the data it read: pass --labels labels.csv (or the data folder).")
+            labels = Path(data)
+    if labels is None:
+        raise DiffclustError("evaluate needs --labels labels.csv (or the data folder) for an assignments file.")
+    return assignments, labels
+
+
 def run_evaluate(args) -> int:
     from diffclust.cluster.metrics import clustering_scores
     from diffclust.outputs import read_assignments, read_labels
 
-    assigned, skipped = read_assignments(args.assignments)
-    labels = read_labels(args.labels, split=args.split)
+    assignments, labels_source = _evaluation_inputs(args.assignments, args.labels)
+    assigned, skipped = read_assignments(assignments)
+    labels = read_labels(labels_source, split=args.split)
     common = sorted(set(assigned) & set(labels))
     if not common:
-        raise DiffclustError(f"No file in {args.assignments} appears in {args.labels}" + (f" (split {args.split})" if args.split else "") + ".")
+        raise DiffclustError(f"No file in {assignments} appears in {labels_source}" + (f" (split {args.split})" if args.split else "") + ".")
     missing = len(labels) - len(common)
     scores = clustering_scores([labels[f] for f in common], [assigned[f] for f in common])
     scores.update(scored=len(common), labelled_without_assignment=missing, skipped_rows=skipped)

@@ -58,18 +58,20 @@ def locate_hub_model(reference: str, allow_download: bool = True, kind: str = "B
     """A cached snapshot folder for the hub id `reference`, or the id itself when it can be
     downloaded; otherwise a clear error, at once. `kind`, `option` and `builtins` word the
     errors for what is being loaded (a diffusion backbone, a vision encoder)."""
-    listed = ", ".join(builtins) or "none"
+    builtin = f"not a built-in name ({', '.join(builtins)}), " if builtins else ""
     if not HUB_ID.match(reference):
         raise BackboneNotFoundError(
-            f"{kind} '{reference}' is not a built-in name ({listed}), not an existing folder, and not a "
+            f"{kind} '{reference}' is {builtin}not an existing folder, and not a "
             f"Hugging Face hub id (owner/name). {not_a_builtin_hint(reference, builtins)}Check the spelling or the path."
         )
     cached = cached_snapshot(reference)
     if cached is not None:
         return str(cached)
     local = reference.rsplit("/", 1)[-1]
+    python_name = option.lstrip("-").replace("-", "_")
     how = (f"Download it once on a machine with network (e.g. `hf download {reference} --local-dir {local}`) and pass "
-           f"{option} {local}; a local folder works fully offline. Built-in: {listed}.")
+           f"{option} {local} ({python_name}='{local}' in Python); a local folder works fully offline."
+           + (f" Built-in: {', '.join(builtins)}." if builtins else ""))
     if not allow_download or hub_offline():
         raise BackboneNotFoundError(f"{kind} '{reference}' is not a folder here and not in the local Hugging Face cache "
                                     f"(offline mode: nothing is downloaded). {how}")

@@ -2,6 +2,7 @@
 
 SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 TINY_RANDOM = "tiny-random"
+USPS_DDPM = "usps-ddpm"
 
-#: built-in backbones, materialised on first use (see registry.BUILTIN_BUILDERS)
-BUILTIN_BACKBONES: tuple[str, ...] = (TINY_RANDOM,)
+#: built-in backbones: tiny-random is built on first use, usps-ddpm ships inside the package (see registry.BUILTIN_BUILDERS)
+BUILTIN_BACKBONES: tuple[str, ...] = (USPS_DDPM, TINY_RANDOM)

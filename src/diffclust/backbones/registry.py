@@ -11,17 +11,32 @@ import torch
 
 from diffclust.backbones.base import DiffusionBackbone
 from diffclust.backbones.hub import library_progress_bars, locate_hub_model
-from diffclust.backbones.names import BUILTIN_BACKBONES, SD15_HUB_ID, TINY_RANDOM
+from diffclust.backbones.names import BUILTIN_BACKBONES, SD15_HUB_ID, TINY_RANDOM, USPS_DDPM
 from diffclust.backbones.stable_diffusion import StableDiffusionBackbone
 from diffclust.backbones.tiny_random import ensure_tiny_random
 from diffclust.backbones.unconditional import UnconditionalBackbone
+from diffclust.errors import DiffclustError
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["BUILTIN_BACKBONES", "SD15_HUB_ID", "load_backbone", "unet_class"]
 
+#: the models that ship inside the package, each a diffusers folder with its training record
+BUNDLED = Path(__file__).resolve().parent / "bundled"
+
+
+def bundled_folder(name: str) -> Callable[[], Path]:
+    def folder() -> Path:
+        path = BUNDLED / name
+        if not (path / "unet" / "config.json").is_file():
+            raise DiffclustError(f"The built-in '{name}' backbone is missing from this installation ({path}); reinstall diffclust.")
+        return path
+
+    return folder
+
+
 #: built-in backbones: name -> function returning the folder that holds it
-BUILTIN_BUILDERS: dict[str, Callable[[], Path]] = {TINY_RANDOM: ensure_tiny_random}
+BUILTIN_BUILDERS: dict[str, Callable[[], Path]] = {TINY_RANDOM: ensure_tiny_random, USPS_DDPM: bundled_folder(USPS_DDPM)}
 assert set(BUILTIN_BUILDERS) == set(BUILTIN_BACKBONES)
 
 TINY_RANDOM_WARNING = (
@@ -52,13 +67,12 @@ def load_backbone(
         return name_or_path
     reference = str(name_or_path)
     with library_progress_bars(progress):
+        folder = Path(reference).expanduser()
         if reference in BUILTIN_BUILDERS:
             if reference == TINY_RANDOM:
                 logger.warning(TINY_RANDOM_WARNING)
             folder = BUILTIN_BUILDERS[reference]()
-            return StableDiffusionBackbone.from_pretrained(folder, device=device, dtype=dtype, reference=reference)
-        folder = Path(reference).expanduser()
-        if folder.is_dir():
+        elif folder.is_dir():
             reference = str(folder.resolve())
         else:  # a hub id: its cached snapshot folder, or the id itself to download
             located = locate_hub_model(reference, allow_download=not local_files_only)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -64,9 +65,40 @@ def writable_folder(folder: str | Path, setting: str) -> Path:
     return folder
 
 
+class LineProgress(tqdm):
+    """For logs and pipes (stderr is no terminal): a whole line every tenth of the way, and at
+    the end, instead of a bar redrawn with carriage returns hundreds of times."""
+
+    STEPS = 10
+
+    def __init__(self, *args, **kwargs):
+        self._printed = -1
+        super().__init__(*args, **kwargs)
+
+    def display(self, msg=None, pos=None):
+        if self.total:
+            tenth = int(self.STEPS * self.n / self.total)
+            if tenth == self._printed and self.n < self.total:
+                return True
+            self._printed = tenth
+        self.fp.write((msg or self.__str__()).strip() + "\n")
+        self.fp.flush()
+        return True
+
+    def close(self):
+        if self.disable:
+            return
+        if not self.total or int(self.STEPS * self.n / self.total) != self._printed:
+            self.display()  # the last line, once
+        self._decr_instances(self)
+        self.disable = True  # tqdm's own close would add a blank line or a carriage return
+
+
 def progress(iterable: Iterable | None = None, accelerator: Accelerator | None = None, enabled: bool = True, **kwargs) -> tqdm:
-    """A tqdm bar shown by the main process only."""
+    """A tqdm bar shown by the main process only (as lines when stderr is not a terminal)."""
     show = enabled and (accelerator is None or accelerator.is_main_process)
+    if show and not sys.stderr.isatty():
+        return LineProgress(iterable, mininterval=1.0, **kwargs)
     return tqdm(iterable, disable=not show, dynamic_ncols=True, **kwargs)
 
 

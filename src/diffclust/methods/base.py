@@ -49,6 +49,8 @@ RUN_ARTEFACTS = (CHECKPOINT_NAME, *FINISHED_RUN_FILES, "cache", "search.json")
 #: the representation each method clustered (DiFiC: proxy words; DiEC: embeddings; CLUDI: features)
 EMBEDDING_NAME = "embedding.npy"
 REFIT = "fit again into a new output folder, or restore the run's files from a copy"
+#: images checked, and the mean distance of a pixel from its grey (0-255) above which an image counts as colour
+GREY_PROBE_IMAGES, GREY_TOLERANCE = 16, 6.0
 #: settings renamed since earlier releases: old saved name -> current name
 RENAMED_SETTINGS = {"seed": "random_state"}
 
@@ -123,6 +125,29 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         if problems:
             raise DiffclustError(f"Invalid {type(self).__name__} settings: " + "; ".join(problems) + ".")
         backbone.latent_shape(resolution)  # raises for a resolution the UNet cannot take
+
+    def _check_images_for_backbone(self, collection: ImageCollection, backbone: DiffusionBackbone, resolution: int) -> None:
+        """A grey pixel-space model (such as usps-ddpm, 16 px digits) knows nothing of colour
+        photos: refuse them with the reason, before any pass is spent on them."""
+        if getattr(backbone, "vae", None) is not None or backbone.latent_shape(resolution)[0] != 1 or not collection.records:
+            return
+        sample = collection.records[:: max(1, len(collection.records) // GREY_PROBE_IMAGES)][:GREY_PROBE_IMAGES]
+        colourful, sizes = [], []
+        for record in sample:
+            image = record.rgb(resolution)
+            sizes.append(min(image.size))
+            pixels = np.asarray(image.resize((32, 32)), dtype=np.float32)
+            if np.abs(pixels - pixels.mean(axis=2, keepdims=True)).mean() > GREY_TOLERANCE:
+                colourful.append(record.file)
+        if len(colourful) * 2 > len(sample):
+            raise DiffclustError(
+                f"The backbone '{backbone.reference}' is a one-channel model at {backbone.resolution} px (grey images such as "
+                f"digits), but these are colour images (e.g. '{colourful[0]}', {len(colourful)} of the {len(sample)} checked). "
+                "Use a backbone that knows photos (--backbone with Stable Diffusion v1.5), or pretrain one on your images "
+                "(diffclust pretrain DATA --unconditional).")
+        if sizes and min(sizes) > 8 * backbone.resolution:
+            logger.warning("These images (%d px and more) are shrunk to the backbone's %d px: fine detail is lost.", min(sizes),
+                           backbone.resolution)
 
     def _check_settings(self) -> None:
         """One error naming every bad setting, K's and the method's own."""

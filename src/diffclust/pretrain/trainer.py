@@ -48,6 +48,15 @@ EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfl
 CALIBRATION_SECONDS = 30.0
 
 
+def _command_line() -> str:
+    """The command as a user would type it again ('diffclust pretrain ...', whatever launched it)."""
+    import shlex
+
+    program = Path(sys.argv[0]).name
+    head = ["diffclust"] if program in ("diffclust", "cli.py", "__main__.py") else [sys.executable, *sys.argv[:1]]
+    return shlex.join([*head, *sys.argv[1:]])
+
+
 def _all_grayscale(collection: ImageCollection, probe: int = 64) -> bool:
     from PIL import Image
 
@@ -91,7 +100,7 @@ class Pretrainer:
         device = self.accelerator.device
         self.noise_generator = self.generator if device.type == "cpu" else make_generator(settings.seed + 7 + 1_000_003 * self.accelerator.process_index, device)
         self.log = MetricsLog(self.out / "training" if self.accelerator.is_main_process else None)
-        self.record: dict = {"command": sys.argv, "stage_seconds": {}}
+        self.record: dict = {"command": _command_line(), "stage_seconds": {}}
 
     # ------------------------------------------------------------------ text
     def _load_text_encoder(self):

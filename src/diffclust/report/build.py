@@ -16,6 +16,7 @@ import torch
 
 from diffclust import __version__
 from diffclust.cluster.metrics import clustering_scores
+from diffclust.backbones.names import TINY_RANDOM
 from diffclust.data.collection import REPORT_MARKER, scan_images
 from diffclust.data.csv_tables import from_spreadsheet_safe
 from diffclust.engine.runtime import writable_folder
@@ -196,6 +197,15 @@ def cluster_prototypes(run: RunFolder, backbone, out: Path, steps: int = 20) -> 
     return paths
 
 
+def _settings_in_effect(run: RunFolder) -> dict:
+    """The settings as the run used them: the resolution actually used, not 'None' (the backbone's own)."""
+    settings = dict(run.settings)
+    state = run.config.get("state", {})
+    if settings.get("resolution") is None and state.get("resolution") is not None:
+        settings["resolution"] = state["resolution"]
+    return settings
+
+
 def _training_plot(folder: Path, out: Path) -> str | None:
     path = folder / "metrics.csv"
     if not path.is_file():
@@ -208,6 +218,7 @@ def _training_plot(folder: Path, out: Path) -> str | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     def series(name):
         return [float(row[name]) if row.get(name) not in (None, "") else np.nan for row in records]
@@ -222,6 +233,7 @@ def _training_plot(folder: Path, out: Path) -> str | None:
         axes[1].plot(epochs, series(name), marker="o", markersize=3, label=name)
     for axis, title in zip(axes, ("losses", "scores")):
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
         axis.set_title(title, fontsize=10)
         axis.grid(alpha=0.3)
         if axis.lines:
@@ -321,8 +333,11 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, sort: str =
                           ("images clustered", len(run.files)), ("skipped", len(run.skipped)),
                           ("wall time", f"{run.summary['wall_seconds']:.1f} s" if "wall_seconds" in run.summary else "?"),
                           ("device", run.summary.get("device", "?")),
-                          ("settings", ", ".join(f"{key}={value}" for key, value in sorted(run.settings.items())
+                          ("settings", ", ".join(f"{key}={value}" for key, value in sorted(_settings_in_effect(run).items())
                                                  if key in ("epochs", "batch_size", "lr", "random_state", "resolution", "warmup_epochs")))]
+    if (run.summary.get("backbone") or run.settings.get("backbone")) == TINY_RANDOM:
+        context["notes"].insert(0, "This run used the 'tiny-random' backbone: random weights that check an install. "
+                                   "Its clusters, confidences and names mean nothing.")
 
     from jinja2 import Environment
 

@@ -169,6 +169,7 @@ class DiFiC(ClusteringEstimator):
             backbone = load_backbone(self.backbone, device=accelerator.device, progress=self.progress)
         resolution = self.resolution or backbone.resolution
         self._check_for_backbone(backbone, resolution, feature_timestep=self.feature_timestep, mask_timestep=self.mask_timestep)
+        self._check_images_for_backbone(collection, backbone, resolution)
         self.warmup_epochs_ = self.resolved_warmup_epochs()
         params = self._trainer_params(files_identity(collection.files), resolution, warmup_epochs=self.warmup_epochs_)
         if resume:

@@ -1,0 +1,122 @@
+"""A newcomer's first commands (issue 27): the bundled usps-ddpm backbone, one-line argument
+errors, the same switches everywhere, and defaults that need no extra option."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import DATA, require, write_subset
+from diffclust.cli import main
+
+
+def rows(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+QUICK = ["--backbone", "tiny-random", "--epochs", "1", "--no-cluster-guidance", "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    """40 USPS digits (4 of each class) with their labels."""
+    usps = require(DATA / "usps")
+    picked, seen = [], {}
+    for row in rows(usps / "labels.csv"):
+        if seen.get(row["label"], 0) < 4:
+            seen[row["label"]] = seen.get(row["label"], 0) + 1
+            picked.append(row)
+    return write_subset(usps, picked, tmp_path_factory.mktemp("digits") / "data")
+
+
+def test_usps_ddpm_ships_inside_the_package_with_its_training_record():
+    from diffclust.backbones import UnconditionalBackbone, load_backbone
+    from diffclust.backbones.registry import BUNDLED
+
+    backbone = load_backbone("usps-ddpm")
+    assert isinstance(backbone, UnconditionalBackbone) and backbone.reference == "usps-ddpm"
+    assert backbone.latent_shape(16) == (1, 16, 16) and backbone.unet.dtype == torch.float32  # fp16 on disk, fp32 loaded
+    weights = sum(path.stat().st_size for path in (BUNDLED / "usps-ddpm").rglob("*.safetensors"))
+    assert weights < 4 * 2**20
+    record = json.loads((BUNDLED / "usps-ddpm" / "training" / "record.json").read_text())
+    assert record["steps"] == 1500 and "--unconditional" in record["command"] and record["final_loss"] < 0.1
+
+
+def test_usps_ddpm_clusters_digits_on_the_cpu(digits, tmp_path):
+    out = tmp_path / "run"
+    assert main(["fit", str(digits), "--method", "diec", "--k", "10", "--backbone", "usps-ddpm", "--epochs", "2",
+                 "--layer", "mid_block", "--timestep", "150", "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+    assert len(rows(out / "assignments.csv")) == 40
+
+
+def test_colour_photos_are_refused_by_a_grey_digit_model(twelve, tmp_path, capsys):
+    assert main(["fit", str(twelve), "--method", "diec", "--k", "3", "--backbone", "usps-ddpm", "--device", "cpu", "--quiet",
+                 "--out", str(tmp_path / "run")]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "one-channel model at 16 px" in last and "colour images" in last
+    assert not (tmp_path / "run" / "assignments.csv").exists()
+
+
+def test_a_missing_option_is_one_line_naming_it(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "somewhere"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["diffclust fit: error: the following arguments are required: --k (see diffclust fit --help)"]
+
+
+def test_evaluate_takes_a_run_folder_and_predict_a_default_output(twelve, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["fit", str(twelve), "--k", "3", *QUICK, "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out)]) == 0
+    assert "Scored 12 images" in capsys.readouterr().out
+    assert main(["predict", str(out), str(twelve), "--quiet"]) == 0
+    assert len(rows(out / "predictions.csv")) == 12
+    assert main(["predict", str(out), str(twelve), "--quiet"]) == 0  # its own file may be written again
+
+
+def test_feature_files_of_the_same_name_get_their_own_run_folders(tmp_path, monkeypatch):
+    from diffclust.cli import _fit_input, build_parser
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        np.save(tmp_path / name / "features.npy", np.ones((4, 2), dtype=np.float32))
+    monkeypatch.chdir(tmp_path)
+    names = {_fit_input(build_parser().parse_args(["fit", "--method", "cludi", "--features", f"{name}/features.npy", "--k", "2"]))[2]
+             for name in ("a", "b")}
+    assert names == {"a-features", "b-features"}
+
+
+def test_progress_in_a_log_is_whole_lines_not_carriage_returns(monkeypatch):
+    from diffclust.engine.runtime import progress
+
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    bar = progress(total=1000, desc="encoding")
+    for _ in range(1000):
+        bar.update(1)
+    bar.close()
+    text = log.getvalue()
+    assert "\r" not in text and text.endswith("\n") and 2 <= text.count("\n") <= 12
+    assert "100%" in text.splitlines()[-1] and "1000/1000" in text.splitlines()[-1]
+
+
+def test_a_tiny_random_report_says_its_clusters_mean_nothing_and_shows_the_resolution_used(twelve, tmp_path):
+    import re
+
+    from diffclust.report import build_report
+
+    out = tmp_path / "run"
+    assert main(["fit", str(twelve), "--k", "3", *QUICK, "--out", str(out)]) == 0
+    html = build_report(out, prototypes=False).read_text()
+    assert "tiny-random" in html and "mean nothing" in html
+    assert re.search(r"resolution=\d+", html) and "resolution=None" not in html
