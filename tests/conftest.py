@@ -46,6 +46,22 @@ def write_subset(source: Path, rows: list[dict], folder: Path) -> Path:
     return folder
 
 
+def cli_failure(capsys, argv: list[str], code: int, expected: str) -> str:
+    """Run the CLI expecting a failure: exit `code`, no traceback, and a last line
+    'diffclust <command>: error: ...' that contains `expected`."""
+    from diffclust.cli import main
+
+    try:
+        returned = main(argv)
+    except SystemExit as exit_:  # argparse's own errors
+        returned = exit_.code
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert returned == code and "Traceback" not in err, err
+    assert last.startswith(f"diffclust {argv[0]}: error:") and expected in last, last
+    return last
+
+
 @pytest.fixture(scope="session")
 def butterflies() -> Path:
     return require(DATA / "butterflies10")

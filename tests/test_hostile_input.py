@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import write_subset
+from conftest import cli_failure, write_subset
 from diffclust import CLUDI, DiFiC
 from diffclust.cli import main
 from diffclust.data import scan_images
@@ -43,17 +43,8 @@ def clusters(path: Path) -> dict[str, str]:
 
 
 def cli_error(capsys, argv: list[str], expected: str) -> str:
-    """Run the CLI expecting a user error: exit code 2, no traceback, and a last line
-    'diffclust <command>: error: ...' that contains `expected`."""
-    try:
-        code = main(argv)
-    except SystemExit as exit_:  # argparse's own errors
-        code = exit_.code
-    err = capsys.readouterr().err
-    last = err.strip().splitlines()[-1]
-    assert code == 2 and "Traceback" not in err, err
-    assert last.startswith(f"diffclust {argv[0]}: error:") and expected in last, last
-    return last
+    """A user error: exit code 2, no traceback, one last line containing `expected`."""
+    return cli_failure(capsys, argv, 2, expected)
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,13 @@ from __future__ import annotations
 import csv
 import errno
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import write_subset
+from conftest import cli_failure as failure, write_subset
 from diffclust.cli import default_run_folder, main
 from diffclust.cluster.consensus import consensus_partition
 from diffclust.cluster.k_selection import choose_k
@@ -26,20 +25,6 @@ QUICK = ["--backbone", "tiny-random", "--epochs", "1", "--no-cluster-guidance", 
 def rows(path: Path) -> list[dict]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
-
-
-def failure(capsys, argv: list[str], code: int, expected: str) -> str:
-    """Run the CLI expecting a failure: its exit code, no traceback, one last line naming it."""
-    try:
-        returned = main(argv)
-    except SystemExit as exit_:  # argparse's own errors
-        returned = exit_.code
-    assert returned == code
-    err = capsys.readouterr().err
-    last = err.strip().splitlines()[-1]
-    assert "Traceback" not in err, err
-    assert last.startswith(f"diffclust {argv[0]}: error:") and expected in last, last
-    return last
 
 
 @pytest.fixture(scope="module")

@@ -85,13 +85,13 @@ def test_evaluate_takes_a_run_folder_and_predict_a_default_output(twelve, tmp_pa
 
 
 def test_feature_files_of_the_same_name_get_their_own_run_folders(tmp_path, monkeypatch):
-    from diffclust.cli import _fit_input, build_parser
+    from diffclust.cli import build_parser, fit_input
 
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
         np.save(tmp_path / name / "features.npy", np.ones((4, 2), dtype=np.float32))
     monkeypatch.chdir(tmp_path)
-    names = {_fit_input(build_parser().parse_args(["fit", "--method", "cludi", "--features", f"{name}/features.npy", "--k", "2"]))[2]
+    names = {fit_input(build_parser().parse_args(["fit", "--method", "cludi", "--features", f"{name}/features.npy", "--k", "2"]))[2]
              for name in ("a", "b")}
     assert names == {"a-features", "b-features"}
 
@@ -120,3 +120,21 @@ def test_a_tiny_random_report_says_its_clusters_mean_nothing_and_shows_the_resol
     html = build_report(out, prototypes=False).read_text()
     assert "tiny-random" in html and "mean nothing" in html
     assert re.search(r"resolution=\d+", html) and "resolution=None" not in html
+
+
+def test_a_mistyped_path_is_answered_before_torch_loads_and_creates_nothing(tmp_path):
+    import subprocess
+
+    script = ("import sys; from diffclust.cli import main; "
+              f"code = main(['fit', {str(tmp_path / 'no-such-folder')!r}, '--k', '3', '--out', {str(tmp_path / 'run')!r}]); "
+              "print(code, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["2", "False"] and "does not exist" in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_fit_that_fails_before_it_starts_leaves_no_run_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["fit", str(tmp_path / "empty"), "--k", "3", *QUICK, "--out", str(tmp_path / "run")]) == 2
+    assert "No usable images" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

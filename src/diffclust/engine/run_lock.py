@@ -44,3 +44,15 @@ class RunFolderLock:
     def __exit__(self, *exc) -> None:
         (self.folder / HOLDER_NAME).unlink(missing_ok=True)
         self._lock.release()
+
+
+def remove_if_only_locks(folder: Path) -> None:
+    """Remove a run folder that holds nothing but the lock's own files (the run never started)."""
+    folder = Path(folder)
+    try:
+        if folder.is_dir() and {path.name for path in folder.iterdir()} <= {LOCK_NAME, HOLDER_NAME, RUN_MARKER}:
+            for path in folder.iterdir():
+                path.unlink()
+            folder.rmdir()
+    except OSError:
+        pass  # another process took it meanwhile: leave it

@@ -27,7 +27,7 @@ from diffclust.backbones.registry import load_backbone
 from diffclust.cluster.k_selection import CRITERIA, choose_k, write_k_selection
 from diffclust.data.collection import FROM_FOLDERS, ImageCollection, collect_images
 from diffclust.engine.checkpoint import CHECKPOINT_NAME, atomic_save_array, atomic_write_json, checkpoint_path, damaged
-from diffclust.engine.run_lock import RunFolderLock
+from diffclust.engine.run_lock import RunFolderLock, remove_if_only_locks
 from diffclust.engine.runtime import is_main_launch_process, make_accelerator, writable_folder
 from diffclust.engine.timing import StageTimer
 from diffclust.errors import DiffclustError, setting_label
@@ -227,11 +227,17 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         if self.output_dir is None:
             self._fit(X, y, None, resume)
             return self
+        existed = Path(self.output_dir).expanduser().exists()
         run_dir = writable_folder(self.output_dir, "output_dir (--out)")
-        with RunFolderLock(run_dir) if is_main_launch_process() else nullcontext():
-            self._refuse_existing_run(run_dir, resume)
-            self._finished_before = _epochs_finished(run_dir) if resume else None
-            self._fit(X, y, run_dir, resume)
+        try:
+            with RunFolderLock(run_dir) if is_main_launch_process() else nullcontext():
+                self._refuse_existing_run(run_dir, resume)
+                self._finished_before = _epochs_finished(run_dir) if resume else None
+                self._fit(X, y, run_dir, resume)
+        except BaseException:
+            if not existed:
+                remove_if_only_locks(run_dir)  # a run that never started leaves no folder behind
+            raise
         return self
 
     def _fit(self, X, y, run_dir: Path | None, resume: bool) -> None:

@@ -30,7 +30,7 @@ from diffclust.data.dataset import ImageTensorDataset
 from diffclust.data.images import PREPROCESSING_VERSION
 from diffclust.engine.checkpoint import atomic_write_json
 from diffclust.engine.runtime import progress
-from diffclust.errors import DiffclustError, EnvironmentProblem
+from diffclust.errors import EnvironmentProblem
 from diffclust.methods.difc.masks import object_masks
 
 logger = logging.getLogger(__name__)
