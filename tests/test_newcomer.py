@@ -120,6 +120,8 @@ def test_a_tiny_random_report_says_its_clusters_mean_nothing_and_shows_the_resol
     html = build_report(out, prototypes=False).read_text()
     assert "tiny-random" in html and "mean nothing" in html
     assert re.search(r"resolution=\d+", html) and "resolution=None" not in html
+    assert 'id="legend-cluster"' in html and "cluster 0</span>" in html  # the map's colours, named
+    assert 'id="legend-class"' in html and "Monarch" in html.split('id="legend-class"', 1)[1].split("</div>", 1)[0]
 
 
 def test_a_mistyped_path_is_answered_before_torch_loads_and_creates_nothing(tmp_path):
@@ -138,3 +140,20 @@ def test_a_fit_that_fails_before_it_starts_leaves_no_run_folder(tmp_path, capsys
     assert main(["fit", str(tmp_path / "empty"), "--k", "3", *QUICK, "--out", str(tmp_path / "run")]) == 2
     assert "No usable images" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_report_of_labelled_feature_rows_scores_them_and_names_the_rows(tmp_path, capsys):
+    from diffclust.report import build_report
+
+    rng = np.random.default_rng(0)
+    features = np.concatenate([rng.normal(0, 1, (20, 8)), rng.normal(6, 1, (20, 8))]).astype(np.float32)
+    np.save(tmp_path / "f.npy", features)
+    np.save(tmp_path / "labels.npy", np.repeat([0, 1], 20))
+    out = tmp_path / "run"
+    assert main(["fit", "--method", "cludi", "--features", str(tmp_path / "f.npy"), "--labels", str(tmp_path / "labels.npy"), "--k", "2",
+                 "--epochs", "1", "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+    html = build_report(out).read_text()
+    assert "Against the labels" in html and 'id="legend-class"' in html
+    assert '<div class="noimage"' in html and "background:#eee" not in html
+    capsys.readouterr()
+    assert main(["evaluate", str(out)]) == 0 and "Scored 40 images" in capsys.readouterr().out

@@ -19,6 +19,8 @@ ASSIGNMENT_COLUMNS = ("file", "cluster", "confidence", "status")
 ASSIGNMENTS_NAME = "assignments.csv"
 SKIPPED_NAME = "skipped.csv"
 RUN_SUMMARY_NAME = "run.json"
+#: the labels a run was given with its feature rows (CLUDI --labels), for its report
+RUN_LABELS_NAME = "labels.csv"
 
 
 def csv_text(columns, rows) -> str:

@@ -26,6 +26,8 @@ def _evaluation_inputs(assignments: Path, labels: Path | None) -> tuple[Path, Pa
         run_dir, assignments = assignments, assignments / "assignments.csv"
         if not assignments.is_file():
             raise DiffclustError(f"'{run_dir}' holds no assignments.csv: is it a finished `diffclust fit` run folder?")
+        if labels is None and (run_dir / "labels.csv").is_file():  # feature rows given with their labels (CLUDI --labels)
+            labels = run_dir / "labels.csv"
         if labels is None:
             try:
                 data = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("data")

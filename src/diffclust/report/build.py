@@ -22,7 +22,8 @@ from diffclust.data.csv_tables import from_spreadsheet_safe
 from diffclust.engine.runtime import writable_folder
 from diffclust.engine.checkpoint import atomic_write_text, damaged
 from diffclust.errors import DiffclustError
-from diffclust.outputs import ASSIGNMENTS_NAME, RUN_SUMMARY_NAME, SKIPPED_NAME, csv_text, read_assignment_rows
+from diffclust.outputs import (ASSIGNMENTS_NAME, RUN_LABELS_NAME, RUN_SUMMARY_NAME, SKIPPED_NAME, csv_text, read_assignment_rows,
+                               read_labels)
 from diffclust.report.analysis import (class_purity, cluster_class_table, confused_pairs, nearest_tokens, readable_token,
                                        summarise_clusters)
 from diffclust.report.template import TEMPLATE
@@ -105,10 +106,12 @@ class RunFolder:
             self.agreement = None
 
     def images(self) -> tuple[dict[str, Path], dict[str, int], dict[int, str]]:
-        """(image path of each file, label of each file, class names) from the data the run read."""
+        """(image path of each file, label of each file, class names) from the data the run read;
+        for feature rows, the labels given with them (RUN_DIR/labels.csv), and no images."""
         data = self.summary.get("data")
         if not data or not (Path(data).is_dir() or str(data).endswith(".csv")):
-            return {}, {}, {}
+            stored = self.folder / RUN_LABELS_NAME
+            return {}, (read_labels(stored) if stored.is_file() else {}), {}
         try:
             collection = scan_images(data, verify=False, folder_labels=self.settings.get("folder_labels", True))
         except DiffclustError as error:
@@ -120,8 +123,11 @@ class RunFolder:
         return paths, labels, names
 
 
-def _map_points(run: RunFolder, labels: dict[str, int], thumbnails, paths, limit: int, seed: int) -> tuple[dict | None, str]:
-    """2-D t-SNE of the clustered representation (at most `limit` points, a seeded sample)."""
+def _map_points(run: RunFolder, labels: dict[str, int], thumbnails, paths, limit: int, seed: int,
+                class_names: dict[int, str] | None = None) -> tuple[dict | None, str]:
+    """2-D t-SNE of the clustered representation (at most `limit` points, a seeded sample), with
+    a legend of its colours (clusters, or classes by name)."""
+    class_names = class_names or {}
     if run.embedding is None:
         return None, "this run folder has no embedding.npy (made by diffclust 0.1 before reports)."
     count = len(run.files)
@@ -150,7 +156,12 @@ def _map_points(run: RunFolder, labels: dict[str, int], thumbnails, paths, limit
                        "label": f"{file}: cluster {run.clusters[row]}" + (f", class {label}" if label is not None else "")})
     caption = (f"t-SNE of the {'proxy words' if run.method == 'difc' else 'clustered representation'}: "
                + (f"all {count} items." if count <= limit else f"a seeded sample of {limit} of {count} items."))
-    return {"points": points, "width": width, "height": height, "has_classes": bool(labels), "caption": caption}, ""
+    clusters = sorted({int(cluster) for cluster in run.clusters[rows]})
+    classes = sorted({labels[run.files[row]] for row in rows if run.files[row] in labels})
+    legend_clusters = [(f"cluster {cluster}", _colour(cluster)) for cluster in clusters]
+    legend_classes = [(class_names.get(label, f"class {label}"), _colour(label)) for label in classes]
+    return {"points": points, "width": width, "height": height, "has_classes": bool(labels), "caption": caption,
+            "legend_clusters": legend_clusters, "legend_classes": legend_classes}, ""
 
 
 def _run_backbone(run: RunFolder, device: str):
@@ -317,14 +328,15 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, sort: str =
                        class_table=[{"cluster": c, "counts": table[i].tolist()} for i, c in enumerate(cluster_ids)],
                        purity=class_purity(table).tolist(),
                        pairs=[(class_names.get(a, a), class_names.get(b, b), n) for a, b, n in confused_pairs(table, class_ids)])
-    context["map"], context["map_reason"] = _map_points(run, labels, thumbnails, paths, map_points, seed)
+    context["map"], context["map_reason"] = _map_points(run, labels, thumbnails, paths, map_points, seed, class_names)
     context["training_plot"] = _training_plot(run_dir, out)
     for name, key in (("search.png", "search_plot"), ("k_selection.png", "k_plot")):
         if (run_dir / name).is_file():
             shutil.copyfile(run_dir / name, out / name)
             context[key] = name
     if not paths:
-        context["notes"].append("No thumbnails: the run's images are not where it read them (or it clustered a feature file).")
+        context["notes"].append("No thumbnails: this run clustered rows of a feature file (each is named by its row id or file), "
+                                "or its images are no longer where it read them.")
     if run.agreement is not None:
         context["notes"].append("CLUDI: 'samples agreeing' is the share of the teacher's prediction samples whose own assignment "
                                 "is the item's cluster (1.0: no spread); each picture's tooltip gives its own.")

@@ -15,6 +15,8 @@ img.masked{display:none}body.masks img.masked{display:block}body.masks img.plain
 #tooltip{position:fixed;pointer-events:none;background:#fff;border:1px solid #888;padding:4px;font-size:11px;display:none;z-index:9}
 #tooltip img{width:{{ thumb }}px;height:{{ thumb }}px;display:block}
 .controls{margin:8px 0;font-size:13px}.prototype{margin:4px 0;font-size:11px;color:#555}.prototype img{width:{{ 2 * thumb }}px;height:{{ 2 * thumb }}px}.warn{color:#a33}.muted{color:#777;font-size:12px}
+.noimage{background:#f3f3f3;display:flex;align-items:center;justify-content:center;font-size:12px;color:#333;word-break:break-all}
+.legend{font-size:12px;margin:6px 0;max-width:640px}.legend span{display:inline-block;margin:2px 10px 2px 0}.legend i{display:inline-block;width:10px;height:10px;border-radius:5px;margin-right:4px;vertical-align:middle}
 </style></head>
 <body>
 <h1>diffclust report: {{ title }}</h1>
@@ -32,7 +34,10 @@ img.masked{display:none}body.masks img.masked{display:block}body.masks img.plain
 {% if map.has_classes %}<label><input type="radio" name="colour" value="class"> class</label>{% endif %}</div>
 <svg id="map" width="{{ map.width }}" height="{{ map.height }}" style="border:1px solid #ddd">
 {% for p in map.points %}<circle class="point" cx="{{ p.x }}" cy="{{ p.y }}" r="3.2" fill="{{ p.colour }}" data-cluster-colour="{{ p.colour }}" data-class-colour="{{ p.class_colour }}" data-thumb="{{ p.thumb or '' }}" data-label="{{ p.label }}"></circle>
-{% endfor %}</svg>{% else %}<p class="muted">No map: {{ map_reason }}</p>{% endif %}
+{% endfor %}</svg>
+<div class="legend" id="legend-cluster">{% for name, colour in map.legend_clusters %}<span><i style="background:{{ colour }}"></i>{{ name }}</span>{% endfor %}</div>
+{% if map.has_classes %}<div class="legend" id="legend-class" style="display:none">{% for name, colour in map.legend_classes %}<span><i style="background:{{ colour }}"></i>{{ name }}</span>{% endfor %}</div>{% endif %}
+{% else %}<p class="muted">No map: {{ map_reason }}</p>{% endif %}
 
 <h2>Clusters ({{ clusters|length }}, sorted by {{ sort }})</h2>
 {% if has_masks %}<div class="controls"><label><input type="checkbox" id="masks"> show object masks (DiFiC: the loss is computed inside them)</label></div>{% endif %}
@@ -41,7 +46,7 @@ img.masked{display:none}body.masks img.masked{display:block}body.masks img.plain
 {% if c.names %}<span class="names">&mdash; {{ c.names }}</span>{% endif %}</h3>
 {% if c.prototype %}<figure class="prototype"><img src="{{ c.prototype }}" alt="generated for cluster {{ c.cluster }}"><figcaption>generated from &ldquo;A photo of a S*&rdquo;, S* = the cluster's mean proxy word</figcaption></figure>{% endif %}
 {% for title, items in c.rows %}<div class="row-label">{{ title }}</div><div class="strip">
-{% for item in items %}<figure title="{{ item.file }} (confidence {{ '%.3f'|format(item.confidence) }}{% if item.agreement is not none %}, samples agreeing {{ '%.0f'|format(100 * item.agreement) }}%{% endif %})">{% if item.thumb %}<img class="plain" src="{{ item.thumb }}" alt="{{ item.file }}" loading="lazy">{% if item.masked %}<img class="masked" src="{{ item.masked }}" alt="{{ item.file }} with its mask" loading="lazy">{% endif %}{% else %}<div style="width:{{ thumb }}px;height:{{ thumb }}px;background:#eee"></div>{% endif %}{{ item.short }}</figure>{% endfor %}
+{% for item in items %}<figure title="{{ item.file }} (confidence {{ '%.3f'|format(item.confidence) }}{% if item.agreement is not none %}, samples agreeing {{ '%.0f'|format(100 * item.agreement) }}%{% endif %})">{% if item.thumb %}<img class="plain" src="{{ item.thumb }}" alt="{{ item.file }}" loading="lazy">{% if item.masked %}<img class="masked" src="{{ item.masked }}" alt="{{ item.file }} with its mask" loading="lazy">{% endif %}{% else %}<div class="noimage" style="width:{{ thumb }}px;height:{{ thumb }}px">{{ item.short }}</div>{% endif %}{% if item.thumb %}{{ item.short }}{% endif %}</figure>{% endfor %}
 </div>{% endfor %}</div>{% endfor %}
 
 {% if scores %}<h2>Clusters against the classes</h2>
@@ -81,6 +86,10 @@ img.masked{display:none}body.masks img.masked{display:block}body.masks img.plain
     radio.addEventListener('change', function () {
       var attribute = radio.value === 'class' ? 'data-class-colour' : 'data-cluster-colour';
       document.querySelectorAll('circle.point').forEach(function (point) { point.setAttribute('fill', point.getAttribute(attribute)); });
+      ['cluster', 'class'].forEach(function (kind) {
+        var legend = document.getElementById('legend-' + kind);
+        if (legend) { legend.style.display = kind === radio.value ? 'block' : 'none'; }
+      });
     });
   });
   var masks = document.getElementById('masks');

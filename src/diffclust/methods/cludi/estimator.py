@@ -15,7 +15,7 @@ from diffclust.cluster.metrics import clustering_scores
 from diffclust.data.collection import ImageCollection
 from diffclust.encoders.extraction import read_row_names
 from diffclust.encoders.vision import POOLINGS, VisionEncoder
-from diffclust.engine.checkpoint import atomic_save_array, atomic_save_tensors, load_tensors
+from diffclust.engine.checkpoint import atomic_save_array, atomic_save_tensors, atomic_write_text, load_tensors
 from diffclust.engine.runtime import make_accelerator
 from diffclust.engine.timing import StageTimer
 from diffclust.engine.trainer import matrix_identity
@@ -25,7 +25,7 @@ from diffclust.methods.cludi.diffusion import EmbeddingDiffusion
 from diffclust.methods.cludi.inputs import FeatureTable, is_feature_file, read_feature_file, table_from_matrix
 from diffclust.methods.cludi.network import CLUDINetwork
 from diffclust.methods.cludi.training import CLUDITrainer, assign, mean_logits, sample_agreement
-from diffclust.outputs import ASSIGNMENTS_NAME, SKIPPED_NAME, write_assignments, write_skipped
+from diffclust.outputs import ASSIGNMENTS_NAME, RUN_LABELS_NAME, SKIPPED_NAME, csv_text, write_assignments, write_skipped
 from diffclust.seeding import make_generator, seed_everything
 
 logger = logging.getLogger(__name__)
@@ -281,6 +281,8 @@ class CLUDI(ClusteringEstimator):
                 atomic_save_array(run_dir / AGREEMENT_NAME, self.sample_agreement_.astype(np.float32))
                 write_assignments(run_dir / ASSIGNMENTS_NAME, table.names, self.labels_, self.confidence_, table.skipped)
                 write_skipped(run_dir / SKIPPED_NAME, table.skipped)
+                if table.labels is not None:  # the report scores and colours by class without the features' source
+                    atomic_write_text(run_dir / RUN_LABELS_NAME, csv_text(("file", "label"), zip(table.names, table.labels.tolist())))
         self._finish_run(run_dir, accelerator, timer, self._standardised(table.values).numpy())
 
     # ------------------------------------------------------------------ inference
