@@ -13,6 +13,9 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests must never reach the network
 if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers share two cores: one torch thread each
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # and one numba thread (UMAP, pynndescent): numba's pool beside the other worker's torch loop
+    # made a 20 s pretraining fixture take 300-400 s (measured: three test files, 195 s -> 72 s)
+    os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
