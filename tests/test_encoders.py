@@ -248,12 +248,12 @@ def test_features_check_their_output_before_encoding_anything(encoders, photos, 
     else:
         out = tmp_path / "locked" / "feats.npy"
         out.parent.mkdir()
-        import diffclust.engine.runtime as runtime
+        import diffclust.engine.atomic as atomic
 
         def refuse(*args, **kwargs):
             raise PermissionError(13, "Permission denied")
 
-        monkeypatch.setattr(runtime.tempfile, "mkstemp", refuse)
+        monkeypatch.setattr(atomic.tempfile, "mkstemp", refuse)
 
     def never(*args, **kwargs):
         raise AssertionError("no encoder may load before the output is checked")

@@ -25,7 +25,7 @@ from diffclust.cli import main
 from diffclust.data import scan_images
 from diffclust.data import images as image_module
 from diffclust.data.images import load_rgb
-from diffclust.engine import runtime
+from diffclust.engine import atomic
 from diffclust.engine.checkpoint import atomic_write_text
 from diffclust.engine.run_lock import RunFolderLock
 from diffclust.errors import DiffclustError
@@ -244,7 +244,7 @@ def test_output_folders_are_checked_before_any_work(twelve, tmp_path, capsys, mo
     def read_only(*args, **kwargs):  # root writes anywhere, so a read-only folder is simulated where the probe writes
         raise PermissionError(30, "Read-only file system")
 
-    monkeypatch.setattr(runtime.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", read_only)
     cli_error(capsys, ["fit", str(twelve), "--k", "3", *QUICK, "--out", str(tmp_path / "ro")],
               "Cannot write to output_dir (--out)")
 

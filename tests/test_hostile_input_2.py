@@ -65,7 +65,7 @@ def test_ctrl_c_is_one_line_that_says_how_to_resume(twelve, tmp_path, capsys, mo
 def test_a_full_disk_at_the_checkpoint_says_so_and_keeps_the_last_one(twelve, tmp_path, capsys, monkeypatch):
     import torch
 
-    from diffclust.engine import checkpoint
+    from diffclust.engine import atomic
 
     out = tmp_path / "run"
     assert main(["fit", str(twelve), "--k", "3", *QUICK[:2], "--epochs", "2", *QUICK[4:], "--warmup-epochs", "1", "--out", str(out)]) == 0
@@ -77,7 +77,7 @@ def test_a_full_disk_at_the_checkpoint_says_so_and_keeps_the_last_one(twelve, tm
         raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 4096 vs 4000")
 
     monkeypatch.setattr(torch, "save", full_disk_save)
-    monkeypatch.setattr(checkpoint, "free_space", lambda path: 1000)
+    monkeypatch.setattr(atomic, "free_space", lambda path: 1000)
     last = failure(capsys, ["fit", str(twelve), "--k", "3", *QUICK[:2], "--epochs", "3", *QUICK[4:], "--warmup-epochs", "1",
                             "--out", str(out), "--resume"], 1, "the disk is full")
     assert "checkpoint.pt" in last and "needs at least" in last and "intact" in last

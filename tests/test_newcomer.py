@@ -157,3 +157,15 @@ def test_a_report_of_labelled_feature_rows_scores_them_and_names_the_rows(tmp_pa
     assert '<div class="noimage"' in html and "background:#eee" not in html
     capsys.readouterr()
     assert main(["evaluate", str(out)]) == 0 and "Scored 40 images" in capsys.readouterr().out
+
+
+def test_evaluate_loads_no_model_library(twelve, tmp_path):
+    import subprocess
+
+    labels = twelve / "labels.csv"
+    (tmp_path / "a.csv").write_text("file,cluster,confidence,status\n" + "".join(f"{row['file']},{int(row['label']) % 2},1.0,ok\n"
+                                                                          for row in rows(labels)))
+    script = ("import sys; from diffclust.cli import main; "
+              f"code = main(['evaluate', {str(tmp_path / 'a.csv')!r}, '--labels', {str(labels)!r}]); print(code, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == "0 False" and "Scored 12 images" in done.stdout

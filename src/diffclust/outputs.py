@@ -11,8 +11,7 @@ import numpy as np
 
 from diffclust.data.collection import MANIFEST_NAME, ImageCollection, SkippedFile, scan_images
 from diffclust.data.csv_tables import from_spreadsheet_safe, integer_cell, read_csv_rows, spreadsheet_safe
-from diffclust.engine.checkpoint import atomic_write_json, atomic_write_text
-from diffclust.engine.runtime import writable_folder
+from diffclust.engine.atomic import atomic_write_json, atomic_write_text, writable_folder
 from diffclust.errors import DiffclustError
 
 ASSIGNMENT_COLUMNS = ("file", "cluster", "confidence", "status")

@@ -1,10 +1,21 @@
-"""Clustering building blocks shared by all methods: k-means, neighbours, heads, losses, metrics."""
+"""Clustering building blocks shared by all methods: k-means, neighbours, heads, losses, metrics (loaded on first use)."""
 
-from diffclust.cluster.heads import ClusterHead
-from diffclust.cluster.kmeans import fit_kmeans, kmeans_confidences, student_t_assignments
-from diffclust.cluster.losses import AssignmentMemoryBank, cluster_guidance_loss, entropy, neighbour_consistency_loss
-from diffclust.cluster.metrics import clustering_scores, hungarian_accuracy, many_to_one_accuracy
-from diffclust.cluster.neighbours import nearest_neighbours
+from diffclust._lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "AssignmentMemoryBank": "diffclust.cluster.losses",
+    "ClusterHead": "diffclust.cluster.heads",
+    "cluster_guidance_loss": "diffclust.cluster.losses",
+    "clustering_scores": "diffclust.cluster.metrics",
+    "entropy": "diffclust.cluster.losses",
+    "fit_kmeans": "diffclust.cluster.kmeans",
+    "hungarian_accuracy": "diffclust.cluster.metrics",
+    "kmeans_confidences": "diffclust.cluster.kmeans",
+    "many_to_one_accuracy": "diffclust.cluster.metrics",
+    "nearest_neighbours": "diffclust.cluster.neighbours",
+    "neighbour_consistency_loss": "diffclust.cluster.losses",
+    "student_t_assignments": "diffclust.cluster.kmeans",
+})
 
 __all__ = [
     "AssignmentMemoryBank",
@@ -13,8 +24,8 @@ __all__ = [
     "clustering_scores",
     "entropy",
     "fit_kmeans",
-    "kmeans_confidences",
     "hungarian_accuracy",
+    "kmeans_confidences",
     "many_to_one_accuracy",
     "nearest_neighbours",
     "neighbour_consistency_loss",

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from diffclust.errors import DiffclustError
+
+if TYPE_CHECKING:  # torch loads only where tensors are made: reading labels and folders stays quick
+    import torch
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 #: decoded pixels allowed per image: 100 MP is 300 MB of RGB; larger files are skipped
@@ -107,6 +111,8 @@ def resize_center_crop(image: Image.Image, resolution: int) -> Image.Image:
 
 def image_to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL image -> float tensor (3, H, W) in [-1, 1], the range diffusion models expect."""
+    import torch
+
     return uint8_to_model_range(torch.from_numpy(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()))
 
 
@@ -125,6 +131,8 @@ def load_image_array(paths: list[Path], resolution: int, workers: int = 8) -> to
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         arrays = list(pool.map(read, paths))
+    import torch
+
     return torch.from_numpy(np.stack(arrays))
 
 

@@ -10,97 +10,27 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffclust.errors import DiffclustError, DiskFullError, setting_label
-from diffclust.failures import DISK_FULL_ERRNOS, disk_full_message, free_space
+from diffclust.engine.atomic import (  # noqa: F401 - re-exported: every writer imports them from here
+    atomic_save_array,
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+)
+from diffclust.errors import DiffclustError, setting_label
 
 logger = logging.getLogger(__name__)
-#: a write that fails with less than this free beside it failed for want of space
-DISK_NEARLY_FULL = 1 << 20
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call write(temp_path), then rename the temp file onto `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    temp = Path(temp_name)
-    try:
-        write(temp)
-        with open(temp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.chmod(temp, 0o666 & ~_current_umask())  # mkstemp makes 0600; outputs follow the umask
-        os.replace(temp, path)
-        _fsync_folder(path.parent)
-    except Exception as error:
-        if _disk_full(error, path.parent):  # torch, numpy and safetensors each word it their own way
-            raise DiskFullError(disk_full_message(path, path.stat().st_size if path.is_file() else None)) from error
-        raise
-    finally:
-        temp.unlink(missing_ok=True)
-    return path
-
-
-def _disk_full(error: Exception, folder: Path) -> bool:
-    """ENOSPC, or a writer's own error while the disk has (almost) nothing left."""
-    if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
-        return True
-    free = free_space(folder)
-    return free is not None and free < DISK_NEARLY_FULL
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename durable (the folder's entry); a no-op where folders cannot be opened."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write(path, lambda temp: temp.write_text(text, encoding="utf-8"))
-
-
-def atomic_write_json(path: str | Path, data: Any) -> Path:
-    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
     """safetensors file of contiguous CPU tensors."""
     clean = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
     return atomic_write(path, lambda temp: save_file(clean, str(temp), metadata=metadata))
-
-
-def atomic_save_array(path: str | Path, array) -> Path:
-    """A .npy file (np.save given a file name would append .npy to the temp name, so a handle)."""
-    import numpy as np
-
-    def write(temp: Path) -> None:
-        with open(temp, "wb") as handle:
-            np.save(handle, np.asarray(array))
-
-    return atomic_write(path, write)
 
 
 def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

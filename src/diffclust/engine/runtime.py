@@ -5,14 +5,13 @@ from __future__ import annotations
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Iterable
-from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from tqdm.auto import tqdm
 
+from diffclust.engine.atomic import writable_folder  # noqa: F401 - re-exported
 from diffclust.errors import DiffclustError
 from diffclust.seeding import make_generator
 
@@ -47,22 +46,6 @@ def is_main_launch_process() -> bool:
     """True in a single process, and in the process of rank 0 under torchrun or accelerate
     launch (read from the launcher's RANK, before any accelerator exists)."""
     return int(os.environ.get("RANK", "0")) == 0
-
-
-def writable_folder(folder: str | Path, setting: str) -> Path:
-    """`folder` as a Path, created if need be and checked to take files, before any work is done."""
-    folder = Path(folder).expanduser()
-    if folder.exists() and not folder.is_dir():
-        raise DiffclustError(f"{setting} '{folder}' is a file, not a folder: choose a folder name.")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(prefix=".diffclust-write-test-", dir=folder)
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as error:
-        raise DiffclustError(f"Cannot write to {setting} '{folder}' ({type(error).__name__}: {error.strerror or error}); "
-                             "choose a folder you can write to.") from None
-    return folder
 
 
 class LineProgress(tqdm):
