@@ -1,9 +1,7 @@
-"""Crash-safe writing: every file goes to a temp name in the same folder, is flushed to disk,
-then renamed (and the folder flushed too).
-
-A run killed mid-write, or a machine losing power, therefore leaves the previous checkpoint (or
-nothing), never half a file. Files get the permissions the umask allows, like any other
-program's. Checkpoints are read back with ``weights_only=True``: no pickled code is ever executed.
+"""Checkpoints and weights: written through engine.atomic (temp file, flush, rename), so a run
+killed mid-write leaves the previous checkpoint intact, and read back with safetensors or
+``weights_only=True``: no pickled code is ever executed. The torch-free atomic writers are
+re-exported from here.
 """
 
 from __future__ import annotations
