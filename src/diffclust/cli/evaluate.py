@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from diffclust.cli.options import print_scores
+from diffclust.engine.atomic import read_json_object
 from diffclust.errors import DiffclustError
 
 
@@ -29,10 +30,7 @@ def _evaluation_inputs(assignments: Path, labels: Path | None) -> tuple[Path, Pa
         if labels is None and (run_dir / "labels.csv").is_file():  # feature rows given with their labels (CLUDI --labels)
             labels = run_dir / "labels.csv"
         if labels is None:
-            try:
-                data = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("data")
-            except (OSError, ValueError, AttributeError):
-                data = None
+            data = (read_json_object(run_dir / "run.json") or {}).get("data")
             if not data:
                 raise DiffclustError(f"'{run_dir}' does not record the data it read: pass --labels labels.csv (or the data folder).")
             labels = Path(data)

@@ -10,7 +10,6 @@ the last finished shard, and the folder is removed once the file is complete.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from diffclust.data.collection import ImageCollection
+from diffclust.engine.atomic import read_json_object
 from diffclust.engine.checkpoint import atomic_save_array, atomic_write_json, atomic_write_text
 from diffclust.engine.runtime import progress
 from diffclust.engine.trainer import contents_identity, files_identity
@@ -57,7 +57,7 @@ def _shards_folder(out: Path, plan: dict) -> Path:
     """The shard folder for `out`, created with `plan`, or an existing one holding the same plan."""
     parts = out.with_name(out.name + PARTS_SUFFIX)
     plan_file = parts / PLAN_NAME
-    before = _read_plan(plan_file)
+    before = read_json_object(plan_file)
     if before is None and parts.is_dir():  # a damaged or missing plan: its shards cannot be trusted, so start again
         logger.warning("%s has no readable %s: its shards are discarded and computed again.", parts, PLAN_NAME)
         shutil.rmtree(parts)
@@ -71,14 +71,6 @@ def _shards_folder(out: Path, plan: dict) -> Path:
         parts.mkdir(parents=True, exist_ok=True)
         atomic_write_json(plan_file, plan)
     return parts
-
-
-def _read_plan(plan_file: Path) -> dict | None:
-    try:
-        plan = json.loads(plan_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return plan if isinstance(plan, dict) else None
 
 
 def check_feature_output(out: str | Path) -> Path:

@@ -107,3 +107,13 @@ def writable_folder(folder: str | Path, setting: str) -> Path:
         raise DiffclustError(f"Cannot write to {setting} '{folder}' ({type(error).__name__}: {error.strerror or error}); "
                              "choose a folder you can write to.") from None
     return folder
+
+
+def read_json_object(path: str | Path) -> dict | None:
+    """A JSON object diffclust wrote, or None when it is absent, unreadable or not an object:
+    side files (plans, cache keys, run summaries) that a damaged copy must not stop."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None

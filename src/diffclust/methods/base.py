@@ -27,6 +27,7 @@ from diffclust.backbones.registry import load_backbone
 from diffclust.cluster.k_selection import CRITERIA, choose_k, write_k_selection
 from diffclust.data.collection import FROM_FOLDERS, ImageCollection, collect_images
 from diffclust.engine.checkpoint import CHECKPOINT_NAME, atomic_save_array, atomic_write_json, checkpoint_path, damaged
+from diffclust.engine.atomic import read_json_object
 from diffclust.engine.run_lock import RunFolderLock, remove_if_only_locks
 from diffclust.engine.runtime import is_main_launch_process, make_accelerator, writable_folder
 from diffclust.engine.timing import StageTimer
@@ -57,10 +58,7 @@ RENAMED_SETTINGS = {"seed": "random_state"}
 
 def _epochs_finished(run_dir: Path) -> int | None:
     """The epochs of the finished run in `run_dir` (from its run.json), or None."""
-    try:
-        return json.loads((run_dir / RUN_SUMMARY_NAME).read_text(encoding="utf-8")).get("epochs")
-    except (OSError, ValueError, AttributeError):
-        return None
+    return (read_json_object(run_dir / RUN_SUMMARY_NAME) or {}).get("epochs")
 
 
 def _holds_something(path: Path) -> bool:

@@ -29,6 +29,7 @@ from diffclust.data.images import load_image_array, uint8_to_model_range
 from diffclust.engine.checkpoint import atomic_torch_save, atomic_write_json, load_training_state
 from diffclust.engine.history import MetricsLog
 from diffclust.engine.runtime import make_accelerator, progress
+from diffclust.engine.timing import StageTimer
 from diffclust.errors import DiffclustError
 from diffclust.backbones.text_encoders import BUNDLED_MINILM, write_reference
 from diffclust.pretrain.architecture import build_conditioned_unet, build_scheduler, build_unconditional_unet
@@ -99,7 +100,8 @@ class Pretrainer:
         device = self.accelerator.device
         self.noise_generator = self.generator if device.type == "cpu" else make_generator(settings.seed + 7 + 1_000_003 * self.accelerator.process_index, device)
         self.log = MetricsLog(self.out / "training" if self.accelerator.is_main_process else None)
-        self.record: dict = {"command": _command_line(), "stage_seconds": {}}
+        self.record: dict = {"command": _command_line()}
+        self.timer = StageTimer()
 
     # ------------------------------------------------------------------ text
     def _load_text_encoder(self):
@@ -235,12 +237,6 @@ class Pretrainer:
                     result["images"], result["classes"], 100 * result["accuracy"], 100 * result["chance"])
         return result
 
-    def _timed(self, stage: str, work):
-        started = time.perf_counter()
-        value = work()
-        self.record["stage_seconds"][stage] = round(self.record["stage_seconds"].get(stage, 0.0) + time.perf_counter() - started, 2)
-        return value
-
     def _fit_budget(self, elapsed: float, steps_done: int, bar) -> None:
         """Set the step count that fills --time-budget from the speed so far (once, after the
         calibration window), and end the run at the budget whatever the estimate said."""
@@ -276,10 +272,12 @@ class Pretrainer:
         if self.s.time_budget is not None and "budget_steps" not in self.record:
             self.s.steps = 10**9  # until the speed is measured: the budget, not --steps, ends the run
         paths = [self.collection.records[i].path for i in self.train_rows]
-        images = self._timed("load_images", lambda: load_image_array(paths, self.s.resolution, self.s.num_workers)).to(device)  # on the device once
+        with self.timer("load_images"):
+            images = load_image_array(paths, self.s.resolution, self.s.num_workers).to(device)  # on the device once
         table = caption_index = captions = empty = None
         if self.s.conditional:
-            captions_table = self._timed("caption_embeddings", self.caption_table)
+            with self.timer("caption_embeddings"):
+                captions_table = self.caption_table()
             caption_index = captions_table.rows([caption_for(self.collection.records[i], self.s.caption_template) for i in self.train_rows]).to(device)
             table, empty, captions = captions_table.embeddings.to(device), captions_table.empty.to(device), captions_table.captions
         unet, optimizer = self.accelerator.prepare(self.unet, self.optimizer)
@@ -330,29 +328,34 @@ class Pretrainer:
                 self._end_of_interval(captions, table, empty)
                 unet.train()
         bar.close()
-        self.record["stage_seconds"]["train"] = round(time.perf_counter() - started, 2)
+        self.timer.seconds["train"] = time.perf_counter() - started  # the loop, its checkpoints included
         if self.step >= self.s.steps and not (self.out / "unet").is_dir():
-            self._timed("export", self.export)  # a resumed run that had already finished
+            with self.timer("export"):
+                self.export()  # a resumed run that had already finished
         self.unet = self.accelerator.unwrap_model(unet)
         if self.s.conditional:
-            self.record["classifier"] = self._timed("classifier", lambda: self.evaluate(captions_table))
+            with self.timer("classifier"):
+                self.record["classifier"] = self.evaluate(captions_table)
         self._write_record(first_step, started)
         self.accelerator.wait_for_everyone()
         return self.out
 
     def _end_of_interval(self, captions, table, empty) -> None:
-        self._timed("checkpoint", self.save_checkpoint)
-        self._timed("export", self.export)
-        self._timed("samples", lambda: self.write_samples(captions, table, empty))
+        with self.timer("checkpoint"):
+            self.save_checkpoint()
+        with self.timer("export"):
+            self.export()
+        with self.timer("samples"):
+            self.write_samples(captions, table, empty)
 
     def _write_record(self, first_step: int, started: float) -> None:
         if not self.accelerator.is_main_process:
             return
         trained = self.step - first_step
-        stages = self.record["stage_seconds"]
+        stages = self.timer.seconds
         seconds = stages.get("train", 0.0) - sum(stages.get(name, 0.0) for name in ("checkpoint", "export", "samples"))
         losses = [row["loss"] for row in self.log.records]
-        self.record.update(steps=self.step, steps_this_run=trained, batch_size=self.s.batch_size,
+        self.record.update(stage_seconds=self.timer.rounded(), steps=self.step, steps_this_run=trained, batch_size=self.s.batch_size,
                            images_per_second=round(trained * self.s.batch_size / seconds, 1) if seconds else None,
                            first_loss=losses[0] if losses else None, final_loss=losses[-1] if losses else None,
                            device=str(self.accelerator.device), wall_seconds=round(time.perf_counter() - started, 2))

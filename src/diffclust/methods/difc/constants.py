@@ -9,7 +9,6 @@ or repeated run reuses them; several processes each fill their own rows.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -30,6 +29,7 @@ from diffclust.data.dataset import ImageTensorDataset
 from diffclust.data.images import PREPROCESSING_VERSION
 from diffclust.engine.checkpoint import atomic_write_json
 from diffclust.engine.runtime import progress
+from diffclust.engine.atomic import read_json_object
 from diffclust.errors import EnvironmentProblem
 from diffclust.methods.difc.masks import object_masks
 
@@ -206,12 +206,10 @@ def _cached_fingerprint(meta_path: Path) -> str | None:
     """The fingerprint a cache was written for; None when absent or damaged (then it is recomputed)."""
     if not meta_path.is_file():
         return None
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        return meta.get("fingerprint") if isinstance(meta, dict) else None
-    except (OSError, ValueError):
+    meta = read_json_object(meta_path)
+    if meta is None:
         logger.warning("%s is damaged: the constants are computed again.", meta_path)
-        return None
+    return None if meta is None else meta.get("fingerprint")
 
 
 def _open_store(folder: Path, names: list[str], in_memory_bytes: int) -> ConstantStore:
