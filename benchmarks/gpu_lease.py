@@ -85,14 +85,15 @@ def sizes(dry_run: bool) -> dict:
         return {"device": "cpu", "images": 12, "k": 3, "epochs": 2, "batch": 4,
                 "sd15": ["--resolution", "32", "--batch-sizes", "2", "--steps", "1", "--warmup", "0", "--neighbour-points", "2000"],
                 "mini": ["--channels-per-level", "16,16,32,32", "--layers-per-block", "1", "--batch-size", "4", "--lr", "1e-3",
-                         "--eval-images", "4", "--eval-timesteps", "2", "--eval-seconds", "20", "--sample-steps", "2", "--log-every", "2"],
-                "mini_reserve": 45, "mini_budget": 10, "limit": 240, "per_source": 6}
+                         "--eval-images", "4", "--eval-timesteps", "2", "--eval-seconds", "5", "--sample-steps", "2", "--log-every", "2"],
+                "diec": ["--noise-draws", "1"], "cludi": ["--teacher-steps", "2", "--predict-samples", "2", "--predict-steps", "2"],
+                "mini_reserve": 45, "mini_budget": 5, "limit": 240, "per_source": 6}
     return {"device": "cuda", "images": 64, "k": 4, "epochs": 2, "batch": 16,
             "sd15": ["--resolution", "512", "--batch-sizes", "8,16,32", "--steps", "3", "--warmup", "1", "--neighbour-points", "100000"],
             "mini": ["--channels-per-level", "32,64,128,128", "--layers-per-block", "2", "--batch-size", "256", "--lr", "4e-4",
                      "--mixed-precision", "bf16", "--eval-images", "500", "--eval-timesteps", "8", "--eval-seconds", "40",
                      "--sample-steps", "50", "--log-every", "50"],
-            "mini_reserve": MINI_RESERVE, "mini_budget": None, "limit": 530, "per_source": None}
+            "diec": [], "cludi": [], "mini_reserve": MINI_RESERVE, "mini_budget": None, "limit": 530, "per_source": None}
 
 
 # ---------------------------------------------------------------------------------- prepare (CPU)
@@ -325,8 +326,8 @@ def stage_cuda(args, size: dict) -> dict:
     np.save(args.work / "blobs.npy", features)
     runs = {
         "difc": (["fit", str(data), "--k", str(size["k"]), "--backbone", "tiny-random", *common], count),
-        "diec": (["fit", str(data), "--method", "diec", "--k", str(size["k"]), "--backbone", "tiny-random", "--search-subset", "64", *common], count),
-        "cludi": (["fit", "--method", "cludi", "--features", str(args.work / "blobs.npy"), "--k", str(size["k"]), *common], len(features)),
+        "diec": (["fit", str(data), "--method", "diec", "--k", str(size["k"]), "--backbone", "tiny-random", "--search-subset", "64", *common, *size["diec"]], count),
+        "cludi": (["fit", "--method", "cludi", "--features", str(args.work / "blobs.npy"), "--k", str(size["k"]), *common, *size["cludi"]], len(features)),
     }
     result: dict = {}
     for name, (argv, expected) in runs.items():

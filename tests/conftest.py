@@ -105,3 +105,13 @@ def usps_subset(tmp_path_factory) -> Path:
             per_class[row["label"]] = per_class.get(row["label"], 0) + 1
             chosen.append(row)
     return write_subset(source, chosen, folder)
+
+
+#: the test files that take longest (the lease's dry run, ~75 s alone): started first, so that two
+#: workers finish together instead of one waiting on the other's last long file
+LONGEST_FIRST = ("test_gpu_lease.py", "test_pretrain.py", "test_end_to_end.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -45,3 +45,37 @@ def test_without_umap_learn_the_error_names_the_setting_and_the_install(monkeypa
 
 def test_the_command_line_lists_exactly_the_search_scores_the_search_knows():
     assert tuple(SCORES) == SEARCH_SCORES
+
+
+def test_exact_neighbours_put_each_row_first_and_match_a_full_distance_table():
+    from diffclust.cluster.manifold import exact_neighbours
+
+    points = np.random.default_rng(1).normal(size=(60, 5)).astype(np.float32)
+    indices, distances = exact_neighbours(points, 4)
+    table = np.linalg.norm(points[:, None] - points[None], axis=2)
+    assert (indices[:, 0] == np.arange(60)).all() and np.allclose(distances[:, 0], 0, atol=1e-3)
+    assert (np.sort(indices, axis=1) == np.sort(np.argsort(table, axis=1)[:, :4], axis=1)).all()
+    assert np.allclose(distances, np.sort(table, axis=1)[:, :4], atol=1e-4)
+
+
+def test_from_umaps_own_exact_range_to_the_cap_diffclust_gives_umap_exact_neighbours(monkeypatch):
+    import numba
+    import umap.umap_
+
+    from diffclust.cluster import manifold
+
+    searched, given = [], []
+    exact = manifold.exact_neighbours
+    monkeypatch.setattr(manifold, "exact_neighbours", lambda rows, k: searched.append((len(rows), k)) or exact(rows, k))
+    fit = umap.UMAP.fit
+    monkeypatch.setattr(umap.UMAP, "fit", lambda self, X, *a, **kw: given.append(self.precomputed_knn[0] is not None) or fit(self, X, *a, **kw))
+    rings, truth = _rings()
+    umap_partition(rings, 2, seed=0)
+    assert searched == [] and given == [False]  # below 4,096 rows umap-learn's own search is exact already
+    monkeypatch.setattr(manifold, "UMAP_EXACT_BELOW", 50)  # the path taken from 4,096 rows, at a test's size
+    assert adjusted_rand_score(truth, umap_partition(rings, 2, seed=0)) == 1.0
+    assert searched == [(200, 15)] and given == [False, True]
+    monkeypatch.setattr(manifold, "EXACT_NEIGHBOURS_MAX_ROWS", 100)  # above the cap: pynndescent's search again
+    umap_partition(rings, 2, seed=0)
+    assert searched == [(200, 15)] and given == [False, True, False]
+    assert not isinstance(umap.umap_.smooth_knn_dist._cache, numba.core.caching.NullCache)  # compiled once, kept on disk

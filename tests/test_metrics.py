@@ -33,6 +33,22 @@ def test_crossed_clustering_has_zero_nmi_and_negative_ari():
     assert scores["acc"] == pytest.approx(0.5)
 
 
+def test_nmi_and_ari_equal_scikit_learns_on_random_and_edge_cases():
+    import numpy as np
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    from diffclust.cluster.metrics import adjusted_rand_index, normalized_mutual_information
+
+    rng = np.random.default_rng(0)
+    cases = [([0], [5]), ([0, 0, 0], [1, 1, 1]), ([0, 1, 2], [0, 1, 2]), ([0, 1, 2], [0, 0, 0]), (["a", "b", "b"], [3, 3, 1])]
+    for _ in range(300):
+        size = int(rng.integers(2, 50))
+        cases.append((rng.integers(0, rng.integers(1, 7), size), rng.integers(0, rng.integers(1, 7), size)))
+    for truth, found in cases:
+        assert normalized_mutual_information(truth, found) == pytest.approx(normalized_mutual_info_score(truth, found), abs=1e-12)
+        assert adjusted_rand_index(truth, found) == pytest.approx(adjusted_rand_score(truth, found), abs=1e-12)
+
+
 def test_bad_shapes_are_rejected():
     with pytest.raises(ValueError):
         hungarian_accuracy([0, 1], [0])

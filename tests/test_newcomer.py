@@ -6,12 +6,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import DATA, require, write_subset
 from diffclust.cli import main
@@ -124,14 +126,29 @@ def test_a_tiny_random_report_says_its_clusters_mean_nothing_and_shows_the_resol
     assert 'id="legend-class"' in html and "Monarch" in html.split('id="legend-class"', 1)[1].split("</div>", 1)[0]
 
 
-def test_a_mistyped_path_is_answered_before_torch_loads_and_creates_nothing(tmp_path):
+MISTAKES = {  # what a newcomer gets wrong -> what the one-line answer says
+    "a mistyped folder": (["fit", "{tmp}/no-such-folder", "--k", "3"], "does not exist"),
+    "a folder without images": (["fit", "{tmp}/empty", "--k", "3", "--backbone", "usps-ddpm"], "No usable images"),
+    "a misspelt built-in backbone": (["fit", "{digits}", "--k", "3", "--backbone", "usps-dpm"], "Did you mean 'usps-ddpm'"),
+    "a backbone folder without unet/": (["fit", "{digits}", "--k", "3", "--backbone", "{tmp}/empty"], "no unet/ sub-folder"),
+    "SD-1.5 not downloaded, offline": (["fit", "{digits}", "--k", "3"], "not in the local Hugging Face cache"),
+    "the search on a folder without images": (["search", "{tmp}/empty", "--k", "3", "--backbone", "usps-ddpm"], "No usable images"),
+}
+
+
+@pytest.mark.parametrize("mistake", list(MISTAKES))
+def test_a_mistake_is_answered_before_torch_loads_and_creates_nothing(mistake, tmp_path):
     import subprocess
 
-    script = ("import sys; from diffclust.cli import main; "
-              f"code = main(['fit', {str(tmp_path / 'no-such-folder')!r}, '--k', '3', '--out', {str(tmp_path / 'run')!r}]); "
-              "print(code, 'torch' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert done.stdout.split() == ["2", "False"] and "does not exist" in done.stderr
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "digits").mkdir()
+    Image.new("L", (16, 16)).save(tmp_path / "digits" / "a.png")
+    argv, says = MISTAKES[mistake]
+    argv = [part.format(tmp=tmp_path, digits=tmp_path / "digits") for part in argv] + ["--out", str(tmp_path / "run")]
+    script = f"import sys; from diffclust.cli import main; code = main({argv!r}); print(code, 'torch' in sys.modules)"
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=environment)
+    assert done.stdout.split() == ["2", "False"] and says in done.stderr, done.stderr
     assert not (tmp_path / "run").exists()
 
 
@@ -159,13 +176,14 @@ def test_a_report_of_labelled_feature_rows_scores_them_and_names_the_rows(tmp_pa
     assert main(["evaluate", str(out)]) == 0 and "Scored 40 images" in capsys.readouterr().out
 
 
-def test_evaluate_loads_no_model_library(twelve, tmp_path):
+def test_evaluate_loads_neither_a_model_library_nor_scikit_learn(twelve, tmp_path):
     import subprocess
 
     labels = twelve / "labels.csv"
     (tmp_path / "a.csv").write_text("file,cluster,confidence,status\n" + "".join(f"{row['file']},{int(row['label']) % 2},1.0,ok\n"
                                                                           for row in rows(labels)))
     script = ("import sys; from diffclust.cli import main; "
-              f"code = main(['evaluate', {str(tmp_path / 'a.csv')!r}, '--labels', {str(labels)!r}]); print(code, 'torch' in sys.modules)")
+              f"code = main(['evaluate', {str(tmp_path / 'a.csv')!r}, '--labels', {str(labels)!r}]); "
+              "print(code, 'torch' in sys.modules, 'sklearn' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert done.stdout.strip().splitlines()[-1] == "0 False" and "Scored 12 images" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "0 False False" and "Scored 12 images" in done.stdout

@@ -15,9 +15,10 @@ from diffclust import CLUDI, DiEC, DiFiC
 from diffclust.cli import build_model, build_parser
 from diffclust.cluster.metrics import hungarian_accuracy
 
-#: a CLUDI small enough for scikit-learn's ~50 checks, each of which fits on tiny data
+#: a CLUDI small enough for scikit-learn's ~50 checks, each of which fits on tiny data (a k-means start:
+#: the consensus start, with its spectral candidates, has its own tests)
 CHECK_SETTINGS = dict(epochs=2, batch_size=16, hidden_dim=32, embedding_dim=8, teacher_steps=2, predict_samples=2,
-                      predict_steps=2, monitor_samples=1, init_steps=30, lr=1e-3, device="cpu", progress=False)
+                      predict_steps=2, monitor_samples=1, init_steps=30, lr=1e-3, device="cpu", progress=False, init="kmeans")
 
 ONE_CLUSTER = "the check sets n_clusters=1 first; diffclust refuses K < 2 with a clear error (one cluster is no clustering)"
 #: scikit-learn checks that cannot apply to CLUDI, and why (each must really fail: see the test)

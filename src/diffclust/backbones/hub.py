@@ -81,6 +81,28 @@ def locate_hub_model(reference: str, allow_download: bool = True, kind: str = "B
     return reference
 
 
+def require_unet_folder(folder: Path) -> None:
+    """A backbone folder must hold unet/ (diffusers layout); say so before any model library loads."""
+    if not (folder / "unet").is_dir():
+        raise BackboneNotFoundError(
+            f"'{folder}' is a folder but has no unet/ sub-folder; a backbone folder has the diffusers "
+            "layout unet/, text_encoder/, tokenizer/, scheduler/ and optionally vae/ (a DDPM from `diffclust pretrain "
+            "--unconditional`: unet/ and scheduler/)."
+        )
+
+
+def check_backbone_reference(reference: str) -> None:
+    """Answer a backbone that cannot load before torch is imported (seconds): a built-in name,
+    a folder with unet/, or a hub id that is cached or downloadable."""
+    if reference in BUILTIN_BACKBONES:
+        return
+    folder = Path(reference).expanduser()
+    if folder.is_dir():
+        require_unet_folder(folder)
+    else:
+        locate_hub_model(reference)
+
+
 @contextmanager
 def library_progress_bars(enabled: bool):
     """Silence the download/loading/saving bars of huggingface_hub, transformers and diffusers

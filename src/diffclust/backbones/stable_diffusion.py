@@ -20,6 +20,7 @@ from transformers import AutoModel, AutoTokenizer, CLIPTextModel, PreTrainedMode
 from diffclust.backbones.base import PLACEHOLDER, DiffusionBackbone, PromptEncoding, UNetPass, match_channels
 from diffclust.backbones.capture import ActivationCapture, AttentionCapture
 from diffclust.backbones.efficiency import enable_tf32
+from diffclust.backbones.hub import require_unet_folder
 from diffclust.backbones.names import BUILTIN_BACKBONES
 from diffclust.backbones.noise import SchedulerNoiseMixin
 from diffclust.backbones.text_encoders import referenced_folder
@@ -78,11 +79,7 @@ class StableDiffusionBackbone(SchedulerNoiseMixin, DiffusionBackbone):
         is_folder = Path(source).expanduser().is_dir()
         if is_folder:
             source = str(Path(source).expanduser())
-            if not (Path(source) / "unet").is_dir():
-                raise BackboneNotFoundError(
-                    f"'{source}' is a folder but has no unet/ sub-folder; a backbone folder has the diffusers "
-                    "layout unet/, text_encoder/, tokenizer/, scheduler/ and optionally vae/."
-                )
+            require_unet_folder(Path(source))
         kwargs = {"local_files_only": True} if (is_folder or local_files_only) else {}
         try:
             unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **kwargs)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from diffclust.backbones.names import SD15_HUB_ID
 from diffclust.choices import CLUDI_INITS, DIEC_INITS, K_CRITERIA
 from diffclust.cli.options import (
     METHOD_NAMES, add_backbone_and_device, add_encoder_options, add_report_options, add_search_settings, auto_or_int, auto_or_switch,
-    common_settings, default_run_folder, k_range_type, k_value, positive_number, print_scores, search_settings, whole)
+    check_images_and_backbone, common_settings, default_run_folder, k_range_type, k_value, positive_number, print_scores,
+    search_settings, whole)
 from diffclust.cli.report import write_report
 from diffclust.errors import DiffclustError
 
@@ -163,6 +165,9 @@ def check_paths(args) -> None:
             raise DiffclustError(f"{option} '{path}' does not exist or is not a file.")
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise DiffclustError(f"output_dir (--out) '{args.out}' is a file, not a folder: choose a folder name.")
+    if args.data is not None and args.features is None:
+        backbone = args.backbone or (SD15_HUB_ID if args.method in ("difc", "diec") else None)
+        check_images_and_backbone(args.data, None if args.encoder else backbone, args.folder_labels)
 
 
 def run(args) -> int:

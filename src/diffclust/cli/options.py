@@ -157,6 +157,17 @@ def common_settings(args) -> dict:
                 progress=not args.quiet)
 
 
+def check_images_and_backbone(data, backbone: str | None, folder_labels: bool = True) -> None:
+    """A folder without images, and a backbone that cannot load, answered before torch is
+    imported: the files are listed (not decoded) and the backbone reference looked up."""
+    from diffclust.backbones.hub import check_backbone_reference
+    from diffclust.data.collection import scan_images
+
+    scan_images(data, verify=False, folder_labels=folder_labels)
+    if backbone is not None:
+        check_backbone_reference(str(backbone))
+
+
 def default_run_folder(data, name: str, suffix: str = "") -> Path:
     """runs/NAME in the working folder, unless that lies inside the data (`cd photos; diffclust
     fit .`): then beside the data, so no run is ever read back as images."""

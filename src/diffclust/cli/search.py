@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffclust.cli.options import add_backbone_and_device, add_search_settings, common_settings, default_run_folder, search_settings, whole
+from diffclust.backbones.names import SD15_HUB_ID
+from diffclust.cli.options import (
+    add_backbone_and_device, add_search_settings, check_images_and_backbone, common_settings, default_run_folder, search_settings, whole)
 
 
 def add_parser(commands) -> None:
@@ -20,6 +22,7 @@ def add_parser(commands) -> None:
 
 
 def run(args) -> int:
+    check_images_and_backbone(args.data, args.backbone or SD15_HUB_ID, args.folder_labels)
     from diffclust.methods.diec import DiEC
 
     out = args.out or default_run_folder(args.data, Path(args.data).resolve().name, "-search")

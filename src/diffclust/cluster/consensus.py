@@ -15,9 +15,9 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import normalized_mutual_info_score
 
 from diffclust.cluster.kmeans import fit_kmeans
+from diffclust.cluster.metrics import normalized_mutual_information
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def median_partition(candidates: dict[str, np.ndarray]) -> MedianPartition:
     if len(candidates) < 2:
         raise ValueError("median_partition needs at least two candidate partitions")
     names = list(candidates)
-    agreement = {name: float(np.mean([normalized_mutual_info_score(candidates[name], candidates[other])
+    agreement = {name: float(np.mean([normalized_mutual_information(candidates[name], candidates[other])
                                       for other in names if other != name])) for name in names}
     chosen = max(names, key=lambda name: agreement[name])
     return MedianPartition(np.asarray(candidates[chosen], dtype=np.int64), chosen, agreement)
