@@ -7,6 +7,7 @@ which the model never saw, with every choice label-free. Labels only score.
     python benchmarks/difc_digits.py split ../shared/data/usps --work .data/digits
     python benchmarks/difc_digits.py pretrain --work .data/digits          # the recorded recipe (about 30 min on 2 CPU cores)
     python benchmarks/difc_digits.py table --work .data/digits --seeds 0,1,2 --out benchmarks/results/difc_digits
+    python benchmarks/difc_digits.py profile --work .data/digits --out benchmarks/results/difc_digits/step.md
 
 `table` writes table.json and table.md: the raw-pixel rows, k-means on z (block b at t-hat:
 the paper's "Stable Diffusion" row), then DiFiC's modules switched on one by one (semantic
@@ -66,6 +67,153 @@ def pretrain(work: Path, extra: list[str]) -> None:
     (work / "model" / "benchmark_recipe.json").write_text(json.dumps({"command": command[2:], "seconds": round(time.perf_counter() - started)}, indent=2))
 
 
+#: DiFiC's modules switched on one by one (the paper's module table), and the timestep-sampling variant
+VARIANTS = {
+    "distillation": dict(object_concentration=False, cluster_guidance=False),
+    "distillation + object concentration": dict(object_concentration=True, cluster_guidance=False),
+    "distillation + cluster guidance": dict(object_concentration=False, cluster_guidance=True),
+    "DiFiC (all three modules)": dict(object_concentration=True, cluster_guidance=True),
+    "DiFiC, uniform timestep sampling": dict(object_concentration=True, cluster_guidance=True, timestep_sampling="uniform"),
+}
+Z_ROW = "k-means on z (block b, t-hat)"
+
+
+def pixel_rows(collection, k: int, seed: int) -> dict[str, dict]:
+    """k-means and UMAP + k-means on the raw 16 x 16 pixels."""
+    import numpy as np
+
+    from diffclust.cluster.kmeans import fit_kmeans
+    from diffclust.cluster.manifold import umap_partition
+    from diffclust.cluster.metrics import clustering_scores
+
+    pixels = np.stack([np.asarray(collection.records[i].rgb().convert("L").resize((16, 16)), dtype=np.float32).ravel() / 255
+                       for i in range(len(collection))])
+    return {"k-means on raw pixels": clustering_scores(collection.labels, fit_kmeans(pixels, k, seed=seed)[1]),
+            "UMAP + k-means on raw pixels": clustering_scores(collection.labels, umap_partition(pixels, k, seed))}
+
+
+def z_row(run_dir: Path, labels, k: int, seed: int) -> dict:
+    """k-means on z (block b at t-hat, DiFiC's cached feature): the paper's "Stable Diffusion" row."""
+    import numpy as np
+
+    from diffclust.cluster.kmeans import fit_kmeans
+    from diffclust.cluster.metrics import clustering_scores
+
+    cached = next(run_dir.rglob("features.npy"))
+    z = np.load(cached, allow_pickle=False, mmap_mode="r").astype(np.float32).reshape(len(labels), -1)
+    return clustering_scores(labels, fit_kmeans(z, k, seed=seed)[1])
+
+
+def difc_run(collection, model: Path, name: str, seed: int, epochs: int, runs: Path, extra: dict) -> dict:
+    from diffclust import DiFiC
+    from diffclust.cluster.metrics import clustering_scores
+
+    run_dir = runs / f"{name.replace(' ', '_').replace(',', '').replace('+', 'and')}-seed{seed}"
+    started = time.perf_counter()
+    estimator = DiFiC(len(NOVEL), backbone=str(model), epochs=epochs, random_state=seed, device="cpu", progress=False,
+                      output_dir=run_dir, **{**VARIANTS[name], **extra})
+    estimator.fit(collection)
+    curve = [round(100 * record["acc"], 2) for record in estimator.history_ if "acc" in record]
+    epoch_seconds = [record["seconds"] for record in estimator.history_]
+    return {**clustering_scores(collection.labels, estimator.labels_), "run_dir": str(run_dir), "acc_by_epoch": curve,
+            "epoch_seconds": epoch_seconds, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def table(work: Path, seeds: list[int], epochs: int, variants: list[str], out: Path, extra: dict) -> dict:
+    from diffclust import scan_images
+
+    collection = scan_images(work / "novel")
+    out.mkdir(parents=True, exist_ok=True)
+    results_file = out / "table.json"
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {"seeds": {}}
+    results.update(model=str(work / "model"), images=len(collection), k=len(NOVEL), epochs=epochs, settings=extra)
+    for seed in seeds:
+        rows = results["seeds"].setdefault(str(seed), {})
+        rows.update(pixel_rows(collection, len(NOVEL), seed))
+        for name in variants:
+            if name in rows:  # finished before (the script resumes run by run)
+                continue
+            rows[name] = difc_run(collection, work / "model", name, seed, epochs, work / "runs" / out.name, extra)
+            if Z_ROW not in rows:
+                rows[Z_ROW] = z_row(Path(rows[name]["run_dir"]), collection.labels, len(NOVEL), seed)
+            results_file.write_text(json.dumps(results, indent=2))
+            print(f"seed {seed} {name}: ACC {100 * rows[name]['acc']:.2f}% by epoch {rows[name]['acc_by_epoch']}", flush=True)
+        results_file.write_text(json.dumps(results, indent=2))
+    (out / "table.md").write_text(markdown(results))
+    return results
+
+
+def markdown(results: dict) -> str:
+    import numpy as np
+
+    seeds = sorted(results["seeds"], key=int)
+    found_names = {name for seed in seeds for name in results["seeds"][seed]}
+    order = ["k-means on raw pixels", "UMAP + k-means on raw pixels", Z_ROW, *VARIANTS]
+    names = [name for name in order if name in found_names] + sorted(found_names - set(order))
+    lines = [f"# DiFiC on novel digits: {results['images']} odd USPS digits (K = {results['k']}), model trained on the even ones",
+             "", f"Model `{results['model']}`; {results['epochs']} epochs; settings {results['settings'] or 'defaults'}; "
+             f"seeds {', '.join(seeds)}. Every choice is label-free; labels only score. ACC by epoch is the mean over seeds.", "",
+             "| representation | ACC % | NMI | ARI | seeds | ACC by epoch |", "|---|---|---|---|---|---|"]
+    for name in names:
+        found = [results["seeds"][seed][name] for seed in seeds if name in results["seeds"][seed]]
+        acc = np.array([100 * row["acc"] for row in found])
+        spread = f" ± {acc.std():.2f}" if len(acc) > 1 else ""
+        curves = [row["acc_by_epoch"] for row in found if row.get("acc_by_epoch")]
+        curve = ", ".join(f"{value:.1f}" for value in np.mean(curves, axis=0)) if curves and len({len(c) for c in curves}) == 1 else ""
+        lines.append(f"| {name} | {acc.mean():.2f}{spread} | {np.mean([r['nmi'] for r in found]):.3f} | "
+                     f"{np.mean([r['ari'] for r in found]):.3f} | {len(found)} | {curve} |")
+    return "\n".join(lines) + "\n"
+
+
+def profile_step(model: Path, batch: int, repeats: int) -> str:
+    """Where a DiFiC training step's time goes on this CPU, measured side by side: the text
+    encoder and the UNet, forward and backward, at the model's context length and at 16 tokens."""
+    import torch
+
+    from diffclust.backbones import load_backbone
+    from diffclust.backbones.base import PromptEncoding
+
+    backbone = load_backbone(str(model), progress=False)
+    backbone.freeze()
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(batch, *backbone.latent_shape(backbone.resolution), generator=generator)
+    timesteps = torch.randint(0, backbone.num_train_timesteps, (batch,), generator=generator)
+    proxy = torch.randn(batch, backbone.token_dim, generator=generator, requires_grad=True)
+    prompt = "A photo of a S*"
+
+    def text():
+        backbone.encode_prompt(prompt, batch, proxy=proxy).embeddings.sum().backward()
+
+    def unet():
+        context = backbone.encode_prompt(prompt, batch, proxy=proxy.detach())
+        context = PromptEncoding(context.embeddings.detach().requires_grad_(), context.end_index, context.placeholder_index)
+        backbone.run_unet(latents, timesteps, context).prediction.pow(2).mean().backward()
+
+    def step():
+        backbone.run_unet(latents, timesteps, backbone.encode_prompt(prompt, batch, proxy=proxy)).prediction.pow(2).mean().backward()
+
+    def best(function) -> float:
+        function()
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            function()
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    length = backbone.tokenizer.model_max_length
+    rows = []
+    for tokens in (length, 16):
+        backbone.tokenizer.model_max_length = tokens
+        backbone._prompt_cache.clear()
+        rows.append((tokens, best(text), best(unet), best(step)))
+    lines = [f"# A DiFiC training step on `{model}` ({backbone.resolution} px, batch {batch}, {torch.get_num_threads()} threads, "
+             f"best of {repeats})", "", "| context tokens | text encoder fwd+bwd s | UNet fwd+bwd s (after a no-grad text pass) | whole step s | images/s |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {tokens} | {t:.3f} | {u:.3f} | {whole:.3f} | {batch / whole:.1f} |" for tokens, t, u, whole in rows]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -74,11 +222,31 @@ def main(argv: list[str] | None = None) -> None:
     split_parser.add_argument("--work", type=Path, required=True)
     pretrain_parser = commands.add_parser("pretrain", help="train WORK/model on WORK/seen with the recorded recipe")
     pretrain_parser.add_argument("--work", type=Path, required=True)
+    table_parser = commands.add_parser("table", help="the module table on WORK/novel with WORK/model")
+    table_parser.add_argument("--work", type=Path, required=True)
+    table_parser.add_argument("--out", type=Path, required=True)
+    table_parser.add_argument("--seeds", default="0", help="comma-separated seeds")
+    table_parser.add_argument("--epochs", type=int, default=8)
+    table_parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of: {'; '.join(VARIANTS)}")
+    table_parser.add_argument("--settings", default="{}", help="further DiFiC settings as JSON (e.g. '{\"prompt_template\": ...}')")
+    profile_parser = commands.add_parser("profile", help="time the parts of one DiFiC training step on WORK/model")
+    profile_parser.add_argument("--work", type=Path, required=True)
+    profile_parser.add_argument("--batch", type=int, default=32)
+    profile_parser.add_argument("--repeats", type=int, default=4)
+    profile_parser.add_argument("--out", type=Path, default=None, help="also write the table to this file")
     args, extra = parser.parse_known_args(argv)
     if args.command == "split":
         print(split(args.data, args.work))
     elif args.command == "pretrain":
         pretrain(args.work, extra)
+    elif args.command == "profile":
+        report = profile_step(args.work / "model", args.batch, args.repeats)
+        print(report)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(report)
+    else:
+        table(args.work, [int(seed) for seed in args.seeds.split(",")], args.epochs, args.variants.split(","), args.out, json.loads(args.settings))
 
 
 if __name__ == "__main__":
