@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -113,8 +114,6 @@ def test_progress_in_a_log_is_whole_lines_not_carriage_returns(monkeypatch):
 
 
 def test_a_tiny_random_report_says_its_clusters_mean_nothing_and_shows_the_resolution_used(twelve, tmp_path):
-    import re
-
     from diffclust.report import build_report
 
     out = tmp_path / "run"
@@ -174,6 +173,25 @@ def test_a_report_of_labelled_feature_rows_scores_them_and_names_the_rows(tmp_pa
     assert '<div class="noimage"' in html and "background:#eee" not in html
     capsys.readouterr()
     assert main(["evaluate", str(out)]) == 0 and "Scored 40 images" in capsys.readouterr().out
+
+
+def test_a_report_of_feature_rows_shows_the_images_diffclust_features_recorded(twelve, tmp_path):
+    from diffclust import scan_images
+    from diffclust.encoders.extraction import write_row_names
+    from diffclust.report import build_report
+
+    collection = scan_images(twelve)
+    features = np.random.default_rng(0).normal(size=(len(collection), 8)).astype(np.float32)
+    features[:, 0] += 8 * (np.asarray(collection.labels) % 2)
+    np.save(tmp_path / "features.npy", features)
+    write_row_names(tmp_path / "features.npy", collection)  # as `diffclust features` leaves it, without running an encoder
+    out = tmp_path / "run"
+    assert main(["fit", "--method", "cludi", "--features", str(tmp_path / "features.npy"), "--k", "2", "--epochs", "1",
+                 "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+    html = build_report(out).read_text()
+    shown = re.findall(r'<img class="plain" src="[^"]+" alt="([^"]+)"', html)
+    assert shown and set(shown) <= set(collection.files) and '<div class="noimage"' not in html
+    assert "Monarch" in html  # the rows' labels came with their names from files.csv
 
 
 def test_evaluate_loads_neither_a_model_library_nor_scikit_learn(twelve, tmp_path):

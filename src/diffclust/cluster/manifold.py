@@ -82,8 +82,11 @@ def umap_embedding(data, seed: int, needed_by: str = "this setting") -> np.ndarr
     if UMAP_EXACT_BELOW <= len(array) <= EXACT_NEIGHBOURS_MAX_ROWS:
         indices, distances = exact_neighbours(array, settings["n_neighbors"])
         settings["precomputed_knn"] = (indices, distances, None)
-    with warnings.catch_warnings():  # a seed turns off UMAP's parallelism, and it says so; no search index, no transform
-        warnings.simplefilter("ignore", UserWarning)
+    from numba.core.errors import NumbaWarning
+
+    with warnings.catch_warnings():  # a seed turns off UMAP's parallelism, and it says so; no search index, no transform;
+        warnings.simplefilter("ignore", UserWarning)  # and numba says that it cannot cache pynndescent's nn_descent
+        warnings.simplefilter("ignore", NumbaWarning)
         return umap.UMAP(**settings, random_state=seed).fit_transform(array)
 
 

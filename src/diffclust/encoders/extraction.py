@@ -92,10 +92,14 @@ def check_feature_output(out: str | Path) -> Path:
     return out
 
 
+#: the headers of the FEATURES.files.csv tables this and earlier versions wrote
+ROW_TABLE_HEADERS = ("row,file", "row,file,label,class_name", "row,file,path", "row,file,path,label,class_name")
+
+
 def _written_by_us(files_csv: Path) -> bool:
     try:
         with open(files_csv, "rb") as handle:
-            return handle.readline(100).decode("utf-8", "replace").strip() in ("row,file", "row,file,label,class_name")
+            return handle.readline(100).decode("utf-8", "replace").strip() in ROW_TABLE_HEADERS
     except OSError:
         return False
 
@@ -157,23 +161,50 @@ def extract_features(encoder: VisionEncoder, collection: ImageCollection, out: s
 
 
 def write_row_names(out: Path, collection: ImageCollection) -> Path:
-    """FEATURES.files.csv: row, file (and label, class_name when every image has a label)."""
+    """FEATURES.files.csv: row, file, the image's path (so a report can show it), and label,
+    class_name when every image has a label."""
+    paths = [str(record.path.resolve()) for record in collection.records]
     if not collection.has_labels:
-        return atomic_write_text(sidecar(out, "files"), csv_text(("row", "file"), enumerate(collection.files)))
-    rows = [(row, record.file, int(record.label), record.class_name or "") for row, record in enumerate(collection.records)]
-    return atomic_write_text(sidecar(out, "files"), csv_text(("row", "file", "label", "class_name"), rows))
+        return atomic_write_text(sidecar(out, "files"), csv_text(("row", "file", "path"), zip(range(len(paths)), collection.files, paths)))
+    rows = [(row, record.file, path, int(record.label), record.class_name or "")
+            for row, (record, path) in enumerate(zip(collection.records, paths))]
+    return atomic_write_text(sidecar(out, "files"), csv_text(("row", "file", "path", "label", "class_name"), rows))
+
+
+def _row_table(features_path: str | Path) -> tuple[Path, list[str], list[dict[str, str]]] | None:
+    """(FEATURES.files.csv, its columns, its rows), or None when there is no such file."""
+    from diffclust.data.csv_tables import read_csv_rows
+
+    path = sidecar(features_path, "files")
+    if not path.is_file():
+        return None
+    columns, numbered = read_csv_rows(path, {"row", "file"}, "row,file[,path,label,class_name], as `diffclust features` writes it")
+    return path, columns, [row for _, row in numbered]
+
+
+def recorded_images(features_path: str | Path) -> tuple[dict[str, Path], dict[int, str]]:
+    """({row name: image path} for the rows whose image is still there, {label: class name})
+    from FEATURES.files.csv; empty for a files.csv without them, or none at all."""
+    from diffclust.data.csv_tables import from_spreadsheet_safe
+
+    table = _row_table(features_path)
+    if table is None:
+        return {}, {}
+    _, columns, rows = table
+    found = {from_spreadsheet_safe(row["file"]): Path(from_spreadsheet_safe(row["path"])) for row in rows if row.get("path")}
+    names = {int(row["label"]): row["class_name"] for row in rows if row.get("label") and row.get("class_name")} if "class_name" in columns else {}
+    return {name: image for name, image in found.items() if image.is_file()}, names
 
 
 def read_row_names(features_path: str | Path, count: int) -> tuple[list[str], np.ndarray | None] | None:
     """(file of each row, labels or None) from FEATURES.files.csv beside a feature file, or None
     when there is none. A table that does not match the file's rows is an error."""
-    from diffclust.data.csv_tables import from_spreadsheet_safe, read_csv_rows
+    from diffclust.data.csv_tables import from_spreadsheet_safe
 
-    path = sidecar(features_path, "files")
-    if not path.is_file():
+    table = _row_table(features_path)
+    if table is None:
         return None
-    _, numbered = read_csv_rows(path, {"row", "file"}, "row,file[,label,class_name], as `diffclust features` writes it")
-    rows = [row for _, row in numbered]
+    path, _, rows = table
     if len(rows) != count or any(row.get("row") != str(number) for number, row in enumerate(rows)):
         raise DiffclustError(f"{path} lists {len(rows)} rows for the {count} rows of {features_path} (or out of order): "
                              "it belongs to another extraction. Delete it to name the rows by index.")

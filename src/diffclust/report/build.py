@@ -19,6 +19,7 @@ from diffclust.cluster.metrics import clustering_scores
 from diffclust.backbones.names import TINY_RANDOM
 from diffclust.data.collection import REPORT_MARKER, scan_images
 from diffclust.data.csv_tables import from_spreadsheet_safe
+from diffclust.encoders.extraction import recorded_images
 from diffclust.engine.runtime import writable_folder
 from diffclust.engine.checkpoint import atomic_write_text, damaged
 from diffclust.errors import DiffclustError
@@ -107,11 +108,14 @@ class RunFolder:
 
     def images(self) -> tuple[dict[str, Path], dict[str, int], dict[int, str]]:
         """(image path of each file, label of each file, class names) from the data the run read;
-        for feature rows, the labels given with them (RUN_DIR/labels.csv), and no images."""
+        for feature rows, the labels given with them (RUN_DIR/labels.csv), and their images where
+        `diffclust features` recorded them."""
         data = self.summary.get("data")
         if not data or not (Path(data).is_dir() or str(data).endswith(".csv")):
             stored = self.folder / RUN_LABELS_NAME
-            return {}, (read_labels(stored) if stored.is_file() else {}), {}
+            labels = read_labels(stored) if stored.is_file() else {}
+            paths, names = recorded_images(data) if data else ({}, {})  # what `diffclust features` recorded of the rows
+            return paths, labels, names
         try:
             collection = scan_images(data, verify=False, folder_labels=self.settings.get("folder_labels", True))
         except DiffclustError as error:
@@ -335,8 +339,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, sort: str =
             shutil.copyfile(run_dir / name, out / name)
             context[key] = name
     if not paths:
-        context["notes"].append("No thumbnails: this run clustered rows of a feature file (each is named by its row id or file), "
-                                "or its images are no longer where it read them.")
+        context["notes"].append("No thumbnails: this run clustered rows of a feature file that records no images (each row is "
+                                "named by its id or file; `diffclust features` records them), or its images are no longer there.")
     if run.agreement is not None:
         context["notes"].append("CLUDI: 'samples agreeing' is the share of the teacher's prediction samples whose own assignment "
                                 "is the item's cluster (1.0: no spread); each picture's tooltip gives its own.")
