@@ -97,6 +97,20 @@ def test_cludi_separates_gaussian_blobs_in_32_dimensions():
     assert min(record["acc"] for record in model.history_) >= 0.98  # self-distillation keeps what it started from
 
 
+def test_the_start_partition_is_epoch_zero_of_the_log_scored_like_the_epochs(tmp_path):
+    from diffclust.cluster.kmeans import fit_kmeans
+    from diffclust.cluster.metrics import clustering_scores
+
+    features, labels = blobs(n=200, d=4, spread=1.5)  # overlapping: k-means starts at 73.5%, so epoch 0 has a score of its own
+    model = CLUDI(5, epochs=2, random_state=0, init="kmeans", output_dir=tmp_path / "run", **FAST).fit(features, labels)
+    start = model.history_[0]
+    expected = clustering_scores(labels, fit_kmeans(torch.tensor(features, dtype=torch.float32), 5, seed=0)[1])
+    assert start["epoch"] == 0 and start["phase"] == "start: kmeans" and start["clusters_used"] == 5 and start["acc"] < 0.9
+    assert {key: start[key] for key in expected} == pytest.approx(expected)
+    assert [record["epoch"] for record in model.history_] == [0, 1, 2]
+    assert (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1].startswith("0,start: kmeans,")
+
+
 def test_from_random_weights_the_teacher_student_loop_itself_finds_structure():
     features, labels = blobs()
     model = CLUDI(5, epochs=60, random_state=1, init="random", **{**FAST, "batch_size": 128, "hidden_dim": 128, "embedding_dim": 64,

@@ -49,14 +49,18 @@ class EpochTrainer:
         """Complete the epoch's record (clusters in use, scores against known labels, seconds),
         log it, and checkpoint. `clusters` is None for an epoch that assigns none (a warm-up
         before K is chosen)."""
+        self.log_record(record, clusters, started)
+        self.save_checkpoint(epochs_done)
+        self.accelerator.wait_for_everyone()
+
+    def log_record(self, record: dict[str, Any], clusters: np.ndarray | None, started: float) -> None:
+        """Add the clusters in use, the scores against known labels and the seconds to `record`, and log it."""
         if clusters is not None:
             record["clusters_used"] = int(len(np.unique(clusters)))
             if self.labels is not None:
                 record.update(clustering_scores(self.labels, clusters))
         record["seconds"] = round(time.perf_counter() - started, 3)
         self.log.append(record)
-        self.save_checkpoint(epochs_done)
-        self.accelerator.wait_for_everyone()
 
     def checkpoint_state(self) -> dict[str, Any]:
         raise NotImplementedError

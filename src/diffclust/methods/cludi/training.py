@@ -165,10 +165,10 @@ class CLUDITrainer(EpochTrainer):
             return spectral_partition(self.features.cpu().numpy(), self.p["n_clusters"], self.p["init_neighbours"], seed)
         return fit_kmeans(self.features, self.p["n_clusters"], seed=seed)[1]
 
-    def initialise_from_clusters(self) -> None:
+    def initialise_from_clusters(self) -> np.ndarray:
         """Start teacher and student from a partition of the features (`start_clusters`):
         `init_steps` updates toward its one-hot assignments in place of the teacher's, then the
-        teacher copies the student.
+        teacher copies the student. Returns the partition.
 
         Our addition (the published method starts from random weights): from random weights a
         balanced self-distillation can settle in a partition that splits one group and merges
@@ -185,6 +185,7 @@ class CLUDITrainer(EpochTrainer):
             self.optimise(self._step(rows, generator, given)["loss"], parameters)
         self.optimizer.state.clear()
         self.teacher.model.load_state_dict(self.network.state_dict())
+        return targets
 
     # ------------------------------------------------------------------ cost
     @torch.no_grad()
@@ -245,7 +246,11 @@ class CLUDITrainer(EpochTrainer):
         if resume:
             self.resume()
         if self.start_epoch == 0 and self.p["init"] != "random":
-            self.initialise_from_clusters()
+            started = time.perf_counter()
+            start = self.initialise_from_clusters()
+            # epoch 0: the start partition itself, scored like the epochs, so every run shows what training added
+            chosen = (self.start_partition or {}).get("chosen", self.p["init"])
+            self.log_record({"epoch": 0, "phase": f"start: {chosen}"}, start, started)
         for epoch in range(self.start_epoch, self.p["epochs"]):
             started = time.perf_counter()
             record: dict = {"epoch": epoch + 1, **self.train_epoch(epoch)}
