@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 
 import numpy as np
@@ -261,6 +262,8 @@ def test_diec_end_to_end_search_fit_resume_predict(usps_subset, tiny_ddpm, tmp_p
     assert sorted(assigned) == images and skipped == 0
     for name in ("search.csv", "search.png", "search.json", "diec.json", "diec.safetensors", "diec-unet.safetensors", "metrics.csv"):
         assert (whole / name).is_file(), name
+    comparison = json.loads((whole / "pixel_comparison.json").read_text())
+    assert comparison["against"] == "raw pixels" and -1 <= comparison["pixels"] <= 1 and -1 <= comparison["features"] <= 1
 
     # interrupted after one epoch, then resumed: the same model as the uninterrupted run
     assert main([*fit, "--epochs", "1", "--out", str(split)]) == 0
@@ -280,6 +283,20 @@ def test_diec_end_to_end_search_fit_resume_predict(usps_subset, tiny_ddpm, tmp_p
     out = tmp_path / "predicted.csv"
     assert main(["predict", str(whole), str(usps_subset), "--out", str(out), "--quiet"]) == 0
     assert read_assignments(out)[0] == assigned
+
+
+def test_when_the_features_are_the_pixels_themselves_the_run_warns_that_the_model_does_not_help(caplog):
+    class PixelsAsFeatures:
+        def read_all(self, latents, timestep, batch_size):
+            return {"mid_block": latents.reshape(len(latents), -1)}
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 4, (3, 16))
+    pixels = torch.tensor(np.concatenate([centre + rng.normal(0, 1, (40, 16)) for centre in centres]), dtype=torch.float32)
+    with caplog.at_level("INFO"):
+        scores = DiEC(3, search_subset=90).compare_with_pixels(PixelsAsFeatures(), pixels.reshape(120, 1, 4, 4), "mid_block", 10, 3, 4)
+    assert scores["features"] == scores["pixels"] > 0.5 and scores["images"] == 90 and scores["against"] == "raw pixels"
+    assert "The raw pixels cluster at least as well" in caplog.text
 
 
 def test_frozen_diec_with_a_given_pair_skips_the_search_and_is_deterministic(usps_subset, tiny_ddpm):

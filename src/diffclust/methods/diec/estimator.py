@@ -12,7 +12,7 @@ from diffclust.backbones.base import DiffusionBackbone
 from diffclust.backbones.registry import SD15_HUB_ID, load_backbone
 from diffclust.choices import DIEC_INITS
 from diffclust.data.collection import ImageCollection
-from diffclust.engine.checkpoint import atomic_save_tensors, load_tensors
+from diffclust.engine.checkpoint import atomic_save_tensors, atomic_write_json, load_tensors
 from diffclust.engine.runtime import make_accelerator
 from diffclust.engine.timing import StageTimer
 from diffclust.engine.trainer import files_identity
@@ -20,13 +20,16 @@ from diffclust.errors import DiffclustError
 from diffclust.methods.base import ClusteringEstimator
 from diffclust.methods.diec.features import BOTTLENECK, LayerFeatureReader, candidate_layers, encode_collection
 from diffclust.methods.diec.network import DiECNetwork
-from diffclust.methods.diec.search import SCORES, ClusterabilitySearch, SearchResult
+from diffclust.methods.diec.search import SCORES, ClusterabilitySearch, SearchResult, clusterability
 from diffclust.methods.diec.search_report import read_search, write_search_outputs
 from diffclust.methods.diec.training import DiECTrainer
 from diffclust.outputs import collection_outputs
 from diffclust.seeding import make_generator, seed_everything
 
 logger = logging.getLogger(__name__)
+
+#: the run folder's label-free comparison of the chosen features with the raw pixels
+PIXEL_COMPARISON_NAME = "pixel_comparison.json"
 
 UNET_WEIGHTS = "diec-unet.safetensors"
 #: with n_clusters="auto", the K at which the layer/timestep search scores k-means
@@ -226,6 +229,25 @@ class DiEC(ClusteringEstimator):
             write_search_outputs(run_dir, self.search_result_)
         return self.search_result_.layer, self.search_result_.timestep
 
+    def compare_with_pixels(self, reader, latents: torch.Tensor, layer: str, timestep: int, k: int, resolution: int) -> dict:
+        """Label-free: the UMAP silhouette of k-means at K on the search's subset, for the chosen
+        features and for the raw pixels (a latent model's VAE latents). When the pixels score as
+        high, the diffusion model is not helping on these images, and the log says so."""
+        subset = latents[self.search_rows(len(latents))]
+        pixels = "raw pixels" if subset.shape[-1] == resolution else "VAE latents"
+        features = reader.read_all(subset, timestep, self.batch_size)[layer].numpy()
+        scores = {"features": clusterability(features, k, self.random_state, "umap_silhouette"),
+                  "pixels": clusterability(subset.reshape(len(subset), -1).numpy(), k, self.random_state, "umap_silhouette"),
+                  "images": len(subset), "k": k, "against": pixels}
+        message = (f"UMAP silhouette of k-means at K = {k} on {len(subset)} images: {scores['features']:.3f} for the diffusion "
+                   f"features ({layer}, t={timestep}), {scores['pixels']:.3f} for the {pixels}")
+        if scores["pixels"] >= scores["features"]:
+            logger.warning("%s. The %s cluster at least as well: the diffusion model may not help on these images "
+                           "(compare with UMAP + k-means on them, or train the backbone longer).", message, pixels)
+        else:
+            logger.info("%s (higher separates better).", message)
+        return scores
+
     def resolved_finetune(self, device: torch.device) -> bool:
         """'auto' fine-tunes the UNet (the paper's procedure) on a GPU and keeps it frozen on a
         CPU: on USPS fine-tuning scored 98.11% against 98.27% frozen and took 22x as long
@@ -247,6 +269,10 @@ class DiEC(ClusteringEstimator):
         with timer("choose K"):
             at_pair = reader.read_all(latents, timestep, self.batch_size)[layer] if self.n_clusters == "auto" else None
             k = self._resolve_k(None if at_pair is None else at_pair.numpy(), run_dir, accelerator.is_main_process)
+        with timer("pixel comparison"):
+            self.pixel_comparison_ = self.compare_with_pixels(reader, latents, layer, timestep, k, resolution)
+            if run_dir is not None and accelerator.is_main_process:
+                atomic_write_json(run_dir / PIXEL_COMPARISON_NAME, self.pixel_comparison_)
         seed_everything(self.random_state)
         network = DiECNetwork(dim, k, self.mapping_hidden)
         self.finetune_unet_ = self.resolved_finetune(accelerator.device)
