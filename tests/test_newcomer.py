@@ -167,7 +167,8 @@ def test_a_report_of_labelled_feature_rows_scores_them_and_names_the_rows(tmp_pa
     np.save(tmp_path / "labels.npy", np.repeat([0, 1], 20))
     out = tmp_path / "run"
     assert main(["fit", "--method", "cludi", "--features", str(tmp_path / "f.npy"), "--labels", str(tmp_path / "labels.npy"), "--k", "2",
-                 "--epochs", "1", "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+                 "--epochs", "1", "--teacher-steps", "2", "--predict-samples", "2", "--predict-steps", "2", "--device", "cpu", "--quiet",
+                 "--out", str(out)]) == 0
     html = build_report(out).read_text()
     assert "Against the labels" in html and 'id="legend-class"' in html
     assert '<div class="noimage"' in html and "background:#eee" not in html
@@ -186,8 +187,8 @@ def test_a_report_of_feature_rows_shows_the_images_diffclust_features_recorded(t
     np.save(tmp_path / "features.npy", features)
     write_row_names(tmp_path / "features.npy", collection)  # as `diffclust features` leaves it, without running an encoder
     out = tmp_path / "run"
-    assert main(["fit", "--method", "cludi", "--features", str(tmp_path / "features.npy"), "--k", "2", "--epochs", "1",
-                 "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+    assert main(["fit", "--method", "cludi", "--features", str(tmp_path / "features.npy"), "--k", "2", "--epochs", "1", "--teacher-steps", "2",
+                 "--predict-samples", "2", "--predict-steps", "2", "--device", "cpu", "--quiet", "--out", str(out)]) == 0
     html = build_report(out).read_text()
     shown = re.findall(r'<img class="plain" src="[^"]+" alt="([^"]+)"', html)
     assert shown and set(shown) <= set(collection.files) and '<div class="noimage"' not in html
