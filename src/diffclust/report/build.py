@@ -114,7 +114,11 @@ class RunFolder:
         if not data or not (Path(data).is_dir() or str(data).endswith(".csv")):
             stored = self.folder / RUN_LABELS_NAME
             labels = read_labels(stored) if stored.is_file() else {}
-            paths, names = recorded_images(data) if data else ({}, {})  # what `diffclust features` recorded of the rows
+            try:  # what `diffclust features` recorded of the rows
+                paths, names = recorded_images(data) if data else ({}, {})
+            except DiffclustError as error:
+                logger.warning("The report shows no images: the feature file's table of rows cannot be read (%s).", error)
+                paths, names = {}, {}
             return paths, labels, names
         try:
             collection = scan_images(data, verify=False, folder_labels=self.settings.get("folder_labels", True))
