@@ -68,6 +68,7 @@ def test_distillation_alone_recovers_the_components_with_kmeans(mixture_folder, 
     model = _fit(mixture_folder, tmp_path, epochs=15, warmup_epochs=15, cluster_guidance=False)
     labels = scan_images(mixture_folder).labels
     assert model.kmeans_centres_ is not None and model.network_.head is None
+    assert {record["phase"] for record in model.history_} == {"distillation"}  # no head, so no warm-up before one
     assert model.history_[0]["acc"] < 0.9
     assert hungarian_accuracy(labels, model.labels_) >= 0.95
 

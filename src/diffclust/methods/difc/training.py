@@ -80,6 +80,13 @@ class DiFiCTrainer(EpochTrainer):
         """True once the cluster head trains (after warm-up, when cluster guidance is on)."""
         return self.p["cluster_guidance"] and epoch >= self.p["warmup_epochs"]
 
+    def phase(self, epoch: int) -> str:
+        """The epoch's phase, as the log and the progress bar name it: warm-up, then guided; or,
+        without cluster guidance, distillation throughout."""
+        if self.guided(epoch):
+            return "guided"
+        return "warm-up" if self.p["cluster_guidance"] else "distillation"
+
     def k_due(self, epoch: int) -> bool:
         """True when the epoch that just ran ends the distillation that K is chosen after: the
         last warm-up epoch (or, without guidance, the last epoch)."""
@@ -232,8 +239,8 @@ class DiFiCTrainer(EpochTrainer):
             neighbours = torch.from_numpy(nearest_neighbours(proxies, self.p["n_neighbours"]))
         generator = make_generator(self.p["random_state"] + 7919 * (epoch + 1) + 104729 * self.accelerator.process_index)
         batches = epoch_batches(len(self.store), self.p["batch_size"], self.p["random_state"], epoch, self.accelerator)
-        phase = "cluster guidance" if guided else ("warm-up" if self.p["cluster_guidance"] else "distillation")
-        bar = progress(batches, self.accelerator, self.p["progress"], desc=f"epoch {epoch + 1}/{self.p['epochs']} ({phase})", unit="batch")
+        bar = progress(batches, self.accelerator, self.p["progress"], desc=f"epoch {epoch + 1}/{self.p['epochs']} ({self.phase(epoch)})",
+                       unit="batch")
         totals: dict[str, torch.Tensor] = {}
         model.train()
         guided_steps_before = (epoch - self.p["warmup_epochs"]) * len(batches)
@@ -269,7 +276,7 @@ class DiFiCTrainer(EpochTrainer):
                 self.k_for(self.all_proxies())
                 self.add_head()
                 model, optimizer = self.accelerator.prepare(self.network, self.optimizer)
-            record: dict = {"epoch": epoch + 1, "phase": "guided" if self.guided(epoch) else "warm-up"}
+            record: dict = {"epoch": epoch + 1, "phase": self.phase(epoch)}
             record.update(self.train_epoch(model, optimizer, epoch))
             self.assignment = self.assign_all(epoch)
             _, labels, confidence = self.assignment
