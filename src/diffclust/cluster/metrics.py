@@ -29,20 +29,15 @@ def contingency_table(y_pred, y_true) -> np.ndarray:
     return counts.reshape(len(clusters), len(classes))
 
 
-def hungarian_accuracy(y_true, y_pred) -> float:
-    """ACC under the best one-to-one matching of clusters to classes (scipy's Hungarian solver)."""
+def _hungarian(counts: np.ndarray) -> float:
     from scipy.optimize import linear_sum_assignment
 
-    y_true, y_pred = _as_label_arrays(y_true, y_pred)
-    counts = contingency_table(y_pred, y_true)
     rows, cols = linear_sum_assignment(counts, maximize=True)
-    return float(counts[rows, cols].sum() / y_true.size)
+    return float(counts[rows, cols].sum() / counts.sum())
 
 
-def many_to_one_accuracy(y_true, y_pred) -> float:
-    """ACC when each cluster is mapped to its majority class (for over-clustering, K > classes)."""
-    y_true, y_pred = _as_label_arrays(y_true, y_pred)
-    return float(contingency_table(y_pred, y_true).max(axis=1).sum() / y_true.size)
+def _many_to_one(counts: np.ndarray) -> float:
+    return float(counts.max(axis=1).sum() / counts.sum())
 
 
 def _entropy(counts: np.ndarray) -> float:
@@ -50,11 +45,8 @@ def _entropy(counts: np.ndarray) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-def normalized_mutual_information(y_true, y_pred) -> float:
-    """NMI with the arithmetic mean of the two entropies (scikit-learn's default); 1 when
-    neither labelling splits the data, 0 when they share no information."""
-    y_true, y_pred = _as_label_arrays(y_true, y_pred)
-    counts = contingency_table(y_pred, y_true).astype(np.float64)
+def _nmi(counts: np.ndarray) -> float:
+    counts = counts.astype(np.float64)
     if counts.shape[0] == counts.shape[1] == 1:
         return 1.0
     total = counts.sum()
@@ -66,11 +58,8 @@ def normalized_mutual_information(y_true, y_pred) -> float:
     return mutual / max((_entropy(rows.ravel()) + _entropy(cols.ravel())) / 2, np.finfo(np.float64).eps)
 
 
-def adjusted_rand_index(y_true, y_pred) -> float:
-    """ARI: agreement on pairs of items, 0 for chance and 1 for identical partitions (from the
-    pair confusion counts, as scikit-learn computes it)."""
-    y_true, y_pred = _as_label_arrays(y_true, y_pred)
-    counts = contingency_table(y_pred, y_true).astype(np.float64)
+def _ari(counts: np.ndarray) -> float:
+    counts = counts.astype(np.float64)
     pairs = lambda values: float((values * (values - 1)).sum() / 2)  # noqa: E731 - pairs within each group
     both = pairs(counts)
     cluster_only, class_only = pairs(counts.sum(axis=1)) - both, pairs(counts.sum(axis=0)) - both
@@ -81,12 +70,35 @@ def adjusted_rand_index(y_true, y_pred) -> float:
                                                                 + (both + cluster_only) * (cluster_only + neither))
 
 
-def clustering_scores(y_true, y_pred) -> dict[str, float]:
-    """All scores at once, as a flat dict (acc, acc_many_to_one, nmi, ari)."""
+def _table(y_true, y_pred) -> np.ndarray:
+    """The checked labellings' contingency table (clusters x classes)."""
     y_true, y_pred = _as_label_arrays(y_true, y_pred)
-    return {
-        "acc": hungarian_accuracy(y_true, y_pred),
-        "acc_many_to_one": many_to_one_accuracy(y_true, y_pred),
-        "nmi": normalized_mutual_information(y_true, y_pred),
-        "ari": adjusted_rand_index(y_true, y_pred),
-    }
+    return contingency_table(y_pred, y_true)
+
+
+def hungarian_accuracy(y_true, y_pred) -> float:
+    """ACC under the best one-to-one matching of clusters to classes (scipy's Hungarian solver)."""
+    return _hungarian(_table(y_true, y_pred))
+
+
+def many_to_one_accuracy(y_true, y_pred) -> float:
+    """ACC when each cluster is mapped to its majority class (for over-clustering, K > classes)."""
+    return _many_to_one(_table(y_true, y_pred))
+
+
+def normalized_mutual_information(y_true, y_pred) -> float:
+    """NMI with the arithmetic mean of the two entropies (scikit-learn's default); 1 when
+    neither labelling splits the data, 0 when they share no information."""
+    return _nmi(_table(y_true, y_pred))
+
+
+def adjusted_rand_index(y_true, y_pred) -> float:
+    """ARI: agreement on pairs of items, 0 for chance and 1 for identical partitions (from the
+    pair confusion counts, as scikit-learn computes it)."""
+    return _ari(_table(y_true, y_pred))
+
+
+def clustering_scores(y_true, y_pred) -> dict[str, float]:
+    """All scores at once, as a flat dict (acc, acc_many_to_one, nmi, ari), from one contingency table."""
+    counts = _table(y_true, y_pred)
+    return {"acc": _hungarian(counts), "acc_many_to_one": _many_to_one(counts), "nmi": _nmi(counts), "ari": _ari(counts)}

@@ -92,8 +92,10 @@ def check_feature_output(out: str | Path) -> Path:
     return out
 
 
-#: the headers of the FEATURES.files.csv tables this and earlier versions wrote
-ROW_TABLE_HEADERS = ("row,file", "row,file,label,class_name", "row,file,path", "row,file,path,label,class_name")
+#: FEATURES.files.csv's columns: every row's, and those added when every image has a label
+ROW_COLUMNS, LABEL_COLUMNS = ("row", "file", "path"), ("label", "class_name")
+#: the headers of the FEATURES.files.csv tables this version writes, and those earlier versions wrote (no paths)
+ROW_TABLE_HEADERS = (",".join(ROW_COLUMNS), ",".join(ROW_COLUMNS + LABEL_COLUMNS), "row,file", "row,file,label,class_name")
 
 
 def _written_by_us(files_csv: Path) -> bool:
@@ -165,10 +167,10 @@ def write_row_names(out: Path, collection: ImageCollection) -> Path:
     class_name when every image has a label."""
     paths = [str(record.path.resolve()) for record in collection.records]
     if not collection.has_labels:
-        return atomic_write_text(sidecar(out, "files"), csv_text(("row", "file", "path"), zip(range(len(paths)), collection.files, paths)))
+        return atomic_write_text(sidecar(out, "files"), csv_text(ROW_COLUMNS, zip(range(len(paths)), collection.files, paths)))
     rows = [(row, record.file, path, int(record.label), record.class_name or "")
             for row, (record, path) in enumerate(zip(collection.records, paths))]
-    return atomic_write_text(sidecar(out, "files"), csv_text(("row", "file", "path", "label", "class_name"), rows))
+    return atomic_write_text(sidecar(out, "files"), csv_text(ROW_COLUMNS + LABEL_COLUMNS, rows))
 
 
 def _row_table(features_path: str | Path) -> tuple[Path, list[str], list[dict[str, str]]] | None:
