@@ -104,7 +104,8 @@ def z_row(run_dir: Path, labels, k: int, seed: int) -> dict:
     return clustering_scores(labels, fit_kmeans(z, k, seed=seed)[1])
 
 
-def difc_run(collection, model: Path, name: str, seed: int, epochs: int, runs: Path, extra: dict) -> dict:
+def difc_run(collection, folder: Path, model: Path, name: str, seed: int, epochs: int, runs: Path, extra: dict) -> dict:
+    """One DiFiC run on `folder` (passed as a folder, so the run records its images for the report)."""
     from diffclust import DiFiC
     from diffclust.cluster.metrics import clustering_scores
 
@@ -112,7 +113,7 @@ def difc_run(collection, model: Path, name: str, seed: int, epochs: int, runs: P
     started = time.perf_counter()
     estimator = DiFiC(len(NOVEL), backbone=str(model), epochs=epochs, random_state=seed, device="cpu", progress=False,
                       output_dir=run_dir, **{**VARIANTS[name], **extra})
-    estimator.fit(collection)
+    estimator.fit(str(folder))
     curve = [round(100 * record["acc"], 2) for record in estimator.history_ if "acc" in record]
     epoch_seconds = [record["seconds"] for record in estimator.history_]
     return {**clustering_scores(collection.labels, estimator.labels_), "run_dir": str(run_dir), "acc_by_epoch": curve,
@@ -121,24 +122,34 @@ def difc_run(collection, model: Path, name: str, seed: int, epochs: int, runs: P
 
 def table(work: Path, seeds: list[int], epochs: int, variants: list[str], out: Path, extra: dict) -> dict:
     from diffclust import scan_images
+    from diffclust.engine.atomic import atomic_write_json
 
     collection = scan_images(work / "novel")
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "table.json"
-    results = json.loads(results_file.read_text()) if results_file.is_file() else {"seeds": {}}
-    results.update(model=str(work / "model"), images=len(collection), k=len(NOVEL), epochs=epochs, settings=extra)
+    header = dict(model=str(work / "model"), images=len(collection), k=len(NOVEL), epochs=epochs, settings=extra)
+
+    def merged(seed: int, new_rows: dict) -> dict:
+        """table.json as it is now on disk with these rows added: two runs of this script may
+        share OUT (other seeds or variants), so each write reads the other's rows first."""
+        results = json.loads(results_file.read_text()) if results_file.is_file() else {"seeds": {}}
+        results.update(header)
+        results["seeds"].setdefault(str(seed), {}).update(new_rows)
+        atomic_write_json(results_file, results)
+        return results
+
+    results = merged(seeds[0] if seeds else 0, {})
     for seed in seeds:
-        rows = results["seeds"].setdefault(str(seed), {})
-        rows.update(pixel_rows(collection, len(NOVEL), seed))
+        results = merged(seed, pixel_rows(collection, len(NOVEL), seed))
         for name in variants:
-            if name in rows:  # finished before (the script resumes run by run)
+            if name in results["seeds"][str(seed)]:  # finished before (the script resumes run by run)
                 continue
-            rows[name] = difc_run(collection, work / "model", name, seed, epochs, work / "runs" / out.name, extra)
-            if Z_ROW not in rows:
-                rows[Z_ROW] = z_row(Path(rows[name]["run_dir"]), collection.labels, len(NOVEL), seed)
-            results_file.write_text(json.dumps(results, indent=2))
-            print(f"seed {seed} {name}: ACC {100 * rows[name]['acc']:.2f}% by epoch {rows[name]['acc_by_epoch']}", flush=True)
-        results_file.write_text(json.dumps(results, indent=2))
+            row = difc_run(collection, work / "novel", work / "model", name, seed, epochs, work / "runs" / out.name, extra)
+            new_rows = {name: row}
+            if Z_ROW not in results["seeds"][str(seed)]:
+                new_rows[Z_ROW] = z_row(Path(row["run_dir"]), collection.labels, len(NOVEL), seed)
+            results = merged(seed, new_rows)
+            print(f"seed {seed} {name}: ACC {100 * row['acc']:.2f}% by epoch {row['acc_by_epoch']}", flush=True)
     (out / "table.md").write_text(markdown(results))
     return results
 

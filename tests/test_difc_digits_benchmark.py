@@ -39,3 +39,32 @@ def test_the_table_gives_mean_and_spread_over_seeds_and_the_mean_curve():
     table = difc_digits.markdown(results)
     assert "| k-means on raw pixels | 75.00 ± 5.00 | 0.500 | 0.250 | 2 |  |" in table
     assert "| DiFiC (all three modules) | 85.00 ± 5.00 | 0.500 | 0.250 | 2 | 65.0, 85.0 |" in table
+
+
+def test_two_table_runs_sharing_a_folder_keep_each_others_rows(tmp_path, monkeypatch):
+    """A second process writing other seeds or variants into the same table.json while the
+    first runs: every write reads what is on disk first, so neither loses the other's rows."""
+    (tmp_path / "novel").mkdir()
+
+    class TwoImages:  # what the table reads of a collection: its length and labels
+        labels = [0, 1]
+
+        def __len__(self):
+            return 2
+
+    monkeypatch.setattr("diffclust.scan_images", lambda folder: TwoImages())
+    monkeypatch.setattr(difc_digits, "pixel_rows", lambda collection, k, seed: {"k-means on raw pixels": {"acc": 0.5, "nmi": 0.4, "ari": 0.3}})
+    monkeypatch.setattr(difc_digits, "z_row", lambda run_dir, labels, k, seed: {"acc": 0.4, "nmi": 0.3, "ari": 0.2})
+    out = tmp_path / "out"
+
+    def run(collection, folder, model, name, seed, epochs, runs, extra):
+        if name == "distillation":  # meanwhile, another process finishes seed 1
+            difc_digits.table(tmp_path, [1], epochs, ["DiFiC (all three modules)"], out, extra)
+        return {"acc": 0.9 if seed == 0 else 0.8, "nmi": 0.5, "ari": 0.25, "acc_by_epoch": [], "run_dir": str(runs)}
+
+    monkeypatch.setattr(difc_digits, "difc_run", run)
+    results = difc_digits.table(tmp_path, [0], 2, ["distillation"], out, {})
+    assert set(results["seeds"]) == {"0", "1"}
+    assert results["seeds"]["0"]["distillation"]["acc"] == 0.9
+    assert results["seeds"]["1"]["DiFiC (all three modules)"]["acc"] == 0.8
+    assert set(results["seeds"]["0"]) == {"k-means on raw pixels", "distillation", difc_digits.Z_ROW}

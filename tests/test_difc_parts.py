@@ -139,3 +139,54 @@ def test_calibrated_head_predicts_like_it_trains_on_the_whole_data():
     words = torch.randn(64, 16) * torch.linspace(0.01, 3, 16) + 7  # uneven scales, far from the origin
     head.calibrate(words)
     assert torch.allclose(head.eval()(words), head.train()(words), atol=1e-4)
+
+
+def test_balanced_copies_cap_the_cluster_gradient_at_the_ratio_by_hand():
+    from diffclust.methods.difc.balance import GradientShare, balanced_copies
+
+    x = torch.randn(4, 3, requires_grad=True)
+    share = GradientShare(0.5)
+    for_diffusion, for_head = balanced_copies(x, share)
+    grad_diffusion, grad_cluster = torch.randn(4, 3), 100 * torch.randn(4, 3)
+    torch.autograd.backward([for_diffusion, for_head], [grad_diffusion, grad_cluster])
+    scale = 0.5 * grad_diffusion.norm() / grad_cluster.norm()
+    assert torch.allclose(x.grad, grad_diffusion + scale * grad_cluster)
+    assert share.mean_and_reset() == pytest.approx(float(scale)) and share.mean_and_reset() is None
+    # a cluster gradient already below the cap passes whole
+    x.grad = None
+    for_diffusion, for_head = balanced_copies(x, share)
+    torch.autograd.backward([for_diffusion, for_head], [grad_diffusion, 0.01 * grad_diffusion])
+    assert torch.allclose(x.grad, 1.01 * grad_diffusion) and share.mean_and_reset() == 1.0
+    # None: the paper's plain sum (the same tensor twice, no scaling)
+    for_diffusion, for_head = balanced_copies(x, GradientShare(None))
+    assert for_diffusion is x and for_head is x
+
+
+def test_ratio_zero_trains_the_extractor_on_diffusion_alone_and_the_head_on_clusters_alone():
+    from diffclust.methods.difc.balance import GradientShare
+    from diffclust.methods.difc.network import DiFiCNetwork
+
+    torch.manual_seed(0)
+    network = DiFiCNetwork(8, 6, 3, with_head=True)
+    z = torch.randn(10, 8, 4, 4)
+    target = torch.randn(10, 6)
+
+    def gradients(loss_of) -> dict[str, torch.Tensor]:
+        network.zero_grad()
+        proxies, logits = network(z)
+        loss_of(proxies, logits).backward()
+        return {name: torch.zeros_like(value) if value.grad is None else value.grad.clone() for name, value in network.named_parameters()}
+
+    def diffusion(proxies, logits):
+        return (proxies - target).pow(2).mean()
+
+    def cluster(proxies, logits):
+        return -logits.log_softmax(1)[:, 0].mean()
+
+    network.gradient_share = None
+    only_diffusion, only_cluster = gradients(diffusion), gradients(cluster)
+    network.gradient_share = GradientShare(0.0)
+    both = gradients(lambda proxies, logits: diffusion(proxies, logits) + cluster(proxies, logits))
+    for name, value in both.items():
+        expected = only_diffusion[name] if name.startswith("extractor.") else only_cluster[name]
+        assert torch.allclose(value, expected, atol=1e-6), name

@@ -52,6 +52,9 @@ def test_difc_recovers_the_mixture_components(mixture_folder, tmp_path):
     assert history[0]["acc"] < 0.9  # the nuisance confuses k-means on untrained proxy words...
     assert history[-1]["diffusion_loss"] < 0.85 * history[0]["diffusion_loss"]  # ...distillation learns (the nuisance part stays)...
     assert history[-1]["phase"] == "guided" and model.kmeans_centres_ is None  # ...and the head decides
+    # guided epochs log the mean scale on the cluster gradient reaching f (capped at the diffusion gradient's norm)
+    assert all(0 < record["cluster_gradient_scale"] <= 1 for record in history if record["phase"] == "guided")
+    assert all("cluster_gradient_scale" not in record for record in history if record["phase"] == "warm-up")
     assert hungarian_accuracy(labels, model.labels_) >= 0.95
     assert model.proxy_words_.shape == (GROUPS * PER_GROUP, 32)
 

@@ -79,6 +79,14 @@ def test_a_warm_up_that_swallows_the_run_is_refused_by_name():
         DiFiC(warmup_epochs=-1)._check_settings()
 
 
+@pytest.mark.parametrize("ratio", [-1, float("nan"), float("inf"), "1", True])
+def test_a_cluster_gradient_ratio_that_is_not_a_finite_number_is_refused_by_name(ratio):
+    with pytest.raises(DiffclustError, match=r"cluster_gradient_ratio \(--cluster-gradient-ratio\) must be a finite number >= 0"):
+        DiFiC(cluster_gradient_ratio=ratio)._check_settings()
+    for fine in (None, 0, 0.5, 3):
+        DiFiC(cluster_gradient_ratio=fine)._check_settings()
+
+
 # ---------------------------------------------------------------------------------- warnings and logging
 def test_tiny_random_says_its_clusters_mean_nothing(caplog):
     with caplog.at_level(logging.WARNING, logger="diffclust"):
@@ -134,7 +142,7 @@ def test_cli_logging_has_one_handler_and_leaves_the_root_logger_alone(capsys):
 # ---------------------------------------------------------------------------------- backbone names, offline
 def test_a_misspelt_backbone_fails_at_once_with_the_built_ins(monkeypatch):
     monkeypatch.setattr(hub, "hub_reachable", lambda *a, **k: pytest.fail("no network look-up for a name that is no hub id"))
-    with pytest.raises(BackboneNotFoundError, match=r"not a built-in name \(usps-ddpm, tiny-random\).*Did you mean 'tiny-random'\?"):
+    with pytest.raises(BackboneNotFoundError, match=r"not a built-in name \(usps-ddpm, usps-text, tiny-random\).*Did you mean 'tiny-random'\?"):
         load_backbone("tiny-randm")
 
 

@@ -148,3 +148,15 @@ def test_the_report_loads_in_headless_chromium_without_errors(reported, tmp_path
     assert console == [], console
     dom = subprocess.run([*base, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
     assert dom.count('class="point"') == 104 and dom.count('class="cluster"') >= 2
+
+
+def test_cluster_names_skip_word_pieces_punctuation_and_other_scripts():
+    from diffclust.report.analysis import nearest_tokens, unreadable_token_ids
+
+    bert = ["[PAD]", "cat", "##ing", "1882", "福", "!", "a", "tabby", "123456"]
+    assert unreadable_token_ids(bert) == {0, 2, 4, 5, 6, 8}
+    clip = ["cat</w>", "cat", "tab", "tabby</w>", "7</w>", "__</w>"]
+    assert unreadable_token_ids(clip) == {1, 2, 5}
+    # the nearest readable word wins over a nearer word piece
+    embeddings = torch.tensor([[0.0, 1.0], [1.0, 0.2], [1.0, 0.0], [0.0, -1.0], [1.0, 0.1], [1.0, 0.05], [0.9, 0.0], [0.5, 0.5], [0.3, 0.0]])
+    assert nearest_tokens(torch.tensor([1.0, 0.0]), embeddings, bert, top=2, exclude=unreadable_token_ids(bert)) == ["cat", "tabby"]

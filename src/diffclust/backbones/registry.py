@@ -11,7 +11,7 @@ import torch
 
 from diffclust.backbones.base import DiffusionBackbone
 from diffclust.backbones.hub import library_progress_bars, locate_hub_model
-from diffclust.backbones.names import BUILTIN_BACKBONES, SD15_HUB_ID, TINY_RANDOM, USPS_DDPM
+from diffclust.backbones.names import BUILTIN_BACKBONES, SD15_HUB_ID, TINY_RANDOM, USPS_DDPM, USPS_TEXT
 from diffclust.backbones.stable_diffusion import StableDiffusionBackbone
 from diffclust.backbones.tiny_random import ensure_tiny_random
 from diffclust.backbones.unconditional import UnconditionalBackbone
@@ -36,7 +36,8 @@ def bundled_folder(name: str) -> Callable[[], Path]:
 
 
 #: built-in backbones: name -> function returning the folder that holds it
-BUILTIN_BUILDERS: dict[str, Callable[[], Path]] = {TINY_RANDOM: ensure_tiny_random, USPS_DDPM: bundled_folder(USPS_DDPM)}
+BUILTIN_BUILDERS: dict[str, Callable[[], Path]] = {TINY_RANDOM: ensure_tiny_random, USPS_DDPM: bundled_folder(USPS_DDPM),
+                                                   USPS_TEXT: bundled_folder(USPS_TEXT)}
 assert set(BUILTIN_BUILDERS) == set(BUILTIN_BACKBONES)
 
 TINY_RANDOM_WARNING = (

@@ -8,7 +8,7 @@ from diffclust.backbones.names import SD15_HUB_ID
 from diffclust.choices import CLUDI_INITS, DIEC_INITS, K_CRITERIA
 from diffclust.cli.options import (
     METHOD_NAMES, add_backbone_and_device, add_encoder_options, add_report_options, add_search_settings, auto_or_int, auto_or_switch,
-    check_images_and_backbone, common_settings, default_run_folder, k_range_type, k_value, positive_number, print_scores,
+    check_images_and_backbone, common_settings, default_run_folder, k_range_type, k_value, positive_number, print_scores, ratio_or_none,
     search_settings, whole)
 from diffclust.cli.report import write_report
 from diffclust.errors import DiffclustError
@@ -39,6 +39,9 @@ def add_parser(commands) -> None:
     difc.add_argument("--t-tilde", dest="mask_timestep", type=whole(0), default=50, help="timestep of the attention map behind the object mask (paper: 50)")
     difc.add_argument("--no-object-concentration", dest="object_concentration", action="store_false", help="ablation: diffusion loss over the whole image instead of the object mask")
     difc.add_argument("--no-cluster-guidance", dest="cluster_guidance", action="store_false", help="ablation: no cluster head; clusters are k-means on the proxy words")
+    difc.add_argument("--cluster-gradient-ratio", type=ratio_or_none, default=1.0,
+                      help="cap on the cluster loss's gradient reaching the proxy words, as a multiple of the diffusion loss's "
+                           "(default 1; 'none': the paper's plain sum, where the cluster loss alone retrains the extractor)")
     difc.add_argument("--timestep-sampling", choices=["cosine", "uniform"], default="cosine", help="p(t) for the diffusion loss: 1 + cos(pi t / T) (paper) or uniform")
     speed = fit.add_argument_group("DiFiC training passes: memory and speed ('auto' saves memory on CUDA, keeps speed on CPU)")
     speed.add_argument("--weights-dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
@@ -102,7 +105,8 @@ def _method_settings(args) -> dict:
     if args.method == "difc":
         settings.update(warmup_epochs=args.warmup_epochs, feature_layer=args.feature_layer, feature_timestep=args.feature_timestep,
                         mask_timestep=args.mask_timestep, object_concentration=args.object_concentration,
-                        cluster_guidance=args.cluster_guidance, timestep_sampling=args.timestep_sampling,
+                        cluster_guidance=args.cluster_guidance, cluster_gradient_ratio=args.cluster_gradient_ratio,
+                        timestep_sampling=args.timestep_sampling,
                         weights_dtype=args.weights_dtype, gradient_checkpointing=args.gradient_checkpointing, offload_vae=args.offload_vae,
                         channels_last=args.channels_last, fused_attention=args.fused_attention, compile_unet=args.compile_unet,
                         tf32=args.tf32, cache_precision=args.cache_precision, cache_dir=args.cache_dir)

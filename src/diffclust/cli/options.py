@@ -55,6 +55,19 @@ def positive_number(text: str) -> float:
     return value
 
 
+def ratio_or_none(text: str) -> float | None:
+    """argparse type for a ratio >= 0, or 'none' for no cap."""
+    if text.lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'none', got '{text}'") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0 or 'none', got {text}")
+    return value
+
+
 def k_value(text: str):
     """argparse type for --k: 'auto' or an integer >= 2."""
     return text if text == "auto" else whole(2)(text)
@@ -131,7 +144,7 @@ def add_report_options(parser) -> None:
     group.add_argument("--map-points", type=whole(5), default=2000, help="at most this many items on the 2-D map (a seeded sample)")
     group.add_argument("--no-names", dest="names", action="store_false", help="skip DiFiC's cluster names (they load the text encoder)")
     group.add_argument("--prototypes", action=argparse.BooleanOptionalAction, default=None,
-                       help="DiFiC: an image generated from each cluster's mean proxy word (default: on with a GPU, off on CPU)")
+                       help="DiFiC: an image generated from each cluster's mean proxy word (default: on with a GPU or a backbone of at most 32 px; off for larger ones on a CPU)")
 
 
 def print_scores(scores: dict[str, float], prefix: str = "") -> None:

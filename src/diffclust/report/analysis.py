@@ -3,6 +3,7 @@ per-class purity, the most-confused class pairs, and cluster names from the voca
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -63,6 +64,22 @@ def nearest_tokens(vector: torch.Tensor, embeddings: torch.Tensor, tokens: list[
         similarity[list(exclude)] = -2.0
     order = similarity.argsort(descending=True)[:top].tolist()
     return [tokens[index] for index in order]
+
+
+WORD = re.compile(r"[A-Za-z]{2,}|[0-9]{1,4}")
+
+
+def unreadable_token_ids(tokens: list[str]) -> set[int]:
+    """Ids of the tokens that are not a whole English word or a short number: word pieces (BERT's
+    ##, CLIP's tokens without </w>), punctuation, other scripts. A cluster's name should be
+    something a reader can read, and a word piece such as "##ing" says nothing."""
+    clip_style = any(token.endswith("</w>") for token in tokens[:1000])
+    unreadable = set()
+    for index, token in enumerate(tokens):
+        whole = token.endswith("</w>") if clip_style else not token.startswith("##")
+        if not (whole and WORD.fullmatch(readable_token(token))):
+            unreadable.add(index)
+    return unreadable
 
 
 def readable_token(token: str) -> str:

@@ -26,7 +26,7 @@ from diffclust.errors import DiffclustError
 from diffclust.outputs import (ASSIGNMENTS_NAME, RUN_LABELS_NAME, RUN_SUMMARY_NAME, SKIPPED_NAME, csv_text, read_assignment_rows,
                                read_labels)
 from diffclust.report.analysis import (class_purity, cluster_class_table, confused_pairs, nearest_tokens, readable_token,
-                                       summarise_clusters)
+                                       summarise_clusters, unreadable_token_ids)
 from diffclust.report.template import TEMPLATE
 from diffclust.report.thumbnails import ThumbnailCache
 
@@ -188,13 +188,13 @@ def _mean_proxies(run: RunFolder) -> dict[int, torch.Tensor]:
 
 
 def cluster_names(run: RunFolder, backbone, top: int = 3) -> dict[int, str]:
-    """DiFiC: the vocabulary tokens nearest each cluster's mean proxy word, in the text encoder's
-    input-embedding space."""
+    """DiFiC: the vocabulary words nearest each cluster's mean proxy word, in the text encoder's
+    input-embedding space (whole words and short numbers only, see unreadable_token_ids)."""
     table = backbone.text_encoder.get_input_embeddings().weight.detach().cpu()
     tokenizer = backbone.tokenizer
     tokens = tokenizer.convert_ids_to_tokens(list(range(len(table))))
-    special = set(tokenizer.all_special_ids)
-    return {cluster: ", ".join(readable_token(token) for token in nearest_tokens(mean, table, tokens, top, special))
+    skipped = set(tokenizer.all_special_ids) | unreadable_token_ids(tokens)
+    return {cluster: ", ".join(readable_token(token) for token in nearest_tokens(mean, table, tokens, top, skipped))
             for cluster, mean in _mean_proxies(run).items()}
 
 
@@ -276,6 +276,15 @@ def _report_folder(out: Path, inside_run: bool) -> Path:
     return out
 
 
+#: prototypes are drawn on a CPU too when the backbone's images are at most this size
+SMALL_MODEL_PIXELS = 32
+DIFC_READING = (
+    "DiFiC: each cluster's words are the whole words of the text encoder's vocabulary nearest its mean proxy word S* (in the "
+    "space of input word embeddings), and its picture is what the backbone draws from the prompt with that S*. Both show how "
+    "the model reads the cluster, not what it is: a model that never saw these groups puts their proxy words among the words "
+    "and shapes it knows, so expect near neighbours (another digit, a number, a related animal) rather than the class name.")
+
+
 def build_report(run_dir: str | Path, out: str | Path | None = None, sort: str = "size", per_cluster: int = 8,
                  map_points: int = 2000, names: bool = True, prototypes: bool | None = None, seed: int = 0) -> Path:
     """Write `out`/index.html (default RUN_DIR/report/) and RUN_DIR/clusters.csv; return the page.
@@ -283,7 +292,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, sort: str =
     Each cluster shows its `per_cluster` most and least confident images; the map shows at most
     `map_points` items; thumbnails are reused from earlier reports in the same folder. For
     DiFiC, `names` adds the vocabulary tokens nearest each cluster, and `prototypes` an image
-    generated from its mean proxy word (None: only when a GPU is there; it is slow on a CPU).
+    generated from its mean proxy word (None: with a GPU, or a backbone of at most 32 px; at SD-1.5
+    size it is slow on a CPU).
     """
     if sort not in ("size", "confidence"):
         raise DiffclustError(f"sort must be 'size' or 'confidence', got {sort!r}.")
@@ -297,10 +307,11 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, sort: str =
     if masks is not None and len(masks) != len(run.files):
         masks = None
     index_of = {file: row for row, file in enumerate(run.files)}
-    prototypes = torch.cuda.is_available() if prototypes is None else prototypes
     backbone = None
-    if run.method == "difc" and run.embedding is not None and (names or prototypes):
+    if run.method == "difc" and run.embedding is not None and (names or prototypes or prototypes is None):
         backbone = _run_backbone(run, "cuda" if torch.cuda.is_available() else "cpu")
+    if prototypes is None:  # a few seconds on a CPU for a small model; minutes at SD-1.5 size
+        prototypes = backbone is not None and (torch.cuda.is_available() or backbone.resolution <= SMALL_MODEL_PIXELS)
     words = cluster_names(run, backbone) if names and backbone is not None else {}
     pictures = cluster_prototypes(run, backbone, out) if prototypes and backbone is not None else {}
 
@@ -325,7 +336,10 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, sort: str =
                          "agreement": None if run.agreement is None else float(run.agreement[summary.members].mean())})
 
     context: dict[str, Any] = {"title": run_dir.name, "thumb": thumbnails.size, "clusters": clusters, "sort": sort,
-                               "skipped": run.skipped, "version": __version__, "has_masks": masks is not None, "notes": []}
+                               "skipped": run.skipped, "version": __version__, "has_masks": masks is not None, "notes": [],
+                               "prompt": run.settings.get("prompt_template", "A photo of a S*")}
+    if words or pictures:
+        context["notes"].append(DIFC_READING)
     labelled = [file for file in run.files if file in labels]
     if labelled:
         truth = np.array([labels[file] for file in labelled])

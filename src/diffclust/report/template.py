@@ -44,7 +44,7 @@ img.masked{display:none}body.masks img.masked{display:block}body.masks img.plain
 {% for c in clusters %}<div class="cluster" id="cluster-{{ c.cluster }}">
 <h3>Cluster {{ c.cluster }}: {{ c.size }} images, mean confidence {{ "%.3f"|format(c.mean_confidence) }}{% if c.agreement is not none %}, samples agreeing {{ "%.0f"|format(100 * c.agreement) }}%{% endif %}
 {% if c.names %}<span class="names">&mdash; {{ c.names }}</span>{% endif %}</h3>
-{% if c.prototype %}<figure class="prototype"><img src="{{ c.prototype }}" alt="generated for cluster {{ c.cluster }}"><figcaption>generated from &ldquo;A photo of a S*&rdquo;, S* = the cluster's mean proxy word</figcaption></figure>{% endif %}
+{% if c.prototype %}<figure class="prototype"><img src="{{ c.prototype }}" alt="generated for cluster {{ c.cluster }}"><figcaption>generated from &ldquo;{{ prompt }}&rdquo;, S* = the cluster's mean proxy word</figcaption></figure>{% endif %}
 {% for title, items in c.rows %}<div class="row-label">{{ title }}</div><div class="strip">
 {% for item in items %}<figure title="{{ item.file }} (confidence {{ '%.3f'|format(item.confidence) }}{% if item.agreement is not none %}, samples agreeing {{ '%.0f'|format(100 * item.agreement) }}%{% endif %})">{% if item.thumb %}<img class="plain" src="{{ item.thumb }}" alt="{{ item.file }}" loading="lazy">{% if item.masked %}<img class="masked" src="{{ item.masked }}" alt="{{ item.file }} with its mask" loading="lazy">{% endif %}{% else %}<div class="noimage" style="width:{{ thumb }}px;height:{{ thumb }}px">{{ item.short }}</div>{% endif %}{% if item.thumb %}{{ item.short }}{% endif %}</figure>{% endfor %}
 </div>{% endfor %}</div>{% endfor %}

@@ -46,6 +46,10 @@ class DiFiC(ClusteringEstimator):
     ``cluster_guidance`` (train the head g after warm-up; without it, k-means on S* decides).
     ``head_init="kmeans"`` starts g from the warm-up's k-means clusters (our addition: the paper
     does not say; ``"random"`` is the literal reading).
+    ``cluster_gradient_ratio`` caps the cluster loss's gradient reaching the extractor at this
+    multiple of the diffusion loss's (same step; the head gets all of it): our addition, as
+    the plain sum let the cluster loss alone retrain f (see methods/difc/balance.py); ``None``
+    is the paper's plain sum.
     ``n_clusters="auto"``: warm-up distils proxy words without needing K, so K is chosen on S* at
     the end of warm-up (``k_criterion`` over ``k_range``, see cluster.k_selection) and the head
     is built with it.
@@ -86,6 +90,7 @@ class DiFiC(ClusteringEstimator):
         memory_bank_size: int = 512,
         entropy_weight: float = 5.0,
         cluster_loss_weight: float = 1.0,
+        cluster_gradient_ratio: float | None = 1.0,
         extractor_hidden: int | None = None,
         cache_precision: str = "fp16",
         weights_dtype: str = "auto",
@@ -119,6 +124,9 @@ class DiFiC(ClusteringEstimator):
             problems.append(f"timestep_sampling must be one of {sorted(TIMESTEP_DISTRIBUTIONS)}, got {self.timestep_sampling!r}")
         if self.head_init not in ("kmeans", "random"):
             problems.append(f"head_init must be 'kmeans' or 'random', got {self.head_init!r}")
+        ratio = self.cluster_gradient_ratio
+        if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio >= 0 or ratio == float("inf")):
+            problems.append(f"cluster_gradient_ratio (--cluster-gradient-ratio) must be a finite number >= 0, or None for the paper's plain sum; got {self.cluster_gradient_ratio!r}")
         if self.n_neighbours < 1:
             problems.append(f"n_neighbours must be >= 1, got {self.n_neighbours}")
         if self.cache_precision not in FEATURE_STORAGES:

@@ -9,6 +9,7 @@ from torch import nn
 
 from diffclust.cluster.heads import ClusterHead
 from diffclust.cluster.kmeans import kmeans_confidences
+from diffclust.methods.difc.balance import GradientShare, balanced_copies
 from diffclust.methods.difc.extractor import SemanticExtractor
 
 
@@ -21,6 +22,8 @@ class DiFiCNetwork(nn.Module):
         super().__init__()
         self.extractor = SemanticExtractor(feature_channels, token_dim, extractor_hidden)
         self.head = ClusterHead(token_dim, n_clusters) if with_head and n_clusters is not None else None
+        #: how much of the cluster loss's gradient reaches the extractor (see balance.py); None: all of it
+        self.gradient_share: GradientShare | None = None
 
     def add_head(self, n_clusters: int, seed: int) -> ClusterHead:
         """Build g for `n_clusters` clusters (seeded, on the extractor's device) and return it."""
@@ -31,9 +34,13 @@ class DiFiCNetwork(nn.Module):
         return self.head
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """z -> (proxy words S*, cluster logits g(S*) or None)."""
+        """z -> (proxy words S*, cluster logits g(S*) or None); in training, the head reads a copy
+        of S* whose gradient `gradient_share` scales."""
         proxies = self.extractor(z)
-        return proxies, (self.head(proxies) if self.head is not None else None)
+        if self.head is None:
+            return proxies, None
+        for_diffusion, for_head = balanced_copies(proxies, self.gradient_share)
+        return for_diffusion, self.head(for_head)
 
 
 @torch.no_grad()

@@ -28,6 +28,7 @@ from diffclust.cluster.losses import AssignmentMemoryBank, cluster_guidance_loss
 from diffclust.cluster.neighbours import nearest_neighbours
 from diffclust.engine.trainer import EpochTrainer
 from diffclust.engine.runtime import epoch_batches, progress
+from diffclust.methods.difc.balance import GradientShare
 from diffclust.methods.difc.constants import ConstantStore
 from diffclust.methods.difc.losses import masked_diffusion_loss
 from diffclust.methods.difc.network import DiFiCNetwork, assign, assign_probabilities
@@ -40,7 +41,7 @@ logger = logging.getLogger(__name__)
 RESUME_KEYS = (
     "n_clusters", "feature_layer", "feature_timestep", "mask_timestep", "prompt_template", "mask_prompt",
     "object_concentration", "cluster_guidance", "timestep_sampling", "warmup_epochs", "batch_size",
-    "random_state", "extractor_hidden", "n_neighbours", "memory_bank_size", "head_init",
+    "random_state", "extractor_hidden", "n_neighbours", "memory_bank_size", "head_init", "cluster_gradient_ratio",
 )
 HEAD_INIT_STEPS = 200
 #: the head's learning rate ramps up over this many steps once guidance starts: a fresh Adam
@@ -61,6 +62,7 @@ class DiFiCTrainer(EpochTrainer):
         self.backbone = backbone
         self.store = store
         self.network = network
+        network.gradient_share = GradientShare(params["cluster_gradient_ratio"])
         #: K: given, or (n_clusters "auto") None until `choose_k(proxy words)` picks it
         self.k: int | None = None if params["n_clusters"] == "auto" else int(params["n_clusters"])
         if self.k is None and choose_k is None:
@@ -257,6 +259,9 @@ class DiFiCTrainer(EpochTrainer):
             if number % POSTFIX_EVERY == POSTFIX_EVERY - 1:
                 bar.set_postfix({key: f"{float(value) / (number + 1):.4f}" for key, value in totals.items()})
         means = {key: float(value) / max(1, len(batches)) for key, value in totals.items()}
+        share = self.accelerator.unwrap_model(model).gradient_share.mean_and_reset()
+        if share is not None:  # the mean scale on the cluster gradient reaching f (1: not capped)
+            means["cluster_gradient_scale"] = share
         if self.accelerator.num_processes > 1:  # average over processes
             keys = sorted(means)
             reduced = self.accelerator.reduce(torch.tensor([means[k] for k in keys], device=self.accelerator.device), "mean")

