@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import numpy as np
@@ -267,12 +268,39 @@ def test_consensus_start_outvotes_kmeans_on_rings(tmp_path):
     assert record["mean_nmi_to_others"]["kmeans"] < record["mean_nmi_to_others"][record["chosen"]]
 
 
-def test_consensus_start_falls_back_to_kmeans_above_the_spectral_row_limit(monkeypatch, caplog):
-    features, _ = blobs(k=3, n=60, d=4)
-    monkeypatch.setattr("diffclust.cluster.consensus.MAX_SPECTRAL_ROWS", 50)
-    result = consensus_partition(features, 3, seed=0)
-    assert result.chosen == "kmeans" and np.array_equal(result.labels, fit_kmeans(features, 3, seed=0)[1])
-    assert "too many for the spectral candidates" in caplog.text
+def test_above_the_exact_row_limit_the_spectral_candidates_share_approximate_neighbours(monkeypatch, caplog):
+    """Above MAX_SPECTRAL_ROWS the consensus keeps its spectral candidates (no fall-back to
+    k-means): one approximate neighbour search and a sparse eigen-solver; on two rings they
+    still separate what k-means cuts across."""
+    angles = np.random.default_rng(0).uniform(0, 2 * np.pi, 400)
+    rings = np.stack([np.repeat([1.0, 3.0], 200) * np.cos(angles), np.repeat([1.0, 3.0], 200) * np.sin(angles)], axis=1)
+    monkeypatch.setattr("diffclust.cluster.consensus.MAX_SPECTRAL_ROWS", 100)
+    with caplog.at_level(logging.INFO, logger="diffclust"):
+        result = consensus_partition(rings, 2, seed=0, neighbour_counts=(5, 10, 15))
+    assert "approximate neighbours and a sparse eigen-solver" in caplog.text
+    assert set(result.agreement) == {"kmeans", "spectral, 5 neighbours", "spectral, 10 neighbours", "spectral, 15 neighbours"}
+    assert result.chosen.startswith("spectral") and hungarian_accuracy(np.repeat([0, 1], 200), result.labels) == 1.0
+    assert hungarian_accuracy(np.repeat([0, 1], 200), fit_kmeans(rings, 2, seed=0)[1]) < 0.8
+
+
+def test_approximate_neighbours_leave_each_row_out_and_find_its_true_neighbours(monkeypatch):
+    from diffclust.cluster import neighbours
+    from diffclust.cluster.neighbours import approximate_neighbours, nearest_neighbours
+
+    points = np.random.default_rng(1).normal(size=(300, 5))
+    table = approximate_neighbours(points, 6, seed=0)
+    assert table.shape == (300, 6) and not (table == np.arange(300)[:, None]).any()
+    exact = np.argsort(((points[:, None] - points[None]) ** 2).sum(-1), axis=1)[:, 1:7]
+    overlap = np.mean([len(set(a) & set(b)) / 6 for a, b in zip(table, exact)])
+    assert overlap > 0.95
+    duplicated = np.concatenate([points[:50], points[:50]])  # a row's twin at distance 0 may come first
+    table = approximate_neighbours(duplicated, 3, seed=0)
+    assert not (table == np.arange(100)[:, None]).any()
+    # the cosine search of the neighbour losses turns approximate above its CPU row limit
+    exact = nearest_neighbours(points, 6)
+    monkeypatch.setattr(neighbours, "EXACT_CPU_MAX_ROWS", 100)
+    approximate = nearest_neighbours(points, 6)
+    assert np.mean([len(set(a) & set(b)) / 6 for a, b in zip(approximate, exact)]) > 0.95
 
 
 def test_estimated_time_counts_every_denoiser_pass(monkeypatch):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -67,8 +69,11 @@ def test_int8_cached_z_keeps_the_accuracy(mixture_folder, tmp_path):
     assert np.load(cache / "features.npy").dtype == np.int8 and np.load(cache / "feature_scales.npy").shape == (GROUPS * PER_GROUP, 3)
 
 
-def test_distillation_alone_recovers_the_components_with_kmeans(mixture_folder, tmp_path):
-    model = _fit(mixture_folder, tmp_path, epochs=15, warmup_epochs=15, cluster_guidance=False)
+def test_distillation_alone_recovers_the_components_with_kmeans(mixture_folder, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="diffclust"):
+        model = _fit(mixture_folder, tmp_path, epochs=15, warmup_epochs=15, cluster_guidance=False)
+    estimates = [record.message for record in caplog.records if "epochs left will take about" in record.message]
+    assert len(estimates) == 1 and estimates[0].startswith("Epoch 1 took ") and "the 14 epochs left" in estimates[0]
     labels = scan_images(mixture_folder).labels
     assert model.kmeans_centres_ is not None and model.network_.head is None
     assert {record["phase"] for record in model.history_} == {"distillation"}  # no head, so no warm-up before one

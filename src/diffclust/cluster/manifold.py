@@ -30,17 +30,13 @@ UMAP_SETTINGS = {"n_neighbors": 15, "min_dist": 0.0, "n_components": 10}
 #: is (an N x N distance pass in chunks), above it pynndescent's approximate one
 UMAP_EXACT_BELOW = 4096
 EXACT_NEIGHBOURS_MAX_ROWS = 30_000
-_kernels_cached = False
 
 
-def _cache_umap_kernels() -> None:
-    """Put umap-learn's and pynndescent's numba kernels in numba's disk cache (once per process,
-    before their first call), as `cache=True` would. A kernel that cannot be cached (pynndescent's
+def cache_numba_kernels() -> None:
+    """Put umap-learn's and pynndescent's numba kernels (those imported so far) in numba's disk
+    cache before their first call, as `cache=True` would; kernels already handled or compiled are
+    left alone, so calling it again is cheap. A kernel that cannot be cached (pynndescent's
     nn_descent takes a function as an argument) still compiles, as before."""
-    global _kernels_cached
-    if _kernels_cached:
-        return
-    _kernels_cached = True
     import sys
 
     from numba.core.caching import NullCache
@@ -77,7 +73,7 @@ def umap_embedding(data, seed: int, needed_by: str = "this setting") -> np.ndarr
         raise DiffclustError(f"{needed_by} needs umap-learn, a dependency of diffclust that is missing here: pip install umap-learn.") from None
     if len(array) < UMAP_SETTINGS["n_components"] + 2:
         return array
-    _cache_umap_kernels()
+    cache_numba_kernels()
     settings = {**UMAP_SETTINGS, "n_neighbors": min(UMAP_SETTINGS["n_neighbors"], len(array) - 1)}
     if UMAP_EXACT_BELOW <= len(array) <= EXACT_NEIGHBOURS_MAX_ROWS:
         indices, distances = exact_neighbours(array, settings["n_neighbors"])

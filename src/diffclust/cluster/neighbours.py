@@ -2,16 +2,21 @@
 
 Exact search by chunked matrix products on the features' own device: DiFiC finds every
 image's neighbours each epoch, and on a GPU 100,000 points take seconds (the CPU time is
-printed by benchmarks/difc_step.py), with no index to build and no extra dependency.
+printed by benchmarks/difc_step.py), with no index to build. On a CPU its cost grows with the
+square of the rows, so above EXACT_CPU_MAX_ROWS it is pynndescent's approximate NN-descent.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import torch
 
 #: rows compared against all others at once (chunk x N similarities in memory)
 CHUNK_ROWS = 2048
+#: above this many rows on a CPU the search is approximate (near-linear instead of quadratic)
+EXACT_CPU_MAX_ROWS = 30_000
 
 
 @torch.no_grad()
@@ -23,6 +28,8 @@ def nearest_neighbours(features: np.ndarray | torch.Tensor, n_neighbours: int, c
     if n < 1:
         raise ValueError("Nearest neighbours need at least two points.")
     data = torch.nn.functional.normalize(data, dim=1)
+    if data.device.type == "cpu" and len(data) > EXACT_CPU_MAX_ROWS:  # on unit vectors, Euclidean order is cosine order
+        return approximate_neighbours(data.numpy(), n, seed=0)
     found = []
     for start in range(0, len(data), chunk_rows):
         similarity = data[start:start + chunk_rows] @ data.T
@@ -30,3 +37,23 @@ def nearest_neighbours(features: np.ndarray | torch.Tensor, n_neighbours: int, c
         similarity[rows, rows + start] = -torch.inf  # never a point's own neighbour
         found.append(similarity.topk(n, dim=1).indices.cpu())
     return torch.cat(found).numpy().astype(np.int64)
+
+
+def approximate_neighbours(features: np.ndarray, neighbours: int, seed: int) -> np.ndarray:
+    """(rows, neighbours) indices of each row's nearest rows by Euclidean distance, itself left
+    out: pynndescent's NN-descent, near-linear in the rows."""
+    from numba.core.errors import NumbaWarning
+    from pynndescent import NNDescent
+
+    from diffclust.cluster.manifold import cache_numba_kernels
+
+    cache_numba_kernels()
+    with warnings.catch_warnings():  # numba says that it cannot cache nn_descent
+        warnings.simplefilter("ignore", NumbaWarning)
+        table, _ = NNDescent(features, n_neighbors=neighbours + 1, random_state=seed, low_memory=True).neighbor_graph
+    own = table == np.arange(len(table))[:, None]
+    # each row's own index (or, for duplicates, the first column) is dropped
+    drop = np.where(own.any(axis=1), own.argmax(axis=1), 0)
+    keep = np.ones_like(table, dtype=bool)
+    keep[np.arange(len(table)), drop] = False
+    return table[keep].reshape(len(table), neighbours)

@@ -6,6 +6,11 @@ import time
 from contextlib import contextmanager
 
 
+def readable_duration(seconds: float) -> str:
+    """'45 s', '12 min' or '3.5 h': how long a person should expect to wait."""
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
 class StageTimer:
     """`with timer("constants"): ...` adds that block's seconds to `seconds["constants"]`."""
 

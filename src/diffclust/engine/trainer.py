@@ -16,6 +16,7 @@ from diffclust.cluster.metrics import clustering_scores
 from diffclust.engine.checkpoint import checkpoint_path, load_resume_state, save_run_checkpoint
 from diffclust.engine.history import MetricsLog
 from diffclust.engine.runtime import average_gradients
+from diffclust.engine.timing import readable_duration
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,10 @@ class EpochTrainer:
         before K is chosen)."""
         self.log_record(record, clusters, started)
         self.save_checkpoint(epochs_done)
+        left = int(self.p.get("epochs", 0)) - epochs_done
+        if epochs_done == self.start_epoch + 1 and left > 0:  # the first epoch of this process: say how long the rest takes
+            logger.info("Epoch %d took %s; the %d epochs left will take about %s (fewer with --epochs).", epochs_done,
+                        readable_duration(record["seconds"]), left, readable_duration(left * record["seconds"]))
         self.accelerator.wait_for_everyone()
 
     def log_record(self, record: dict[str, Any], clusters: np.ndarray | None, started: float) -> None:

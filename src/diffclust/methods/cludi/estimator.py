@@ -17,7 +17,7 @@ from diffclust.encoders.extraction import read_row_names
 from diffclust.encoders.vision import POOLINGS, VisionEncoder
 from diffclust.engine.checkpoint import atomic_save_array, atomic_save_tensors, atomic_write_text, load_tensors
 from diffclust.engine.runtime import make_accelerator
-from diffclust.engine.timing import StageTimer
+from diffclust.engine.timing import StageTimer, readable_duration
 from diffclust.engine.trainer import matrix_identity
 from diffclust.errors import DiffclustError
 from diffclust.methods.base import ClusteringEstimator
@@ -44,10 +44,6 @@ INITS = CLUDI_INITS
 #: the published settings (the authors' code), which the CPU defaults cut down: `--paper-settings`
 PAPER_SETTINGS = {"epochs": 200, "batch_size": 256, "lr": 1e-4, "ema_decay": 0.999, "teacher_steps": 25, "predict_samples": 64,
                   "predict_steps": 50, "monitor_samples": 4, "init": "random", "teacher_neighbours": 0}
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def _names_images(data) -> bool:
@@ -255,7 +251,7 @@ class CLUDI(ClusteringEstimator):
             trainer.resume()
         estimate = trainer.estimated_seconds(self.predict_samples, self.predict_steps)
         logger.info("CLUDI on %d x %d features, K = %d: about %s on %s (%d epochs of %d steps, teacher %d DDIM steps; prediction "
-                    "%d samples x %d steps).", len(table), self.feature_dim_, k, _duration(estimate), accelerator.device,
+                    "%d samples x %d steps).", len(table), self.feature_dim_, k, readable_duration(estimate), accelerator.device,
                     self.epochs - trainer.start_epoch, trainer.steps_per_epoch, self.teacher_steps, self.predict_samples,
                     self.predict_steps)
         with timer("training"):

@@ -1,0 +1,115 @@
+"""The consensus start (k-means + spectral candidates, their median partition) from 1k to 300k rows.
+
+Synthetic data where k-means is known to fail and a kNN graph to succeed: three pairs of
+interleaved half-moons (K = 6), put in a random 2-d plane of a 384-d space with a little noise
+in every dimension. Each size runs in its own process, so the peak memory is that size's.
+Above `MAX_SPECTRAL_ROWS` (30,000) the spectral candidates share one approximate neighbour
+search (pynndescent) and a sparse multigrid eigen-solver; at 30,000 both paths run side by side.
+
+    python benchmarks/consensus_scale.py --sizes 1000,6000,10000,30000,60000,100000,300000 --out benchmarks/results/consensus_scale
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def moons(rows: int, dim: int = 384, pairs: int = 3, seed: int = 0):
+    """(rows x dim features, labels): `pairs` pairs of half-moons, 4 units apart, noise 0.08 in
+    the plane and 0.01 in every dimension."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    per = rows // (2 * pairs)
+    points, labels = [], []
+    for pair in range(pairs):
+        angle = rng.uniform(0, np.pi, (2, per))
+        upper = np.stack([np.cos(angle[0]), np.sin(angle[0])], axis=1)
+        lower = np.stack([1 - np.cos(angle[1]), 0.5 - np.sin(angle[1])], axis=1)
+        for label, moon in ((2 * pair, upper), (2 * pair + 1, lower)):
+            points.append(moon + [4.0 * pair, 0.0] + rng.normal(0, 0.08, moon.shape))
+            labels += [label] * per
+    plane = np.linalg.qr(rng.normal(size=(dim, dim)))[0][:2]
+    features = np.concatenate(points) @ plane + rng.normal(0, 0.01, (len(labels), dim))
+    return features.astype(np.float32), np.array(labels)
+
+
+def one_size(rows: int, scalable: bool | None) -> dict:
+    """Time, peak memory and scores of the consensus start on `rows` moons (in this process)."""
+    from diffclust.cluster import consensus
+    from diffclust.cluster.kmeans import fit_kmeans
+    from diffclust.cluster.metrics import clustering_scores
+
+    features, labels = moons(rows)
+    if scalable is not None:  # force one path whatever the size
+        consensus.MAX_SPECTRAL_ROWS = 0 if scalable else 10**9
+    started = time.perf_counter()
+    result = consensus.consensus_partition(features, 6, seed=0)
+    seconds = time.perf_counter() - started
+    kmeans = clustering_scores(labels, fit_kmeans(features, 6, seed=0)[1])
+    return {"rows": rows, "path": "approximate" if len(features) > consensus.MAX_SPECTRAL_ROWS else "exact", "seconds": round(seconds, 1),
+            "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), "chosen": result.chosen,
+            "acc": clustering_scores(labels, result.labels)["acc"], "kmeans_acc": kmeans["acc"], "labels": result.labels.tolist()}
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["# The consensus start from 1k to 300k rows (6 half-moons in 384-d, K = 6)", "",
+             f"{os.cpu_count()} CPU cores; one process per size (peak memory is that size's). Labels only score.", "",
+             "| rows | path | seconds | peak MB | chosen candidate | ACC % | k-means ACC % |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['rows']:,} | {row['path']} | {row['seconds']} | {row['peak_mb']} | {row['chosen']} | "
+                     f"{100 * row['acc']:.2f} | {100 * row['kmeans_acc']:.2f} |")
+    lines += [f"\nAt {row['rows']:,} rows the approximate path's partition agrees with the exact one's at NMI {row['nmi_to_exact']:.4f}."
+              for row in rows if "nmi_to_exact" in row]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1000,6000,10000,30000,60000,100000,300000")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--path", choices=["auto", "exact", "approximate"], default="auto", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one is not None:  # the child: one size, its result on stdout
+        print(json.dumps(one_size(args.one, {"auto": None, "exact": False, "approximate": True}[args.path])))
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    results_file = args.out / "scale.json"
+    rows = json.loads(results_file.read_text()) if results_file.is_file() else []
+    plan = [(int(size), "auto") for size in args.sizes.split(",")]
+    if 30_000 in [size for size, _ in plan]:
+        plan.append((30_000, "approximate"))  # beside the exact path, at the largest size that takes it
+    labels_at_30k = {}
+    for size, path in plan:
+        if any(row["rows"] == size and (path == "auto" or row["path"] == path) for row in rows):
+            continue  # measured before (the script resumes size by size)
+        child = subprocess.run([sys.executable, __file__, "--out", str(args.out), "--one", str(size), "--path", path],
+                               capture_output=True, text=True, check=True)
+        row = json.loads(child.stdout.strip().splitlines()[-1])
+        if size == 30_000:
+            labels_at_30k[row["path"]] = row["labels"]
+            if len(labels_at_30k) == 2:
+                from diffclust.cluster.metrics import normalized_mutual_information
+
+                row["nmi_to_exact"] = normalized_mutual_information(labels_at_30k["exact"], labels_at_30k["approximate"])
+        row.pop("labels")
+        rows.append(row)
+        rows.sort(key=lambda r: (r["rows"], r["path"]))
+        results_file.write_text(json.dumps(rows, indent=1))
+        print(f"{size} rows ({row['path']}): {row['seconds']} s, {row['peak_mb']} MB, ACC {100 * row['acc']:.2f}% "
+              f"(k-means {100 * row['kmeans_acc']:.2f}%), chosen {row['chosen']}", flush=True)
+    (args.out / "scale.md").write_text(markdown(rows))
+    print(markdown(rows))
+
+if __name__ == "__main__":
+    main()
