@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -64,17 +65,27 @@ def test_usps_text_ties_its_captions_to_held_out_digits(backbone, tmp_path):
     assert result["images"] == 30 and result["accuracy"] >= 0.6
 
 
-def test_difc_on_novel_digits_runs_from_the_command_line_with_usps_text(tmp_path):
+def test_difc_on_novel_digits_runs_from_the_command_line_with_usps_text_and_reports(tmp_path):
     usps = require(DATA / "usps")
     novel = write_subset(usps, pick(usps, {"1", "3", "5", "7", "9"}, 8), tmp_path / "odd")
     out = tmp_path / "run"
     assert main(["fit", str(novel), "--k", "5", "--backbone", "usps-text", "--epochs", "2", "--warmup-epochs", "1",
-                 "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+                 "--device", "cpu", "--quiet", "--out", str(out), "--report"]) == 0
     assignments = rows(out / "assignments.csv")
     assert len(assignments) == 40 and {row["cluster"] for row in assignments} <= {str(k) for k in range(5)}
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [record["phase"] for record in history] == ["warm-up", "guided"]
     assert 0 < history[1]["cluster_gradient_scale"] <= 1 and "cluster_gradient_scale" not in history[0]
+    # the report of a small text-to-image model: readable names, a prototype per cluster (drawn on a CPU), the masks
+    clusters = rows(out / "clusters.csv")
+    used = {row["cluster"] for row in assignments}
+    assert {row["cluster"] for row in clusters} == used
+    for row in clusters:
+        names = row["names"].split(", ")
+        assert len(names) == 3 and all(re.fullmatch(r"[A-Za-z]{2,}|[0-9]{1,4}", name) for name in names), row
+    page = (out / "report" / "index.html").read_text()
+    assert sorted(path.name for path in (out / "report" / "prototypes").iterdir()) == sorted(f"cluster_{c}.png" for c in used)
+    assert "show object masks" in page and "what the backbone draws from the prompt" in page
 
 
 def test_without_the_minilm_package_usps_text_says_what_to_install(monkeypatch):
