@@ -18,22 +18,23 @@ import torch
 
 
 class GradientShare:
-    """The last steps' scale applied to the cluster gradient (1: unscaled), summed for the log."""
+    """The last steps' scale applied to the cluster gradient (1: unscaled), summed for the log.
+    The sum stays a tensor on the device: reading it each step would wait for the GPU."""
 
     def __init__(self, ratio: float | None):
         self.ratio = ratio
-        self.total = 0.0
+        self.total: torch.Tensor | float = 0.0
         self.count = 0
 
-    def record(self, scale: float) -> None:
-        self.total += scale
+    def record(self, scale: torch.Tensor) -> None:
+        self.total = self.total + scale.detach()
         self.count += 1
 
     def mean_and_reset(self) -> float | None:
         """Mean scale since the last call (None if no step was balanced)."""
         if not self.count:
             return None
-        mean = self.total / self.count
+        mean = float(self.total) / self.count
         self.total, self.count = 0.0, 0
         return mean
 
@@ -56,7 +57,7 @@ class _BalancedCopies(torch.autograd.Function):
             return grad_cluster, None
         cluster_norm = grad_cluster.float().norm()
         scale = torch.clamp(ctx.share.ratio * grad_diffusion.float().norm() / cluster_norm.clamp_min(1e-30), max=1.0)
-        ctx.share.record(float(scale))
+        ctx.share.record(scale)
         return grad_diffusion + scale.to(grad_cluster.dtype) * grad_cluster, None
 
 
