@@ -1,4 +1,4 @@
-"""DiEC quality table: raw pixels, a fixed pair, the searched pair, and full DiEC (ACC, NMI, ARI).
+"""DiEC quality table: raw pixels (k-means, UMAP + k-means), a fixed pair, the searched pair, and full DiEC (ACC, NMI, ARI).
 
 Every row clusters all images of DATA and is scored against its labels.csv (labels are used
 for scoring only, and for the reporting-only "best pair judged by the labels", found on the
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from baselines import pixel_rows  # benchmarks/baselines.py
 from diffclust import DiEC, load_backbone, scan_images
 from diffclust.cluster.kmeans import fit_kmeans
 from diffclust.cluster.metrics import clustering_scores, hungarian_accuracy
@@ -58,7 +59,8 @@ def main() -> None:
     backbone = load_backbone(args.backbone, device="cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
     latents = encode_collection(backbone, collection, backbone.resolution, 256, show_progress=False)
-    rows = [kmeans_row("k-means on raw pixels", latents.float(), labels, k, args.seed, started)]
+    rows = [{"row": name, **scores, "seconds": round(time.perf_counter() - started, 1)}
+            for name, scores in pixel_rows(latents.float().numpy(), labels, k, args.seed).items()]
 
     probe = DiEC(k, **settings)
     fixed_t = args.fixed_timestep if args.fixed_timestep is not None else backbone.num_train_timesteps // 2

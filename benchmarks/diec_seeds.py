@@ -1,7 +1,8 @@
 """DiEC over seeds with every choice label-free: pixels, the searched pair, the start, full DiEC.
 
 For each seed, DiEC's own search picks (layer, t) on its seeded subset; then, on every image,
-k-means on the raw pixels, k-means at the searched pair, k-means in a UMAP embedding at the pair
+k-means and UMAP + k-means on the raw pixels (what any user can run without a diffusion
+model), k-means at the searched pair, k-means in a UMAP embedding at the pair
 (DiEC's start partition) and DiEC itself (default settings but a frozen UNet and --epochs, for
 CPU time) are scored against labels.csv; --plain-dec adds DiEC without its self-labelling
 epochs (self_label_epochs=0), side by side. Labels only score. With --label-grid, the pair the
@@ -25,6 +26,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 
+from baselines import pixel_rows  # noqa: E402  (benchmarks/baselines.py)
 from diffclust import DiEC, scan_images  # noqa: E402
 from diffclust.cluster.kmeans import fit_kmeans  # noqa: E402
 from diffclust.cluster.manifold import umap_partition  # noqa: E402
@@ -42,7 +44,7 @@ def one_seed(collection, backbone_path: str, k: int, seed: int, epochs: int, out
     started = time.perf_counter()
     probe = DiEC(k, **settings)
     _, _, backbone, _, latents = probe._prepare(collection)
-    rows["k-means on raw pixels"] = clustering_scores(labels, fit_kmeans(latents.reshape(len(latents), -1), k, seed=seed)[1])
+    rows.update(pixel_rows(latents.numpy(), labels, k, seed))
     search = probe.run_search(backbone, latents)
     search_seconds = time.perf_counter() - started
     features = probe._reader(backbone, [search.layer]).read_all(latents, search.timestep, 256)[search.layer].numpy()

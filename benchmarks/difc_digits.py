@@ -20,16 +20,17 @@ masks' IoU with the ink instead (pixels above mid-grey), which needs no label.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import baselines  # noqa: E402  (benchmarks/baselines.py)
+from subsets import read_rows, write_subset  # noqa: E402  (benchmarks/subsets.py)
 
 REPO = Path(__file__).resolve().parents[1]
 SEEN, NOVEL = ("0", "2", "4", "6", "8"), ("1", "3", "5", "7", "9")
@@ -41,23 +42,9 @@ RECIPE = ["--captions", CAPTION, "--resolution", "16", "--channels-per-level", "
 
 def split(source: Path, work: Path) -> dict:
     """WORK/seen and WORK/novel: the even and the odd digits of SOURCE, with their labels.csv."""
-    with open(source / "labels.csv", newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    counts = {}
-    for name, classes in (("seen", SEEN), ("novel", NOVEL)):
-        chosen = [row for row in rows if row["class_name"] in classes]
-        folder = work / name
-        (folder / "images").mkdir(parents=True, exist_ok=True)
-        for row in chosen:
-            target = folder / "images" / row["file"]
-            if not target.exists():
-                shutil.copy(source / "images" / row["file"], target)
-        with open(folder / "labels.csv", "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(chosen)
-        counts[name] = len(chosen)
-    return counts
+    rows = read_rows(source)
+    return {name: write_subset(source, [row for row in rows if row["class_name"] in classes], work / name)
+            for name, classes in (("seen", SEEN), ("novel", NOVEL))}
 
 
 def pretrain(work: Path, extra: list[str]) -> None:
@@ -74,7 +61,7 @@ VARIANTS = {
     "distillation + object concentration": dict(object_concentration=True, cluster_guidance=False),
     "distillation + cluster guidance": dict(object_concentration=False, cluster_guidance=True),
     "DiFiC (all three modules)": dict(object_concentration=True, cluster_guidance=True),
-    "DiFiC, uniform timestep sampling": dict(object_concentration=True, cluster_guidance=True, timestep_sampling="uniform"),
+    "DiFiC with uniform timestep sampling": dict(object_concentration=True, cluster_guidance=True, timestep_sampling="uniform"),
 }
 Z_ROW = "k-means on z (block b, t-hat)"
 
@@ -83,14 +70,9 @@ def pixel_rows(collection, k: int, seed: int) -> dict[str, dict]:
     """k-means and UMAP + k-means on the raw 16 x 16 pixels."""
     import numpy as np
 
-    from diffclust.cluster.kmeans import fit_kmeans
-    from diffclust.cluster.manifold import umap_partition
-    from diffclust.cluster.metrics import clustering_scores
-
     pixels = np.stack([np.asarray(collection.records[i].rgb().convert("L").resize((16, 16)), dtype=np.float32).ravel() / 255
                        for i in range(len(collection))])
-    return {"k-means on raw pixels": clustering_scores(collection.labels, fit_kmeans(pixels, k, seed=seed)[1]),
-            "UMAP + k-means on raw pixels": clustering_scores(collection.labels, umap_partition(pixels, k, seed))}
+    return baselines.pixel_rows(pixels, collection.labels, k, seed)
 
 
 def z_row(run_dir: Path, labels, k: int, seed: int) -> dict:
@@ -139,6 +121,9 @@ def table(work: Path, seeds: list[int], epochs: int, variants: list[str], out: P
     from diffclust import scan_images
     from diffclust.engine.atomic import atomic_write_json
 
+    unknown = [name for name in variants if name not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"Unknown variant(s) {unknown}; choose from {list(VARIANTS)} (comma-separated).")
     collection = scan_images(work / "novel")
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "table.json"
@@ -189,7 +174,7 @@ def markdown(results: dict) -> str:
 
     seeds = sorted(results["seeds"], key=int)
     found_names = {name for seed in seeds for name in results["seeds"][seed]}
-    order = ["k-means on raw pixels", "UMAP + k-means on raw pixels", Z_ROW, *VARIANTS]
+    order = [baselines.KMEANS_PIXELS, baselines.UMAP_PIXELS, Z_ROW, *VARIANTS]
     names = [name for name in order if name in found_names] + sorted(found_names - set(order))
     lines = [f"# DiFiC on novel digits: {results['images']} odd USPS digits (K = {results['k']}), model trained on the even ones",
              "", f"Model `{results['model']}`; {results['epochs']} epochs; settings {results['settings'] or 'defaults'}; "

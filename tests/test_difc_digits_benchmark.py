@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import sys
 
+import pytest
 from PIL import Image
 
 from conftest import REPO
@@ -68,3 +69,10 @@ def test_two_table_runs_sharing_a_folder_keep_each_others_rows(tmp_path, monkeyp
     assert results["seeds"]["0"]["distillation"]["acc"] == 0.9
     assert results["seeds"]["1"]["DiFiC (all three modules)"]["acc"] == 0.8
     assert set(results["seeds"]["0"]) == {"k-means on raw pixels", "distillation", difc_digits.Z_ROW}
+
+
+def test_an_unknown_variant_is_refused_before_any_work_and_no_name_holds_the_separator(tmp_path):
+    with pytest.raises(SystemExit, match="Unknown variant"):
+        difc_digits.table(tmp_path, [0], 1, ["DiFiC"], tmp_path / "out", {})
+    assert not (tmp_path / "out").exists()
+    assert not any("," in name for name in difc_digits.VARIANTS)  # --variants is comma-separated

@@ -174,7 +174,8 @@ def test_caption_embeddings_match_the_encoder_and_train_without_it(captioned, tm
                  "--checkpoint-every", "6", "--sample-steps", "2", "--eval-timesteps", "2", "--device", "cpu", "--quiet"]) == 0
     record = json.loads((out / "training" / "record.json").read_text())
     assert record["steps"] == 6 and record["classifier"]["images"] == 2 and record["classifier"]["classes"] == 2
-    assert (out / "tokenizer").is_dir() and (out / "text_encoder" / "diffclust_reference.json").is_file()
+    assert (out / "tokenizer" / "diffclust_reference.json").is_file() and (out / "text_encoder" / "diffclust_reference.json").is_file()
+    assert json.loads((out / "tokenizer" / "diffclust_reference.json").read_text())["model_max_length"] == 48
 
 
 def test_caption_embeddings_from_another_encoder_are_refused(captioned, tmp_path):

@@ -73,6 +73,7 @@ def test_saved_folder_is_a_backbone_with_the_ema_weights(conditioned):
     backbone = load_backbone(conditioned)
     assert isinstance(backbone, StableDiffusionBackbone) and backbone.vae is None
     assert backbone.token_dim == 384 and type(backbone.text_encoder).__name__ == "BertModel"
+    assert backbone.tokenizer.model_max_length == 48 and backbone.encode_prompt("a red square", 1).embeddings.shape == (1, 48, 384)
     reference = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(conditioned / "unet"))
     reference.load_state_dict(load_training_state(conditioned / "training" / "checkpoint.pt")["ema"])
     inputs = (torch.randn(2, 3, 16, 16), torch.tensor([10, 500]), torch.randn(2, 48, 384))
@@ -84,6 +85,9 @@ def test_exported_files_stay_under_16_mb_and_samples_exist(conditioned):
     exported = [path for path in conditioned.rglob("*") if path.is_file() and "training" not in path.parts]
     assert max(path.stat().st_size for path in exported) <= 16 * 2**20
     assert json.loads((conditioned / "text_encoder" / "diffclust_reference.json").read_text()) == {"bundled": "all-MiniLM-L6-v2"}
+    # the tokenizer is referenced too (no 0.7 MB copy), with the prompt length the model was trained at
+    assert [path.name for path in (conditioned / "tokenizer").iterdir()] == ["diffclust_reference.json"]
+    assert json.loads((conditioned / "tokenizer" / "diffclust_reference.json").read_text()) == {"bundled": "all-MiniLM-L6-v2", "model_max_length": 48}
     assert sorted(path.name for path in (conditioned / "samples").glob("*.png")) == ["step_0000050.png", "step_0000100.png"]
     assert Image.open(conditioned / "samples" / "step_0000100.png").size == (4 * 10, 2 * 10)  # 4 samples x 2 captions, 8 px + 2 px of padding each
     assert (conditioned / "samples" / "step_0000100.txt").read_text().splitlines() == ["row 1: a blue square", "row 2: a red square"]

@@ -46,6 +46,8 @@ def test_usps_text_ships_inside_the_package_and_refers_to_the_installed_minilm(b
     assert backbone.token_dim == 384 and backbone.unet.dtype == torch.float32  # fp16 on disk, fp32 loaded
     assert sum(path.stat().st_size for path in folder.rglob("*.safetensors")) < 6 * 2**20
     assert not list((folder / "text_encoder").glob("*.safetensors"))  # the encoder is the installed package's
+    assert not (folder / "tokenizer" / "tokenizer.json").exists() and backbone.tokenizer.model_max_length == 48  # so is its tokenizer
+    assert backbone.tokenizer("a handwritten digit 3").input_ids == [101, 1037, 2192, 15773, 15340, 1017, 102]
     record = json.loads((folder / "training" / "record.json").read_text())
     assert record["steps"] == 1500 and "a handwritten digit {class_name}" in record["command"]
     assert record["classifier"]["accuracy"] >= 0.9 and record["classifier"]["chance"] == 0.2

