@@ -3,7 +3,8 @@
 Each --set NAME=FOLDER names a folder holding features.npy and labels.npy (../shared/data/in50-vits-dev,
 or the USPS features benchmarks/diec_quality.py writes at DiEC's searched pair); `blobs` adds
 imbalanced Gaussian blobs (K = 10, 2,000 x 64). Labels only score. CLUDI runs with its
-defaults unless --variants gives JSON settings per row:
+defaults unless --variants gives JSON settings per row. Each CLUDI row also gives its start
+partition's ACC (the metrics log's epoch 0) and the gain training added over it:
 
     python benchmarks/cludi_quality.py --out benchmarks/results/cludi_quality \\
         --set in50-vits-dev=../shared/data/in50-vits-dev --set blobs \\
@@ -42,7 +43,24 @@ def load_set(spec: str) -> tuple[str, np.ndarray, np.ndarray]:
 
 
 def summary(rows: list[dict]) -> dict:
-    return {key: (float(np.mean([r[key] for r in rows])), float(np.std([r[key] for r in rows]))) for key in ("acc", "nmi", "ari", "seconds")}
+    """(mean, sd) of each score over the runs; the start's ACC and the gain over it where runs have a start."""
+    keys = ("acc", "nmi", "ari", "seconds") + (("start_acc", "gain") if all("start_acc" in r for r in rows) else ())
+    return {key: (float(np.mean([r[key] for r in rows])), float(np.std([r[key] for r in rows]))) for key in keys}
+
+
+def start_and_curve(history: list[dict]) -> dict:
+    """The start partition's ACC (the epoch-0 row of the metrics log), what training added, and ACC by epoch."""
+    curve = [round(record["acc"], 4) for record in history if "acc" in record]
+    if not history or history[0].get("epoch") != 0:
+        return {"acc_by_epoch": curve}
+    return {"start_acc": history[0]["acc"], "gain": history[-1]["acc"] - history[0]["acc"], "acc_by_epoch": curve}
+
+
+def cell(scores: dict, key: str, scale: float = 100.0, digits: int = 2) -> str:
+    if key not in scores:
+        return ""
+    mean, sd = scores[key]
+    return f"{scale * mean:.{digits}f} ± {scale * sd:.{digits}f}"
 
 
 def main() -> None:
@@ -68,14 +86,16 @@ def main() -> None:
             for row, settings in variants.items():
                 started = time.perf_counter()
                 model = CLUDI(k, random_state=seed, device="cpu", progress=False, **settings).fit(features, labels)
-                runs.setdefault(row, []).append({**clustering_scores(labels, model.labels_), "seconds": time.perf_counter() - started})
-                print(name, row, seed, {key: round(value, 4) for key, value in runs[row][-1].items()}, flush=True)
+                runs.setdefault(row, []).append({**clustering_scores(labels, model.labels_), "seconds": time.perf_counter() - started,
+                                                 **start_and_curve(model.history_)})
+                print(name, row, seed, {key: round(value, 4) for key, value in runs[row][-1].items() if key != "acc_by_epoch"}, flush=True)
         table = {row: summary(values) for row, values in runs.items()}
         report["sets"].append({"name": name, "rows": len(features), "dims": int(features.shape[1]), "k": k, "runs": runs, "summary": table})
         lines += [f"## {name}: {len(features)} x {features.shape[1]}, K = {k}", "",
-                  "| method | ACC % | NMI | ARI | seconds per run |", "|---|---|---|---|---|"]
-        lines += [f"| {row} | {100 * s['acc'][0]:.2f} ± {100 * s['acc'][1]:.2f} | {s['nmi'][0]:.4f} ± {s['nmi'][1]:.4f} | "
-                  f"{s['ari'][0]:.4f} ± {s['ari'][1]:.4f} | {s['seconds'][0]:.0f} |" for row, s in table.items()]
+                  "| method | ACC % | NMI | ARI | start ACC % (epoch 0) | gain over the start (points) | seconds per run |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {row} | {cell(s, 'acc')} | {cell(s, 'nmi', 1, 4)} | {cell(s, 'ari', 1, 4)} | {cell(s, 'start_acc')} | "
+                  f"{cell(s, 'gain')} | {s['seconds'][0]:.0f} |" for row, s in table.items()]
         lines.append("")
         args.out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(args.out / "results.json", report)

@@ -9,6 +9,7 @@ which the model never saw, with every choice label-free. Labels only score.
     python benchmarks/difc_digits.py table --work .data/digits --seeds 0,1,2 --out benchmarks/results/difc_digits
     python benchmarks/difc_digits.py profile --work .data/digits --out benchmarks/results/difc_digits/step.md
     python benchmarks/difc_digits.py refresh --out benchmarks/results/difc_digits   # table.md again from table.json
+    python benchmarks/difc_digits.py head RUN_DIR --work .data/digits --out FILE    # the head alone on a run's proxy words
 
 `table` writes table.json and table.md: the raw-pixel rows, k-means on z (block b at t-hat:
 the paper's "Stable Diffusion" row), then DiFiC's modules switched on one by one (semantic
@@ -20,6 +21,7 @@ masks' IoU with the ink instead (pixels above mid-grey), which needs no label.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import subprocess
@@ -85,6 +87,70 @@ def z_row(run_dir: Path, labels, k: int, seed: int) -> dict:
     cached = next(run_dir.rglob("features.npy"))
     z = np.load(cached, allow_pickle=False, mmap_mode="r").astype(np.float32).reshape(len(labels), -1)
     return clustering_scores(labels, fit_kmeans(z, k, seed=seed)[1])
+
+
+def head_probe(run_dir: Path, labels_csv: Path, epochs: int, seed: int) -> str:
+    """The cluster head alone on a finished run's proxy words (its embedding.npy; no diffusion,
+    f fixed), from the k-means hand-over as DiFiC starts it, with each size prior: what the
+    balance term does to the partition by itself. Labels only score."""
+    import numpy as np
+    import torch
+
+    from diffclust.cluster.heads import ClusterHead
+    from diffclust.cluster.kmeans import fit_kmeans
+    from diffclust.cluster.losses import AssignmentMemoryBank, cluster_guidance_loss, cluster_shares
+    from diffclust.cluster.metrics import clustering_scores
+    from diffclust.cluster.neighbours import nearest_neighbours
+    from diffclust.methods.difc.training import HEAD_INIT_STEPS, HEAD_WARMUP_STEPS
+
+    proxies = torch.from_numpy(np.load(run_dir / "embedding.npy", allow_pickle=False)).float()
+    with open(labels_csv, newline="", encoding="utf-8") as handle:
+        truth = {row["file"]: row["label"] for row in csv.DictReader(handle)}
+    with open(run_dir / "assignments.csv", newline="", encoding="utf-8") as handle:
+        labels = np.array([truth[Path(row["file"]).name] for row in csv.DictReader(handle)])
+    k, settings = len(NOVEL), {"lr": 2e-4, "weight_decay": 1e-2, "batch": 32, "bank": 512, "neighbours": 10, "entropy_weight": 5.0}
+    neighbours = torch.from_numpy(nearest_neighbours(proxies, settings["neighbours"]))
+    _, start = fit_kmeans(proxies, k, seed=seed)
+    acc = lambda predicted: 100 * clustering_scores(labels, predicted)["acc"]  # noqa: E731
+    lines = [f"# The head alone on the proxy words of `{run_dir}`", "",
+             f"k-means (the hand-over): ACC {acc(start):.2f}%, sizes {np.bincount(start, minlength=k).tolist()}; "
+             f"true sizes {np.unique(labels, return_counts=True)[1].tolist()}. Settings: DiFiC's defaults {settings}, seed {seed}.", "",
+             "| size prior | " + " | ".join(f"epoch {e + 1}" for e in range(epochs)) + " | final sizes |", "|---|" + "---|" * (epochs + 1)]
+    for prior in ("uniform", "start"):
+        torch.manual_seed(seed)
+        head = ClusterHead(proxies.shape[1], k)
+        optimizer = torch.optim.Adam(head.parameters(), lr=1e-3)
+        for _ in range(HEAD_INIT_STEPS):
+            loss = torch.nn.functional.cross_entropy(head(proxies), torch.from_numpy(start))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        optimizer = torch.optim.AdamW(head.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
+        shares = cluster_shares(start, k) if prior == "start" else None
+        bank = AssignmentMemoryBank(settings["bank"], k)
+        head.calibrate(proxies)
+        with torch.no_grad():
+            bank.push(head.eval()(proxies[torch.randperm(len(proxies))[: settings["bank"]]]).softmax(dim=1))
+        curve, step = [], 0
+        for _ in range(epochs):
+            head.train()
+            for rows in torch.randperm(len(proxies)).split(settings["batch"]):
+                for group in optimizer.param_groups:
+                    group["lr"] = settings["lr"] * min(1.0, (step + 1) / HEAD_WARMUP_STEPS)
+                picks = neighbours[rows, torch.randint(neighbours.shape[1], (len(rows),))]
+                probs = head(torch.cat([proxies[rows], proxies[picks]])).softmax(dim=1)
+                total, _, _ = cluster_guidance_loss(probs[: len(rows)], probs[len(rows):], bank, settings["entropy_weight"], shares)
+                bank.push(probs[: len(rows)])
+                optimizer.zero_grad()
+                total.backward()
+                optimizer.step()
+                step += 1
+            head.calibrate(proxies)
+            with torch.no_grad():
+                predicted = head.eval()(proxies).argmax(dim=1).numpy()
+            curve.append(acc(predicted))
+        lines.append(f"| {prior} | " + " | ".join(f"{value:.2f}" for value in curve) + f" | {np.bincount(predicted, minlength=k).tolist()} |")
+    return "\n".join(lines) + "\n"
 
 
 def mask_iou_with_ink(run_dir: Path) -> float | None:
@@ -261,6 +327,12 @@ def main(argv: list[str] | None = None) -> None:
     table_parser.add_argument("--settings", default="{}", help="further DiFiC settings as JSON (e.g. '{\"prompt_template\": ...}')")
     refresh_parser = commands.add_parser("refresh", help="rewrite OUT/table.md from OUT/table.json (and add missing mask IoUs)")
     refresh_parser.add_argument("--out", type=Path, required=True)
+    head_parser = commands.add_parser("head", help="the cluster head alone on a finished run's proxy words, with each size prior")
+    head_parser.add_argument("run_dir", type=Path)
+    head_parser.add_argument("--work", type=Path, required=True)
+    head_parser.add_argument("--epochs", type=int, default=5)
+    head_parser.add_argument("--seed", type=int, default=0)
+    head_parser.add_argument("--out", type=Path, default=None, help="also write the table to this file")
     profile_parser = commands.add_parser("profile", help="time the parts of one DiFiC training step on WORK/model")
     profile_parser.add_argument("--work", type=Path, required=True)
     profile_parser.add_argument("--batch", type=int, default=32)
@@ -273,6 +345,11 @@ def main(argv: list[str] | None = None) -> None:
         pretrain(args.work, extra)
     elif args.command == "refresh":
         print(markdown(refresh(args.out)))
+    elif args.command == "head":
+        report = head_probe(args.run_dir, args.work / "novel" / "labels.csv", args.epochs, args.seed)
+        print(report)
+        if args.out:
+            args.out.write_text(report)
     elif args.command == "profile":
         report = profile_step(args.work / "model", args.batch, args.repeats)
         print(report)

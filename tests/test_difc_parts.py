@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffclust.cluster.losses import AssignmentMemoryBank, cluster_guidance_loss, entropy, neighbour_consistency_loss
+from diffclust.cluster.losses import AssignmentMemoryBank, cluster_guidance_loss, cluster_shares, entropy, neighbour_consistency_loss
 from diffclust.cluster.neighbours import nearest_neighbours
 from diffclust.methods.difc.extractor import SemanticExtractor
 from diffclust.methods.difc.losses import masked_diffusion_loss
@@ -108,6 +108,33 @@ def test_memory_bank_keeps_the_latest_entries_and_enters_the_entropy():
     assert total.item() == pytest.approx(consistency.item() - 10 * math.log(2))
     total.backward()
     assert batch.grad is not None and bank.entries.grad is None
+
+
+def test_a_size_prior_turns_the_entropy_into_minus_kl_to_the_prior_by_hand():
+    batch = torch.tensor([[0.9, 0.1], [0.5, 0.5]], requires_grad=True)
+    mean = torch.tensor([0.7, 0.3])
+    empty = AssignmentMemoryBank(size=0, n_clusters=2)
+    # prior = the mean itself: KL = 0, so the total is the consistency alone
+    total, consistency, spread = cluster_guidance_loss(batch, batch, empty, 5.0, size_prior=mean)
+    assert total.item() == pytest.approx(consistency.item(), abs=1e-6)
+    assert spread.item() == pytest.approx(-(0.7 * math.log(0.7) + 0.3 * math.log(0.3)))  # still the plain entropy, for the log
+    # another prior: total = consistency + 5 * KL(mean || prior)
+    prior = torch.tensor([0.2, 0.8])
+    total, consistency, _ = cluster_guidance_loss(batch, batch, empty, 5.0, size_prior=prior)
+    kl = 0.7 * math.log(0.7 / 0.2) + 0.3 * math.log(0.3 / 0.8)
+    assert total.item() == pytest.approx(consistency.item() + 5 * kl, rel=1e-5)
+    # a uniform prior is the paper's loss plus a constant (5 log 2), with the same gradient on the head's logits
+    logits = torch.tensor([[2.0, -1.0], [0.3, 0.1]], requires_grad=True)
+    probs = logits.softmax(dim=1)
+    paper, _, _ = cluster_guidance_loss(probs, probs, empty, 5.0)
+    uniform, _, _ = cluster_guidance_loss(probs, probs, empty, 5.0, size_prior=torch.tensor([0.5, 0.5]))
+    assert uniform.item() == pytest.approx(paper.item() + 5 * math.log(2), rel=1e-6)
+    assert torch.allclose(torch.autograd.grad(paper, logits, retain_graph=True)[0], torch.autograd.grad(uniform, logits)[0], atol=1e-6)
+
+
+def test_cluster_shares_are_add_one_smoothed_counts():
+    assert torch.allclose(cluster_shares(np.array([0, 0, 1]), 3), torch.tensor([3 / 6, 2 / 6, 1 / 6]))
+    assert cluster_shares([2, 2], 3).min() > 0 and cluster_shares([2, 2], 3).sum().item() == pytest.approx(1.0)
 
 
 def test_entropy_of_uniform_and_one_hot():

@@ -126,3 +126,29 @@ def test_auto_k_run_resumes_to_the_same_result(auto_run, mixture_folder, tmp_pat
     assert [record["epoch"] for record in resumed.history_] == list(range(1, 31))
     np.testing.assert_array_equal(resumed.labels_, auto_run[0].labels_)
     np.testing.assert_allclose(resumed.proxy_words_, auto_run[0].proxy_words_, rtol=1e-4, atol=1e-5)
+
+
+def test_the_size_prior_keeps_an_imbalanced_partition_where_equal_sizes_break_it(mixture_folder, tmp_path):
+    """One group of 30 and three of 8. The hand-over's k-means finds all four; the paper's
+    entropy (equal sizes) then moves points of the large group into a small one, while the
+    size prior (the hand-over's shares, saved with the checkpoint) keeps the partition."""
+    folder = tmp_path / "imbalanced"
+    folder.mkdir()
+    rows = ["file,label"]
+    for path in sorted(mixture_folder.glob("*.png")):
+        group, index = int(path.name[1]), int(path.stem.split("_")[1])
+        if group == 0 or index < 8:
+            (folder / path.name).write_bytes(path.read_bytes())
+            rows.append(f"{path.name},{group}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    labels = scan_images(folder).labels
+    runs = {prior: _fit(folder, tmp_path / prior, epochs=60, warmup_epochs=40, size_prior=prior, output_dir=tmp_path / prior / "run")
+            for prior in ("start", "uniform")}
+    for model in runs.values():
+        assert model.history_[39]["acc"] == 1.0  # the hand-over's k-means: every group found
+    assert hungarian_accuracy(labels, runs["start"].labels_) == 1.0
+    assert sorted(np.bincount(runs["start"].labels_, minlength=GROUPS).tolist()) == [8, 8, 8, 30]
+    assert hungarian_accuracy(labels, runs["uniform"].labels_) < 0.95  # measured: 0.89, the large group split
+    shares = load_training_state(tmp_path / "start" / "run" / "checkpoint.pt")["size_shares"]
+    assert sorted(round(value, 4) for value in shares.tolist()) == [round(9 / 58, 4)] * 3 + [round(31 / 58, 4)]
+    assert "size_shares" not in load_training_state(tmp_path / "uniform" / "run" / "checkpoint.pt")

@@ -1,4 +1,4 @@
-"""Losses that shape cluster assignments: neighbour consistency and a balanced-usage entropy."""
+"""Losses that shape cluster assignments: neighbour consistency and a balanced-usage entropy (or a size prior)."""
 
 from __future__ import annotations
 
@@ -57,14 +57,28 @@ def cluster_guidance_loss(
     neighbour_probs: torch.Tensor,
     bank: AssignmentMemoryBank,
     entropy_weight: float = 5.0,
+    size_prior: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """DiFiC's clustering loss: consistency - lambda * H(mean assignment), lambda = w (U + N) / N.
 
     U is the number of bank entries and N the batch size: the scaling keeps the entropy's
-    gradient on the batch equal to w whatever the bank holds. Returns (total, consistency, entropy).
+    gradient on the batch equal to w whatever the bank holds. With `size_prior` (cluster
+    shares summing to 1) the entropy becomes -KL(mean assignment || prior): it pulls cluster
+    sizes towards the prior instead of towards equal sizes (a uniform prior gives the paper's
+    loss plus a constant). Returns (total, consistency, entropy of the mean assignment).
     """
     consistency = neighbour_consistency_loss(probs, neighbour_probs)
     batch = probs.shape[0]
     weight = entropy_weight * (len(bank) + batch) / batch
-    spread = entropy(bank.mean_with(probs))
-    return consistency - weight * spread, consistency, spread
+    mean = bank.mean_with(probs)
+    spread = entropy(mean)
+    balance = spread
+    if size_prior is not None:
+        balance = spread + (mean * torch.log(size_prior.to(mean.device, mean.dtype).clamp_min(_EPS))).sum()
+    return consistency - weight * balance, consistency, spread
+
+
+def cluster_shares(labels, n_clusters: int) -> torch.Tensor:
+    """Each cluster's share of `labels`, add-one smoothed so that no share is zero."""
+    counts = torch.bincount(torch.as_tensor(labels, dtype=torch.long).flatten(), minlength=n_clusters).float()
+    return (counts + 1) / (counts.sum() + n_clusters)

@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 #: the paper's warm-up: 100 of 250 epochs distil proxy words before the cluster head trains
 PAPER_WARMUP_FRACTION = 100 / 250
+#: what the balance term pulls cluster sizes towards: the hand-over's k-means shares, or equal sizes (the paper)
+SIZE_PRIORS = ("start", "uniform")
 
 
 class DiFiC(ClusteringEstimator):
@@ -50,6 +52,10 @@ class DiFiC(ClusteringEstimator):
     multiple of the diffusion loss's (same step; the head gets all of it): our addition, as
     the plain sum let the cluster loss alone retrain f (see methods/difc/balance.py); ``None``
     is the paper's plain sum.
+    ``size_prior="start"`` (our addition) makes the balance term hold cluster sizes near the
+    shares of the warm-up's k-means clusters, -KL(mean assignment || shares) in place of the
+    entropy; ``"uniform"`` is the paper's entropy, which pulls every cluster to the same size
+    and so splits a large group and merges small ones.
     ``n_clusters="auto"``: warm-up distils proxy words without needing K, so K is chosen on S* at
     the end of warm-up (``k_criterion`` over ``k_range``, see cluster.k_selection) and the head
     is built with it.
@@ -91,6 +97,7 @@ class DiFiC(ClusteringEstimator):
         entropy_weight: float = 5.0,
         cluster_loss_weight: float = 1.0,
         cluster_gradient_ratio: float | None = 1.0,
+        size_prior: str = "start",
         extractor_hidden: int | None = None,
         cache_precision: str = "fp16",
         weights_dtype: str = "auto",
@@ -127,6 +134,8 @@ class DiFiC(ClusteringEstimator):
         ratio = self.cluster_gradient_ratio
         if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio >= 0 or ratio == float("inf")):
             problems.append(f"cluster_gradient_ratio (--cluster-gradient-ratio) must be a finite number >= 0, or None for the paper's plain sum; got {self.cluster_gradient_ratio!r}")
+        if self.size_prior not in SIZE_PRIORS:
+            problems.append(f"size_prior (--size-prior) must be one of {', '.join(SIZE_PRIORS)}, got {self.size_prior!r}")
         if self.n_neighbours < 1:
             problems.append(f"n_neighbours must be >= 1, got {self.n_neighbours}")
         if self.cache_precision not in FEATURE_STORAGES:

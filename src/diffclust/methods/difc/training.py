@@ -24,7 +24,7 @@ from accelerate import Accelerator
 
 from diffclust.backbones.base import DiffusionBackbone
 from diffclust.cluster.kmeans import fit_kmeans
-from diffclust.cluster.losses import AssignmentMemoryBank, cluster_guidance_loss
+from diffclust.cluster.losses import AssignmentMemoryBank, cluster_guidance_loss, cluster_shares
 from diffclust.cluster.neighbours import nearest_neighbours
 from diffclust.engine.trainer import EpochTrainer
 from diffclust.engine.runtime import epoch_batches, progress
@@ -42,6 +42,7 @@ RESUME_KEYS = (
     "n_clusters", "feature_layer", "feature_timestep", "mask_timestep", "prompt_template", "mask_prompt",
     "object_concentration", "cluster_guidance", "timestep_sampling", "warmup_epochs", "batch_size",
     "random_state", "extractor_hidden", "n_neighbours", "memory_bank_size", "head_init", "cluster_gradient_ratio",
+    "size_prior",
 )
 HEAD_INIT_STEPS = 200
 #: the head's learning rate ramps up over this many steps once guidance starts: a fresh Adam
@@ -76,6 +77,9 @@ class DiFiCTrainer(EpochTrainer):
         self.centres: np.ndarray | None = None
         #: (proxy words, labels, confidence) of every image after the last epoch run
         self.assignment: tuple[torch.Tensor, np.ndarray, np.ndarray] | None = None
+        #: with size_prior "start": the hand-over partition's cluster shares, which the balance
+        #: term pulls the mean assignment towards (None: the paper's equal sizes)
+        self.size_shares: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ phases and assignment
     def guided(self, epoch: int) -> bool:
@@ -142,15 +146,32 @@ class DiFiCTrainer(EpochTrainer):
             labels, confidence = assign(proxies, None, self.centres)
         return proxies, labels, confidence
 
-    def initialise_head(self, proxies: torch.Tensor) -> None:
-        """Start g from the warm-up's clustering: fit it to k-means labels of S* (cross-entropy).
+    def hand_over(self, proxies: torch.Tensor, epoch: int) -> None:
+        """What the first guided epoch (or a resume into the guided phase) needs from the
+        warm-up's k-means clusters of S*: the head's start, and the size prior's shares. Every
+        process computes the same thing from the same seed."""
+        first = epoch == self.p["warmup_epochs"]
+        start_head = first and self.p["head_init"] == "kmeans"
+        need_shares = self.p["size_prior"] == "start" and self.size_shares is None
+        if not (start_head or need_shares):
+            return
+        _, start = fit_kmeans(proxies, self.k, seed=self.p["random_state"])
+        if start_head:
+            self.initialise_head(proxies, start)
+        if need_shares:
+            self.size_shares = cluster_shares(start, self.k)
+            logger.info("Cluster sizes are held near the hand-over's k-means shares: %s",
+                        ", ".join(f"{share:.1%}" for share in self.size_shares.tolist()))
+
+    def initialise_head(self, proxies: torch.Tensor, start: np.ndarray) -> None:
+        """Start g from the warm-up's clustering: fit it to the k-means labels `start` of S*
+        (cross-entropy).
 
         A randomly initialised head often settles in a merged local optimum (two groups in one
         cluster) and throws away what warm-up found; this hand-over keeps the k-means clusters
-        as the starting point. Every process computes the same thing from the same seed.
+        as the starting point.
         """
-        _, targets = fit_kmeans(proxies, self.k, seed=self.p["random_state"])
-        targets = torch.from_numpy(targets).to(proxies.device)
+        targets = torch.from_numpy(start).to(proxies.device)
         head = self.accelerator.unwrap_model(self.network).head.train()
         optimizer = torch.optim.Adam(head.parameters(), lr=1e-3)
         for _ in range(HEAD_INIT_STEPS):
@@ -183,6 +204,8 @@ class DiFiCTrainer(EpochTrainer):
                  "bank": self.bank.state()}
         if self.k is not None:
             state["n_clusters"] = self.k
+        if self.size_shares is not None:
+            state["size_shares"] = self.size_shares
         return state
 
     def restore(self, state: dict) -> None:
@@ -193,6 +216,7 @@ class DiFiCTrainer(EpochTrainer):
         self.network.load_state_dict(state["network"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.bank.load_state(state["bank"])
+        self.size_shares = state.get("size_shares")
 
     # ------------------------------------------------------------------ training
     def cached_names(self) -> list[str]:
@@ -221,7 +245,8 @@ class DiFiCTrainer(EpochTrainer):
         parts = {"loss": diffusion, "diffusion_loss": diffusion.detach()}
         if neighbours is not None:
             probs = logits.float().softmax(dim=1)
-            total, consistency, spread = cluster_guidance_loss(probs[:batch], probs[batch:], self.bank, self.p["entropy_weight"])
+            total, consistency, spread = cluster_guidance_loss(probs[:batch], probs[batch:], self.bank, self.p["entropy_weight"],
+                                                               self.size_shares)
             self.bank.push(probs[:batch])
             parts["loss"] = diffusion + self.p["cluster_loss_weight"] * total
             parts.update(consistency_loss=consistency.detach(), assignment_entropy=spread.detach())
@@ -234,8 +259,7 @@ class DiFiCTrainer(EpochTrainer):
             proxies = self.all_proxies()
             if self.accelerator.unwrap_model(model).head is None:
                 raise RuntimeError("cluster guidance started without a head; run() builds it once K is known")
-            if epoch == self.p["warmup_epochs"] and self.p["head_init"] == "kmeans":
-                self.initialise_head(proxies)
+            self.hand_over(proxies, epoch)
             if len(self.bank) == 0:
                 self.fill_bank(proxies, epoch)
             neighbours = torch.from_numpy(nearest_neighbours(proxies, self.p["n_neighbours"]))
