@@ -6,11 +6,12 @@ scored on elsewhere. A DDPM is trained on the subset alone with the recipe of th
 `diec_seeds.py` scores DiEC against k-means and UMAP + k-means on the raw pixels over seeds:
 
     python benchmarks/diec_small_data.py subset ../shared/data/usps --work .data/usps-twin
-    python benchmarks/diec_small_data.py pretrain --work .data/usps-twin     # about 15 min on 2 CPU cores
+    python benchmarks/diec_small_data.py pretrain --work .data/usps-twin     # about 20 min on one CPU core
     python benchmarks/diec_seeds.py .data/usps-twin/images-1800 --backbone .data/usps-twin/ddpm \\
         --out benchmarks/results/diec_small_data/twin --seeds 0,1,2 --epochs 50 --label-grid
 
-`pretrain` passes further options to `diffclust pretrain` (they override the recipe's), so
+`subset --pixels 8` averages each image down to 8 x 8 (a low-resolution twin; the recipe's
+`--resolution 16` scales it back up when it loads). `pretrain` passes further options to `diffclust pretrain` (they override the recipe's), so
 recipe variants are one flag away, e.g. `--steps 4000 --out .data/usps-twin/ddpm-4000`.
 """
 
@@ -67,13 +68,15 @@ def main(argv: list[str] | None = None) -> None:
     subset_parser.add_argument("--work", type=Path, required=True)
     subset_parser.add_argument("--size", type=int, default=1800)
     subset_parser.add_argument("--seed", type=int, default=0)
+    subset_parser.add_argument("--pixels", type=int, default=None, help="average each image down to PIXELS x PIXELS (a low-resolution twin)")
     pretrain_parser = commands.add_parser("pretrain", help="train WORK/ddpm on WORK/images-SIZE with usps-ddpm's recipe")
     pretrain_parser.add_argument("--work", type=Path, required=True)
     pretrain_parser.add_argument("--size", type=int, default=1800)
     args, extra = parser.parse_known_args(argv)
     folder = args.work / SUBSET_NAME.format(size=args.size)
     if args.command == "subset":
-        print(f"{write_subset(args.data, stratified_rows(read_rows(args.data), args.size, args.seed), folder)} images in {folder}")
+        written = write_subset(args.data, stratified_rows(read_rows(args.data), args.size, args.seed), folder, args.pixels)
+        print(f"{written} images in {folder}")
         return
     command = [sys.executable, "-m", "diffclust.cli", "pretrain", str(folder), *merged_options(recipe() + ["--out", str(args.work / "ddpm")], extra)]
     print(" ".join(shlex.quote(word) for word in command), flush=True)

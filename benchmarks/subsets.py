@@ -15,14 +15,22 @@ def read_rows(source: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def write_subset(source: Path, rows: list[dict], folder: Path) -> int:
-    """FOLDER/images (copies) and FOLDER/labels.csv for `rows` of SOURCE's labels.csv; files
-    already there are kept, so a second call costs nothing. Returns the number of rows."""
+def write_subset(source: Path, rows: list[dict], folder: Path, pixels: int | None = None) -> int:
+    """FOLDER/images (copies, or with `pixels` each image averaged down to pixels x pixels) and
+    FOLDER/labels.csv for `rows` of SOURCE's labels.csv; files already there are kept, so a
+    second call costs nothing. Returns the number of rows."""
+    from PIL import Image
+
     (folder / "images").mkdir(parents=True, exist_ok=True)
     for row in rows:
         target = folder / "images" / row["file"]
-        if not target.exists():
+        if target.exists():
+            continue
+        if pixels is None:
             shutil.copy(source / "images" / row["file"], target)
+        else:
+            with Image.open(source / "images" / row["file"]) as image:
+                image.convert("L").resize((pixels, pixels), Image.Resampling.BOX).save(target)
     with open(folder / "labels.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()

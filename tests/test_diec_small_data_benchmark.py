@@ -72,3 +72,17 @@ def test_the_pixel_rows_score_image_shaped_arrays_on_both_baselines():
     rows = baselines.pixel_rows(images, labels, 3, seed=0)
     assert list(rows) == [baselines.KMEANS_PIXELS, baselines.UMAP_PIXELS]
     assert all(scores["acc"] == 1.0 for scores in rows.values())
+
+
+def test_a_low_resolution_twin_averages_each_image_down(tmp_path):
+    import numpy as np
+
+    source = tmp_path / "usps"
+    (source / "images").mkdir(parents=True)
+    pixels = np.zeros((16, 16), dtype=np.uint8)
+    pixels[:, :8] = 200  # left half ink
+    Image.fromarray(pixels).save(source / "images" / "d0.png")
+    (source / "labels.csv").write_text("file,label,class_name,split\nd0.png,0,0,train\n")
+    diec_small_data.main(["subset", str(source), "--work", str(tmp_path / "work"), "--size", "1", "--pixels", "8"])
+    small = np.asarray(Image.open(tmp_path / "work" / "images-1" / "images" / "d0.png"))
+    assert small.shape == (8, 8) and (small[:, :4] == 200).all() and (small[:, 4:] == 0).all()
