@@ -231,6 +231,15 @@ def test_the_teacher_reads_a_neighbour_of_each_row():
         assert any(torch.equal(read, neighbour) for neighbour in neighbours) and not torch.equal(read, trainer.features[row])
 
 
+def test_the_teachers_neighbours_are_euclidean_like_the_starts_graphs():
+    """Two rows on one ray from the origin are cosine twins but far apart: the teacher must not
+    read one for the other (on features that are not unit vectors cosine neighbours crossed the
+    start's clusters, and training undid a 99.8% start on half-moons)."""
+    features = np.array([[1.0, 0.0], [1.1, 0.1], [8.0, 0.0], [8.0, 1.0]], dtype=np.float32)
+    trainer = _trainer(features, n_clusters=2, teacher_neighbours=1)
+    assert trainer.neighbours[:, 0].tolist() == [1, 0, 3, 2]
+
+
 def test_spectral_start_follows_neighbourhoods_where_kmeans_cuts_across():
     """Two concentric rings: the kNN graph's spectral clustering separates them, k-means cannot."""
     angles = np.random.default_rng(0).uniform(0, 2 * np.pi, 200)

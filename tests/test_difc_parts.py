@@ -146,6 +146,12 @@ def test_nearest_neighbours_exclude_self_and_use_cosine():
     points = np.array([[1.0, 0.0], [10.0, 0.5], [0.0, 1.0], [0.1, 5.0]])
     neighbours = nearest_neighbours(points, 1)
     assert neighbours[:, 0].tolist() == [1, 0, 3, 2]  # direction, not length, decides
+    # Euclidean: [1, 0] is nearest [0, 1] (distance 1.41), not [10, 0.5] (9.01); ties never pick the row itself
+    assert nearest_neighbours(points, 1, metric="euclidean")[:, 0].tolist() == [2, 0, 0, 2]
+    duplicates = nearest_neighbours(np.array([[0.0, 0.0], [0.0, 0.0], [3.0, 0.0]]), 1, metric="euclidean")[:, 0].tolist()
+    assert duplicates[:2] == [1, 0] and duplicates[2] in (0, 1)
+    with pytest.raises(ValueError, match="metric"):
+        nearest_neighbours(points, 1, metric="manhattan")
 
 
 def test_cluster_head_ignores_a_shift_common_to_every_proxy_word():

@@ -1,4 +1,4 @@
-"""Nearest neighbours of each point (cosine), used by neighbour-consistency losses.
+"""Nearest neighbours of each point (cosine, or Euclidean), used by neighbour-consistency losses.
 
 Exact search by chunked matrix products on the features' own device: DiFiC finds every
 image's neighbours each epoch, and on a GPU 100,000 points take seconds (the CPU time is
@@ -20,19 +20,27 @@ EXACT_CPU_MAX_ROWS = 30_000
 
 
 @torch.no_grad()
-def nearest_neighbours(features: np.ndarray | torch.Tensor, n_neighbours: int, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
-    """(N, n) indices of each point's nearest others by cosine similarity, self excluded
-    (also when exact duplicates tie with it), nearest first."""
+def nearest_neighbours(features: np.ndarray | torch.Tensor, n_neighbours: int, chunk_rows: int = CHUNK_ROWS,
+                       metric: str = "cosine") -> np.ndarray:
+    """(N, n) indices of each point's nearest others by cosine similarity (or Euclidean
+    distance, `metric="euclidean"`), self excluded (also when exact duplicates tie with it),
+    nearest first."""
+    if metric not in ("cosine", "euclidean"):
+        raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
     data = features.detach().float() if isinstance(features, torch.Tensor) else torch.as_tensor(np.asarray(features, np.float32))
     n = min(n_neighbours, len(data) - 1)
     if n < 1:
         raise ValueError("Nearest neighbours need at least two points.")
-    data = torch.nn.functional.normalize(data, dim=1)
-    if data.device.type == "cpu" and len(data) > EXACT_CPU_MAX_ROWS:  # on unit vectors, Euclidean order is cosine order
+    if metric == "cosine":
+        data = torch.nn.functional.normalize(data, dim=1)
+    if data.device.type == "cpu" and len(data) > EXACT_CPU_MAX_ROWS:  # Euclidean; on unit vectors, Euclidean order is cosine order
         return approximate_neighbours(data.numpy(), n, seed=0)
     found = []
+    squared_norms = data.pow(2).sum(dim=1)
     for start in range(0, len(data), chunk_rows):
         similarity = data[start:start + chunk_rows] @ data.T
+        if metric == "euclidean":  # -|a - b|^2 up to the row's own |a|^2, which does not change its order
+            similarity = 2 * similarity - squared_norms
         rows = torch.arange(len(similarity), device=data.device)
         similarity[rows, rows + start] = -torch.inf  # never a point's own neighbour
         found.append(similarity.topk(n, dim=1).indices.cpu())

@@ -95,8 +95,10 @@ class CLUDITrainer(EpochTrainer):
             lr=params["lr"], betas=tuple(params["betas"]), weight_decay=params["weight_decay"])
         self.steps_per_epoch = math.ceil(math.ceil(len(features) / accelerator.num_processes) / params["batch_size"])
         k = params.get("teacher_neighbours", 0)
-        #: (N, k) nearest neighbours of each row (cosine), whose clean features the teacher reads
-        self.neighbours = torch.from_numpy(nearest_neighbours(features, k)) if k else None
+        #: (N, k) nearest neighbours of each row, whose clean features the teacher reads: Euclidean,
+        #: as in the start's kNN graphs (cosine neighbours of features that are not unit vectors
+        #: cross the start's clusters, and the training then undid them: half-moons 99.8% -> 75%)
+        self.neighbours = torch.from_numpy(nearest_neighbours(features, k, metric="euclidean")) if k else None
         #: teacher logits of every row after the last epoch (monitoring samples)
         self.logits: torch.Tensor | None = None
         #: the consensus start's choice and every candidate's agreement (None for other starts, and on resume)
