@@ -110,6 +110,22 @@ def test_the_start_partition_is_epoch_zero_of_the_log_scored_like_the_epochs(tmp
     assert {key: start[key] for key in expected} == pytest.approx(expected)
     assert [record["epoch"] for record in model.history_] == [0, 1, 2]
     assert (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1].startswith("0,start: kmeans,")
+    # the networks copied the start in rounds of init_steps until a round no longer brought them closer
+    assert start["init_steps_run"] % 20 == 0 and 20 <= start["init_steps_run"] < 3000 and 0 < start["agreement_with_start"] < 0.99
+
+
+def test_the_start_copy_goes_on_while_it_gains_and_stops_at_max_init_steps(caplog):
+    import logging
+
+    features, labels = blobs(n=300, d=8, spread=3.0)  # separated: every round of 5 steps brings the copy closer
+    with caplog.at_level(logging.INFO, logger="diffclust"):
+        model = CLUDI(5, epochs=1, random_state=0, init="kmeans", init_steps=5, init_agreement=1.0, max_init_steps=15, **FAST).fit(features, labels)
+    start = model.history_[0]
+    assert start["init_steps_run"] == 15 and start["agreement_with_start"] < 1.0
+    assert any("After 15 steps the networks reproduce the start partition on" in record.message and "max_init_steps" in record.message
+               for record in caplog.records)
+    with pytest.raises(Exception, match="max_init_steps at least init_steps"):
+        CLUDI(5, init_steps=50, max_init_steps=10, **FAST).fit(features)
 
 
 def test_from_random_weights_the_teacher_student_loop_itself_finds_structure():

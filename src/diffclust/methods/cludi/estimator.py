@@ -74,7 +74,8 @@ class CLUDI(ClusteringEstimator):
     centred and scaled by one overall spread (``feature_scaling="global"``). ``PAPER_SETTINGS``
     (``--paper-settings``) holds the published 200 epochs, lr 1e-4, EMA 0.999, 25 steps, 64 x 50
     samples and random start. Our additions: ``init`` starts the networks from a clustering
-    for ``init_steps`` updates (``"consensus"``, default: of k-means and spectral clusterings at
+    (``init_steps`` updates at a time, until the student's assignment agrees with it on
+    ``init_agreement`` of the rows or ``max_init_steps`` are spent) (``"consensus"``, default: of k-means and spectral clusterings at
     several kNN-graph sizes, the one that agrees most with the others, so no graph size is
     tuned, see diffclust.cluster.consensus; ``"spectral"``: of the ``init_neighbours``-nearest-
     neighbour graph; ``"kmeans"``); the choice is ``start_partition_``. ``teacher_neighbours`` k
@@ -104,6 +105,8 @@ class CLUDI(ClusteringEstimator):
         feature_scaling: str = "global",
         init: str = "consensus",
         init_steps: int = 200,
+        init_agreement: float = 0.99,
+        max_init_steps: int = 3000,
         init_neighbours: int = 10,
         embedding_dim: int = 64,
         hidden_dim: int = 512,
@@ -153,8 +156,10 @@ class CLUDI(ClusteringEstimator):
             low, high = getattr(self, name)
             if not 0 <= low <= high or (name == "feature_dropout" and high >= 1):
                 problems.append(f"{name} must be a range (low, high) with 0 <= low <= high" + (" < 1" if name == "feature_dropout" else ""))
-        if self.init_steps < 0:
-            problems.append(f"init_steps must be >= 0, got {self.init_steps}")
+        if self.init_steps < 0 or self.max_init_steps < self.init_steps:
+            problems.append(f"init_steps must be >= 0 and max_init_steps at least init_steps, got {self.init_steps} and {self.max_init_steps}")
+        if not 0 <= self.init_agreement <= 1:
+            problems.append(f"init_agreement must be a share in [0, 1], got {self.init_agreement!r}")
         if self.encoder is not None and self.backbone is not None:
             problems.append("give either encoder (--encoder, a vision transformer) or backbone (--backbone, UNet activations), not both")
         if self.pooling not in POOLINGS:
