@@ -3,14 +3,15 @@
     python benchmarks/diec_usps_limits.py backbones ../shared/data/usps .data/usps-ddpm-4000 .data/usps-ddpm-5000 --out DIR
     python benchmarks/diec_usps_limits.py start ../shared/data/usps .data/usps-ddpm-4000 --layer mid_block --timestep 343 --out DIR
     python benchmarks/diec_usps_limits.py features ../shared/data/usps .data/usps-ddpm-4000 --layer mid_block --timestep 150 --out DIR
+    python benchmarks/diec_usps_limits.py layers ../shared/data/usps .data/usps-ddpm-4000 --timesteps 100 --out DIR
 
 `backbones`: for each DDPM and each search criterion (--scores), DiEC's label-free search picks
 a pair; k-means and k-means in a UMAP embedding (DiEC's start partition) are scored there on
 every image. `start`: DiEC with a frozen UNet (20 epochs) at one pair, from each of --inits,
 over seeds. `features`: at one pair, the feature variants of --variants (pool size, noise draws,
 neighbouring timesteps concatenated), each scored by the search's label-free index (silhouette
-of k-means in a UMAP embedding, here of every image) beside that partition's accuracy. Labels
-only score.
+of k-means in a UMAP embedding, here of every image) beside that partition's accuracy;
+`layers`: the same for every top-level block at --timesteps. Labels only score.
 """
 
 from __future__ import annotations
@@ -82,9 +83,33 @@ def feature_variants(data: str, model: str, layer: str, timestep: int, variants:
     return rows
 
 
+def layer_rows(data: str, model: str, timesteps: list[int]) -> list[dict]:
+    """Every top-level block at each timestep: the search's label-free index (UMAP silhouette of
+    k-means in a UMAP embedding of every image) beside that partition's accuracy."""
+    from sklearn.metrics import silhouette_score
+
+    from diffclust.methods.diec.features import candidate_layers
+
+    probe = DiEC(10, backbone=model, device="cpu", progress=False)
+    _, collection, backbone, _, latents = probe._prepare(data)
+    layers = candidate_layers(backbone)
+    reader = probe._reader(backbone, layers)
+    rows = []
+    for timestep in timesteps:
+        features = reader.read_all(latents, timestep, 256)
+        for layer in layers:
+            embedding = umap_embedding(features[layer].numpy(), 0)
+            labels = fit_kmeans(embedding, 10, seed=0)[1]
+            rows.append({"layer": layer, "timestep": timestep, "dim": int(features[layer].shape[1]),
+                         "umap_silhouette": float(silhouette_score(embedding, labels)),
+                         "umap_kmeans": clustering_scores(collection.labels, labels)})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiment", choices=["backbones", "start", "features"])
+    parser.add_argument("experiment", choices=["backbones", "start", "features", "layers"])
     parser.add_argument("data")
     parser.add_argument("models", nargs="+")
     parser.add_argument("--layer", default="mid_block")
@@ -95,10 +120,13 @@ def main() -> None:
     parser.add_argument("--inits", default="kmeans,consensus,umap", help="start: the starts compared")
     parser.add_argument("--variants", default="4:4:0 1:4:0 2:4:0 4:1:0 4:8:0 4:4:-50,0,50",
                         help="features: pool:draws:offsets variants, space-separated")
+    parser.add_argument("--timesteps", default="100", help="layers: the timesteps at which every block is read")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if args.experiment == "backbones":
         rows = backbones(args.data, args.models, args.scores.split(","))
+    elif args.experiment == "layers":
+        rows = layer_rows(args.data, args.models[0], [int(t) for t in args.timesteps.split(",")])
     elif args.experiment == "features":
         rows = feature_variants(args.data, args.models[0], args.layer, args.timestep, args.variants.split())
     else:
