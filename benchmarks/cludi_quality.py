@@ -48,12 +48,28 @@ def summary(rows: list[dict]) -> dict:
     return {key: (float(np.mean([r[key] for r in rows])), float(np.std([r[key] for r in rows]))) for key in keys}
 
 
-def start_and_curve(history: list[dict]) -> dict:
-    """The start partition's ACC (the epoch-0 row of the metrics log), what training added, and ACC by epoch."""
+def start_and_curve(history: list[dict], final_acc: float) -> dict:
+    """The start partition's ACC (the epoch-0 row of the metrics log), what training added to it
+    (the final prediction's ACC minus the start's), and ACC by epoch (one monitoring sample)."""
     curve = [round(record["acc"], 4) for record in history if "acc" in record]
     if not history or history[0].get("epoch") != 0:
         return {"acc_by_epoch": curve}
-    return {"start_acc": history[0]["acc"], "gain": history[-1]["acc"] - history[0]["acc"], "acc_by_epoch": curve}
+    return {"start_acc": history[0]["acc"], "gain": final_acc - history[0]["acc"], "acc_by_epoch": curve}
+
+
+def set_lines(result: dict) -> list[str]:
+    """The markdown table of one feature set's runs."""
+    lines = [f"## {result['name']}: {result['rows']} x {result['dims']}, K = {result['k']}", "",
+             "| method | ACC % | NMI | ARI | start ACC % (epoch 0) | gain over the start (points) | seconds per run |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {row} | {cell(s, 'acc')} | {cell(s, 'nmi', 1, 4)} | {cell(s, 'ari', 1, 4)} | {cell(s, 'start_acc')} | "
+              f"{cell(s, 'gain')} | {s['seconds'][0]:.0f} |" for row, s in result["summary"].items()]
+    return lines + [""]
+
+
+def header(report: dict) -> list[str]:
+    return ["# CLUDI against k-means", "", f"`python benchmarks/cludi_quality.py` (seeds {','.join(map(str, report['seeds']))}; "
+            f"labels only score). Device: {report['device']}. CLUDI settings: its defaults, changed per row as named.", ""]
 
 
 def cell(scores: dict, key: str, scale: float = 100.0, digits: int = 2) -> str:
@@ -65,16 +81,30 @@ def cell(scores: dict, key: str, scale: float = 100.0, digits: int = 2) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", action="append", required=True, metavar="NAME=FOLDER or blobs")
+    parser.add_argument("--set", action="append", metavar="NAME=FOLDER or blobs")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--variants", default='{"CLUDI (defaults)": {}}', help="JSON: row name -> CLUDI settings")
+    parser.add_argument("--refresh", action="store_true", help="rewrite OUT/results.md from OUT/results.json (gains from the final ACC)")
     args = parser.parse_args()
+    if args.refresh:
+        report = json.loads((args.out / "results.json").read_text())
+        for result in report["sets"]:
+            for runs in result["runs"].values():
+                for run in runs:
+                    if "start_acc" in run:
+                        run["gain"] = run["acc"] - run["start_acc"]
+            order = [row for row in ["k-means", *report["variants"]] if row in result["runs"]]  # the JSON file keeps keys sorted
+            result["summary"] = {row: summary(result["runs"][row]) for row in order}
+        atomic_write_json(args.out / "results.json", report)
+        atomic_write_text(args.out / "results.md", "\n".join(header(report) + [line for r in report["sets"] for line in set_lines(r)]))
+        return
+    if not args.set:
+        parser.error("--set is required (unless --refresh)")
     variants = json.loads(args.variants)
     seeds = [int(seed) for seed in args.seeds.split(",")]
     report = {"device": f"cpu ({platform.machine()}), {torch.get_num_threads()} threads", "seeds": seeds, "variants": variants, "sets": []}
-    lines = ["# CLUDI against k-means", "", f"`python benchmarks/cludi_quality.py` (seeds {args.seeds}; labels only score). "
-             f"Device: {report['device']}. CLUDI settings: its defaults, changed per row as named.", ""]
+    lines = header(report)
     for spec in args.set:
         name, features, labels = load_set(spec)
         k = len(np.unique(labels))
@@ -86,17 +116,13 @@ def main() -> None:
             for row, settings in variants.items():
                 started = time.perf_counter()
                 model = CLUDI(k, random_state=seed, device="cpu", progress=False, **settings).fit(features, labels)
-                runs.setdefault(row, []).append({**clustering_scores(labels, model.labels_), "seconds": time.perf_counter() - started,
-                                                 **start_and_curve(model.history_)})
+                scores = clustering_scores(labels, model.labels_)
+                runs.setdefault(row, []).append({**scores, "seconds": time.perf_counter() - started,
+                                                 **start_and_curve(model.history_, scores["acc"])})
                 print(name, row, seed, {key: round(value, 4) for key, value in runs[row][-1].items() if key != "acc_by_epoch"}, flush=True)
         table = {row: summary(values) for row, values in runs.items()}
         report["sets"].append({"name": name, "rows": len(features), "dims": int(features.shape[1]), "k": k, "runs": runs, "summary": table})
-        lines += [f"## {name}: {len(features)} x {features.shape[1]}, K = {k}", "",
-                  "| method | ACC % | NMI | ARI | start ACC % (epoch 0) | gain over the start (points) | seconds per run |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [f"| {row} | {cell(s, 'acc')} | {cell(s, 'nmi', 1, 4)} | {cell(s, 'ari', 1, 4)} | {cell(s, 'start_acc')} | "
-                  f"{cell(s, 'gain')} | {s['seconds'][0]:.0f} |" for row, s in table.items()]
-        lines.append("")
+        lines += set_lines(report["sets"][-1])
         args.out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(args.out / "results.json", report)
         atomic_write_text(args.out / "results.md", "\n".join(lines))
