@@ -65,33 +65,36 @@ def one_size(rows: int, scalable: bool | None) -> dict:
             "acc": clustering_scores(labels, result.labels)["acc"], "kmeans_acc": kmeans["acc"], "labels": result.labels.tolist()}
 
 
-def cludi_size(rows: int, epochs: int) -> dict:
-    """Time, peak memory and scores of a whole CLUDI fit (defaults but `epochs`) on `rows` moons:
-    the start, each training epoch, and the prediction."""
+def cludi_size(rows: int, epochs: int, predict_samples: int | None) -> dict:
+    """Time, peak memory and scores of a whole CLUDI fit (defaults but `epochs`, and
+    `predict_samples` if given) on `rows` moons: the start, each training epoch, the prediction."""
     from diffclust import CLUDI
     from diffclust.cluster.metrics import clustering_scores
 
     features, labels = moons(rows)
     started = time.perf_counter()
-    model = CLUDI(6, epochs=epochs, device="cpu", progress=False, random_state=0).fit(features, labels)
+    model = CLUDI(6, epochs=epochs, device="cpu", progress=False, random_state=0,
+                  **({"predict_samples": predict_samples} if predict_samples else {})).fit(features, labels)
     seconds = time.perf_counter() - started
     start = model.history_[0]
     trained = [record for record in model.history_ if record.get("epoch", 0) > 0]
     return {"rows": rows, "path": "cludi", "seconds": round(seconds, 1), "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "start_seconds": start["seconds"], "epoch_seconds": [record["seconds"] for record in trained],
             "predict_seconds": round(seconds - start["seconds"] - sum(record["seconds"] for record in trained), 1),
-            "start_acc": start["acc"], "acc": clustering_scores(labels, model.labels_)["acc"], "epochs": epochs}
+            "start_acc": start["acc"], "acc": clustering_scores(labels, model.labels_)["acc"], "epochs": epochs,
+            "predict_samples": model.predict_samples, "start_copy_steps": start.get("init_steps_run")}
 
 
 def cludi_markdown(rows: list[dict]) -> str:
     lines = ["# CLUDI's whole fit on 6 half-moons in 384-d (K = 6), defaults but the epochs", "",
              f"{os.cpu_count()} CPU cores; one process per size. Labels only score. The start is the consensus partition "
              "(it runs inside the fit); prediction is the default 16 samples x 20 steps over every row.", "",
-             "| rows | epochs | start s | s per epoch | predict s | total s | peak MB | start ACC % | ACC % |", "|---|---|---|---|---|---|---|---|---|"]
+             "| rows | epochs | start s | s per epoch | prediction samples | predict s | total s | peak MB | start ACC % | ACC % |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         per_epoch = sum(row["epoch_seconds"]) / max(1, len(row["epoch_seconds"]))
-        lines.append(f"| {row['rows']:,} | {row['epochs']} | {row['start_seconds']:.1f} | {per_epoch:.1f} | {row['predict_seconds']} | "
-                     f"{row['seconds']} | {row['peak_mb']} | {100 * row['start_acc']:.2f} | {100 * row['acc']:.2f} |")
+        lines.append(f"| {row['rows']:,} | {row['epochs']} | {row['start_seconds']:.1f} | {per_epoch:.1f} | {row.get('predict_samples', 16)} | "
+                     f"{row['predict_seconds']} | {row['seconds']} | {row['peak_mb']} | {100 * row['start_acc']:.2f} | {100 * row['acc']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -113,12 +116,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--path", choices=["auto", "exact", "approximate", "cludi"], default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--predict-samples", type=int, default=None, help="with --cludi-epochs: CLUDI's prediction samples (default: its own, 16)")
     parser.add_argument("--cludi-epochs", type=int, default=None,
                         help="time CLUDI's whole fit (this many epochs) at each size instead of the start alone (cludi_scale.json/md)")
     args = parser.parse_args()
     if args.one is not None:  # the child: one size, its result on stdout
         if args.path == "cludi":
-            print(json.dumps(cludi_size(args.one, args.cludi_epochs)))
+            print(json.dumps(cludi_size(args.one, args.cludi_epochs, args.predict_samples)))
         else:
             print(json.dumps(one_size(args.one, {"auto": None, "exact": False, "approximate": True}[args.path])))
         return
@@ -134,9 +138,11 @@ def main() -> None:
         if any(row["rows"] == size and (path == "auto" or row["path"] == path) for row in rows):
             continue  # measured before (the script resumes size by size)
         child = subprocess.run([sys.executable, __file__, "--out", str(args.out), "--one", str(size), "--path", path,
-                                *(["--cludi-epochs", str(args.cludi_epochs)] if cludi else [])], capture_output=True, text=True, check=True)
+                                *(["--cludi-epochs", str(args.cludi_epochs)] if cludi else []),
+                                *(["--predict-samples", str(args.predict_samples)] if args.predict_samples else [])],
+                               capture_output=True, text=True, check=True)
         row = json.loads(child.stdout.strip().splitlines()[-1])
-        if size == 30_000:
+        if size == 30_000 and not cludi:
             labels_at_30k[row["path"]] = row["labels"]
             if len(labels_at_30k) == 2:
                 from diffclust.cluster.metrics import normalized_mutual_information
