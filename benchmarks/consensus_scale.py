@@ -88,7 +88,8 @@ def cludi_size(rows: int, epochs: int, predict_samples: int | None) -> dict:
 def cludi_markdown(rows: list[dict]) -> str:
     lines = ["# CLUDI's whole fit on 6 half-moons in 384-d (K = 6), defaults but the epochs", "",
              f"{os.cpu_count()} CPU cores; one process per size. Labels only score. The start is the consensus partition "
-             "(it runs inside the fit); prediction is the default 16 samples x 20 steps over every row.", "",
+             "(it runs inside the fit, with the copy of the start); prediction: that many samples x 20 steps over every "
+             "row (16 is CLUDI's default).", "",
              "| rows | epochs | start s | s per epoch | prediction samples | predict s | total s | peak MB | start ACC % | ACC % |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
