@@ -345,13 +345,9 @@ def main(argv: list[str] | None = None) -> None:
         pretrain(args.work, extra)
     elif args.command == "refresh":
         print(markdown(refresh(args.out)))
-    elif args.command == "head":
-        report = head_probe(args.run_dir, args.work / "novel" / "labels.csv", args.epochs, args.seed)
-        print(report)
-        if args.out:
-            args.out.write_text(report)
-    elif args.command == "profile":
-        report = profile_step(args.work / "model", args.batch, args.repeats)
+    elif args.command in ("head", "profile"):
+        report = (head_probe(args.run_dir, args.work / "novel" / "labels.csv", args.epochs, args.seed) if args.command == "head"
+                  else profile_step(args.work / "model", args.batch, args.repeats))
         print(report)
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)

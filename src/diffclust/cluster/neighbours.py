@@ -36,7 +36,7 @@ def nearest_neighbours(features: np.ndarray | torch.Tensor, n_neighbours: int, c
     if data.device.type == "cpu" and len(data) > EXACT_CPU_MAX_ROWS:  # Euclidean; on unit vectors, Euclidean order is cosine order
         return approximate_neighbours(data.numpy(), n, seed=0)
     found = []
-    squared_norms = data.pow(2).sum(dim=1)
+    squared_norms = data.pow(2).sum(dim=1) if metric == "euclidean" else None
     for start in range(0, len(data), chunk_rows):
         similarity = data[start:start + chunk_rows] @ data.T
         if metric == "euclidean":  # -|a - b|^2 up to the row's own |a|^2, which does not change its order
