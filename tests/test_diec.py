@@ -20,7 +20,7 @@ from diffclust.methods.diec import DiEC
 from diffclust.methods.diec.features import LayerFeatureReader, candidate_layers, image_noise
 from diffclust.methods.diec.network import DiECNetwork
 from diffclust.methods.diec.training import DiECTrainer
-from diffclust.methods.diec.search import ClusterabilitySearch, clusterability, fibonacci_search_max
+from diffclust.methods.diec.search import ClusterabilitySearch, bracketed_search_max, clusterability, even_timesteps, fibonacci_search_max
 from diffclust.methods.registry import load_model
 from diffclust.outputs import read_assignments
 
@@ -77,6 +77,35 @@ def test_fibonacci_search_finds_a_unimodal_maximum_in_log_evaluations():
     assert fibonacci_search_max(lambda t: -abs(t - 5), 5, 5) == (5, {5: 0.0})
 
 
+def _peak_and_noisy_floor(t: int) -> float:
+    """The shape measured on an 8 px DDPM (benchmarks/results/diec_small_data): a peak of 0.77 at
+    t = 80, then a floor near 0.25 from t ~ 500 on, with a small noise bump at t = 897."""
+    peak = 0.77 - ((t - 80) / 300.0) ** 2
+    floor = 0.25 + 0.02 * math.exp(-(((t - 897) / 60.0) ** 2))
+    return max(peak, floor)
+
+
+def test_even_timesteps_include_both_ends_without_repeats():
+    assert even_timesteps(0, 999, 8) == [0, 143, 285, 428, 571, 714, 856, 999]
+    assert even_timesteps(5, 7, 8) == [5, 6, 7]
+    assert even_timesteps(3, 3, 8) == [3]
+
+
+def test_bracketed_search_finds_the_peak_where_a_plain_fibonacci_search_stays_on_the_floor():
+    # the plain search's first probes, t = 609 and 986, both lie on the floor; 986 is nearer the bump
+    plain_best, _ = fibonacci_search_max(_peak_and_noisy_floor, 0, 999)
+    assert plain_best > 600
+    calls = []
+    best, values = bracketed_search_max(lambda t: calls.append(t) or _peak_and_noisy_floor(t), 0, 999)
+    assert best == 80
+    assert len(calls) == len(set(calls)) == len(values) <= 8 + 12
+    # a unimodal function keeps working, at either end of the range too
+    assert bracketed_search_max(lambda t: -((t - 337) ** 2), 0, 999)[0] == 337
+    assert bracketed_search_max(lambda t: -t, 0, 999)[0] == 0
+    assert bracketed_search_max(lambda t: t, 0, 999)[0] == 999
+    assert bracketed_search_max(lambda t: -abs(t - 5), 5, 5) == (5, {5: 0.0})
+
+
 def _planted_features(planted: tuple[str, int], n: int = 120, k: int = 4):
     """Blobs whose spread grows with the distance from the planted pair (one fixed noise
     pattern, scaled), so the score is a unimodal function of t with its top at the plant."""
@@ -106,7 +135,9 @@ def test_two_stage_search_probes_layers_then_finds_t():
     search = ClusterabilitySearch(_planted_features(("mid_block", 437)), 4, "calinski_harabasz", seed=0)
     result = search.two_stage(layers, 0, 999, layer=None, probe_timestep=400)
     assert (result.layer, result.timestep) == ("mid_block", 437)
-    assert result.n_evaluations <= 3 + 15  # the probe's layers, then log-many timesteps
+    assert result.n_evaluations <= 3 + 8 + 12  # the probe's layers, the coarse grid, then log-many timesteps
+    stages = {item.timestep: item.stage for item in result.evaluations if item.stage != "layer probe"}
+    assert [t for t, stage in sorted(stages.items()) if stage == "timestep grid"] == even_timesteps(0, 999, 8)
 
 
 def test_clusterability_prefers_separated_blobs():

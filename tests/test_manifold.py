@@ -31,6 +31,27 @@ def test_umap_partition_finds_the_rings_that_kmeans_cuts_in_half_and_repeats_wit
     assert np.array_equal(found, umap_partition(rings, 2, seed=0))
 
 
+def test_a_partition_is_the_median_of_several_umap_draws_so_one_bad_draw_is_outvoted(monkeypatch):
+    from diffclust.cluster import manifold
+
+    rings, truth = _rings()
+    seeds, real = [], manifold.fit_kmeans
+
+    def kmeans_with_one_bad_draw(data, k, seed):
+        seeds.append(seed)
+        centres, labels = real(data, k, seed=seed)
+        if seed == 8:  # this draw lumps all but five rows together, as a merge would
+            labels = np.zeros_like(labels)
+            labels[:5] = 1
+        return centres, labels
+
+    monkeypatch.setattr(manifold, "fit_kmeans", kmeans_with_one_bad_draw)
+    assert adjusted_rand_score(truth, umap_partition(rings, 2, seed=7, draws=5)) == 1.0
+    assert seeds == [7, 8, 9, 10, 11]
+    seeds.clear()  # a single draw is that draw, bad or not
+    assert adjusted_rand_score(truth, umap_partition(rings, 2, seed=8, draws=1)) < 0.1 and seeds == [8]
+
+
 def test_too_few_rows_for_a_neighbourhood_graph_come_back_unchanged():
     rows = np.arange(22, dtype=np.float32).reshape(11, 2)
     assert np.array_equal(umap_embedding(rows, seed=0), rows)
@@ -70,12 +91,13 @@ def test_from_umaps_own_exact_range_to_the_cap_diffclust_gives_umap_exact_neighb
     fit = umap.UMAP.fit
     monkeypatch.setattr(umap.UMAP, "fit", lambda self, X, *a, **kw: given.append(self.precomputed_knn[0] is not None) or fit(self, X, *a, **kw))
     rings, truth = _rings()
+    draws = manifold.UMAP_PARTITION_DRAWS
     umap_partition(rings, 2, seed=0)
-    assert searched == [] and given == [False]  # below 4,096 rows umap-learn's own search is exact already
+    assert searched == [] and given == [False] * draws  # below 4,096 rows umap-learn's own search is exact already
     monkeypatch.setattr(manifold, "UMAP_EXACT_BELOW", 50)  # the path taken from 4,096 rows, at a test's size
     assert adjusted_rand_score(truth, umap_partition(rings, 2, seed=0)) == 1.0
-    assert searched == [(200, 15)] and given == [False, True]
+    assert searched == [(200, 15)] and given == [False] * draws + [True] * draws  # one search serves every draw
     monkeypatch.setattr(manifold, "EXACT_NEIGHBOURS_MAX_ROWS", 100)  # above the cap: pynndescent's search again
     umap_partition(rings, 2, seed=0)
-    assert searched == [(200, 15)] and given == [False, True, False]
+    assert searched == [(200, 15)] and given == [False] * draws + [True] * draws + [False] * draws
     assert not isinstance(umap.umap_.smooth_knn_dist._cache, numba.core.caching.NullCache)  # compiled once, kept on disk

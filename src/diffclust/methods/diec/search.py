@@ -8,10 +8,15 @@ reporting only. Why UMAP silhouette: on USPS, CH and silhouette in the features 
 t = 300-350, where k-means even in a UMAP embedding merges digits (80% ACC); the UMAP
 silhouette there is 0.71 against 0.85-0.87 at t = 25-200, where it reaches 98%
 (benchmarks/results/diec_usps/criteria.md). The fast search fixes the layer (the
-bottleneck, or the best layer at one probe timestep) and then maximises over integer t with a
-Fibonacci search, the integer form of golden-section search: the score over t is roughly
-unimodal, and each step reuses one of the previous step's two points, so a range of N timesteps
-needs about log_phi(N) evaluations instead of N.
+bottleneck, or the best layer at one probe timestep) and then maximises over integer t: a coarse
+grid of COARSE_TIMESTEPS evenly spaced timesteps first, then a Fibonacci search (the integer form
+of golden-section search) between the best grid point's neighbours. Each Fibonacci step reuses
+one of the previous step's two points, so a bracket of N timesteps needs about log_phi(N)
+evaluations instead of N. The grid comes first because the score over the whole range is not
+unimodal: past t ~ 400 it is a flat, noisy floor, and a Fibonacci search over 0..999 starts with
+probes at t = 609 and 986, both on that floor. On a DDPM trained on 1,800 digits at 8 px this
+sent one seed to t = 897 (UMAP silhouette 0.27 where t = 50-100 scores 0.77; 14.9% ACC;
+benchmarks/results/diec_small_data).
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ SCORES: dict[str, Criterion] = {
     "calinski_harabasz": Criterion(calinski_harabasz_score),
     "silhouette": Criterion(silhouette_score),
 }
+#: evenly spaced timesteps the fast search scores before its Fibonacci search (see above)
+COARSE_TIMESTEPS = 8
 #: features of a subset at one timestep for some layers: (timestep, layers) -> {layer: (n, d)}
 FeatureSource = Callable[[int, Sequence[str]], dict[str, np.ndarray]]
 
@@ -110,6 +117,34 @@ def fibonacci_search_max(evaluate: Callable[[int], float], low: int, high: int) 
             b = right
         k -= 1
     value(a + 1)
+    best = max(values, key=lambda x: (values[x], -x))
+    return best, values
+
+
+def even_timesteps(low: int, high: int, count: int) -> list[int]:
+    """`count` evenly spaced integers from low to high, both included (fewer where they coincide)."""
+    return sorted({int(t) for t in np.linspace(low, high, max(1, count)).round()})
+
+
+def bracketed_search_max(evaluate: Callable[[int], float], low: int, high: int,
+                         coarse: int = COARSE_TIMESTEPS) -> tuple[int, dict[int, float]]:
+    """Argmax over the integers low..high of a function that is unimodal near its top but may
+    have other, lower bumps: score `coarse` evenly spaced points, then Fibonacci-search the open
+    interval between the best point's neighbours. Returns the best point and every value computed."""
+    if high < low:
+        raise DiffclustError(f"Empty timestep range [{low}, {high}].")
+    values: dict[int, float] = {}
+
+    def value(x: int) -> float:
+        if x not in values:
+            values[x] = float(evaluate(x))
+        return values[x]
+
+    grid = even_timesteps(low, high, coarse)
+    top = max(range(len(grid)), key=lambda i: (value(grid[i]), -grid[i]))
+    inner_low = grid[top - 1] + 1 if top > 0 else low
+    inner_high = grid[top + 1] - 1 if top + 1 < len(grid) else high
+    fibonacci_search_max(value, inner_low, inner_high)
     best = max(values, key=lambda x: (values[x], -x))
     return best, values
 
@@ -207,7 +242,8 @@ class ClusterabilitySearch:
         return self._result("grid", layers)
 
     def two_stage(self, layers: Sequence[str], low: int, high: int, layer: str | None, probe_timestep: int | None = None) -> SearchResult:
-        """Stage 1: `layer`, or the best of `layers` at `probe_timestep`. Stage 2: Fibonacci search over t."""
+        """Stage 1: `layer`, or the best of `layers` at `probe_timestep`. Stage 2: a coarse grid
+        over t, then a Fibonacci search around its best point (`bracketed_search_max`)."""
         if layer is None:
             if probe_timestep is None:
                 raise DiffclustError("The two-stage search needs a layer or a probe timestep to choose one.")
@@ -215,7 +251,9 @@ class ClusterabilitySearch:
             layer = max(probe, key=probe.get)
         elif layer not in layers:
             layers = [*layers, layer]
-        fibonacci_search_max(lambda t: self.scores_at(t, [layer], "timestep search")[layer], low, high)
+        grid = set(even_timesteps(low, high, COARSE_TIMESTEPS))
+        bracketed_search_max(lambda t: self.scores_at(t, [layer], "timestep grid" if t in grid else "timestep search")[layer],
+                             low, high)
         result = self._result("two-stage", layers)
         chosen = max((item for item in self.scores.values() if item.layer == layer), key=lambda item: item.score)
         result.layer, result.timestep, result.score = chosen.layer, chosen.timestep, chosen.score
