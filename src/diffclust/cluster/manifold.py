@@ -109,7 +109,7 @@ def umap_partition(features, n_clusters: int, seed: int, needed_by: str = "this 
     (seeds seed, seed + 1, ...; one neighbour search for all), the median partition of them
     (see UMAP_PARTITION_DRAWS)."""
     array = _rows(features)
-    settings = umap_settings(array) if len(array) >= UMAP_SETTINGS["n_components"] + 2 else None
+    settings = umap_settings(array)
     candidates = {draw: fit_kmeans(umap_embedding(array, seed + draw, needed_by, settings), n_clusters, seed=seed + draw)[1]
                   for draw in range(max(1, draws))}
     return candidates[0] if len(candidates) == 1 else median_partition(candidates).labels

@@ -60,9 +60,8 @@ class DiEC(ClusteringEstimator):
     the means of the clusters of a start partition: k-means in a UMAP embedding, the median of
     five seeded draws (``init="umap"``, cluster.manifold), the consensus of k-means and
     spectral clusterings (``init="consensus"``, cluster.consensus), or at plain k-means (DEC's
-    start). For the first
-    ``self_label_epochs`` epochs the target is that start partition (label-smoothed), not DEC's
-    sharpened q: plain DEC pulls the start's non-convex clusters towards nearest-centre shapes
+    start). For the first ``self_label_epochs`` epochs the target is that start partition
+    (label-smoothed), not DEC's sharpened q: plain DEC pulls the start's non-convex clusters towards nearest-centre shapes
     (3 seeds: USPS 97.86 -> 98.18%; ImageNet-50 ViT features 76.85 -> 87.76%). Measured on USPS:
     benchmarks/results/diec_usps/seeds.md.
     """

@@ -126,25 +126,30 @@ def even_timesteps(low: int, high: int, count: int) -> list[int]:
     return sorted({int(t) for t in np.linspace(low, high, max(1, count)).round()})
 
 
-def bracketed_search_max(evaluate: Callable[[int], float], low: int, high: int,
-                         coarse: int = COARSE_TIMESTEPS) -> tuple[int, dict[int, float]]:
+def bracketed_search_max(evaluate: Callable[[int], float], low: int, high: int, coarse: int = COARSE_TIMESTEPS,
+                         refine: Callable[[int], float] | None = None) -> tuple[int, dict[int, float]]:
     """Argmax over the integers low..high of a function that is unimodal near its top but may
     have other, lower bumps: score `coarse` evenly spaced points, then Fibonacci-search the open
-    interval between the best point's neighbours. Returns the best point and every value computed."""
+    interval between the best point's neighbours, with `refine` (the same function, by default;
+    a caller passes its own to tell the two stages apart). Returns the best point and every
+    value computed."""
     if high < low:
         raise DiffclustError(f"Empty timestep range [{low}, {high}].")
     values: dict[int, float] = {}
 
-    def value(x: int) -> float:
-        if x not in values:
-            values[x] = float(evaluate(x))
-        return values[x]
+    def cached(function: Callable[[int], float]) -> Callable[[int], float]:
+        def value(x: int) -> float:
+            if x not in values:
+                values[x] = float(function(x))
+            return values[x]
+        return value
 
+    grid_value = cached(evaluate)
     grid = even_timesteps(low, high, coarse)
-    top = max(range(len(grid)), key=lambda i: (value(grid[i]), -grid[i]))
+    top = max(range(len(grid)), key=lambda i: (grid_value(grid[i]), -grid[i]))
     inner_low = grid[top - 1] + 1 if top > 0 else low
     inner_high = grid[top + 1] - 1 if top + 1 < len(grid) else high
-    fibonacci_search_max(value, inner_low, inner_high)
+    fibonacci_search_max(cached(refine or evaluate), inner_low, inner_high)
     best = max(values, key=lambda x: (values[x], -x))
     return best, values
 
@@ -251,9 +256,8 @@ class ClusterabilitySearch:
             layer = max(probe, key=probe.get)
         elif layer not in layers:
             layers = [*layers, layer]
-        grid = set(even_timesteps(low, high, COARSE_TIMESTEPS))
-        bracketed_search_max(lambda t: self.scores_at(t, [layer], "timestep grid" if t in grid else "timestep search")[layer],
-                             low, high)
+        bracketed_search_max(lambda t: self.scores_at(t, [layer], "timestep grid")[layer], low, high,
+                             refine=lambda t: self.scores_at(t, [layer], "timestep search")[layer])
         result = self._result("two-stage", layers)
         chosen = max((item for item in self.scores.values() if item.layer == layer), key=lambda item: item.score)
         result.layer, result.timestep, result.score = chosen.layer, chosen.timestep, chosen.score
