@@ -100,12 +100,12 @@ def median_partition(candidates: dict[str, np.ndarray]) -> MedianPartition:
     return MedianPartition(np.asarray(candidates[chosen], dtype=np.int64), chosen, agreement)
 
 
-def consensus_partition(features, n_clusters: int, seed: int, neighbour_counts=NEIGHBOUR_COUNTS) -> MedianPartition:
-    """k-means and spectral clustering at each of `neighbour_counts`; their median partition."""
+def candidate_partitions(features, n_clusters: int, seed: int, neighbour_counts=NEIGHBOUR_COUNTS) -> dict[str, np.ndarray]:
+    """k-means, and spectral clustering at each of `neighbour_counts` where there are enough rows."""
     array = features.cpu().numpy() if hasattr(features, "cpu") else np.asarray(features)
     candidates = {"kmeans": fit_kmeans(array, n_clusters, seed=seed)[1].astype(np.int64)}
     if len(array) <= n_clusters + 1:
-        return MedianPartition(candidates["kmeans"], "kmeans", {})  # too few rows for any spectral candidate
+        return candidates  # too few rows for any spectral candidate
     counts = sorted({min(count, len(array) - 1) for count in neighbour_counts})
     if len(array) > MAX_SPECTRAL_ROWS:
         logger.info("%d rows: the spectral candidates use approximate neighbours and a sparse eigen-solver.", len(array))
@@ -113,6 +113,14 @@ def consensus_partition(features, n_clusters: int, seed: int, neighbour_counts=N
     else:
         for count in counts:
             candidates[f"spectral, {count} neighbours"] = spectral_partition(array, n_clusters, count, seed)
+    return candidates
+
+
+def consensus_partition(features, n_clusters: int, seed: int, neighbour_counts=NEIGHBOUR_COUNTS) -> MedianPartition:
+    """k-means and spectral clustering at each of `neighbour_counts`; their median partition."""
+    candidates = candidate_partitions(features, n_clusters, seed, neighbour_counts)
+    if len(candidates) == 1:
+        return MedianPartition(candidates["kmeans"], "kmeans", {})
     result = median_partition(candidates)
     logger.info("Start partition: %s (mean NMI %.3f to the other %d candidates; %s).", result.chosen, result.agreement[result.chosen],
                 len(candidates) - 1, ", ".join(f"{name} {value:.3f}" for name, value in result.agreement.items()))

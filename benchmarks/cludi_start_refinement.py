@@ -1,0 +1,126 @@
+"""What refining CLUDI's consensus start can add, without the teacher-student (issue 29).
+
+CLUDI's training adds about nothing to its start on in50-vits-dev. This probe asks where a gain
+could come from, with cheap label-free refinements of the same start partition:
+
+* self-labelling (as in SCAN): a logistic regression trained on the start's *confident* rows,
+  those whose cluster at least half of their 10 nearest neighbours share, then applied to all;
+* a size prior on top: the regression's probabilities transported (Sinkhorn) to equal cluster
+  sizes, or to the start's sizes;
+* a different consensus: spectral clustering of the co-association matrix (the share of the
+  start's candidates that put two rows together) instead of the median candidate;
+* equal sizes alone: the rows' Gaussian log-likelihood under the start's centroids (pooled
+  variance), transported to equal sizes.
+
+Sets: `in50` (1,250 balanced rows, K = 50), `in50-imbalanced` (the same features with class j
+cut to 8-25 rows, seeded), `blobs` (imbalanced Gaussian blobs, K = 10, as cludi_quality.py).
+Labels only score.
+
+    python benchmarks/cludi_start_refinement.py --in50 ../shared/data/in50-vits-dev \\
+        --out benchmarks/results/cludi_quality/start-refinement
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+from scipy.special import logsumexp  # noqa: E402
+from sklearn.cluster import SpectralClustering  # noqa: E402
+from sklearn.linear_model import LogisticRegression  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cludi_quality import load_set  # noqa: E402
+
+from diffclust.cluster.consensus import candidate_partitions, median_partition  # noqa: E402
+from diffclust.cluster.metrics import hungarian_accuracy  # noqa: E402
+from diffclust.cluster.neighbours import nearest_neighbours  # noqa: E402
+from diffclust.engine.checkpoint import atomic_write_json, atomic_write_text  # noqa: E402
+
+#: a row is confident when at least this share of its NEIGHBOURS nearest neighbours share its start cluster
+CONFIDENT_SHARE = 0.5
+NEIGHBOURS = 10
+ROWS = ("consensus start", "self-labelling (confident rows)", "self-labelling + equal sizes", "self-labelling + the start's sizes",
+        "start centroids + equal sizes", "co-association consensus (in place of the median)")
+
+
+def imbalanced_subset(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Class j (of K, in label order) keeps round(25 x (0.3 + 0.7 j / (K - 1))) of its rows: 8 to 25."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    keep = np.sort(np.concatenate([rng.choice(np.flatnonzero(labels == c), int(round(25 * (0.3 + 0.7 * j / (len(classes) - 1)))),
+                                              replace=False) for j, c in enumerate(classes)]))
+    return features[keep], labels[keep]
+
+
+def transport(log_probabilities: np.ndarray, shares: np.ndarray, iterations: int = 200) -> np.ndarray:
+    """Sinkhorn: rescale the columns until the clusters' total mass matches `shares`, each row a
+    distribution; returns the hard assignment."""
+    scores = log_probabilities.copy()
+    for _ in range(iterations):
+        scores -= logsumexp(scores, axis=0, keepdims=True) - np.log(shares * len(scores))[None]
+        scores -= logsumexp(scores, axis=1, keepdims=True)
+    return scores.argmax(axis=1)
+
+
+def refinements(features: np.ndarray, k: int, seed: int) -> dict[str, np.ndarray]:
+    candidates = candidate_partitions(features, k, seed)
+    start = median_partition(candidates).labels
+    joined = np.mean([labels[:, None] == labels[None, :] for labels in candidates.values()], axis=0)  # N x N: small sets only
+    co_association = SpectralClustering(k, affinity="precomputed", random_state=seed).fit_predict(joined)
+    neighbours = nearest_neighbours(features, NEIGHBOURS, metric="euclidean")
+    confident = (start[neighbours] == start[:, None]).mean(axis=1) >= CONFIDENT_SHARE
+    regression = LogisticRegression(C=10.0, max_iter=3000).fit(features[confident], start[confident])
+    log_probabilities = np.full((len(features), k), -1e9)
+    log_probabilities[:, regression.classes_] = regression.predict_log_proba(features)
+    equal, start_shares = np.full(k, 1.0 / k), np.bincount(start, minlength=k) / len(start)
+    centroids = np.stack([features[start == c].mean(axis=0) for c in range(k)])
+    squared = ((features[:, None, :] - centroids[None]) ** 2).sum(axis=2)
+    variance = squared[np.arange(len(features)), start].mean() / features.shape[1]  # pooled, per dimension
+    similarity = -squared / (2 * variance)  # an isotropic Gaussian's log-likelihood
+    return dict(zip(ROWS, (start, log_probabilities.argmax(axis=1), transport(log_probabilities, equal),
+                           transport(log_probabilities, np.maximum(start_shares, 1e-6)),
+                           transport(similarity - logsumexp(similarity, axis=1, keepdims=True), equal), co_association)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--in50", type=Path, required=True, help="the in50-vits-dev folder")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seeds", default="0,1,2")
+    args = parser.parse_args()
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    _, in50, in50_labels = load_set(f"in50={args.in50}")
+    sets = {"in50 (balanced, 1,250 x 384, K = 50)": (in50, in50_labels),
+            "in50-imbalanced (8-25 rows per class)": imbalanced_subset(in50, in50_labels),
+            "blobs (imbalanced, 2,000 x 64, K = 10)": load_set("blobs")[1:]}
+    results = {}
+    for name, (features, labels) in sets.items():
+        k = len(np.unique(labels))
+        runs = [refinements(features, k, seed) for seed in seeds]
+        results[name] = {row: [100 * hungarian_accuracy(labels, run[row]) for run in runs] for row in ROWS}
+        print(name, {row: [round(v, 2) for v in values] for row, values in results[name].items()}, flush=True)
+    lines = ["# Refining CLUDI's consensus start without the teacher-student", "",
+             f"`python benchmarks/cludi_start_refinement.py` (seeds {args.seeds}; labels only score). ACC %, mean ± sd "
+             "(per seed); the gain is over the consensus start.", "",
+             "| refinement | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
+    for row in ROWS:
+        cells = []
+        for name in sets:
+            values, base = results[name][row], np.mean(results[name][ROWS[0]])
+            gain = "" if row == ROWS[0] else f"; {np.mean(values) - base:+.2f}"
+            cells.append(f"{np.mean(values):.2f} ± {np.std(values):.2f}{gain} ({', '.join(f'{v:.2f}' for v in values)})")
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out / "results.json", {"seeds": seeds, "results": results})
+    atomic_write_text(args.out / "results.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
