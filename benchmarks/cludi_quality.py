@@ -4,7 +4,8 @@ Each --set NAME=FOLDER names a folder holding features.npy and labels.npy (../sh
 or the USPS features benchmarks/diec_quality.py writes at DiEC's searched pair); `blobs` adds
 imbalanced Gaussian blobs (K = 10, 2,000 x 64). Labels only score. CLUDI runs with its
 defaults unless --variants gives JSON settings per row. Each CLUDI row also gives its start
-partition's ACC (the metrics log's epoch 0) and the gain training added over it:
+partition's ACC (the metrics log's epoch 0), the teacher's before self-labelling, and the gain
+over the start:
 
     python benchmarks/cludi_quality.py --out benchmarks/results/cludi_quality \\
         --set in50-vits-dev=../shared/data/in50-vits-dev --set blobs \\
@@ -44,7 +45,8 @@ def load_set(spec: str) -> tuple[str, np.ndarray, np.ndarray]:
 
 def summary(rows: list[dict]) -> dict:
     """(mean, sd) of each score over the runs; the start's ACC and the gain over it where runs have a start."""
-    keys = ("acc", "nmi", "ari", "seconds") + (("start_acc", "gain") if all("start_acc" in r for r in rows) else ())
+    keys = ("acc", "nmi", "ari", "seconds") + (("start_acc", "gain") if all("start_acc" in r for r in rows) else ()) \
+        + (("teacher_acc",) if all("teacher_acc" in r for r in rows) else ())
     return {key: (float(np.mean([r[key] for r in rows])), float(np.std([r[key] for r in rows]))) for key in keys}
 
 
@@ -52,18 +54,20 @@ def start_and_curve(history: list[dict], final_acc: float) -> dict:
     """The start partition's ACC (the epoch-0 row of the metrics log), what training added to it
     (the final prediction's ACC minus the start's), and ACC by epoch (one monitoring sample)."""
     curve = [round(record["acc"], 4) for record in history if "acc" in record]
+    teacher = [record["final_acc"] for record in history if "final_acc" in record]  # before self-labelling
+    extra = {"teacher_acc": teacher[-1]} if teacher and history[-1].get("phase") == "self-labelling" else {}
     if not history or history[0].get("epoch") != 0:
-        return {"acc_by_epoch": curve}
-    return {"start_acc": history[0]["acc"], "gain": final_acc - history[0]["acc"], "acc_by_epoch": curve}
+        return {"acc_by_epoch": curve, **extra}
+    return {"start_acc": history[0]["acc"], "gain": final_acc - history[0]["acc"], "acc_by_epoch": curve, **extra}
 
 
 def set_lines(result: dict) -> list[str]:
     """The markdown table of one feature set's runs."""
     lines = [f"## {result['name']}: {result['rows']} x {result['dims']}, K = {result['k']}", "",
-             "| method | ACC % | NMI | ARI | start ACC % (epoch 0) | gain over the start (points) | seconds per run |",
-             "|---|---|---|---|---|---|---|"]
+             "| method | ACC % | NMI | ARI | start ACC % (epoch 0) | teacher's ACC % (before self-labelling) | gain over the start (points) "
+             "| seconds per run |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {row} | {cell(s, 'acc')} | {cell(s, 'nmi', 1, 4)} | {cell(s, 'ari', 1, 4)} | {cell(s, 'start_acc')} | "
-              f"{cell(s, 'gain')} | {s['seconds'][0]:.0f} |" for row, s in result["summary"].items()]
+              f"{cell(s, 'teacher_acc')} | {cell(s, 'gain')} | {s['seconds'][0]:.0f} |" for row, s in result["summary"].items()]
     return lines + [""]
 
 

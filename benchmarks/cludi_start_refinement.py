@@ -13,7 +13,7 @@ could come from, with cheap label-free refinements of the same start partition:
   variance), transported to equal sizes.
 
 Sets: `in50` (1,250 balanced rows, K = 50), `in50-imbalanced` (the same features with class j
-cut to 8-25 rows, seeded), `blobs` (imbalanced Gaussian blobs, K = 10, as cludi_quality.py).
+cut to 8-25 rows; three seeded draws), `blobs` (imbalanced Gaussian blobs, K = 10, as cludi_quality.py).
 Labels only score.
 
     python benchmarks/cludi_start_refinement.py --in50 ../shared/data/in50-vits-dev \\
@@ -93,11 +93,13 @@ def main() -> None:
     parser.add_argument("--in50", type=Path, required=True, help="the in50-vits-dev folder")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--imbalanced-draws", default="0,1,2", help="seeds of the imbalanced subsets of in50")
     args = parser.parse_args()
     seeds = [int(seed) for seed in args.seeds.split(",")]
     _, in50, in50_labels = load_set(f"in50={args.in50}")
     sets = {"in50 (balanced, 1,250 x 384, K = 50)": (in50, in50_labels),
-            "in50-imbalanced (8-25 rows per class)": imbalanced_subset(in50, in50_labels),
+            **{f"in50-imbalanced, draw {draw} (8-25 rows per class)": imbalanced_subset(in50, in50_labels, draw)
+               for draw in map(int, args.imbalanced_draws.split(","))},
             "blobs (imbalanced, 2,000 x 64, K = 10)": load_set("blobs")[1:]}
     results = {}
     for name, (features, labels) in sets.items():

@@ -84,9 +84,12 @@ def add_parser(commands) -> None:
     fit.add_argument("--paper-settings", action="store_true",
                      help="DiEC and CLUDI: the published procedure, under any option given explicitly. DiEC: CH search index, "
                           "k-means start, plain DEC targets. CLUDI: 200 epochs, lr 1e-4, teacher 25 steps, prediction 64 x 50, "
-                          "random start (hours on a CPU, for GPUs). DiFiC's defaults already are the paper's")
+                          "random start, no self-labelling (hours on a CPU, for GPUs). DiFiC's defaults already are the paper's")
     cludi.add_argument("--teacher-neighbours", type=whole(0), default=None, help="the teacher reads one of each row's k nearest "
                                                                                   "neighbours (0: the row itself, published)")
+    cludi.add_argument("--no-self-labelling", dest="self_labelling", action="store_false", default=None,
+                       help="keep the teacher's assignment (published) instead of relabelling every row by a linear classifier "
+                            "trained on the rows whose neighbours agree with their cluster")
     cludi.add_argument("--ema-decay", type=float, default=None, help="teacher = EMA of the student with this decay")
     cludi.add_argument("--teacher-steps", type=whole(1), default=None, help="DDIM steps of the teacher's samples (eta 1)")
     cludi.add_argument("--ce-weight", type=float, default=None, help="weight of the two-way cross-entropy against the embedding MSE")
@@ -126,7 +129,8 @@ def _method_settings(args) -> dict:
         settings.update(encoder=args.encoder, pooling=args.pooling)
         given = dict(init=args.init, teacher_neighbours=args.teacher_neighbours, ema_decay=args.ema_decay,
                      teacher_steps=args.teacher_steps, ce_weight=args.ce_weight, predict_samples=args.predict_samples,
-                     predict_steps=args.predict_steps, embedding_dim=args.embedding_dim, hidden_dim=args.hidden_dim)
+                     predict_steps=args.predict_steps, embedding_dim=args.embedding_dim, hidden_dim=args.hidden_dim,
+                     self_labelling=args.self_labelling)
     if args.method in ("diec", "cludi"):
         # the published settings, under any option given explicitly (--epochs and --search-score included)
         paper = {key: value for key, value in PAPER_SETTINGS.items() if key not in settings} if args.paper_settings else {}

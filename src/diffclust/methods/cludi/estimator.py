@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from diffclust.backbones.base import DiffusionBackbone
 from diffclust.choices import CLUDI_INITS
 from diffclust.cluster.metrics import clustering_scores
+from diffclust.cluster.self_labelling import SelfLabeller, fit_self_labeller
 from diffclust.data.collection import ImageCollection
 from diffclust.encoders.extraction import read_row_names
 from diffclust.encoders.vision import POOLINGS, VisionEncoder
@@ -43,7 +45,8 @@ FEATURE_SCALINGS = ("global", "per_feature")
 INITS = CLUDI_INITS
 #: the published settings (the authors' code), which the CPU defaults cut down: `--paper-settings`
 PAPER_SETTINGS = {"epochs": 200, "batch_size": 256, "lr": 1e-4, "ema_decay": 0.999, "teacher_steps": 25, "predict_samples": 64,
-                  "predict_steps": 50, "monitor_samples": 4, "init": "random", "teacher_neighbours": 0}
+                  "predict_steps": 50, "monitor_samples": 4, "init": "random", "teacher_neighbours": 0,
+                  "self_labelling": False}
 
 
 def _names_images(data) -> bool:
@@ -80,7 +83,9 @@ class CLUDI(ClusteringEstimator):
     tuned, see diffclust.cluster.consensus; ``"spectral"``: of the ``init_neighbours``-nearest-
     neighbour graph; ``"kmeans"``); the choice is ``start_partition_``. ``teacher_neighbours`` k
     makes the teacher read one of a row's k nearest neighbours, so the student learns
-    neighbourhood-consistent clusters.
+    neighbourhood-consistent clusters. ``self_labelling`` (SCAN's last step): a linear classifier
+    trained on the rows whose neighbours agree with the teacher's cluster relabels every row, and
+    ``predict`` uses it (see diffclust.cluster.self_labelling).
     """
 
     method = "cludi"
@@ -124,6 +129,7 @@ class CLUDI(ClusteringEstimator):
         teacher_steps: int = 10,
         teacher_eta: float = 1.0,
         teacher_neighbours: int = 10,
+        self_labelling: bool = True,
         ce_weight: float = 50.0,
         row_temperature: float = 0.1,
         column_temperature: float = 0.05,
@@ -170,6 +176,8 @@ class CLUDI(ClusteringEstimator):
             problems.append(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
         if self.init_neighbours < 2 or self.teacher_neighbours < 0:
             problems.append("init_neighbours must be >= 2 and teacher_neighbours >= 0")
+        if not isinstance(self.self_labelling, (bool, np.bool_)):
+            problems.append(f"self_labelling must be True or False, got {self.self_labelling!r}")
         if min(self.row_temperature, self.column_temperature, self.embedding_temperature) <= 0:
             problems.append("temperatures must be > 0")
         return problems
@@ -263,19 +271,23 @@ class CLUDI(ClusteringEstimator):
             trainer.run()
         self.student_ = trainer.network.eval()
         self.teacher_ = trainer.teacher.model.eval()
-        self.history_ = list(trainer.log.records)
         self.start_partition_ = trainer.start_partition
         with timer("assignment"):
             logits, sampled = self._logits(table.values, keep_samples=True)
             self.labels_, self.confidence_, self.cluster_offsets_ = assign(logits, self.column_temperature)
-            self.sample_agreement_ = sample_agreement(sampled, self.labels_, self.column_temperature, self.cluster_offsets_)
+        if table.labels is not None and trainer.log.records:  # scores of the teacher's final, many-sample assignment
+            final = clustering_scores(table.labels, self.labels_)
+            trainer.log.records[-1].update({f"final_{key}": value for key, value in final.items()})
+        self.self_labeller_ = None
+        if self.self_labelling:
+            with timer("self-labelling"):
+                self._self_label(trainer, k)
+        self.sample_agreement_ = sample_agreement(sampled, self.labels_, self.column_temperature, self.cluster_offsets_)
+        self.history_ = list(trainer.log.records)
         self.files_ = table.names
         self.skipped_ = list(table.skipped)
-        if table.labels is not None and self.history_:  # scores of the final, many-sample assignment
-            final = clustering_scores(table.labels, self.labels_)
-            self.history_[-1].update({f"final_{key}": value for key, value in final.items()})
-            if accelerator.is_main_process:
-                trainer.log.write()
+        if accelerator.is_main_process and (table.labels is not None or self.self_labeller_ is not None):
+            trainer.log.write()
         if run_dir is not None and accelerator.is_main_process:
             with timer("outputs"):
                 self.save(run_dir)
@@ -285,6 +297,22 @@ class CLUDI(ClusteringEstimator):
                 if table.labels is not None:  # the report scores and colours by class without the features' source
                     atomic_write_text(run_dir / RUN_LABELS_NAME, csv_text(("file", "label"), zip(table.names, table.labels.tolist())))
         self._finish_run(run_dir, accelerator, timer, self._standardised(table.values).numpy())
+
+    def _self_label(self, trainer: CLUDITrainer, k: int) -> None:
+        """Relabel every row by a classifier trained on the rows the teacher's clusters are sure
+        of, unless those clusters are not linear in the features; the metrics log gets its row
+        either way (phase "self-labelling" or "self-labelling skipped ...", one epoch after the last)."""
+        started = time.perf_counter()
+        features = trainer.features.cpu().numpy()
+        neighbours = trainer.neighbours.numpy() if trainer.neighbours is not None else None
+        self.self_labeller_, sure_share, agreement = fit_self_labeller(features, self.labels_, k, self.random_state, neighbours)
+        teacher_labels = self.labels_
+        if self.self_labeller_ is not None:
+            self.labels_, self.confidence_ = self.self_labeller_.predict(features)
+        trainer.log_record({"epoch": self.epochs + 1, "phase": "self-labelling" if self.self_labeller_ is not None else
+                            "self-labelling skipped (clusters not linear in the features)", "sure_rows": round(sure_share, 4),
+                            "sure_rows_reproduced": round(agreement, 4), "moved_rows": int((self.labels_ != teacher_labels).sum())},
+                           self.labels_, started)
 
     # ------------------------------------------------------------------ inference
     def _logits(self, values: torch.Tensor, keep_samples: bool = False):
@@ -304,6 +332,9 @@ class CLUDI(ClusteringEstimator):
     def predict_with_confidence(self, X) -> tuple[np.ndarray, np.ndarray, FeatureTable]:
         self._check_fitted()
         table = self._table(X)
+        if getattr(self, "self_labeller_", None) is not None:
+            labels, confidence = self.self_labeller_.predict(self._standardised(table.values).numpy())
+            return labels, confidence, table
         labels, confidence, _ = assign(self._logits(table.values), self.column_temperature, self.cluster_offsets_)
         return labels, confidence, table
 
@@ -314,6 +345,9 @@ class CLUDI(ClusteringEstimator):
         folder = Path(folder)
         tensors = {f"teacher.{name}": value for name, value in self.teacher_.state_dict().items()}
         tensors.update(feature_mean=self.feature_mean_, feature_std=self.feature_std_, cluster_offsets=self.cluster_offsets_)
+        if getattr(self, "self_labeller_", None) is not None:
+            tensors.update({"self_labelling.weights": torch.from_numpy(self.self_labeller_.weights),
+                            "self_labelling.bias": torch.from_numpy(self.self_labeller_.bias)})
         atomic_save_tensors(folder / self.weights_name(), tensors)
         settings = self.saved_settings()
         settings.update(betas=list(self.betas), feature_noise=list(self.feature_noise), feature_dropout=list(self.feature_dropout),
@@ -333,3 +367,5 @@ class CLUDI(ClusteringEstimator):
         self.feature_layer_, self.feature_timestep_ = state["feature_layer"], state["feature_timestep"]
         self.feature_mean_, self.feature_std_ = tensors["feature_mean"], tensors["feature_std"]
         self.cluster_offsets_ = tensors["cluster_offsets"]
+        self.self_labeller_ = (SelfLabeller(tensors["self_labelling.weights"].numpy(), tensors["self_labelling.bias"].numpy())
+                               if "self_labelling.weights" in tensors else None)  # models saved before self-labelling have none
