@@ -3,8 +3,9 @@
 CLUDI's training adds about nothing to its start on in50-vits-dev. This probe asks where a gain
 could come from, with cheap label-free refinements of the same start partition:
 
-* self-labelling (as in SCAN): a logistic regression trained on the start's *confident* rows,
-  those whose cluster at least half of their 10 nearest neighbours share, then applied to all;
+* self-labelling (as in SCAN; CLUDI's own step, diffclust.cluster.self_labelling): a logistic
+  regression trained on the start's *sure* rows, those whose cluster at least half of their 10
+  nearest neighbours share, then applied to all;
 * a size prior on top: the regression's probabilities transported (Sinkhorn) to equal cluster
   sizes, or to the start's sizes;
 * a different consensus: spectral clustering of the co-association matrix (the share of the
@@ -32,20 +33,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 from scipy.special import logsumexp  # noqa: E402
 from sklearn.cluster import SpectralClustering  # noqa: E402
-from sklearn.linear_model import LogisticRegression  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cludi_quality import load_set  # noqa: E402
 
 from diffclust.cluster.consensus import candidate_partitions, median_partition  # noqa: E402
 from diffclust.cluster.metrics import hungarian_accuracy  # noqa: E402
-from diffclust.cluster.neighbours import nearest_neighbours  # noqa: E402
+from diffclust.cluster.self_labelling import fit_self_labeller  # noqa: E402
 from diffclust.engine.checkpoint import atomic_write_json, atomic_write_text  # noqa: E402
 
-#: a row is confident when at least this share of its NEIGHBOURS nearest neighbours share its start cluster
-CONFIDENT_SHARE = 0.5
-NEIGHBOURS = 10
-ROWS = ("consensus start", "self-labelling (confident rows)", "self-labelling + equal sizes", "self-labelling + the start's sizes",
+ROWS = ("consensus start", "self-labelling (diffclust.cluster.self_labelling)", "self-labelling + equal sizes", "self-labelling + the start's sizes",
         "start centroids + equal sizes", "co-association consensus (in place of the median)")
 
 
@@ -69,15 +66,16 @@ def transport(log_probabilities: np.ndarray, shares: np.ndarray, iterations: int
 
 
 def refinements(features: np.ndarray, k: int, seed: int) -> dict[str, np.ndarray]:
+    features = (features - features.mean(axis=0)) / (features - features.mean(axis=0)).std()  # as CLUDI scales them
     candidates = candidate_partitions(features, k, seed)
     start = median_partition(candidates).labels
     joined = np.mean([labels[:, None] == labels[None, :] for labels in candidates.values()], axis=0)  # N x N: small sets only
     co_association = SpectralClustering(k, affinity="precomputed", random_state=seed).fit_predict(joined)
-    neighbours = nearest_neighbours(features, NEIGHBOURS, metric="euclidean")
-    confident = (start[neighbours] == start[:, None]).mean(axis=1) >= CONFIDENT_SHARE
-    regression = LogisticRegression(C=10.0, max_iter=3000).fit(features[confident], start[confident])
-    log_probabilities = np.full((len(features), k), -1e9)
-    log_probabilities[:, regression.classes_] = regression.predict_log_proba(features)
+    labeller = fit_self_labeller(features, start, k, seed)[0]
+    if labeller is None:  # skipped (clusters not linear in the features): the start stands
+        log_probabilities = np.log(np.eye(k)[start] + 1e-9)
+    else:
+        log_probabilities = np.log(np.maximum(labeller.probabilities(features), 1e-300))
     equal, start_shares = np.full(k, 1.0 / k), np.bincount(start, minlength=k) / len(start)
     centroids = np.stack([features[start == c].mean(axis=0) for c in range(k)])
     squared = ((features[:, None, :] - centroids[None]) ** 2).sum(axis=2)

@@ -325,7 +325,8 @@ class CLUDI(ClusteringEstimator):
         return (result[0].cpu(), result[1]) if keep_samples else result.cpu()
 
     def transform(self, X) -> np.ndarray:
-        """Mean teacher logits (N, K) of the rows of `X` (assign with the fitted cluster offsets)."""
+        """Mean teacher logits (N, K) of the rows of `X` (the teacher's assignment uses the fitted
+        cluster offsets; `predict` uses the self-labelling classifier where one was fitted)."""
         self._check_fitted()
         return self._logits(self._table(X).values).numpy()
 
