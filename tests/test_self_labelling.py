@@ -8,7 +8,7 @@ from sklearn.linear_model import LogisticRegression
 
 from diffclust.cli import main
 from diffclust.cluster.metrics import hungarian_accuracy
-from diffclust.cluster.self_labelling import MIN_TRAINING_AGREEMENT, NEIGHBOURS, fit_self_labeller, sure_rows
+from diffclust.cluster.self_labelling import MIN_TRAINING_AGREEMENT, NEIGHBOURS, equal_size_offsets, fit_self_labeller, sure_rows
 from diffclust.methods.cludi import CLUDI
 
 FAST = dict(batch_size=64, hidden_dim=64, depth=2, embedding_dim=16, teacher_steps=3, predict_samples=2, predict_steps=3,
@@ -120,3 +120,35 @@ def test_cludi_keeps_the_teachers_clusters_where_a_line_cannot_draw_them():
     last = model.history_[-1]
     assert last["phase"].startswith("self-labelling skipped") and last["moved_rows"] == 0 and last["sure_rows_reproduced"] < 0.99
     assert model.self_labeller_ is None and last["acc"] == pytest.approx(model.history_[-2]["final_acc"])
+
+
+def test_equal_size_offsets_balance_the_columns():
+    """Three rows prefer cluster 0 and one prefers 1: after the offsets each cluster holds half
+    of the mass (2 rows' worth), and the hard assignment splits 2 / 2 where it was 3 / 1."""
+    scores = np.log(np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.3, 0.7]]))
+    offsets = equal_size_offsets(scores)
+    shifted = scores - offsets
+    mass = (np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)).sum(axis=0)
+    np.testing.assert_allclose(mass, [2.0, 2.0], atol=1e-6)
+    assert scores.argmax(axis=1).tolist() == [0, 0, 0, 1] and shifted.argmax(axis=1).tolist() == [0, 0, 1, 1]
+
+
+def test_equal_sizes_split_a_cluster_that_took_rows_of_its_neighbour():
+    """Two equal blobs, the partition gives 30 rows of blob 1 (those nearest blob 0) to cluster 0:
+    the plain labeller keeps a boundary near there; with equal sizes the clusters come out
+    100 / 100 and the blobs are recovered."""
+    rng = np.random.default_rng(0)
+    truth = np.repeat([0, 1], 100)
+    features = (np.array([[-3.0, 0.0], [3.0, 0.0]])[truth] + rng.normal(size=(200, 2))).astype(np.float32)
+    skewed = truth.copy()
+    skewed[np.flatnonzero(truth == 1)[np.argsort(features[truth == 1, 0])[:30]]] = 0
+    plain = fit_self_labeller(features, skewed, 2, seed=0)[0].predict(features)[0]
+    equal = fit_self_labeller(features, skewed, 2, seed=0, equal_sizes=True)[0].predict(features)[0]
+    assert np.bincount(plain).tolist() != [100, 100] and hungarian_accuracy(truth, plain) < hungarian_accuracy(truth, equal)
+    assert abs(np.bincount(equal)[0] - 100) <= 3 and hungarian_accuracy(truth, equal) >= 0.95
+
+
+def test_balanced_needs_self_labelling():
+    features, _ = two_blobs(64)
+    with pytest.raises(Exception, match="balanced"):
+        CLUDI(2, balanced=True, self_labelling=False, **FAST).fit(features)

@@ -90,6 +90,9 @@ def add_parser(commands) -> None:
     cludi.add_argument("--no-self-labelling", dest="self_labelling", action="store_false", default=None,
                        help="keep the teacher's assignment (published) instead of relabelling every row by a linear classifier "
                             "trained on the rows whose neighbours agree with their cluster")
+    cludi.add_argument("--balanced", action="store_true", default=None,
+                       help="the groups are known to be equally large (a benchmark built that way): self-labelling gives every "
+                            "cluster the same number of rows. Off by default: it breaks groups of unequal size apart")
     cludi.add_argument("--ema-decay", type=float, default=None, help="teacher = EMA of the student with this decay")
     cludi.add_argument("--teacher-steps", type=whole(1), default=None, help="DDIM steps of the teacher's samples (eta 1)")
     cludi.add_argument("--ce-weight", type=float, default=None, help="weight of the two-way cross-entropy against the embedding MSE")
@@ -130,7 +133,7 @@ def _method_settings(args) -> dict:
         given = dict(init=args.init, teacher_neighbours=args.teacher_neighbours, ema_decay=args.ema_decay,
                      teacher_steps=args.teacher_steps, ce_weight=args.ce_weight, predict_samples=args.predict_samples,
                      predict_steps=args.predict_steps, embedding_dim=args.embedding_dim, hidden_dim=args.hidden_dim,
-                     self_labelling=args.self_labelling)
+                     self_labelling=args.self_labelling, balanced=args.balanced)
     if args.method in ("diec", "cludi"):
         # the published settings, under any option given explicitly (--epochs and --search-score included)
         paper = {key: value for key, value in PAPER_SETTINGS.items() if key not in settings} if args.paper_settings else {}

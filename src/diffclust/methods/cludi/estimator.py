@@ -85,7 +85,8 @@ class CLUDI(ClusteringEstimator):
     makes the teacher read one of a row's k nearest neighbours, so the student learns
     neighbourhood-consistent clusters. ``self_labelling`` (SCAN's last step): a linear classifier
     trained on the rows whose neighbours agree with the teacher's cluster relabels every row, and
-    ``predict`` uses it (see diffclust.cluster.self_labelling).
+    ``predict`` uses it (see diffclust.cluster.self_labelling); with ``balanced`` (for groups known
+    to be equally large) its assignment is transported to equal cluster sizes.
     """
 
     method = "cludi"
@@ -130,6 +131,7 @@ class CLUDI(ClusteringEstimator):
         teacher_eta: float = 1.0,
         teacher_neighbours: int = 10,
         self_labelling: bool = True,
+        balanced: bool = False,
         ce_weight: float = 50.0,
         row_temperature: float = 0.1,
         column_temperature: float = 0.05,
@@ -176,8 +178,11 @@ class CLUDI(ClusteringEstimator):
             problems.append(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
         if self.init_neighbours < 2 or self.teacher_neighbours < 0:
             problems.append("init_neighbours must be >= 2 and teacher_neighbours >= 0")
-        if not isinstance(self.self_labelling, (bool, np.bool_)):
-            problems.append(f"self_labelling must be True or False, got {self.self_labelling!r}")
+        for name in ("self_labelling", "balanced"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                problems.append(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.balanced is True and self.self_labelling is False:
+            problems.append("balanced (--balanced) acts in the self-labelling step: leave self_labelling on (no --no-self-labelling)")
         if min(self.row_temperature, self.column_temperature, self.embedding_temperature) <= 0:
             problems.append("temperatures must be > 0")
         return problems
@@ -305,7 +310,8 @@ class CLUDI(ClusteringEstimator):
         started = time.perf_counter()
         features = trainer.features.cpu().numpy()
         neighbours = trainer.neighbours.numpy() if trainer.neighbours is not None else None
-        self.self_labeller_, sure_share, agreement = fit_self_labeller(features, self.labels_, k, self.random_state, neighbours)
+        self.self_labeller_, sure_share, agreement = fit_self_labeller(features, self.labels_, k, self.random_state, neighbours,
+                                                                       equal_sizes=self.balanced)
         teacher_labels = self.labels_
         if self.self_labeller_ is not None:
             self.labels_, self.confidence_ = self.self_labeller_.predict(features)
