@@ -315,6 +315,8 @@ class CLUDI(ClusteringEstimator):
         teacher_labels = self.labels_
         if self.self_labeller_ is not None:
             self.labels_, self.confidence_ = self.self_labeller_.predict(features)
+            logger.info("Self-labelling moved %d of %d rows to another cluster.", int((self.labels_ != teacher_labels).sum()),
+                        len(self.labels_))
         trainer.log_record({"epoch": self.epochs + 1, "phase": "self-labelling" if self.self_labeller_ is not None else
                             "self-labelling skipped (clusters not linear in the features)", "sure_rows": round(sure_share, 4),
                             "sure_rows_reproduced": round(agreement, 4), "moved_rows": int((self.labels_ != teacher_labels).sum())},
