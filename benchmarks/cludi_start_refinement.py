@@ -39,7 +39,7 @@ from cludi_quality import load_set  # noqa: E402
 
 from diffclust.cluster.consensus import candidate_partitions, median_partition  # noqa: E402
 from diffclust.cluster.metrics import hungarian_accuracy  # noqa: E402
-from diffclust.cluster.self_labelling import fit_self_labeller  # noqa: E402
+from diffclust.cluster.self_labelling import fit_self_labeller, size_offsets  # noqa: E402
 from diffclust.engine.checkpoint import atomic_write_json, atomic_write_text  # noqa: E402
 
 ROWS = ("consensus start", "self-labelling (diffclust.cluster.self_labelling)", "self-labelling + equal sizes", "self-labelling + the start's sizes",
@@ -55,14 +55,9 @@ def imbalanced_subset(features: np.ndarray, labels: np.ndarray, seed: int = 0) -
     return features[keep], labels[keep]
 
 
-def transport(log_probabilities: np.ndarray, shares: np.ndarray, iterations: int = 200) -> np.ndarray:
-    """Sinkhorn: rescale the columns until the clusters' total mass matches `shares`, each row a
-    distribution; returns the hard assignment."""
-    scores = log_probabilities.copy()
-    for _ in range(iterations):
-        scores -= logsumexp(scores, axis=0, keepdims=True) - np.log(shares * len(scores))[None]
-        scores -= logsumexp(scores, axis=1, keepdims=True)
-    return scores.argmax(axis=1)
+def transport(log_probabilities: np.ndarray, shares: np.ndarray) -> np.ndarray:
+    """The assignment transported (Sinkhorn) to the clusters' `shares` of the rows."""
+    return (log_probabilities - size_offsets(log_probabilities, shares)).argmax(axis=1)
 
 
 def refinements(features: np.ndarray, k: int, seed: int) -> dict[str, np.ndarray]:

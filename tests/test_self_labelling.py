@@ -8,7 +8,7 @@ from sklearn.linear_model import LogisticRegression
 
 from diffclust.cli import main
 from diffclust.cluster.metrics import hungarian_accuracy
-from diffclust.cluster.self_labelling import MIN_TRAINING_AGREEMENT, NEIGHBOURS, equal_size_offsets, fit_self_labeller, sure_rows
+from diffclust.cluster.self_labelling import MIN_TRAINING_AGREEMENT, NEIGHBOURS, size_offsets, fit_self_labeller, sure_rows
 from diffclust.methods.cludi import CLUDI
 
 FAST = dict(batch_size=64, hidden_dim=64, depth=2, embedding_dim=16, teacher_steps=3, predict_samples=2, predict_steps=3,
@@ -122,11 +122,11 @@ def test_cludi_keeps_the_teachers_clusters_where_a_line_cannot_draw_them():
     assert model.self_labeller_ is None and last["acc"] == pytest.approx(model.history_[-2]["final_acc"])
 
 
-def test_equal_size_offsets_balance_the_columns():
+def test_size_offsets_balance_the_columns():
     """Three rows prefer cluster 0 and one prefers 1: after the offsets each cluster holds half
     of the mass (2 rows' worth), and the hard assignment splits 2 / 2 where it was 3 / 1."""
     scores = np.log(np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.3, 0.7]]))
-    offsets = equal_size_offsets(scores)
+    offsets = size_offsets(scores)
     shifted = scores - offsets
     mass = (np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)).sum(axis=0)
     np.testing.assert_allclose(mass, [2.0, 2.0], atol=1e-6)

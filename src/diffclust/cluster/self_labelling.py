@@ -50,8 +50,12 @@ class SelfLabeller:
     weights: np.ndarray
     bias: np.ndarray
 
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        """The classifier's logits (N, K); an unused cluster's are -inf."""
+        return np.asarray(features, dtype=np.float64) @ self.weights.T + self.bias
+
     def probabilities(self, features: np.ndarray) -> np.ndarray:
-        scores = np.asarray(features, dtype=np.float64) @ self.weights.T + self.bias
+        scores = self.scores(features)
         scores -= scores.max(axis=1, keepdims=True)
         exp = np.exp(scores)
         return exp / exp.sum(axis=1, keepdims=True)
@@ -62,13 +66,15 @@ class SelfLabeller:
         return probabilities.argmax(axis=1), probabilities.max(axis=1)
 
 
-def equal_size_offsets(scores: np.ndarray, iterations: int = TRANSPORT_ITERATIONS) -> np.ndarray:
-    """Cluster offsets b (K,) such that softmax over clusters of (scores - b) gives every cluster
-    the same total mass over the rows (Sinkhorn's column scaling, in log space)."""
+def size_offsets(scores: np.ndarray, shares: np.ndarray | None = None, iterations: int = TRANSPORT_ITERATIONS) -> np.ndarray:
+    """Cluster offsets b (K,) such that softmax over clusters of (scores - b) gives each cluster
+    its share of the rows' total mass (`shares`, summing to 1; equal shares by default):
+    Sinkhorn's column scaling, in log space. argmax of scores - b is the transported assignment."""
     from scipy.special import logsumexp
 
     offsets = np.zeros(scores.shape[1])
-    target = np.log(len(scores) / scores.shape[1])
+    shares = np.full(scores.shape[1], 1.0 / scores.shape[1]) if shares is None else np.asarray(shares, dtype=np.float64)
+    target = np.log(shares * len(scores))
     for _ in range(iterations):
         rows = logsumexp(scores - offsets, axis=1, keepdims=True)
         offsets = logsumexp(scores - rows, axis=0) - target
@@ -120,8 +126,7 @@ def fit_self_labeller(features: np.ndarray, labels: np.ndarray, n_clusters: int,
         return None, float(sure.mean()), agreement
     if equal_sizes:
         used = np.isfinite(bias)  # a cluster without rows keeps none
-        scores = features.astype(np.float64) @ weights[used].T + bias[used]
-        labeller.bias[used] -= equal_size_offsets(scores)
+        labeller.bias[used] -= size_offsets(labeller.scores(features)[:, used])
     logger.info("Self-labelling: a linear classifier trained on the %.1f%% of rows whose neighbours agree with their cluster%s.",
                 100 * sure.mean(), ", its assignment transported to equal cluster sizes" if equal_sizes else "")
     return labeller, float(sure.mean()), agreement

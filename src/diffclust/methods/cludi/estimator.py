@@ -312,15 +312,15 @@ class CLUDI(ClusteringEstimator):
         neighbours = trainer.neighbours.numpy() if trainer.neighbours is not None else None
         self.self_labeller_, sure_share, agreement = fit_self_labeller(features, self.labels_, k, self.random_state, neighbours,
                                                                        equal_sizes=self.balanced)
-        teacher_labels = self.labels_
+        moved = 0
         if self.self_labeller_ is not None:
+            teacher_labels = self.labels_
             self.labels_, self.confidence_ = self.self_labeller_.predict(features)
-            logger.info("Self-labelling moved %d of %d rows to another cluster.", int((self.labels_ != teacher_labels).sum()),
-                        len(self.labels_))
+            moved = int((self.labels_ != teacher_labels).sum())
+            logger.info("Self-labelling moved %d of %d rows to another cluster.", moved, len(self.labels_))
         trainer.log_record({"epoch": self.epochs + 1, "phase": "self-labelling" if self.self_labeller_ is not None else
                             "self-labelling skipped (clusters not linear in the features)", "sure_rows": round(sure_share, 4),
-                            "sure_rows_reproduced": round(agreement, 4), "moved_rows": int((self.labels_ != teacher_labels).sum())},
-                           self.labels_, started)
+                            "sure_rows_reproduced": round(agreement, 4), "moved_rows": moved}, self.labels_, started)
 
     # ------------------------------------------------------------------ inference
     def _logits(self, values: torch.Tensor, keep_samples: bool = False):
