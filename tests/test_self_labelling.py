@@ -112,7 +112,7 @@ def test_the_command_line_can_turn_self_labelling_off(tmp_path):
         CLUDI(2, self_labelling="yes", **FAST).fit(features)
 
 
-def test_cludi_keeps_the_teachers_clusters_where_a_line_cannot_draw_them():
+def test_cludi_keeps_the_teachers_clusters_where_a_line_cannot_draw_them(tmp_path):
     from sklearn.datasets import make_moons
 
     features, truth = make_moons(300, noise=0.05, random_state=0)
@@ -120,6 +120,10 @@ def test_cludi_keeps_the_teachers_clusters_where_a_line_cannot_draw_them():
     last = model.history_[-1]
     assert last["phase"].startswith("self-labelling skipped") and last["moved_rows"] == 0 and last["sure_rows_reproduced"] < 0.99
     assert model.self_labeller_ is None and last["acc"] == pytest.approx(model.history_[-2]["final_acc"])
+    # without labels too, the skipped step's row reaches metrics.csv
+    CLUDI(2, random_state=0, output_dir=tmp_path / "run", **FAST).fit(features.astype(np.float32))
+    with open(tmp_path / "run" / "metrics.csv", newline="") as handle:
+        assert list(csv.DictReader(handle))[-1]["phase"].startswith("self-labelling skipped")
 
 
 def test_size_offsets_balance_the_columns():

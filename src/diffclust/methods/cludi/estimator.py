@@ -291,7 +291,7 @@ class CLUDI(ClusteringEstimator):
         self.history_ = list(trainer.log.records)
         self.files_ = table.names
         self.skipped_ = list(table.skipped)
-        if accelerator.is_main_process and (table.labels is not None or self.self_labeller_ is not None):
+        if accelerator.is_main_process and table.labels is not None:  # the final scores updated a row the log had written
             trainer.log.write()
         if run_dir is not None and accelerator.is_main_process:
             with timer("outputs"):
