@@ -66,6 +66,7 @@ VARIANTS = {
     "DiFiC with uniform timestep sampling": dict(object_concentration=True, cluster_guidance=True, timestep_sampling="uniform"),
 }
 Z_ROW = "k-means on z (block b, t-hat)"
+MANIFOLD_ROW = "UMAP + k-means on z (the head's start with head_init='manifold')"
 
 
 def pixel_rows(collection, k: int, seed: int) -> dict[str, dict]:
@@ -89,10 +90,28 @@ def z_row(run_dir: Path, labels, k: int, seed: int) -> dict:
     return clustering_scores(labels, fit_kmeans(z, k, seed=seed)[1])
 
 
+def manifold_row(run_dir: Path, labels, k: int, seed: int) -> dict:
+    """UMAP + k-means on z: the partition DiFiC's head starts from with head_init="manifold"."""
+    import numpy as np
+
+    from diffclust.cluster.metrics import clustering_scores
+    from diffclust.methods.difc.hand_over import manifold_start
+
+    cached = next(run_dir.rglob("features.npy"))
+    z = np.load(cached, allow_pickle=False, mmap_mode="r").astype(np.float32).reshape(len(labels), -1)
+    return clustering_scores(labels, manifold_start(z, k, seed))
+
+
+#: the head probe's rows: (where the head starts, where its neighbours are found, the size prior)
+HEAD_PROBE_ROWS = [("kmeans", "proxies", "uniform"), ("kmeans", "proxies", "start"), ("kmeans", "features", "start"),
+                   ("manifold", "proxies", "start"), ("manifold", "features", "start")]
+
+
 def head_probe(run_dir: Path, labels_csv: Path, epochs: int, seed: int) -> str:
     """The cluster head alone on a finished run's proxy words (its embedding.npy; no diffusion,
-    f fixed), from the k-means hand-over as DiFiC starts it, with each size prior: what the
-    balance term does to the partition by itself. Labels only score."""
+    f fixed): from each start DiFiC offers (k-means of S*, or UMAP + k-means of z), with the
+    neighbours found in S* or in z, and with each size prior. What the head and its loss do
+    to a partition by themselves. Labels only score."""
     import numpy as np
     import torch
 
@@ -101,6 +120,7 @@ def head_probe(run_dir: Path, labels_csv: Path, epochs: int, seed: int) -> str:
     from diffclust.cluster.losses import AssignmentMemoryBank, cluster_guidance_loss, cluster_shares
     from diffclust.cluster.metrics import clustering_scores
     from diffclust.cluster.neighbours import nearest_neighbours
+    from diffclust.methods.difc.hand_over import manifold_start
     from diffclust.methods.difc.training import HEAD_INIT_STEPS, HEAD_WARMUP_STEPS
 
     proxies = torch.from_numpy(np.load(run_dir / "embedding.npy", allow_pickle=False)).float()
@@ -108,15 +128,21 @@ def head_probe(run_dir: Path, labels_csv: Path, epochs: int, seed: int) -> str:
         truth = {row["file"]: row["label"] for row in csv.DictReader(handle)}
     with open(run_dir / "assignments.csv", newline="", encoding="utf-8") as handle:
         labels = np.array([truth[Path(row["file"]).name] for row in csv.DictReader(handle)])
+    z = np.load(next(run_dir.rglob("features.npy")), allow_pickle=False).astype(np.float32).reshape(len(labels), -1)
     k, settings = len(NOVEL), {"lr": 2e-4, "weight_decay": 1e-2, "batch": 32, "bank": 512, "neighbours": 10, "entropy_weight": 5.0}
-    neighbours = torch.from_numpy(nearest_neighbours(proxies, settings["neighbours"]))
-    _, start = fit_kmeans(proxies, k, seed=seed)
+    starts = {"kmeans": fit_kmeans(proxies, k, seed=seed)[1], "manifold": manifold_start(z, k, seed)}
+    tables = {"proxies": nearest_neighbours(proxies, settings["neighbours"]), "features": nearest_neighbours(z, settings["neighbours"])}
     acc = lambda predicted: 100 * clustering_scores(labels, predicted)["acc"]  # noqa: E731
+    purity = lambda table: float((labels[table] == labels[:, None]).mean())  # noqa: E731
     lines = [f"# The head alone on the proxy words of `{run_dir}`", "",
-             f"k-means (the hand-over): ACC {acc(start):.2f}%, sizes {np.bincount(start, minlength=k).tolist()}; "
-             f"true sizes {np.unique(labels, return_counts=True)[1].tolist()}. Settings: DiFiC's defaults {settings}, seed {seed}.", "",
-             "| size prior | " + " | ".join(f"epoch {e + 1}" for e in range(epochs)) + " | final sizes |", "|---|" + "---|" * (epochs + 1)]
-    for prior in ("uniform", "start"):
+             f"Starts: k-means of S* ACC {acc(starts['kmeans']):.2f}%, sizes {np.bincount(starts['kmeans'], minlength=k).tolist()}; "
+             f"UMAP + k-means of z ACC {acc(starts['manifold']):.2f}%, sizes {np.bincount(starts['manifold'], minlength=k).tolist()}; "
+             f"true sizes {np.unique(labels, return_counts=True)[1].tolist()}. Ten-neighbour purity (cosine): S* "
+             f"{purity(tables['proxies']):.3f}, z {purity(tables['features']):.3f}. Settings: DiFiC's defaults {settings}, seed {seed}.", "",
+             "| start | neighbours in | size prior | " + " | ".join(f"epoch {e + 1}" for e in range(epochs)) + " | final sizes |",
+             "|---|---|---|" + "---|" * (epochs + 1)]
+    for start_name, space, prior in HEAD_PROBE_ROWS:
+        start, neighbours = starts[start_name], torch.from_numpy(tables[space])
         torch.manual_seed(seed)
         head = ClusterHead(proxies.shape[1], k)
         optimizer = torch.optim.Adam(head.parameters(), lr=1e-3)
@@ -149,7 +175,8 @@ def head_probe(run_dir: Path, labels_csv: Path, epochs: int, seed: int) -> str:
             with torch.no_grad():
                 predicted = head.eval()(proxies).argmax(dim=1).numpy()
             curve.append(acc(predicted))
-        lines.append(f"| {prior} | " + " | ".join(f"{value:.2f}" for value in curve) + f" | {np.bincount(predicted, minlength=k).tolist()} |")
+        lines.append(f"| {start_name} | {space} | {prior} | " + " | ".join(f"{value:.2f}" for value in curve)
+                     + f" | {np.bincount(predicted, minlength=k).tolist()} |")
     return "\n".join(lines) + "\n"
 
 
@@ -212,8 +239,9 @@ def table(work: Path, seeds: list[int], epochs: int, variants: list[str], out: P
                 continue
             row = difc_run(collection, work / "novel", work / "model", name, seed, epochs, work / "runs" / out.name, extra)
             new_rows = {name: row}
-            if Z_ROW not in results["seeds"][str(seed)]:
-                new_rows[Z_ROW] = z_row(Path(row["run_dir"]), collection.labels, len(NOVEL), seed)
+            for row_name, score in ((Z_ROW, z_row), (MANIFOLD_ROW, manifold_row)):
+                if row_name not in results["seeds"][str(seed)]:
+                    new_rows[row_name] = score(Path(row["run_dir"]), collection.labels, len(NOVEL), seed)
             results = merged(seed, new_rows)
             print(f"seed {seed} {name}: ACC {100 * row['acc']:.2f}% by epoch {row['acc_by_epoch']}", flush=True)
     (out / "table.md").write_text(markdown(results))
@@ -240,7 +268,7 @@ def markdown(results: dict) -> str:
 
     seeds = sorted(results["seeds"], key=int)
     found_names = {name for seed in seeds for name in results["seeds"][seed]}
-    order = [baselines.KMEANS_PIXELS, baselines.UMAP_PIXELS, Z_ROW, *VARIANTS]
+    order = [baselines.KMEANS_PIXELS, baselines.UMAP_PIXELS, Z_ROW, MANIFOLD_ROW, *VARIANTS]
     names = [name for name in order if name in found_names] + sorted(found_names - set(order))
     lines = [f"# DiFiC on novel digits: {results['images']} odd USPS digits (K = {results['k']}), model trained on the even ones",
              "", f"Model `{results['model']}`; {results['epochs']} epochs; settings {results['settings'] or 'defaults'}; "

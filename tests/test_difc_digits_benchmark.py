@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import re
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -56,6 +58,7 @@ def test_two_table_runs_sharing_a_folder_keep_each_others_rows(tmp_path, monkeyp
     monkeypatch.setattr("diffclust.scan_images", lambda folder: TwoImages())
     monkeypatch.setattr(difc_digits, "pixel_rows", lambda collection, k, seed: {"k-means on raw pixels": {"acc": 0.5, "nmi": 0.4, "ari": 0.3}})
     monkeypatch.setattr(difc_digits, "z_row", lambda run_dir, labels, k, seed: {"acc": 0.4, "nmi": 0.3, "ari": 0.2})
+    monkeypatch.setattr(difc_digits, "manifold_row", lambda run_dir, labels, k, seed: {"acc": 0.7, "nmi": 0.6, "ari": 0.5})
     out = tmp_path / "out"
 
     def run(collection, folder, model, name, seed, epochs, runs, extra):
@@ -68,7 +71,8 @@ def test_two_table_runs_sharing_a_folder_keep_each_others_rows(tmp_path, monkeyp
     assert set(results["seeds"]) == {"0", "1"}
     assert results["seeds"]["0"]["distillation"]["acc"] == 0.9
     assert results["seeds"]["1"]["DiFiC (all three modules)"]["acc"] == 0.8
-    assert set(results["seeds"]["0"]) == {"k-means on raw pixels", "distillation", difc_digits.Z_ROW}
+    assert set(results["seeds"]["0"]) == {"k-means on raw pixels", "distillation", difc_digits.Z_ROW, difc_digits.MANIFOLD_ROW}
+    assert results["seeds"]["0"][difc_digits.MANIFOLD_ROW]["acc"] == 0.7
 
 
 def test_an_unknown_variant_is_refused_before_any_work_and_no_name_holds_the_separator(tmp_path):
@@ -76,3 +80,25 @@ def test_an_unknown_variant_is_refused_before_any_work_and_no_name_holds_the_sep
         difc_digits.table(tmp_path, [0], 1, ["DiFiC"], tmp_path / "out", {})
     assert not (tmp_path / "out").exists()
     assert not any("," in name for name in difc_digits.VARIANTS)  # --variants is comma-separated
+
+
+def test_the_head_probe_scores_every_start_and_neighbour_space_on_a_run(tmp_path):
+    """Five groups that z separates and S* (the run's proxy words) mixes: the probe reports both
+    starts, both purities and one row per (start, neighbours, prior), without training DiFiC."""
+    rng = np.random.default_rng(0)
+    truth = np.repeat(np.arange(5), 24)
+    z = (np.eye(5)[truth] * 6 + rng.normal(size=(120, 5))) @ rng.normal(size=(5, 16))
+    proxies = rng.normal(size=(120, 8)) + 0.5 * np.eye(8)[truth]
+    run = tmp_path / "run"
+    (run / "cache").mkdir(parents=True)
+    np.save(run / "cache" / "features.npy", z.reshape(120, 4, 2, 2).astype(np.float16))
+    np.save(run / "embedding.npy", proxies.astype(np.float32))
+    files = [f"img{i:03d}.png" for i in range(120)]
+    (run / "assignments.csv").write_text("file,cluster\n" + "".join(f"{name},0\n" for name in files))
+    (tmp_path / "labels.csv").write_text("file,label\n" + "".join(f"{name},{label}\n" for name, label in zip(files, truth)))
+    report = difc_digits.head_probe(run, tmp_path / "labels.csv", epochs=1, seed=0)
+    assert "UMAP + k-means of z ACC 100.00%" in report
+    purity = dict(re.findall(r"(S\*|z) (\d\.\d{3})", report.split("purity")[1]))
+    assert float(purity["z"]) > 0.99 and float(purity["S*"]) < 0.5
+    rows = [line for line in report.splitlines() if line.startswith("| kmeans |") or line.startswith("| manifold |")]
+    assert [tuple(cell.strip() for cell in row.split("|")[1:4]) for row in rows] == difc_digits.HEAD_PROBE_ROWS

@@ -223,3 +223,18 @@ def test_ratio_zero_trains_the_extractor_on_diffusion_alone_and_the_head_on_clus
     for name, value in both.items():
         expected = only_diffusion[name] if name.startswith("extractor.") else only_cluster[name]
         assert torch.allclose(value, expected, atol=1e-6), name
+
+
+def test_feature_rows_are_z_flattened_and_wide_z_is_projected_keeping_distances():
+    from diffclust.methods.difc.constants import ConstantStore
+    from diffclust.methods.difc.hand_over import feature_rows
+
+    z = np.random.default_rng(0).normal(size=(40, 8, 10, 10)).astype(np.float16)
+    store = ConstantStore({"features": z, "latents": np.zeros((40, 1), np.float32)})
+    assert np.array_equal(feature_rows(store, seed=0), z.astype(np.float32).reshape(40, -1))  # 800 <= 4,096 columns: z itself
+    projected = feature_rows(store, seed=0, max_dims=400)
+    assert projected.shape == (40, 400) and np.array_equal(projected, feature_rows(store, seed=0, max_dims=400))
+    flat = z.astype(np.float32).reshape(40, -1)
+    rows, cols = np.triu_indices(40, 1)
+    ratio = np.linalg.norm(projected[rows] - projected[cols], axis=1) / np.linalg.norm(flat[rows] - flat[cols], axis=1)
+    assert 0.8 < ratio.min() and ratio.max() < 1.2  # a random projection keeps every distance within 20% here

@@ -48,7 +48,7 @@ def _fit(folder, tmp_path, n_clusters=GROUPS, resume=False, **settings):
 
 
 def test_difc_recovers_the_mixture_components(mixture_folder, tmp_path):
-    model = _fit(mixture_folder, tmp_path, epochs=30, warmup_epochs=15)
+    model = _fit(mixture_folder, tmp_path, epochs=30, warmup_epochs=15, cluster_gradient_ratio=1.0)  # the capped path (default 0: none)
     labels = scan_images(mixture_folder).labels
     history = model.history_
     assert history[0]["acc"] < 0.9  # the nuisance confuses k-means on untrained proxy words...
@@ -129,9 +129,10 @@ def test_auto_k_run_resumes_to_the_same_result(auto_run, mixture_folder, tmp_pat
 
 
 def test_the_size_prior_keeps_an_imbalanced_partition_where_equal_sizes_break_it(mixture_folder, tmp_path):
-    """One group of 30 and three of 8. The hand-over's k-means finds all four; the paper's
-    entropy (equal sizes) then moves points of the large group into a small one, while the
-    size prior (the hand-over's shares, saved with the checkpoint) keeps the partition."""
+    """One group of 30 and three of 8. The hand-over finds all four; with the cluster loss
+    reaching f (ratio 1), the paper's entropy (equal sizes) then moves points of the large
+    group into a small one, while the size prior (the hand-over's shares, saved with the
+    checkpoint) keeps the partition."""
     folder = tmp_path / "imbalanced"
     folder.mkdir()
     rows = ["file,label"]
@@ -142,13 +143,33 @@ def test_the_size_prior_keeps_an_imbalanced_partition_where_equal_sizes_break_it
             rows.append(f"{path.name},{group}")
     (folder / "labels.csv").write_text("\n".join(rows) + "\n")
     labels = scan_images(folder).labels
-    runs = {prior: _fit(folder, tmp_path / prior, epochs=60, warmup_epochs=40, size_prior=prior, output_dir=tmp_path / prior / "run")
+    runs = {prior: _fit(folder, tmp_path / prior, epochs=60, warmup_epochs=40, size_prior=prior, output_dir=tmp_path / prior / "run",
+                        cluster_gradient_ratio=1.0)
             for prior in ("start", "uniform")}
     for model in runs.values():
-        assert model.history_[39]["acc"] == 1.0  # the hand-over's k-means: every group found
+        assert model.history_[39]["acc"] == 1.0  # the end of warm-up: every group found
     assert hungarian_accuracy(labels, runs["start"].labels_) == 1.0
     assert sorted(np.bincount(runs["start"].labels_, minlength=GROUPS).tolist()) == [8, 8, 8, 30]
     assert hungarian_accuracy(labels, runs["uniform"].labels_) < 0.95  # measured: 0.89, the large group split
     shares = load_training_state(tmp_path / "start" / "run" / "checkpoint.pt")["size_shares"]
     assert sorted(round(value, 4) for value in shares.tolist()) == [round(9 / 58, 4)] * 3 + [round(31 / 58, 4)]
     assert "size_shares" not in load_training_state(tmp_path / "uniform" / "run" / "checkpoint.pt")
+
+
+@pytest.mark.parametrize("head_init, neighbour_space", [("manifold", "features"), ("kmeans", "proxies")])
+def test_the_head_starts_and_finds_neighbours_where_the_settings_say(mixture_folder, tmp_path, monkeypatch, head_init, neighbour_space):
+    """manifold / features (the defaults): one UMAP partition of z at the hand-over and one
+    neighbour search in z for all guided epochs (z never changes); kmeans / proxies: k-means
+    and a neighbour search on the proxy words S*, the search again each guided epoch."""
+    calls = []
+    for name in ("manifold_start", "fit_kmeans", "nearest_neighbours"):
+        real = getattr(training, name)
+        monkeypatch.setattr(training, name, lambda data, *args, _name=name, _real=real, **kw: calls.append((_name, tuple(data.shape))) or _real(data, *args, **kw))
+    model = _fit(mixture_folder, tmp_path, epochs=6, warmup_epochs=3, head_init=head_init, neighbour_space=neighbour_space)
+    rows, z_width, word = GROUPS * PER_GROUP, 3 * 6 * 6, 32
+    warm_up = [("fit_kmeans", (rows, word))] * 3  # the warm-up's per-epoch k-means on S*
+    if head_init == "manifold":
+        assert calls == warm_up + [("manifold_start", (rows, z_width)), ("nearest_neighbours", (rows, z_width))]
+    else:
+        assert calls == warm_up + [("fit_kmeans", (rows, word))] + [("nearest_neighbours", (rows, word))] * 3
+    assert hungarian_accuracy(scan_images(mixture_folder).labels, model.labels_) >= 0.95

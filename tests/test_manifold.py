@@ -74,9 +74,25 @@ def test_exact_neighbours_put_each_row_first_and_match_a_full_distance_table():
     points = np.random.default_rng(1).normal(size=(60, 5)).astype(np.float32)
     indices, distances = exact_neighbours(points, 4)
     table = np.linalg.norm(points[:, None] - points[None], axis=2)
-    assert (indices[:, 0] == np.arange(60)).all() and np.allclose(distances[:, 0], 0, atol=1e-3)
+    assert (indices[:, 0] == np.arange(60)).all() and (distances[:, 0] == 0).all()
     assert (np.sort(indices, axis=1) == np.sort(np.argsort(table, axis=1)[:, :4], axis=1)).all()
     assert np.allclose(distances, np.sort(table, axis=1)[:, :4], atol=1e-4)
+
+
+def test_umaps_graph_from_diffclusts_exact_neighbours_does_not_depend_on_the_scale_of_the_rows():
+    """A row's distance to itself is rounding noise in |x|^2 - 2 x.y + |y|^2 (most rows of this set
+    got a tiny positive one from scikit-learn); UMAP took it for the nearest neighbour's distance
+    and built another graph for the same rows at another scale."""
+    from umap.umap_ import fuzzy_simplicial_set
+
+    from diffclust.cluster.manifold import exact_neighbours
+
+    points = np.random.default_rng(0).normal(size=(300, 64)).astype(np.float32)
+    graphs = []
+    for scale in (1.0, 0.1, 10.0):
+        indices, distances = exact_neighbours(points * scale, 15)
+        graphs.append(fuzzy_simplicial_set(points * scale, 15, 0, "euclidean", knn_indices=indices, knn_dists=distances)[0].toarray())
+    assert np.allclose(graphs[0], graphs[1], atol=1e-5) and np.allclose(graphs[0], graphs[2], atol=1e-5)
 
 
 def test_from_umaps_own_exact_range_to_the_cap_diffclust_gives_umap_exact_neighbours(monkeypatch):

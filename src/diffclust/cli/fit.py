@@ -39,11 +39,16 @@ def add_parser(commands) -> None:
     difc.add_argument("--t-tilde", dest="mask_timestep", type=whole(0), default=50, help="timestep of the attention map behind the object mask (paper: 50)")
     difc.add_argument("--no-object-concentration", dest="object_concentration", action="store_false", help="ablation: diffusion loss over the whole image instead of the object mask")
     difc.add_argument("--no-cluster-guidance", dest="cluster_guidance", action="store_false", help="ablation: no cluster head; clusters are k-means on the proxy words")
-    difc.add_argument("--cluster-gradient-ratio", type=ratio_or_none, default=1.0,
+    difc.add_argument("--cluster-gradient-ratio", type=ratio_or_none, default=0.0,
                       help="cap on the cluster loss's gradient reaching the proxy words, as a multiple of the diffusion loss's "
-                           "(default 1; 'none': the paper's plain sum, where the cluster loss alone retrains the extractor)")
+                           "(default 0: the extractor learns from distillation alone; 'none': the paper's plain sum, where the "
+                           "cluster loss alone retrains the extractor)")
     difc.add_argument("--size-prior", choices=["start", "uniform"], default="start",
-                      help="cluster sizes the balance term pulls towards: the warm-up's k-means shares (default) or equal sizes (the paper)")
+                      help="cluster sizes the balance term pulls towards: the hand-over partition's shares (default) or equal sizes (the paper)")
+    difc.add_argument("--head-init", choices=["manifold", "kmeans", "random"], default="manifold",
+                      help="the cluster head's start: UMAP + k-means of the UNet feature z (default), k-means of the proxy words, or random")
+    difc.add_argument("--neighbour-space", choices=["features", "proxies"], default="features",
+                      help="where the head's neighbours are found: in z, once (default), or in the proxy words each epoch")
     difc.add_argument("--timestep-sampling", choices=["cosine", "uniform"], default="cosine", help="p(t) for the diffusion loss: 1 + cos(pi t / T) (paper) or uniform")
     speed = fit.add_argument_group("DiFiC training passes: memory and speed ('auto' saves memory on CUDA, keeps speed on CPU)")
     speed.add_argument("--weights-dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
@@ -114,6 +119,7 @@ def _method_settings(args) -> dict:
         settings.update(warmup_epochs=args.warmup_epochs, feature_layer=args.feature_layer, feature_timestep=args.feature_timestep,
                         mask_timestep=args.mask_timestep, object_concentration=args.object_concentration,
                         cluster_guidance=args.cluster_guidance, cluster_gradient_ratio=args.cluster_gradient_ratio, size_prior=args.size_prior,
+                        head_init=args.head_init, neighbour_space=args.neighbour_space,
                         timestep_sampling=args.timestep_sampling,
                         weights_dtype=args.weights_dtype, gradient_checkpointing=args.gradient_checkpointing, offload_vae=args.offload_vae,
                         channels_last=args.channels_last, fused_attention=args.fused_attention, compile_unet=args.compile_unet,

@@ -64,6 +64,10 @@ def exact_neighbours(array: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, n
     from sklearn.neighbors import NearestNeighbors
 
     distances, indices = NearestNeighbors(n_neighbors=n_neighbors, algorithm="brute").fit(array).kneighbors(array)
+    # a row's distance to itself comes out of |x|^2 - 2 x.y + |y|^2 as rounding noise, often a tiny positive
+    # number; UMAP would take that as the distance to the nearest neighbour and rebuild the graph around it
+    # (on 4,422 digits' UNet features, scaling them by 0.1 took k-means in the embedding from 97.4% to 70.4%)
+    distances[indices == np.arange(len(array))[:, None]] = 0.0
     return indices, distances.astype(np.float32)
 
 

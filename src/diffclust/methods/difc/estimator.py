@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 #: the paper's warm-up: 100 of 250 epochs distil proxy words before the cluster head trains
 PAPER_WARMUP_FRACTION = 100 / 250
-#: what the balance term pulls cluster sizes towards: the hand-over's k-means shares, or equal sizes (the paper)
+#: what the balance term pulls cluster sizes towards: the hand-over partition's shares, or equal sizes (the paper)
 SIZE_PRIORS = ("start", "uniform")
 
 
@@ -46,14 +46,19 @@ class DiFiC(ClusteringEstimator):
     must leave the cluster head at least one epoch (or turn ``cluster_guidance`` off). The three
     modules can be switched for the ablation: ``object_concentration`` (mask the loss) and
     ``cluster_guidance`` (train the head g after warm-up; without it, k-means on S* decides).
-    ``head_init="kmeans"`` starts g from the warm-up's k-means clusters (our addition: the paper
-    does not say; ``"random"`` is the literal reading).
+    ``head_init="manifold"`` starts g from k-means in UMAP embeddings of the UNet feature z
+    (our addition, DiEC's start: the paper does not say; ``"kmeans"`` starts from k-means of
+    S* after warm-up, ``"random"`` is the literal reading), and ``neighbour_space="features"``
+    finds the neighbours of the consistency loss in z, once (our addition; ``"proxies"``:
+    in S*, each epoch). See methods/difc/hand_over.py.
     ``cluster_gradient_ratio`` caps the cluster loss's gradient reaching the extractor at this
     multiple of the diffusion loss's (same step; the head gets all of it): our addition, as
-    the plain sum let the cluster loss alone retrain f (see methods/difc/balance.py); ``None``
+    the plain sum let the cluster loss alone retrain f, and even a share as large as the
+    diffusion gradient (ratio 1) undid the head's start within a few dozen steps; the default
+    0 trains f on distillation alone (see methods/difc/balance.py); ``None``
     is the paper's plain sum.
     ``size_prior="start"`` (our addition) makes the balance term hold cluster sizes near the
-    shares of the warm-up's k-means clusters, -KL(mean assignment || shares) in place of the
+    shares of the hand-over partition, -KL(mean assignment || shares) in place of the
     entropy; ``"uniform"`` is the paper's entropy, which pulls every cluster to the same size
     and so splits a large group and merges small ones.
     ``n_clusters="auto"``: warm-up distils proxy words without needing K, so K is chosen on S* at
@@ -85,7 +90,7 @@ class DiFiC(ClusteringEstimator):
         mask_prompt: str = "A photo of a",
         object_concentration: bool = True,
         cluster_guidance: bool = True,
-        head_init: str = "kmeans",
+        head_init: str = "manifold",
         timestep_sampling: str = "cosine",
         epochs: int = 250,
         warmup_epochs: int | str = "auto",
@@ -93,10 +98,11 @@ class DiFiC(ClusteringEstimator):
         lr: float = 2e-4,
         weight_decay: float = 1e-2,
         n_neighbours: int = 10,
+        neighbour_space: str = "features",
         memory_bank_size: int = 512,
         entropy_weight: float = 5.0,
         cluster_loss_weight: float = 1.0,
-        cluster_gradient_ratio: float | None = 1.0,
+        cluster_gradient_ratio: float | None = 0.0,
         size_prior: str = "start",
         extractor_hidden: int | None = None,
         cache_precision: str = "fp16",
@@ -129,8 +135,10 @@ class DiFiC(ClusteringEstimator):
                             "raise --epochs, or pass --no-cluster-guidance to cluster by k-means on the proxy words")
         if self.timestep_sampling not in TIMESTEP_DISTRIBUTIONS:
             problems.append(f"timestep_sampling must be one of {sorted(TIMESTEP_DISTRIBUTIONS)}, got {self.timestep_sampling!r}")
-        if self.head_init not in ("kmeans", "random"):
-            problems.append(f"head_init must be 'kmeans' or 'random', got {self.head_init!r}")
+        if self.head_init not in ("manifold", "kmeans", "random"):
+            problems.append(f"head_init must be 'manifold', 'kmeans' or 'random', got {self.head_init!r}")
+        if self.neighbour_space not in ("features", "proxies"):
+            problems.append(f"neighbour_space must be 'features' or 'proxies', got {self.neighbour_space!r}")
         ratio = self.cluster_gradient_ratio
         if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio >= 0 or ratio == float("inf")):
             problems.append(f"cluster_gradient_ratio (--cluster-gradient-ratio) must be a finite number >= 0, or None for the paper's plain sum; got {self.cluster_gradient_ratio!r}")

@@ -30,6 +30,7 @@ from diffclust.engine.trainer import EpochTrainer
 from diffclust.engine.runtime import epoch_batches, progress
 from diffclust.methods.difc.balance import GradientShare
 from diffclust.methods.difc.constants import ConstantStore
+from diffclust.methods.difc.hand_over import feature_rows, manifold_start
 from diffclust.methods.difc.losses import masked_diffusion_loss
 from diffclust.methods.difc.network import DiFiCNetwork, assign, assign_probabilities
 from diffclust.methods.difc.timesteps import TimestepSampler, cosine_timestep_probabilities, uniform_timestep_probabilities
@@ -42,7 +43,7 @@ RESUME_KEYS = (
     "n_clusters", "feature_layer", "feature_timestep", "mask_timestep", "prompt_template", "mask_prompt",
     "object_concentration", "cluster_guidance", "timestep_sampling", "warmup_epochs", "batch_size",
     "random_state", "extractor_hidden", "n_neighbours", "memory_bank_size", "head_init", "cluster_gradient_ratio",
-    "size_prior",
+    "size_prior", "neighbour_space",
 )
 HEAD_INIT_STEPS = 200
 #: the head's learning rate ramps up over this many steps once guidance starts: a fresh Adam
@@ -80,6 +81,10 @@ class DiFiCTrainer(EpochTrainer):
         #: with size_prior "start": the hand-over partition's cluster shares, which the balance
         #: term pulls the mean assignment towards (None: the paper's equal sizes)
         self.size_shares: torch.Tensor | None = None
+        #: every image's z as a row (see hand_over), read once when the hand-over or the neighbours need it
+        self._feature_rows: np.ndarray | None = None
+        #: with neighbour_space "features": each image's neighbours in z, found once (z never changes)
+        self._feature_neighbours: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ phases and assignment
     def guided(self, epoch: int) -> bool:
@@ -146,30 +151,49 @@ class DiFiCTrainer(EpochTrainer):
             labels, confidence = assign(proxies, None, self.centres)
         return proxies, labels, confidence
 
+    def z_rows(self) -> np.ndarray:
+        if self._feature_rows is None:
+            self._feature_rows = feature_rows(self.store, self.p["random_state"])
+        return self._feature_rows
+
+    def start_partition(self, proxies: torch.Tensor) -> np.ndarray:
+        """The hand-over partition: UMAP + k-means of z (head_init "manifold"), else k-means of S*."""
+        if self.p["head_init"] == "manifold":
+            return manifold_start(self.z_rows(), self.k, self.p["random_state"])
+        return fit_kmeans(proxies, self.k, seed=self.p["random_state"])[1]
+
+    def neighbours(self, proxies: torch.Tensor) -> torch.Tensor:
+        """Each image's n_neighbours nearest others: in z, found once ("features"), or in this
+        epoch's S* ("proxies")."""
+        if self.p["neighbour_space"] == "proxies":
+            return torch.from_numpy(nearest_neighbours(proxies, self.p["n_neighbours"]))
+        if self._feature_neighbours is None:
+            self._feature_neighbours = torch.from_numpy(nearest_neighbours(self.z_rows(), self.p["n_neighbours"]))
+        return self._feature_neighbours
+
     def hand_over(self, proxies: torch.Tensor, epoch: int) -> None:
         """What the first guided epoch (or a resume into the guided phase) needs from the
-        warm-up's k-means clusters of S*: the head's start, and the size prior's shares. Every
-        process computes the same thing from the same seed."""
+        hand-over partition: the head's start, and the size prior's shares. Every process
+        computes the same thing from the same seed."""
         first = epoch == self.p["warmup_epochs"]
-        start_head = first and self.p["head_init"] == "kmeans"
+        start_head = first and self.p["head_init"] != "random"
         need_shares = self.p["size_prior"] == "start" and self.size_shares is None
         if not (start_head or need_shares):
             return
-        _, start = fit_kmeans(proxies, self.k, seed=self.p["random_state"])
+        start = self.start_partition(proxies)
         if start_head:
             self.initialise_head(proxies, start)
         if need_shares:
             self.size_shares = cluster_shares(start, self.k)
-            logger.info("Cluster sizes are held near the hand-over's k-means shares: %s",
+            logger.info("Cluster sizes are held near the hand-over partition's shares: %s",
                         ", ".join(f"{share:.1%}" for share in self.size_shares.tolist()))
 
     def initialise_head(self, proxies: torch.Tensor, start: np.ndarray) -> None:
-        """Start g from the warm-up's clustering: fit it to the k-means labels `start` of S*
-        (cross-entropy).
+        """Start g from the hand-over partition: fit it to the labels `start` (cross-entropy).
 
         A randomly initialised head often settles in a merged local optimum (two groups in one
-        cluster) and throws away what warm-up found; this hand-over keeps the k-means clusters
-        as the starting point.
+        cluster) and throws away what warm-up found; this hand-over gives it a partition to
+        start from.
         """
         targets = torch.from_numpy(start).to(proxies.device)
         head = self.accelerator.unwrap_model(self.network).head.train()
@@ -262,7 +286,8 @@ class DiFiCTrainer(EpochTrainer):
             self.hand_over(proxies, epoch)
             if len(self.bank) == 0:
                 self.fill_bank(proxies, epoch)
-            neighbours = torch.from_numpy(nearest_neighbours(proxies, self.p["n_neighbours"]))
+            neighbours = self.neighbours(proxies)
+            self._feature_rows = None  # the start and the neighbours are found: N x 4,096 floats need not stay
         generator = make_generator(self.p["random_state"] + 7919 * (epoch + 1) + 104729 * self.accelerator.process_index)
         batches = epoch_batches(len(self.store), self.p["batch_size"], self.p["random_state"], epoch, self.accelerator)
         bar = progress(batches, self.accelerator, self.p["progress"], desc=f"epoch {epoch + 1}/{self.p['epochs']} ({self.phase(epoch)})",
