@@ -78,28 +78,27 @@ def pixel_rows(collection, k: int, seed: int) -> dict[str, dict]:
     return baselines.pixel_rows(pixels, collection.labels, k, seed)
 
 
-def z_row(run_dir: Path, labels, k: int, seed: int) -> dict:
-    """k-means on z (block b at t-hat, DiFiC's cached feature): the paper's "Stable Diffusion" row."""
+def cached_z(run_dir: Path, count: int):
+    """(count, D) float32: the z that DiFiC cached in `run_dir`, one flattened row per image."""
     import numpy as np
 
+    return np.load(next(run_dir.rglob("features.npy")), allow_pickle=False, mmap_mode="r").astype(np.float32).reshape(count, -1)
+
+
+def z_row(run_dir: Path, labels, k: int, seed: int) -> dict:
+    """k-means on z (block b at t-hat, DiFiC's cached feature): the paper's "Stable Diffusion" row."""
     from diffclust.cluster.kmeans import fit_kmeans
     from diffclust.cluster.metrics import clustering_scores
 
-    cached = next(run_dir.rglob("features.npy"))
-    z = np.load(cached, allow_pickle=False, mmap_mode="r").astype(np.float32).reshape(len(labels), -1)
-    return clustering_scores(labels, fit_kmeans(z, k, seed=seed)[1])
+    return clustering_scores(labels, fit_kmeans(cached_z(run_dir, len(labels)), k, seed=seed)[1])
 
 
 def manifold_row(run_dir: Path, labels, k: int, seed: int) -> dict:
     """UMAP + k-means on z: the partition DiFiC's head starts from with head_init="manifold"."""
-    import numpy as np
-
     from diffclust.cluster.metrics import clustering_scores
     from diffclust.methods.difc.hand_over import manifold_start
 
-    cached = next(run_dir.rglob("features.npy"))
-    z = np.load(cached, allow_pickle=False, mmap_mode="r").astype(np.float32).reshape(len(labels), -1)
-    return clustering_scores(labels, manifold_start(z, k, seed))
+    return clustering_scores(labels, manifold_start(cached_z(run_dir, len(labels)), k, seed))
 
 
 #: the head probe's rows: (where the head starts, where its neighbours are found, the size prior)
@@ -128,7 +127,7 @@ def head_probe(run_dir: Path, labels_csv: Path, epochs: int, seed: int) -> str:
         truth = {row["file"]: row["label"] for row in csv.DictReader(handle)}
     with open(run_dir / "assignments.csv", newline="", encoding="utf-8") as handle:
         labels = np.array([truth[Path(row["file"]).name] for row in csv.DictReader(handle)])
-    z = np.load(next(run_dir.rglob("features.npy")), allow_pickle=False).astype(np.float32).reshape(len(labels), -1)
+    z = cached_z(run_dir, len(labels))
     k, settings = len(NOVEL), {"lr": 2e-4, "weight_decay": 1e-2, "batch": 32, "bank": 512, "neighbours": 10, "entropy_weight": 5.0}
     starts = {"kmeans": fit_kmeans(proxies, k, seed=seed)[1], "manifold": manifold_start(z, k, seed)}
     tables = {"proxies": nearest_neighbours(proxies, settings["neighbours"]), "features": nearest_neighbours(z, settings["neighbours"])}

@@ -165,7 +165,11 @@ def test_the_head_starts_and_finds_neighbours_where_the_settings_say(mixture_fol
     for name in ("manifold_start", "fit_kmeans", "nearest_neighbours"):
         real = getattr(training, name)
         monkeypatch.setattr(training, name, lambda data, *args, _name=name, _real=real, **kw: calls.append((_name, tuple(data.shape))) or _real(data, *args, **kw))
+    passes = []  # passes of f over every image: one per epoch for its assignment, and one per guided epoch that needs S*
+    real_passes = training.DiFiCTrainer.all_proxies
+    monkeypatch.setattr(training.DiFiCTrainer, "all_proxies", lambda self, *a, **kw: passes.append(1) or real_passes(self, *a, **kw))
     model = _fit(mixture_folder, tmp_path, epochs=6, warmup_epochs=3, head_init=head_init, neighbour_space=neighbour_space)
+    assert len(passes) == 6 + (1 if neighbour_space == "features" else 3)  # in z, only the first guided epoch (head, bank) reads S*
     rows, z_width, word = GROUPS * PER_GROUP, 3 * 6 * 6, 32
     warm_up = [("fit_kmeans", (rows, word))] * 3  # the warm-up's per-epoch k-means on S*
     if head_init == "manifold":

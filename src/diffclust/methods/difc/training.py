@@ -13,6 +13,7 @@ checkpoint, and the head and memory bank are built with it before cluster guidan
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from pathlib import Path
@@ -156,25 +157,26 @@ class DiFiCTrainer(EpochTrainer):
             self._feature_rows = feature_rows(self.store, self.p["random_state"])
         return self._feature_rows
 
-    def start_partition(self, proxies: torch.Tensor) -> np.ndarray:
-        """The hand-over partition: UMAP + k-means of z (head_init "manifold"), else k-means of S*."""
+    def start_partition(self, proxies: Callable[[], torch.Tensor]) -> np.ndarray:
+        """The hand-over partition: UMAP + k-means of z (head_init "manifold"), else k-means of S*
+        (`proxies()` gives every image's S*)."""
         if self.p["head_init"] == "manifold":
             return manifold_start(self.z_rows(), self.k, self.p["random_state"])
-        return fit_kmeans(proxies, self.k, seed=self.p["random_state"])[1]
+        return fit_kmeans(proxies(), self.k, seed=self.p["random_state"])[1]
 
-    def neighbours(self, proxies: torch.Tensor) -> torch.Tensor:
+    def neighbours(self, proxies: Callable[[], torch.Tensor]) -> torch.Tensor:
         """Each image's n_neighbours nearest others: in z, found once ("features"), or in this
-        epoch's S* ("proxies")."""
+        epoch's S* ("proxies", read from `proxies()`)."""
         if self.p["neighbour_space"] == "proxies":
-            return torch.from_numpy(nearest_neighbours(proxies, self.p["n_neighbours"]))
+            return torch.from_numpy(nearest_neighbours(proxies(), self.p["n_neighbours"]))
         if self._feature_neighbours is None:
             self._feature_neighbours = torch.from_numpy(nearest_neighbours(self.z_rows(), self.p["n_neighbours"]))
         return self._feature_neighbours
 
-    def hand_over(self, proxies: torch.Tensor, epoch: int) -> None:
+    def hand_over(self, proxies: Callable[[], torch.Tensor], epoch: int) -> None:
         """What the first guided epoch (or a resume into the guided phase) needs from the
-        hand-over partition: the head's start, and the size prior's shares. Every process
-        computes the same thing from the same seed."""
+        hand-over partition: the head's start, and the size prior's shares (`proxies()` gives
+        every image's S*). Every process computes the same thing from the same seed."""
         first = epoch == self.p["warmup_epochs"]
         start_head = first and self.p["head_init"] != "random"
         need_shares = self.p["size_prior"] == "start" and self.size_shares is None
@@ -182,7 +184,7 @@ class DiFiCTrainer(EpochTrainer):
             return
         start = self.start_partition(proxies)
         if start_head:
-            self.initialise_head(proxies, start)
+            self.initialise_head(proxies(), start)
         if need_shares:
             self.size_shares = cluster_shares(start, self.k)
             logger.info("Cluster sizes are held near the hand-over partition's shares: %s",
@@ -279,13 +281,14 @@ class DiFiCTrainer(EpochTrainer):
     def train_epoch(self, model, optimizer, epoch: int) -> dict[str, float]:
         guided = self.guided(epoch)
         neighbours = None
-        if guided:  # one pass of f over every cached z serves the hand-over, the bank and the neighbours
-            proxies = self.all_proxies()
+        if guided:  # one pass of f over every cached z serves the hand-over, the bank and the neighbours, made only
+            # when one of them needs S* (with neighbours in z, a guided epoch after the first needs none)
+            proxies = functools.cache(self.all_proxies)
             if self.accelerator.unwrap_model(model).head is None:
                 raise RuntimeError("cluster guidance started without a head; run() builds it once K is known")
             self.hand_over(proxies, epoch)
             if len(self.bank) == 0:
-                self.fill_bank(proxies, epoch)
+                self.fill_bank(proxies(), epoch)
             neighbours = self.neighbours(proxies)
             self._feature_rows = None  # the start and the neighbours are found: N x 4,096 floats need not stay
         generator = make_generator(self.p["random_state"] + 7919 * (epoch + 1) + 104729 * self.accelerator.process_index)
