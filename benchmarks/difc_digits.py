@@ -7,7 +7,7 @@ which the model never saw, with every choice label-free. Labels only score.
     python benchmarks/difc_digits.py split ../shared/data/usps --work .data/digits
     python benchmarks/difc_digits.py pretrain --work .data/digits          # the recorded recipe (about 30 min on 2 CPU cores)
     python benchmarks/difc_digits.py table --work .data/digits --seeds 0,1,2 --out benchmarks/results/difc_digits
-    python benchmarks/difc_digits.py profile --work .data/digits --out benchmarks/results/difc_digits/step.md
+    python benchmarks/difc_digits.py profile --work .data/digits --out benchmarks/results/difc_digits/step.md   # speed, side by side
     python benchmarks/difc_digits.py refresh --out benchmarks/results/difc_digits   # table.md again from table.json
     python benchmarks/difc_digits.py head RUN_DIR --work .data/digits --out FILE    # the head alone on a run's proxy words
 
@@ -288,53 +288,134 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def profile_step(model: Path, batch: int, repeats: int) -> str:
-    """Where a DiFiC training step's time goes on this CPU, measured side by side: the text
-    encoder and the UNet, forward and backward, at the model's context length and at 16 tokens."""
+#: the training passes compared by `profile`: how every release before issue 28's speed work ran
+#: on a CPU (all fp32, fused attention), and diffclust's "auto" now (on a CPU with AMX: the text
+#: encoder in bf16 with explicit attention), then the options that were tried and not kept
+PROFILE_CONFIGS = {
+    "before: all fp32": dict(weights_dtype="fp32", text_encoder_dtype="fp32"),
+    "auto (now)": dict(),
+    "auto + UNet in bf16": dict(weights_dtype="bf16", text_encoder_dtype="bf16"),
+    "auto + UNet channels_last": dict(channels_last=True),
+    "auto + explicit UNet attention": dict(fused_attention=False),
+}
+
+
+def _profile_backbone(model: Path, settings: dict):
     import torch
 
     from diffclust.backbones import load_backbone
-    from diffclust.backbones.base import PromptEncoding
+    from diffclust.backbones.efficiency import TrainingEfficiency
 
     backbone = load_backbone(str(model), progress=False)
-    backbone.freeze()
+    efficiency = TrainingEfficiency(**settings).resolved("cpu")
+    backbone.prepare_training(efficiency)
+    return backbone, f"UNet {efficiency.weights_dtype}, text encoder {efficiency.text_encoder_dtype}"
+
+
+def profile_parts(model: Path, batch: int, repeats: int) -> str:
+    """Where a DiFiC training step's time goes, per configuration: the text encoder's forward and
+    backward to S*, the UNet's forward and backward to its context, and the two together."""
+    import torch
+
+    from diffclust.backbones.base import PromptEncoding
+
     generator = torch.Generator().manual_seed(0)
-    latents = torch.randn(batch, *backbone.latent_shape(backbone.resolution), generator=generator)
-    timesteps = torch.randint(0, backbone.num_train_timesteps, (batch,), generator=generator)
-    proxy = torch.randn(batch, backbone.token_dim, generator=generator, requires_grad=True)
-    prompt = "A photo of a S*"
+    lines = [f"## One training step's parts (batch {batch}, best of {repeats})", "",
+             "| configuration | weights | text encoder fwd+bwd s | UNet fwd+bwd s | text + UNet s | images/s |", "|---|---|---|---|---|---|"]
+    for name, settings in PROFILE_CONFIGS.items():
+        backbone, weights = _profile_backbone(model, settings)
+        latents = torch.randn(batch, *backbone.latent_shape(backbone.resolution), generator=torch.Generator().manual_seed(0))
+        timesteps = torch.randint(0, backbone.num_train_timesteps, (batch,), generator=torch.Generator().manual_seed(1))
+        proxy = torch.randn(batch, backbone.token_dim, generator=generator, requires_grad=True)
+        prompt = "A photo of a S*"
 
-    def text():
-        backbone.encode_prompt(prompt, batch, proxy=proxy).embeddings.sum().backward()
+        def text():
+            backbone.encode_prompt(prompt, batch, proxy=proxy).embeddings.float().sum().backward()
 
-    def unet():
-        context = backbone.encode_prompt(prompt, batch, proxy=proxy.detach())
-        context = PromptEncoding(context.embeddings.detach().requires_grad_(), context.end_index, context.placeholder_index)
-        backbone.run_unet(latents, timesteps, context).prediction.pow(2).mean().backward()
+        with torch.no_grad():
+            encoded = backbone.encode_prompt(prompt, batch, proxy=proxy)
 
-    def step():
-        backbone.run_unet(latents, timesteps, backbone.encode_prompt(prompt, batch, proxy=proxy)).prediction.pow(2).mean().backward()
+        def unet():
+            context = PromptEncoding(encoded.embeddings.clone().requires_grad_(), encoded.end_index, encoded.placeholder_index)
+            backbone.run_unet(latents, timesteps, context).prediction.float().pow(2).mean().backward()
 
-    def best(function) -> float:
-        function()
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            function()
-            times.append(time.perf_counter() - started)
-        return min(times)
+        def both():
+            backbone.run_unet(latents, timesteps, backbone.encode_prompt(prompt, batch, proxy=proxy)).prediction.float().pow(2).mean().backward()
 
-    length = backbone.tokenizer.model_max_length
-    rows = []
-    for tokens in (length, 16):
-        backbone.tokenizer.model_max_length = tokens
-        backbone._prompt_cache.clear()
-        rows.append((tokens, best(text), best(unet), best(step)))
-    lines = [f"# A DiFiC training step on `{model}` ({backbone.resolution} px, batch {batch}, {torch.get_num_threads()} threads, "
-             f"best of {repeats})", "", "| context tokens | text encoder fwd+bwd s | UNet fwd+bwd s (after a no-grad text pass) | whole step s | images/s |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {tokens} | {t:.3f} | {u:.3f} | {whole:.3f} | {batch / whole:.1f} |" for tokens, t, u, whole in rows]
+        seconds = [best_of(function, repeats) for function in (text, unet, both)]
+        lines.append(f"| {name} | {weights} | " + " | ".join(f"{value:.3f}" for value in seconds) + f" | {batch / seconds[2]:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def best_of(function, repeats: int) -> float:
+    """The fastest of `repeats` timed calls, after one untimed call (allocations, kernel choice)."""
+    function()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def profile_epochs(work: Path, batch: int, rounds: int, configs: list[str]) -> str:
+    """Whole warm-up epochs of DiFiC's own trainer on the novel digits (f, text encoder, UNet,
+    masked loss, optimiser, data), one per configuration in turn, `rounds` times: the
+    configurations see the same machine load. The per-image constants are cached once before."""
+    import tempfile
+
+    import torch
+
+    from diffclust.backbones import load_backbone
+    from diffclust.data import scan_images
+    from diffclust.engine.runtime import make_accelerator
+    from diffclust.methods.difc import DiFiC
+    from diffclust.methods.difc.constants import ConstantComputer, load_or_compute_constants
+    from diffclust.methods.difc.network import DiFiCNetwork
+    from diffclust.methods.difc.training import DiFiCTrainer
+
+    accelerator = make_accelerator("cpu")
+    collection = scan_images(work / "novel")
+    estimator = DiFiC(len(NOVEL), backbone=str(work / "model"), epochs=2, warmup_epochs=1, batch_size=batch, progress=False)
+    estimator.n_clusters_ = len(NOVEL)
+    trainers = {}
+    with tempfile.TemporaryDirectory() as folder:
+        backbone = load_backbone(str(work / "model"), progress=False)  # the constants at full precision, as in a fit
+        resolution = backbone.resolution
+        params = estimator._trainer_params("profile", resolution, warmup_epochs=1)
+        computer = ConstantComputer(backbone, estimator._constant_settings(resolution, True), estimator._shared_noise(backbone, resolution))
+        store = load_or_compute_constants(computer, collection, folder, accelerator, batch, show_progress=False)
+        for name in configs:
+            backbone, weights = _profile_backbone(work / "model", PROFILE_CONFIGS[name])
+            torch.manual_seed(0)
+            network = DiFiCNetwork(store.shape("features")[0], backbone.token_dim, len(NOVEL), with_head=False)
+            trainer = DiFiCTrainer(params, backbone, store, network, accelerator, None, None)
+            trainers[name] = (trainer, weights, [])
+        for _ in range(rounds):
+            for name, (trainer, _, seconds) in trainers.items():
+                started = time.perf_counter()
+                trainer.train_epoch(trainer.network, trainer.optimizer, 0)
+                seconds.append(time.perf_counter() - started)
+    reference = min(trainers[configs[0]][2])
+    lines = [f"## Whole warm-up epochs ({len(collection)} novel digits, batch {batch}, {rounds} rounds in turn, the fastest kept)", "",
+             "| configuration | weights | epoch s | images/s | x before |", "|---|---|---|---|---|"]
+    for name, (_, weights, seconds) in trainers.items():
+        lines.append(f"| {name} | {weights} | {min(seconds):.1f} | {len(collection) / min(seconds):.1f} | {reference / min(seconds):.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def profile(work: Path, batch: int, repeats: int, rounds: int) -> str:
+    import platform
+
+    import torch
+
+    from diffclust.backbones.efficiency import cpu_has_bf16_matrix_units
+
+    head = [f"# DiFiC training speed on `{work / 'model'}` on this CPU", "",
+            f"{platform.machine()}, {torch.get_num_threads()} threads, bf16 matrix units (AMX): {cpu_has_bf16_matrix_units()}; "
+            f"torch {torch.__version__}.", "", ""]
+    epochs = profile_epochs(work, batch, rounds, list(PROFILE_CONFIGS)[:2]) if rounds else ""
+    return "\n".join(head) + profile_parts(work / "model", batch, repeats) + ("\n" + epochs if epochs else "")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -360,10 +441,11 @@ def main(argv: list[str] | None = None) -> None:
     head_parser.add_argument("--epochs", type=int, default=5)
     head_parser.add_argument("--seed", type=int, default=0)
     head_parser.add_argument("--out", type=Path, default=None, help="also write the table to this file")
-    profile_parser = commands.add_parser("profile", help="time the parts of one DiFiC training step on WORK/model")
+    profile_parser = commands.add_parser("profile", help="time DiFiC's training step and epoch on WORK/model, per configuration")
     profile_parser.add_argument("--work", type=Path, required=True)
     profile_parser.add_argument("--batch", type=int, default=32)
     profile_parser.add_argument("--repeats", type=int, default=4)
+    profile_parser.add_argument("--rounds", type=int, default=2, help="whole epochs per configuration (0: the step's parts only)")
     profile_parser.add_argument("--out", type=Path, default=None, help="also write the table to this file")
     args, extra = parser.parse_known_args(argv)
     if args.command == "split":
@@ -374,7 +456,7 @@ def main(argv: list[str] | None = None) -> None:
         print(markdown(refresh(args.out)))
     elif args.command in ("head", "profile"):
         report = (head_probe(args.run_dir, args.work / "novel" / "labels.csv", args.epochs, args.seed) if args.command == "head"
-                  else profile_step(args.work / "model", args.batch, args.repeats))
+                  else profile(args.work, args.batch, args.repeats, args.rounds))
         print(report)
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -102,3 +102,30 @@ def test_the_head_probe_scores_every_start_and_neighbour_space_on_a_run(tmp_path
     assert float(purity["z"]) > 0.99 and float(purity["S*"]) < 0.5
     rows = [line for line in report.splitlines() if line.startswith("| kmeans |") or line.startswith("| manifold |")]
     assert [tuple(cell.strip() for cell in row.split("|")[1:4]) for row in rows] == difc_digits.HEAD_PROBE_ROWS
+
+
+def test_profile_times_every_configuration_and_whole_epochs_side_by_side(tmp_path, monkeypatch):
+    """The speed table's shape on a tiny model: each configuration's parts, and whole epochs of
+    the trainer for "before" and "auto" with the storage types each one ran (no timing asserted)."""
+    from diffclust.backbones.tiny_random import build_tiny_random
+
+    monkeypatch.setattr("diffclust.backbones.efficiency.cpu_has_bf16_matrix_units", lambda: True)
+    build_tiny_random(tmp_path / "model")
+    (tmp_path / "novel" / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = [{"file": f"d{i}.png", "label": str(i % 5), "class_name": str(i % 5), "split": "train"} for i in range(6)]
+    for row in rows:
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "novel" / "images" / row["file"])
+    with open(tmp_path / "novel" / "labels.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    report = difc_digits.profile(tmp_path, batch=2, repeats=1, rounds=1)
+    assert "bf16 matrix units (AMX): True" in report
+    parts = re.findall(r"^\| (.+?) \| (UNet \w+, text encoder \w+) \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \|$", report, re.MULTILINE)
+    assert parts == [("before: all fp32", "UNet fp32, text encoder fp32"), ("auto (now)", "UNet fp32, text encoder bf16"),
+                     ("auto + UNet in bf16", "UNet bf16, text encoder bf16"), ("auto + UNet channels_last", "UNet fp32, text encoder bf16"),
+                     ("auto + explicit UNet attention", "UNet fp32, text encoder bf16")]
+    assert "## Whole warm-up epochs (6 novel digits, batch 2, 1 rounds in turn" in report
+    epochs = re.findall(r"^\| (.+?) \| UNet \w+, text encoder \w+ \| [\d.]+ \| [\d.]+ \| ([\d.]+) \|$", report, re.MULTILINE)
+    assert [name for name, _ in epochs] == ["before: all fp32", "auto (now)"] and epochs[0][1] == "1.00"

@@ -106,6 +106,36 @@ def test_recorded_attention_map_is_the_same_whatever_serves_the_other_layers(bac
     assert all(isinstance(p, AttnProcessor2_0) for p in backbone.unet.attn_processors.values())  # restored after the pass
 
 
+def test_text_encoder_alone_in_bf16_uses_explicit_attention_on_cpu_and_restores_exactly(backbone):
+    """The CPU speed-up: the text encoder in bf16 (explicit attention), the UNet left in fp32."""
+    text_before = {key: value.clone() for key, value in backbone.text_encoder.state_dict().items()}
+    attention_before = backbone.text_encoder.config._attn_implementation
+    loss, gradient = _loss_and_gradient(backbone)
+    backbone.prepare_training(_options(text_encoder_dtype="bf16"))
+    assert backbone.text_encoder.dtype == torch.bfloat16 and backbone.unet.dtype == torch.float32
+    assert backbone.text_encoder.config._attn_implementation == "eager"
+    low_loss, low_gradient = _loss_and_gradient(backbone)
+    backbone.finish_training()
+    assert low_loss == pytest.approx(loss, rel=0.01)
+    assert torch.nn.functional.cosine_similarity(low_gradient.flatten(), gradient.flatten(), dim=0) > 0.99
+    assert backbone.text_encoder.config._attn_implementation == attention_before != "eager"
+    after = backbone.text_encoder.state_dict()
+    assert backbone.text_encoder.dtype == torch.float32 and all(torch.equal(after[key], value) for key, value in text_before.items())
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_auto_puts_the_text_encoder_in_bf16_only_on_a_cpu_with_amx(monkeypatch, amx):
+    monkeypatch.setattr("diffclust.backbones.efficiency.cpu_has_bf16_matrix_units", lambda: amx)
+    auto = TrainingEfficiency().resolved("cpu")
+    assert (auto.weights_dtype, auto.text_encoder_dtype) == ("fp32", "bf16" if amx else "fp32")
+    assert auto.text_dtype == (torch.bfloat16 if amx else torch.float32)
+    assert TrainingEfficiency(weights_dtype="fp32").resolved("cpu").text_encoder_dtype == "fp32"  # an explicit choice is kept
+    assert TrainingEfficiency(weights_dtype="fp16").resolved("cpu").text_encoder_dtype == "fp16"
+    assert TrainingEfficiency(text_encoder_dtype="fp32").resolved("cpu").text_encoder_dtype == "fp32"
+    with pytest.raises(DiffclustError, match="--text-encoder-dtype"):
+        TrainingEfficiency(text_encoder_dtype="int4")
+
+
 def test_efficiency_auto_saves_memory_on_cuda_only_and_rejects_unknown_values():
     cpu = TrainingEfficiency().resolved("cpu")
     assert (cpu.weights_dtype, cpu.gradient_checkpointing, cpu.channels_last) == ("fp32", False, False)
@@ -119,10 +149,10 @@ def test_efficiency_auto_saves_memory_on_cuda_only_and_rejects_unknown_values():
 def test_cli_flags_reach_the_estimator(tmp_path):
     from diffclust.cli import build_model, build_parser
 
-    args = build_parser().parse_args(["fit", str(tmp_path), "--method", "difc", "--k", "3", "--weights-dtype", "bf16", "--gradient-checkpointing",
+    args = build_parser().parse_args(["fit", str(tmp_path), "--method", "difc", "--k", "3", "--weights-dtype", "bf16", "--text-encoder-dtype", "fp16", "--gradient-checkpointing",
                                       "on", "--channels-last", "off", "--keep-vae", "--compile-unet", "--no-tf32", "--no-fused-attention"])
     model = build_model(args, tmp_path / "run")
-    assert (model.weights_dtype, model.gradient_checkpointing, model.channels_last) == ("bf16", True, False)
+    assert (model.weights_dtype, model.text_encoder_dtype, model.gradient_checkpointing, model.channels_last) == ("bf16", "fp16", True, False)
     assert (model.offload_vae, model.compile_unet, model.tf32, model.fused_attention) == (False, True, False, False)
 
 

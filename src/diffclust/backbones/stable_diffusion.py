@@ -68,6 +68,7 @@ class StableDiffusionBackbone(SchedulerNoiseMixin, DiffusionBackbone):
         self._training = None
         self._full_precision: dict[str, dict[str, torch.Tensor]] = {}
         self._compiled_unet = None
+        self._text_attention: str | None = None  # the text encoder's attention while training swaps it
         self._attention_processors: dict = {}
         self.freeze()
 
@@ -131,10 +132,15 @@ class StableDiffusionBackbone(SchedulerNoiseMixin, DiffusionBackbone):
         device = self.device
         self._attention_processors = self.unet.attn_processors
         self.unet.set_attn_processor(AttnProcessor2_0() if options.fused_attention else AttnProcessor())
-        for name, module in (("unet", self.unet), ("text_encoder", self.text_encoder)):
-            if module.dtype != options.dtype:
+        for name, module, dtype in (("unet", self.unet, options.dtype), ("text_encoder", self.text_encoder, options.text_dtype)):
+            if module.dtype != dtype:
                 self._full_precision[name] = {key: value.detach().to("cpu", copy=True) for key, value in module.state_dict().items()}
-                module.to(options.dtype)
+                module.to(dtype)
+        if device.type == "cpu" and options.text_dtype != torch.float32 and hasattr(self.text_encoder, "set_attn_implementation"):
+            # PyTorch's fused CPU attention runs its backward pass slowly at half precision (benchmarks/difc_digits.py
+            # profile); a transformers without set_attn_implementation cannot switch a loaded model: correct, only slower
+            self._text_attention = self.text_encoder.config._attn_implementation
+            self.text_encoder.set_attn_implementation("eager")
         if options.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         if options.channels_last:
@@ -156,6 +162,9 @@ class StableDiffusionBackbone(SchedulerNoiseMixin, DiffusionBackbone):
             module.load_state_dict(state)
         self._full_precision.clear()
         self.unet.set_attn_processor(self._attention_processors)
+        if self._text_attention is not None:
+            self.text_encoder.set_attn_implementation(self._text_attention)
+            self._text_attention = None
         if self._training.gradient_checkpointing:
             self.unet.disable_gradient_checkpointing()
         if self._training.channels_last:

@@ -52,7 +52,10 @@ def add_parser(commands) -> None:
     difc.add_argument("--timestep-sampling", choices=["cosine", "uniform"], default="cosine", help="p(t) for the diffusion loss: 1 + cos(pi t / T) (paper) or uniform")
     speed = fit.add_argument_group("DiFiC training passes: memory and speed ('auto' saves memory on CUDA, keeps speed on CPU)")
     speed.add_argument("--weights-dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                       help="storage type of the frozen UNet and text encoder during training (auto: bf16 on CUDA, fp32 elsewhere)")
+                       help="storage type of the frozen UNet (and text encoder) during training (auto: bf16 on CUDA, fp32 elsewhere)")
+    speed.add_argument("--text-encoder-dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                       help="storage type of the frozen text encoder during training (auto: as --weights-dtype; bf16 on a CPU "
+                            "with AMX, where it is faster, when --weights-dtype is auto too)")
     speed.add_argument("--gradient-checkpointing", type=auto_or_switch, default="auto",
                        help="recompute UNet blocks and the text encoder in the backward pass (auto: on with CUDA)")
     speed.add_argument("--keep-vae", dest="offload_vae", action="store_false", help="keep the VAE on the GPU during training (default: offloaded)")
@@ -121,7 +124,8 @@ def _method_settings(args) -> dict:
                         cluster_guidance=args.cluster_guidance, cluster_gradient_ratio=args.cluster_gradient_ratio, size_prior=args.size_prior,
                         head_init=args.head_init, neighbour_space=args.neighbour_space,
                         timestep_sampling=args.timestep_sampling,
-                        weights_dtype=args.weights_dtype, gradient_checkpointing=args.gradient_checkpointing, offload_vae=args.offload_vae,
+                        weights_dtype=args.weights_dtype, text_encoder_dtype=args.text_encoder_dtype,
+                        gradient_checkpointing=args.gradient_checkpointing, offload_vae=args.offload_vae,
                         channels_last=args.channels_last, fused_attention=args.fused_attention, compile_unet=args.compile_unet,
                         tf32=args.tf32, cache_precision=args.cache_precision, cache_dir=args.cache_dir)
     else:  # DiEC, and CLUDI on images, read UNet features

@@ -66,8 +66,9 @@ class DiFiC(ClusteringEstimator):
     is built with it.
     ``output_dir`` makes a run folder: checkpoints, metrics log, cache, assignments, model.
     How the frozen backbone runs the training steps (not what it computes): ``weights_dtype``,
-    ``gradient_checkpointing``, ``offload_vae``, ``channels_last``, ``fused_attention``,
-    ``compile_unet`` and ``tf32`` (see backbones.efficiency; "auto" saves memory on CUDA).
+    ``text_encoder_dtype``, ``gradient_checkpointing``, ``offload_vae``, ``channels_last``,
+    ``fused_attention``, ``compile_unet`` and ``tf32`` (see backbones.efficiency; "auto" saves
+    memory on CUDA, and stores the text encoder in bf16 on a CPU with AMX, where that is faster).
     ``cache_precision="int8"`` stores z as int8 with a scale per image and channel: half the
     cache of fp16, for very large image sets.
     """
@@ -107,6 +108,7 @@ class DiFiC(ClusteringEstimator):
         extractor_hidden: int | None = None,
         cache_precision: str = "fp16",
         weights_dtype: str = "auto",
+        text_encoder_dtype: str = "auto",
         gradient_checkpointing: bool | str = "auto",
         offload_vae: bool = True,
         channels_last: bool | str = "auto",
@@ -155,8 +157,9 @@ class DiFiC(ClusteringEstimator):
         return problems
 
     def _efficiency(self) -> TrainingEfficiency:
-        return TrainingEfficiency(self.weights_dtype, self.gradient_checkpointing, self.offload_vae, self.channels_last,
-                                  self.compile_unet, self.tf32, self.fused_attention)
+        return TrainingEfficiency(weights_dtype=self.weights_dtype, gradient_checkpointing=self.gradient_checkpointing,
+                                  offload_vae=self.offload_vae, channels_last=self.channels_last, compile_unet=self.compile_unet,
+                                  tf32=self.tf32, fused_attention=self.fused_attention, text_encoder_dtype=self.text_encoder_dtype)
 
     # ------------------------------------------------------------------ helpers
     def resolved_warmup_epochs(self) -> int:
@@ -214,8 +217,9 @@ class DiFiC(ClusteringEstimator):
 
         trainer = DiFiCTrainer(params, backbone, store, network, accelerator, collection.labels, run_dir, choose_k_on)
         efficiency = self._efficiency().resolved(accelerator.device)
-        logger.info("Training passes: backbone weights %s, gradient checkpointing %s, VAE offloaded %s, channels_last %s, "
-                    "fused attention %s, compiled UNet %s.", efficiency.weights_dtype, efficiency.gradient_checkpointing,
+        logger.info("Training passes: UNet weights %s, text encoder weights %s, gradient checkpointing %s, VAE offloaded %s, "
+                    "channels_last %s, fused attention %s, compiled UNet %s.", efficiency.weights_dtype,
+                    efficiency.text_encoder_dtype, efficiency.gradient_checkpointing,
                     efficiency.offload_vae, efficiency.channels_last, efficiency.fused_attention, efficiency.compile_unet)
         backbone.prepare_training(efficiency)
         try:
