@@ -301,8 +301,7 @@ PROFILE_CONFIGS = {
 
 
 def _profile_backbone(model: Path, settings: dict):
-    import torch
-
+    """The model loaded and prepared for training passes as `settings` say, and what they resolved to."""
     from diffclust.backbones import load_backbone
     from diffclust.backbones.efficiency import TrainingEfficiency
 
