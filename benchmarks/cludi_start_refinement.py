@@ -5,7 +5,8 @@ could come from, with cheap label-free refinements of the same start partition:
 
 * self-labelling (as in SCAN; CLUDI's own step, diffclust.cluster.self_labelling): a logistic
   regression trained on the start's *sure* rows, those whose cluster at least half of their 10
-  nearest neighbours share, then applied to all;
+  nearest neighbours share, then applied to all; and the same with each cluster's sure rows
+  weighing one in all (SCAN's class balance; it also regularises more: a loser on USPS, not adopted);
 * a size prior on top: the regression's probabilities transported (Sinkhorn) to equal cluster
   sizes, or to the start's sizes;
 * a different consensus: spectral clustering of the co-association matrix (the share of the
@@ -14,8 +15,9 @@ could come from, with cheap label-free refinements of the same start partition:
   variance), transported to equal sizes.
 
 Sets: `in50` (1,250 balanced rows, K = 50), `in50-imbalanced` (the same features with class j
-cut to 8-25 rows; three seeded draws), `blobs` (imbalanced Gaussian blobs, K = 10, as cludi_quality.py).
-Labels only score.
+cut to 8-25 rows; three seeded draws), `blobs` (imbalanced Gaussian blobs, K = 10, as cludi_quality.py; and blobs of 50 to 1,000 rows),
+and `overlapping Gaussians` (20 groups in 64-d that overlap, equal or unequal sizes, three draws each:
+a start with merged and split groups, as hard real data gives). Labels only score.
 
     python benchmarks/cludi_start_refinement.py --in50 ../shared/data/in50-vits-dev \\
         --out benchmarks/results/cludi_quality/start-refinement
@@ -42,8 +44,9 @@ from diffclust.cluster.metrics import hungarian_accuracy  # noqa: E402
 from diffclust.cluster.self_labelling import fit_self_labeller, size_offsets  # noqa: E402
 from diffclust.engine.checkpoint import atomic_write_json, atomic_write_text  # noqa: E402
 
-ROWS = ("consensus start", "self-labelling (diffclust.cluster.self_labelling)", "self-labelling + equal sizes", "self-labelling + the start's sizes",
-        "start centroids + equal sizes", "co-association consensus (in place of the median)")
+ROWS = ("consensus start", "self-labelling (diffclust.cluster.self_labelling)", "self-labelling, each cluster's sure rows weighing one in all",
+        "self-labelling + equal sizes", "self-labelling + the start's sizes", "start centroids + equal sizes",
+        "co-association consensus (in place of the median)")
 
 
 def imbalanced_subset(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -53,6 +56,42 @@ def imbalanced_subset(features: np.ndarray, labels: np.ndarray, seed: int = 0) -
     keep = np.sort(np.concatenate([rng.choice(np.flatnonzero(labels == c), int(round(25 * (0.3 + 0.7 * j / (len(classes) - 1)))),
                                               replace=False) for j, c in enumerate(classes)]))
     return features[keep], labels[keep]
+
+
+def overlapping_gaussians(sizes: str, draw: int, groups: int = 20, dims: int = 64, rows: int = 1500) -> tuple[np.ndarray, np.ndarray]:
+    """`groups` Gaussian groups whose centres lie 0.22 x N(0, I) apart and whose spreads differ
+    (0.7-1.3 x 3 / sqrt(dims) per dimension), so neighbouring groups overlap; `sizes` "equal", or
+    "unequal" (0.3-1.7 x the mean size, drawn)."""
+    rng = np.random.default_rng(100 + draw)
+    counts = np.full(groups, rows // groups) if sizes == "equal" else np.round(rows / groups * rng.uniform(0.3, 1.7, groups)).astype(int)
+    labels = np.repeat(np.arange(groups), counts)
+    centres = 0.22 * rng.normal(size=(groups, dims))
+    spread = rng.uniform(0.7, 1.3, groups) * 3 / np.sqrt(dims)
+    return (centres[labels] + rng.normal(size=(len(labels), dims)) * spread[labels, None]).astype(np.float32), labels
+
+
+def skewed_blobs() -> tuple[np.ndarray, np.ndarray]:
+    """Ten Gaussian blobs in 64-d as the `blobs` set, but of 50 to 1,000 rows (geometric steps)."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), np.round(np.geomspace(50, 1000, 10)).astype(int))
+    return (rng.normal(size=(10, 64))[labels] * 0.6 + rng.normal(size=(len(labels), 64))).astype(np.float32), labels
+
+
+def cluster_weighted_self_labelling(features: np.ndarray, start: np.ndarray, seed: int) -> np.ndarray:
+    """Self-labelling with each cluster's sure rows weighing one in all (1 / their count each), so
+    the sure rows' counts set no prior and the fit is regularised per cluster, not per row; the
+    linearity test as CLUDI's (on the unweighted fit)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from diffclust.cluster.neighbours import nearest_neighbours
+    from diffclust.cluster.self_labelling import MIN_TRAINING_AGREEMENT, NEIGHBOURS, sure_rows
+
+    sure = sure_rows(start, nearest_neighbours(features, NEIGHBOURS, metric="euclidean"))
+    linearity = LogisticRegression(max_iter=1000, random_state=seed).fit(features[sure], start[sure])
+    if (linearity.predict(features[sure]) == start[sure]).mean() < MIN_TRAINING_AGREEMENT:
+        return start
+    weights = 1.0 / np.bincount(start[sure])[start[sure]]
+    return LogisticRegression(max_iter=1000, random_state=seed).fit(features[sure], start[sure], sample_weight=weights).predict(features)
 
 
 def transport(log_probabilities: np.ndarray, shares: np.ndarray) -> np.ndarray:
@@ -76,7 +115,8 @@ def refinements(features: np.ndarray, k: int, seed: int) -> dict[str, np.ndarray
     squared = ((features[:, None, :] - centroids[None]) ** 2).sum(axis=2)
     variance = squared[np.arange(len(features)), start].mean() / features.shape[1]  # pooled, per dimension
     similarity = -squared / (2 * variance)  # an isotropic Gaussian's log-likelihood
-    return dict(zip(ROWS, (start, log_probabilities.argmax(axis=1), transport(log_probabilities, equal),
+    return dict(zip(ROWS, (start, log_probabilities.argmax(axis=1), cluster_weighted_self_labelling(features, start, seed),
+                           transport(log_probabilities, equal),
                            transport(log_probabilities, np.maximum(start_shares, 1e-6)),
                            transport(similarity - logsumexp(similarity, axis=1, keepdims=True), equal), co_association)))
 
@@ -86,14 +126,17 @@ def main() -> None:
     parser.add_argument("--in50", type=Path, required=True, help="the in50-vits-dev folder")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--imbalanced-draws", default="0,1,2", help="seeds of the imbalanced subsets of in50")
+    parser.add_argument("--imbalanced-draws", default="0,1,2", help="seeds of the imbalanced subsets of in50 and of the overlapping Gaussians")
     args = parser.parse_args()
     seeds = [int(seed) for seed in args.seeds.split(",")]
     _, in50, in50_labels = load_set(f"in50={args.in50}")
     sets = {"in50 (balanced, 1,250 x 384, K = 50)": (in50, in50_labels),
             **{f"in50-imbalanced, draw {draw} (8-25 rows per class)": imbalanced_subset(in50, in50_labels, draw)
                for draw in map(int, args.imbalanced_draws.split(","))},
-            "blobs (imbalanced, 2,000 x 64, K = 10)": load_set("blobs")[1:]}
+            "blobs (imbalanced, 2,000 x 64, K = 10)": load_set("blobs")[1:],
+            "blobs of 50 to 1,000 rows (3,405 x 64, K = 10)": skewed_blobs(),
+            **{f"overlapping Gaussians, {sizes} sizes, draw {draw} (1,500 x 64, K = 20)": overlapping_gaussians(sizes, draw)
+               for sizes in ("equal", "unequal") for draw in map(int, args.imbalanced_draws.split(","))}}
     results = {}
     for name, (features, labels) in sets.items():
         k = len(np.unique(labels))
