@@ -135,7 +135,7 @@ def main() -> None:
                for draw in map(int, args.imbalanced_draws.split(","))},
             "blobs (imbalanced, 2,000 x 64, K = 10)": load_set("blobs")[1:],
             "blobs of 50 to 1,000 rows (3,405 x 64, K = 10)": skewed_blobs(),
-            **{f"overlapping Gaussians, {sizes} sizes, draw {draw} (1,500 x 64, K = 20)": overlapping_gaussians(sizes, draw)
+            **{f"overlapping Gaussians, {sizes} sizes, draw {draw} ({'' if sizes == 'equal' else '~'}1,500 x 64, K = 20)": overlapping_gaussians(sizes, draw)
                for sizes in ("equal", "unequal") for draw in map(int, args.imbalanced_draws.split(","))}}
     results = {}
     for name, (features, labels) in sets.items():
