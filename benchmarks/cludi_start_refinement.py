@@ -41,7 +41,8 @@ from cludi_quality import load_set  # noqa: E402
 
 from diffclust.cluster.consensus import candidate_partitions, median_partition  # noqa: E402
 from diffclust.cluster.metrics import hungarian_accuracy  # noqa: E402
-from diffclust.cluster.self_labelling import fit_self_labeller, size_offsets  # noqa: E402
+from diffclust.cluster.neighbours import nearest_neighbours  # noqa: E402
+from diffclust.cluster.self_labelling import NEIGHBOURS, fit_self_labeller, size_offsets, sure_rows  # noqa: E402
 from diffclust.engine.checkpoint import atomic_write_json, atomic_write_text  # noqa: E402
 
 ROWS = ("consensus start", "self-labelling (diffclust.cluster.self_labelling)", "self-labelling, each cluster's sure rows weighing one in all",
@@ -77,19 +78,11 @@ def skewed_blobs() -> tuple[np.ndarray, np.ndarray]:
     return (rng.normal(size=(10, 64))[labels] * 0.6 + rng.normal(size=(len(labels), 64))).astype(np.float32), labels
 
 
-def cluster_weighted_self_labelling(features: np.ndarray, start: np.ndarray, seed: int) -> np.ndarray:
-    """Self-labelling with each cluster's sure rows weighing one in all (1 / their count each), so
-    the sure rows' counts set no prior and the fit is regularised per cluster, not per row; the
-    linearity test as CLUDI's (on the unweighted fit)."""
+def cluster_weighted_self_labelling(features: np.ndarray, start: np.ndarray, sure: np.ndarray, seed: int) -> np.ndarray:
+    """Self-labelling with each cluster's `sure` rows weighing one in all (1 / their count each),
+    so the sure rows' counts set no prior and the fit is regularised per cluster, not per row."""
     from sklearn.linear_model import LogisticRegression
 
-    from diffclust.cluster.neighbours import nearest_neighbours
-    from diffclust.cluster.self_labelling import MIN_TRAINING_AGREEMENT, NEIGHBOURS, sure_rows
-
-    sure = sure_rows(start, nearest_neighbours(features, NEIGHBOURS, metric="euclidean"))
-    linearity = LogisticRegression(max_iter=1000, random_state=seed).fit(features[sure], start[sure])
-    if (linearity.predict(features[sure]) == start[sure]).mean() < MIN_TRAINING_AGREEMENT:
-        return start
     weights = 1.0 / np.bincount(start[sure])[start[sure]]
     return LogisticRegression(max_iter=1000, random_state=seed).fit(features[sure], start[sure], sample_weight=weights).predict(features)
 
@@ -105,17 +98,19 @@ def refinements(features: np.ndarray, k: int, seed: int) -> dict[str, np.ndarray
     start = median_partition(candidates).labels
     joined = np.mean([labels[:, None] == labels[None, :] for labels in candidates.values()], axis=0)  # N x N: small sets only
     co_association = SpectralClustering(k, affinity="precomputed", random_state=seed).fit_predict(joined)
-    labeller = fit_self_labeller(features, start, k, seed)[0]
-    if labeller is None:  # skipped (clusters not linear in the features): the start stands
-        log_probabilities = np.log(np.eye(k)[start] + 1e-9)
+    neighbour_table = nearest_neighbours(features, NEIGHBOURS, metric="euclidean")  # one search for both self-labellings
+    labeller = fit_self_labeller(features, start, k, seed, neighbour_table)[0]
+    if labeller is None:  # skipped (clusters not linear in the features): the start stands, for both
+        log_probabilities, weighted = np.log(np.eye(k)[start] + 1e-9), start
     else:
         log_probabilities = np.log(np.maximum(labeller.probabilities(features), 1e-300))
+        weighted = cluster_weighted_self_labelling(features, start, sure_rows(start, neighbour_table), seed)
     equal, start_shares = np.full(k, 1.0 / k), np.bincount(start, minlength=k) / len(start)
     centroids = np.stack([features[start == c].mean(axis=0) for c in range(k)])
     squared = ((features[:, None, :] - centroids[None]) ** 2).sum(axis=2)
     variance = squared[np.arange(len(features)), start].mean() / features.shape[1]  # pooled, per dimension
     similarity = -squared / (2 * variance)  # an isotropic Gaussian's log-likelihood
-    return dict(zip(ROWS, (start, log_probabilities.argmax(axis=1), cluster_weighted_self_labelling(features, start, seed),
+    return dict(zip(ROWS, (start, log_probabilities.argmax(axis=1), weighted,
                            transport(log_probabilities, equal),
                            transport(log_probabilities, np.maximum(start_shares, 1e-6)),
                            transport(similarity - logsumexp(similarity, axis=1, keepdims=True), equal), co_association)))
