@@ -7,6 +7,8 @@ could come from, with cheap label-free refinements of the same start partition:
   regression trained on the start's *sure* rows, those whose cluster at least half of their 10
   nearest neighbours share, then applied to all; and the same with each cluster's sure rows
   weighing one in all (SCAN's class balance; it also regularises more: a loser on USPS, not adopted);
+* self-labelling repeated: each round's partition gives the next round its sure rows (three
+  rounds; a loser: it compounds the first round's errors on overlapping groups);
 * a size prior on top: the regression's probabilities transported (Sinkhorn) to equal cluster
   sizes, or to the start's sizes;
 * a different consensus: spectral clustering of the co-association matrix (the share of the
@@ -45,8 +47,11 @@ from diffclust.cluster.neighbours import nearest_neighbours  # noqa: E402
 from diffclust.cluster.self_labelling import NEIGHBOURS, fit_self_labeller, size_offsets, sure_rows  # noqa: E402
 from diffclust.engine.checkpoint import atomic_write_json, atomic_write_text  # noqa: E402
 
+#: rounds of the repeated self-labelling
+REPEATS = 3
+
 ROWS = ("consensus start", "self-labelling (diffclust.cluster.self_labelling)", "self-labelling, each cluster's sure rows weighing one in all",
-        "self-labelling + equal sizes", "self-labelling + the start's sizes", "start centroids + equal sizes",
+        f"self-labelling repeated ({REPEATS} rounds)", "self-labelling + equal sizes", "self-labelling + the start's sizes", "start centroids + equal sizes",
         "co-association consensus (in place of the median)")
 
 
@@ -87,6 +92,16 @@ def cluster_weighted_self_labelling(features: np.ndarray, start: np.ndarray, sur
     return LogisticRegression(max_iter=1000, random_state=seed).fit(features[sure], start[sure], sample_weight=weights).predict(features)
 
 
+def repeated_self_labelling(features: np.ndarray, start: np.ndarray, k: int, seed: int, neighbour_table: np.ndarray) -> np.ndarray:
+    """REPEATS rounds of self-labelling, each trained on the sure rows of the round before; a
+    round the linearity test skips keeps its partition."""
+    labels = start
+    for _ in range(REPEATS):
+        labeller = fit_self_labeller(features, labels, k, seed, neighbour_table)[0]
+        labels = labels if labeller is None else labeller.predict(features)[0]
+    return labels
+
+
 def transport(log_probabilities: np.ndarray, shares: np.ndarray) -> np.ndarray:
     """The assignment transported (Sinkhorn) to the clusters' `shares` of the rows."""
     return (log_probabilities - size_offsets(log_probabilities, shares)).argmax(axis=1)
@@ -110,7 +125,8 @@ def refinements(features: np.ndarray, k: int, seed: int) -> dict[str, np.ndarray
     squared = ((features[:, None, :] - centroids[None]) ** 2).sum(axis=2)
     variance = squared[np.arange(len(features)), start].mean() / features.shape[1]  # pooled, per dimension
     similarity = -squared / (2 * variance)  # an isotropic Gaussian's log-likelihood
-    return dict(zip(ROWS, (start, log_probabilities.argmax(axis=1), weighted,
+    repeated = repeated_self_labelling(features, start, k, seed, neighbour_table)
+    return dict(zip(ROWS, (start, log_probabilities.argmax(axis=1), weighted, repeated,
                            transport(log_probabilities, equal),
                            transport(log_probabilities, np.maximum(start_shares, 1e-6)),
                            transport(similarity - logsumexp(similarity, axis=1, keepdims=True), equal), co_association)))

@@ -227,6 +227,22 @@ def test_cludi_explains_bad_settings_and_inputs(tmp_path):
     assert main(["fit", "--method", "diec", "--features", str(tmp_path / "x.npy"), "--k", "3"]) == 2
 
 
+def test_a_feature_file_given_as_data_is_read_as_features_by_cludi_only(tmp_path, capsys):
+    """`diffclust fit FEATURES.npy --method cludi` fits its rows, as --features does; DiEC and
+    DiFiC, which cluster images, name the file and the command that clusters it."""
+    features, _ = blobs(n=40, d=4)
+    np.save(tmp_path / "rows.npy", features)
+    quick = ["--k", "3", "--epochs", "1", "--batch-size", "16", "--hidden-dim", "16", "--embedding-dim", "8", "--teacher-steps", "2",
+             "--predict-samples", "1", "--predict-steps", "2", "--init", "kmeans", "--device", "cpu", "--quiet"]
+    assert main(["fit", str(tmp_path / "rows.npy"), "--method", "cludi", "--out", str(tmp_path / "run"), *quick]) == 0
+    assert sorted(read_assignments(tmp_path / "run" / "assignments.csv")[0], key=int) == [str(row) for row in range(40)]
+    for method in ("diec", "difc"):
+        assert main(["fit", str(tmp_path / "rows.npy"), "--method", method, "--k", "3"]) == 2
+        assert f"--method {method} clusters images" in capsys.readouterr().err
+    assert main(["fit", str(tmp_path / "rows.npy"), "--method", "cludi", "--features", str(tmp_path / "rows.npy"), "--k", "3"]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------- start, neighbours, cost
 def _trainer(features, **settings) -> CLUDITrainer:
     torch.manual_seed(0)
@@ -279,6 +295,30 @@ def test_median_partition_keeps_the_clustering_the_others_agree_with():
         median_partition({"A": a})
 
 
+def test_a_start_whose_candidates_disagree_is_uncertain():
+    """A and B agree (NMI 1), C cuts across both (NMI 0): the chosen A agrees at 0.5, under
+    UNCERTAIN_AGREEMENT; three candidates that all agree give 1.0, certain."""
+    a = np.array([0, 0, 1, 1, 2, 2])
+    assert median_partition({"A": a, "B": np.array([2, 2, 0, 0, 1, 1]), "C": np.array([0, 1, 0, 1, 0, 1])}).uncertain
+    assert not median_partition({"A": a, "B": np.array([1, 1, 2, 2, 0, 0]), "C": a.copy()}).uncertain
+
+
+def test_the_consensus_warns_on_overlapping_groups_and_not_on_apart_ones(caplog):
+    """Eight Gaussian groups whose centres lie closer than their spread: the candidates' clusters
+    change with the graph size and the fit warns; the same groups pulled far apart give one answer."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(8), 50)
+    centres, noise = 0.22 * rng.normal(size=(8, 16)), rng.normal(size=(400, 16)) * 3 / 4
+    with caplog.at_level(logging.WARNING, logger="diffclust.cluster.consensus"):
+        overlapping = consensus_partition(centres[labels] + noise, 8, seed=0)
+    assert overlapping.uncertain and "candidate clusterings disagree" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="diffclust.cluster.consensus"):
+        apart = consensus_partition(40 * centres[labels] + noise, 8, seed=0)
+    assert not apart.uncertain and "disagree" not in caplog.text
+    assert hungarian_accuracy(labels, apart.labels) == 1.0
+
+
 def test_consensus_start_outvotes_kmeans_on_rings(tmp_path):
     """On two rings the spectral candidates agree and k-means cuts across: the consensus start
     is a spectral partition, recorded in the run folder, and separates the rings."""
@@ -292,6 +332,7 @@ def test_consensus_start_outvotes_kmeans_on_rings(tmp_path):
     assert record == trainer.start_partition and record["chosen"].startswith("spectral")
     assert set(record["mean_nmi_to_others"]) == {"kmeans", *(f"spectral, {count} neighbours" for count in NEIGHBOUR_COUNTS)}
     assert record["mean_nmi_to_others"]["kmeans"] < record["mean_nmi_to_others"][record["chosen"]]
+    assert record["uncertain"] is True  # some graph sizes cut the 200 points otherwise (mean NMI 0.50), though the start is right
 
 
 def test_above_the_exact_row_limit_the_spectral_candidates_share_approximate_neighbours(monkeypatch, caplog):

@@ -9,7 +9,7 @@ import numpy as np
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from cludi_start_refinement import ROWS, overlapping_gaussians, refinements, skewed_blobs  # noqa: E402
+from cludi_start_refinement import REPEATS, ROWS, overlapping_gaussians, refinements, skewed_blobs  # noqa: E402
 
 from diffclust.cluster.metrics import hungarian_accuracy  # noqa: E402
 
@@ -38,5 +38,6 @@ def test_every_refinement_labels_every_row_and_keeps_a_clean_partition():
     assert list(result) == list(ROWS)
     assert all(len(partition) == 160 and set(np.unique(partition)) <= set(range(4)) for partition in result.values())
     for row in ("consensus start", "self-labelling (diffclust.cluster.self_labelling)",
-                "self-labelling, each cluster's sure rows weighing one in all", "self-labelling + equal sizes"):
+                "self-labelling, each cluster's sure rows weighing one in all", f"self-labelling repeated ({REPEATS} rounds)",
+                "self-labelling + equal sizes"):
         assert hungarian_accuracy(labels, result[row]) == 1.0, row

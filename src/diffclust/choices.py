@@ -7,6 +7,8 @@ DIEC_INITS = ("umap", "consensus", "kmeans")
 #: CLUDI's start (methods.cludi): the consensus partition, spectral clustering of the kNN graph,
 #: k-means, or random weights (published)
 CLUDI_INITS = ("consensus", "spectral", "kmeans", "random")
+#: the files CLUDI reads as a feature matrix (methods.cludi.inputs)
+FEATURE_SUFFIXES = (".npy", ".pt", ".pth", ".safetensors")
 #: DiEC's search index (methods.diec.search)
 SEARCH_SCORES = ("umap_silhouette", "calinski_harabasz", "silhouette")
 #: --k auto criteria (cluster.k_selection) -> True when a higher score is better

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from diffclust.backbones.names import SD15_HUB_ID
-from diffclust.choices import CLUDI_INITS, DIEC_INITS, K_CRITERIA
+from diffclust.choices import CLUDI_INITS, DIEC_INITS, FEATURE_SUFFIXES, K_CRITERIA
 from diffclust.cli.options import (
     METHOD_NAMES, add_backbone_and_device, add_encoder_options, add_report_options, add_search_settings, auto_or_int, auto_or_switch,
     check_images_and_backbone, common_settings, default_run_folder, k_range_type, k_value, positive_number, print_scores, ratio_or_none,
@@ -16,9 +16,10 @@ from diffclust.errors import DiffclustError
 
 def add_parser(commands) -> None:
     fit = commands.add_parser("fit", help="cluster a folder of images (DiFiC, DiEC) or a feature matrix (CLUDI)",
-                              description="Cluster the images under DATA (or, with --method cludi, the rows of --features) "
+                              description="Cluster the images under DATA (or, with --method cludi, the rows of a feature file, as DATA or --features) "
                                           "into K groups and write a run folder.")
-    fit.add_argument("data", nargs="?", default=None, help="image folder: flat, one sub-folder per class, or with a labels.csv (file,label[,class_name,split])")
+    fit.add_argument("data", nargs="?", default=None, help="image folder: flat, one sub-folder per class, or with a labels.csv (file,label[,class_name,split]); "
+                                                                   "with --method cludi also a feature file (.npy, .pt, .safetensors)")
     fit.add_argument("--k", type=k_value, required=True, help="number of clusters (2 <= K <= number of items), or 'auto': "
                                                               "chosen without labels, see --k-range and --k-criterion")
     fit.add_argument("--method", choices=sorted(METHOD_NAMES), default="difc", help="difc: proxy words (fine-grained, needs a text-to-image backbone); diec: best layer x timestep (any UNet); cludi: diffusion teacher-student on features")
@@ -179,6 +180,19 @@ def fit_input(args):
     return args.data, None, Path(args.data).resolve().name
 
 
+def feature_file_as_data(args) -> None:
+    """`diffclust fit FEATURES.npy --method cludi` reads the file as --features (as CLUDI.fit
+    does in Python); other methods cluster images, and say so."""
+    if args.data is None or Path(args.data).suffix.lower() not in FEATURE_SUFFIXES or not Path(args.data).expanduser().is_file():
+        return
+    if args.method != "cludi":
+        raise DiffclustError(f"'{args.data}' is a feature file, and --method {args.method} clusters images (an image folder or a "
+                             f"labels.csv). To cluster feature rows, run: diffclust fit --method cludi --features {args.data} --k K")
+    if args.features is not None:
+        raise DiffclustError("Give either DATA or --features FILE, not both.")
+    args.features, args.data = Path(args.data).expanduser(), None
+
+
 def check_paths(args) -> None:
     """The paths a user mistypes, checked before torch loads (seconds): a mistake is answered at once."""
     if args.data is not None and not Path(args.data).expanduser().exists():
@@ -194,6 +208,7 @@ def check_paths(args) -> None:
 
 
 def run(args) -> int:
+    feature_file_as_data(args)
     check_paths(args)
     data, labels, name = fit_input(args)
     out = args.out or default_run_folder(args.data, name)

@@ -15,12 +15,11 @@ import numpy as np
 import torch
 from sklearn.utils import check_array
 
+from diffclust.choices import FEATURE_SUFFIXES
 from diffclust.data.collection import SkippedFile
 from diffclust.engine.checkpoint import load_tensors
 from diffclust.errors import DiffclustError
 from diffclust.outputs import read_labels
-
-FEATURE_SUFFIXES = (".npy", ".pt", ".pth", ".safetensors")
 
 
 @dataclass

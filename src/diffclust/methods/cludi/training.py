@@ -169,7 +169,7 @@ class CLUDITrainer(EpochTrainer):
         seed = self.p["random_state"]
         if self.p["init"] == "consensus":
             result = consensus_partition(self.features, self.p["n_clusters"], seed)
-            self.start_partition = {"chosen": result.chosen, "mean_nmi_to_others": result.agreement}
+            self.start_partition = {"chosen": result.chosen, "mean_nmi_to_others": result.agreement, "uncertain": result.uncertain}
             if self.run_dir is not None and self.accelerator.is_main_process:
                 atomic_write_json(self.run_dir / START_PARTITION_NAME, self.start_partition)
             return result.labels
