@@ -31,11 +31,11 @@ MAX_SPECTRAL_ROWS = 30_000
 #: the eigen-solver's tolerance on that path
 EIGEN_TOLERANCE = 1e-6
 #: below this mean NMI of the chosen candidate to the others the start is uncertain (its clusters
-#: change with the graph's neighbour count), and a fit warns. Seeds 0-1: real features 0.92-0.94
-#: (in50-vits-dev and imbalanced draws of it), well-apart blobs 0.98, half-moons 0.95; overlapping
-#: Gaussian groups, where the kNN graph misleads and CLUDI scores below k-means, 0.71-0.86 (one draw
-#: 0.87); two rings of 200 points 0.50, though the start is right there. A warning only: no choice
-#: depends on it
+#: change with the graph's neighbour count), and a fit warns. Seeds 0-1: real features 0.92-0.95
+#: (in50-vits-dev, imbalanced draws of it, USPS DDPM features), well-apart blobs 0.98, half-moons
+#: 0.95; overlapping Gaussian groups, where the kNN graph misleads and CLUDI scores below k-means,
+#: 0.71-0.86 (one draw 0.87); two rings of 200 points 0.50, though the start is right there. A
+#: warning only: no choice depends on it
 UNCERTAIN_AGREEMENT = 0.88
 
 
