@@ -320,8 +320,9 @@ def test_the_consensus_warns_on_overlapping_groups_and_not_on_apart_ones(caplog)
 
 
 def test_consensus_start_outvotes_kmeans_on_rings(tmp_path):
-    """On two rings the spectral candidates agree and k-means cuts across: the consensus start
-    is a spectral partition, recorded in the run folder, and separates the rings."""
+    """On two rings k-means cuts across and the spectral candidates that separate the rings
+    outvote it: the consensus start is a spectral partition, recorded in the run folder, and
+    separates the rings."""
     angles = np.random.default_rng(0).uniform(0, 2 * np.pi, 200)
     radius = np.repeat([1.0, 3.0], 100)
     rings = np.stack([radius * np.cos(angles), radius * np.sin(angles)], axis=1)

@@ -19,7 +19,7 @@ def add_parser(commands) -> None:
                               description="Cluster the images under DATA (or, with --method cludi, the rows of a feature file, as DATA or --features) "
                                           "into K groups and write a run folder.")
     fit.add_argument("data", nargs="?", default=None, help="image folder: flat, one sub-folder per class, or with a labels.csv (file,label[,class_name,split]); "
-                                                                   "with --method cludi also a feature file (.npy, .pt, .safetensors)")
+                                                                   f"with --method cludi also a feature file ({', '.join(FEATURE_SUFFIXES)})")
     fit.add_argument("--k", type=k_value, required=True, help="number of clusters (2 <= K <= number of items), or 'auto': "
                                                               "chosen without labels, see --k-range and --k-criterion")
     fit.add_argument("--method", choices=sorted(METHOD_NAMES), default="difc", help="difc: proxy words (fine-grained, needs a text-to-image backbone); diec: best layer x timestep (any UNet); cludi: diffusion teacher-student on features")
