@@ -1,6 +1,8 @@
 """The names a setting may take, where the command line can list them before torch or
 scikit-learn is imported; the modules that implement each choice import their list from here."""
 
+from pathlib import Path
+
 #: DiEC's start partition (methods.diec.network): k-means in a UMAP embedding, the consensus of
 #: k-means and spectral clusterings, or k-means (DEC's start)
 DIEC_INITS = ("umap", "consensus", "kmeans")
@@ -14,3 +16,9 @@ SEARCH_SCORES = ("umap_silhouette", "calinski_harabasz", "silhouette")
 #: --k auto criteria (cluster.k_selection) -> True when a higher score is better
 K_CRITERIA = {"silhouette": True, "calinski_harabasz": True, "davies_bouldin": False, "bic": False, "prediction_strength": True,
               "umap_silhouette": True}
+
+
+def is_feature_file(path) -> bool:
+    """True for an existing file whose suffix is one of FEATURE_SUFFIXES (CLUDI reads it as rows,
+    not as images); here, so the command line can tell before torch is imported."""
+    return isinstance(path, (str, Path)) and Path(path).suffix.lower() in FEATURE_SUFFIXES and Path(path).is_file()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from diffclust.backbones.names import SD15_HUB_ID
-from diffclust.choices import CLUDI_INITS, DIEC_INITS, FEATURE_SUFFIXES, K_CRITERIA
+from diffclust.choices import CLUDI_INITS, DIEC_INITS, FEATURE_SUFFIXES, K_CRITERIA, is_feature_file
 from diffclust.cli.options import (
     METHOD_NAMES, add_backbone_and_device, add_encoder_options, add_report_options, add_search_settings, auto_or_int, auto_or_switch,
     check_images_and_backbone, common_settings, default_run_folder, k_range_type, k_value, positive_number, print_scores, ratio_or_none,
@@ -183,7 +183,7 @@ def fit_input(args):
 def feature_file_as_data(args) -> None:
     """`diffclust fit FEATURES.npy --method cludi` reads the file as --features (as CLUDI.fit
     does in Python); other methods cluster images, and say so."""
-    if args.data is None or Path(args.data).suffix.lower() not in FEATURE_SUFFIXES or not Path(args.data).expanduser().is_file():
+    if args.data is None or not is_feature_file(Path(args.data).expanduser()):
         return
     if args.method != "cludi":
         raise DiffclustError(f"'{args.data}' is a feature file, and --method {args.method} clusters images (an image folder or a "

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from diffclust.backbones.base import DiffusionBackbone
-from diffclust.choices import CLUDI_INITS
+from diffclust.choices import CLUDI_INITS, is_feature_file
 from diffclust.cluster.metrics import clustering_scores
 from diffclust.cluster.self_labelling import SelfLabeller, fit_self_labeller
 from diffclust.data.collection import ImageCollection
@@ -24,7 +24,7 @@ from diffclust.engine.trainer import matrix_identity
 from diffclust.errors import DiffclustError
 from diffclust.methods.base import ClusteringEstimator
 from diffclust.methods.cludi.diffusion import EmbeddingDiffusion
-from diffclust.methods.cludi.inputs import FeatureTable, is_feature_file, read_feature_file, table_from_matrix
+from diffclust.methods.cludi.inputs import FeatureTable, read_feature_file, table_from_matrix
 from diffclust.methods.cludi.network import CLUDINetwork
 from diffclust.methods.cludi.training import CLUDITrainer, assign, mean_logits, sample_agreement
 from diffclust.outputs import ASSIGNMENTS_NAME, RUN_LABELS_NAME, SKIPPED_NAME, csv_text, write_assignments, write_skipped

@@ -38,10 +38,6 @@ class FeatureTable:
         return self.names
 
 
-def is_feature_file(path) -> bool:
-    return isinstance(path, (str, Path)) and Path(path).suffix.lower() in FEATURE_SUFFIXES and Path(path).is_file()
-
-
 def _checked(values, source: str) -> torch.Tensor:
     """A float32 (N, d) tensor with N >= 2 and every value finite; scikit-learn's input checks
     (and its messages) for shape, dtype and complex values."""
