@@ -28,6 +28,8 @@ from diffclust.methods.cludi.estimator import PAPER_SETTINGS  # noqa: E402
 from diffclust.methods.cludi.network import CLUDINetwork  # noqa: E402
 from diffclust.methods.cludi.training import CLUDITrainer  # noqa: E402
 
+from provenance import save_results  # noqa: E402
+
 IN50 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "in50-vits-dev"
 
 
@@ -56,8 +58,8 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-        (args.out / "results.md").write_text(
+        save_results(args.out, "results", result)
+        save_results(args.out, "results", None,
             f"# CLUDI on a CPU: {len(features)} x {features.shape[1]}, K = 50, {result['threads']} torch threads\n\n"
             f"`python benchmarks/cludi_cpu_time.py`\n\n| settings | estimated at start | measured |\n|---|---|---|\n"
             f"| defaults | {predicted['defaults'] / 60:.1f} min | {measured / 60:.1f} min |\n"

@@ -29,7 +29,8 @@ import torch  # noqa: E402
 from diffclust import CLUDI  # noqa: E402
 from diffclust.cluster.kmeans import fit_kmeans  # noqa: E402
 from diffclust.cluster.metrics import clustering_scores  # noqa: E402
-from diffclust.engine.checkpoint import atomic_write_json, atomic_write_text  # noqa: E402
+
+from provenance import save_results  # noqa: E402
 
 
 def load_set(spec: str) -> tuple[str, np.ndarray, np.ndarray]:
@@ -100,8 +101,8 @@ def main() -> None:
                         run["gain"] = run["acc"] - run["start_acc"]
             order = [row for row in ["k-means", *report["variants"]] if row in result["runs"]]  # the JSON file keeps keys sorted
             result["summary"] = {row: summary(result["runs"][row]) for row in order}
-        atomic_write_json(args.out / "results.json", report)
-        atomic_write_text(args.out / "results.md", "\n".join(header(report) + [line for r in report["sets"] for line in set_lines(r)]))
+        save_results(args.out, "results", report)
+        save_results(args.out, "results", None, "\n".join(header(report) + [line for r in report["sets"] for line in set_lines(r)]))
         return
     if not args.set:
         parser.error("--set is required (unless --refresh)")
@@ -128,8 +129,8 @@ def main() -> None:
         report["sets"].append({"name": name, "rows": len(features), "dims": int(features.shape[1]), "k": k, "runs": runs, "summary": table})
         lines += set_lines(report["sets"][-1])
         args.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(args.out / "results.json", report)
-        atomic_write_text(args.out / "results.md", "\n".join(lines))
+        save_results(args.out, "results", report)
+        save_results(args.out, "results", None, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -45,7 +45,8 @@ from diffclust.cluster.consensus import candidate_partitions, median_partition  
 from diffclust.cluster.metrics import hungarian_accuracy  # noqa: E402
 from diffclust.cluster.neighbours import nearest_neighbours  # noqa: E402
 from diffclust.cluster.self_labelling import NEIGHBOURS, fit_self_labeller, size_offsets, sure_rows  # noqa: E402
-from diffclust.engine.checkpoint import atomic_write_json, atomic_write_text  # noqa: E402
+
+from provenance import save_results  # noqa: E402
 
 #: rounds of the repeated self-labelling
 REPEATS = 3
@@ -166,8 +167,8 @@ def main() -> None:
             cells.append(f"{np.mean(values):.2f} ± {np.std(values):.2f}{gain} ({', '.join(f'{v:.2f}' for v in values)})")
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "results.json", {"seeds": seeds, "results": results})
-    atomic_write_text(args.out / "results.md", "\n".join(lines) + "\n")
+    save_results(args.out, "results", {"seeds": seeds, "results": results})
+    save_results(args.out, "results", None, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from provenance import save_results  # noqa: E402
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
@@ -155,7 +157,7 @@ def main() -> None:
         results_file.write_text(json.dumps(rows, indent=1))
         print(f"{size} rows ({row['path']}): {row['seconds']} s, {row['peak_mb']} MB, ACC {100 * row['acc']:.2f}%", flush=True)
     table = cludi_markdown(rows) if cludi else markdown(rows)
-    (args.out / ("cludi_scale.md" if cludi else "scale.md")).write_text(table)
+    save_results(args.out, "cludi_scale" if cludi else "scale", None, table)
     print(table)
 
 if __name__ == "__main__":

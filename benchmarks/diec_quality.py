@@ -18,15 +18,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from baselines import pixel_rows  # benchmarks/baselines.py
+
 from diffclust import DiEC, load_backbone, scan_images
 from diffclust.cluster.kmeans import fit_kmeans
 from diffclust.cluster.metrics import clustering_scores, hungarian_accuracy
-from diffclust.engine.checkpoint import atomic_write_json, atomic_write_text
 from diffclust.methods.diec.features import BOTTLENECK, encode_collection
 from diffclust.methods.diec.search import SCORES, Criterion
 from diffclust.methods.diec.search_report import write_search_plot
+
+from provenance import save_results  # noqa: E402
 
 
 def kmeans_row(name: str, features: torch.Tensor, labels: np.ndarray, k: int, seed: int, started: float, **extra) -> dict:
@@ -118,13 +119,14 @@ def main() -> None:
                  "seconds": round(grid_seconds, 1),
                  "index": grid_index.score_name, "best_by_index": [grid_index.layer, grid_index.timestep],
                  "best_by_label_accuracy": [grid_acc.layer, grid_acc.timestep, grid_acc.score],
-                 "label_accuracy_at_best_index": next(e.score for e in grid_acc.evaluations if (e.layer, e.timestep) == (grid_index.layer, grid_index.timestep))},
+                 "label_accuracy_at_best_index": next(e.score for e in grid_acc.evaluations
+                                                      if (e.layer, e.timestep) == (grid_index.layer, grid_index.timestep))},
         "history": histories,
     }
     report["search"]["distance_to_label_best"] = {
         "same_layer": search.layer == grid_acc.layer, "timestep_gap": abs(search.timestep - grid_acc.timestep),
         "subset_accuracy_gap": round(grid_acc.score - pick_acc, 4)}
-    atomic_write_json(args.out / "results.json", report)
+    save_results(args.out, "results", report)
     lines = [f"# DiEC on {args.data} ({len(collection)} images, K={k}), backbone {args.backbone}", "",
              f"Device: {report['device']}. Scored on every image against labels.csv.", "",
              "| row | ACC % | NMI | ARI | seconds |", "|---|---|---|---|---|"]
@@ -134,7 +136,7 @@ def main() -> None:
               f"full grid: {g['evaluations']} evaluations in {g['seconds']} s, {g['index']}'s best {g['best_by_index']}.",
               f"Best pair judged by the labels (subset, grid; reporting only): {g['best_by_label_accuracy'][:2]} with subset ACC "
               f"{100 * g['best_by_label_accuracy'][2]:.2f}%; the search's pick scores {100 * pick_acc:.2f}% on the same subset."]
-    atomic_write_text(args.out / "results.md", "\n".join(lines) + "\n")
+    save_results(args.out, "results", None, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

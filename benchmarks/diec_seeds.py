@@ -25,14 +25,15 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
-
 from baselines import pixel_rows  # noqa: E402  (benchmarks/baselines.py)
+
 from diffclust import DiEC, scan_images  # noqa: E402
 from diffclust.cluster.kmeans import fit_kmeans  # noqa: E402
 from diffclust.cluster.manifold import umap_partition  # noqa: E402
 from diffclust.cluster.metrics import clustering_scores, hungarian_accuracy  # noqa: E402
-from diffclust.engine.checkpoint import atomic_write_json, atomic_write_text  # noqa: E402
 from diffclust.methods.diec.search import SCORES, Criterion  # noqa: E402
+
+from provenance import save_results  # noqa: E402
 
 SCORE_KEYS = ("acc", "nmi", "ari")
 
@@ -141,8 +142,8 @@ def main() -> None:
     if args.label_grid:
         report["label_grid"] = label_grid(collection, args.backbone, k, results[0]["layer"],
                                           [int(t) for t in args.grid_timesteps.split(",")])
-    atomic_write_json(args.out / "seeds.json", report)
-    atomic_write_text(args.out / "seeds.md", markdown(report))
+    save_results(args.out, "seeds", report)
+    save_results(args.out, "seeds", None, markdown(report))
     print(markdown(report))
 
 

@@ -27,10 +27,11 @@ from accelerate import Accelerator  # noqa: E402
 
 from diffclust import DiEC  # noqa: E402
 from diffclust.cluster.metrics import clustering_scores  # noqa: E402
-from diffclust.engine.checkpoint import atomic_write_json, atomic_write_text  # noqa: E402
 from diffclust.methods.diec.network import DiECNetwork  # noqa: E402
 from diffclust.methods.diec.training import DiECTrainer  # noqa: E402
 from diffclust.seeding import seed_everything  # noqa: E402
+
+from provenance import save_results  # noqa: E402
 
 SCORE_KEYS = ("acc", "nmi", "ari")
 
@@ -100,8 +101,8 @@ def main() -> None:
                 runs.append(run)
         report["sets"][f"{name} ({len(features)} x {features.shape[1]}, K={k})"] = runs
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "training_stage.json", report)
-    atomic_write_text(args.out / "training_stage.md", markdown(report))
+    save_results(args.out, "training_stage", report)
+    save_results(args.out, "training_stage", None, markdown(report))
     print(markdown(report))
 
 

@@ -29,6 +29,8 @@ from diffclust.cluster.kmeans import fit_kmeans  # noqa: E402
 from diffclust.cluster.manifold import umap_embedding, umap_partition  # noqa: E402
 from diffclust.cluster.metrics import clustering_scores  # noqa: E402
 
+from provenance import save_results  # noqa: E402
+
 
 def backbones(data: str, models: list[str], scores: list[str]) -> list[dict]:
     rows = []
@@ -133,7 +135,7 @@ def main() -> None:
         rows = starts(args.data, args.models[0], args.layer, args.timestep, [int(s) for s in args.seeds.split(",")], args.epochs,
                       args.inits.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.experiment}.json").write_text(json.dumps(rows, indent=2))
+    save_results(args.out, args.experiment, rows)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ A small text-conditioned pixel model is pretrained with `diffclust pretrain` on 
 digits ("a handwritten digit 0", "... 2", ...); DiFiC then clusters the odd digits (K = 5),
 which the model never saw, with every choice label-free. Labels only score.
 
-    python benchmarks/difc_digits.py split ../shared/data/usps --work .data/digits
+    python benchmarks/difc_digits.py split usps --work .data/digits
     python benchmarks/difc_digits.py pretrain --work .data/digits          # the recorded recipe (about 30 min on 2 CPU cores)
     python benchmarks/difc_digits.py table --work .data/digits --seeds 0,1,2 --out benchmarks/results/difc_digits
     python benchmarks/difc_digits.py profile --work .data/digits --out benchmarks/results/difc_digits/step.md   # speed, side by side
@@ -33,6 +33,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import baselines  # noqa: E402  (benchmarks/baselines.py)
 from subsets import read_rows, write_subset  # noqa: E402  (benchmarks/subsets.py)
+
+from provenance import save_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SEEN, NOVEL = ("0", "2", "4", "6", "8"), ("1", "3", "5", "7", "9")
@@ -243,7 +245,7 @@ def table(work: Path, seeds: list[int], epochs: int, variants: list[str], out: P
                     new_rows[row_name] = score(Path(row["run_dir"]), collection.labels, len(NOVEL), seed)
             results = merged(seed, new_rows)
             print(f"seed {seed} {name}: ACC {100 * row['acc']:.2f}% by epoch {row['acc_by_epoch']}", flush=True)
-    (out / "table.md").write_text(markdown(results))
+    save_results(out, "table", None, markdown(results))
     return results
 
 
@@ -258,7 +260,7 @@ def refresh(out: Path) -> dict:
             if "run_dir" in row and "mask_iou_with_ink" not in row:
                 row["mask_iou_with_ink"] = mask_iou_with_ink(Path(row["run_dir"]))
     atomic_write_json(results_file, results)
-    (out / "table.md").write_text(markdown(results))
+    save_results(out, "table", None, markdown(results))
     return results
 
 
@@ -391,7 +393,7 @@ def profile_epochs(work: Path, batch: int, rounds: int, configs: list[str]) -> s
             trainer = DiFiCTrainer(params, backbone, store, network, accelerator, None, None)
             trainers[name] = (trainer, weights, [])
         for _ in range(rounds):
-            for name, (trainer, _, seconds) in trainers.items():
+            for trainer, _, seconds in trainers.values():
                 started = time.perf_counter()
                 trainer.train_epoch(trainer.network, trainer.optimizer, 0)
                 seconds.append(time.perf_counter() - started)
@@ -421,7 +423,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     split_parser = commands.add_parser("split", help="write WORK/seen (even digits) and WORK/novel (odd digits)")
-    split_parser.add_argument("data", type=Path)
+    split_parser.add_argument("data", help="the USPS data folder, or the built-in name usps")
     split_parser.add_argument("--work", type=Path, required=True)
     pretrain_parser = commands.add_parser("pretrain", help="train WORK/model on WORK/seen with the recorded recipe")
     pretrain_parser.add_argument("--work", type=Path, required=True)
@@ -448,7 +450,9 @@ def main(argv: list[str] | None = None) -> None:
     profile_parser.add_argument("--out", type=Path, default=None, help="also write the table to this file")
     args, extra = parser.parse_known_args(argv)
     if args.command == "split":
-        print(split(args.data, args.work))
+        from diffclust.datasets import resolve_data
+
+        print(split(Path(resolve_data(args.data)), args.work))
     elif args.command == "pretrain":
         pretrain(args.work, extra)
     elif args.command == "refresh":

@@ -34,6 +34,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from provenance import save_results  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 SD15_CONFIG = HERE.parent.parent / "shared" / "sd15-config"
 
@@ -279,13 +281,14 @@ def write_report(report: dict, out: Path | None) -> None:
     """Written after every configuration, so a run stopped by a time limit keeps what it measured."""
     if out:
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"{report['device']}.json").write_text(json.dumps(report, indent=2))
-        (out / f"{report['device']}.md").write_text("\n".join(table(report)) + "\n")
+        save_results(out, report['device'], report)
+        save_results(out, report['device'], None, "\n".join(table(report)) + "\n")
 
 
 def table(report: dict) -> list[str]:
     lines = [f"# DiFiC training step, SD-1.5 architecture at {report['resolution']} px, on {report['device']} ({report['device_name']})", "",
-             f"{report['steps']} timed steps after {report['warmup']} warm-up steps per configuration, each in its own process, in {report['rounds']} interleaved "
+             f"{report['steps']} timed steps after {report['warmup']} warm-up steps per configuration, each in its own process, "
+             f"in {report['rounds']} interleaved "
              f"rounds (the fastest kept); {report['threads']} threads. "
              f"Peak memory: {'allocated on the GPU' if report['device'] == 'cuda' else 'resident set of the process (weights included)'}. "
              "TFLOP/s: the cached step's model FLOPs (torch.utils.flop_counter, counted at one batch size and scaled) over each configuration's step time"

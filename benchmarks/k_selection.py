@@ -12,7 +12,6 @@ Each --set NAME=FOLDER adds a folder holding features.npy and labels.npy (as in
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -24,6 +23,8 @@ import numpy as np  # noqa: E402
 from diffclust.cluster.k_selection import CRITERIA, choose_k  # noqa: E402
 from diffclust.cluster.kmeans import fit_kmeans  # noqa: E402
 from diffclust.cluster.metrics import clustering_scores  # noqa: E402
+
+from provenance import save_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 IN50 = REPO.parent / "shared" / "data" / "in50-vits-dev"
@@ -80,9 +81,9 @@ def main() -> None:
     print(f"umap_silhouette alone: {scan_umap:.1f} s; picks {umap_pick} (true 40)")
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(json.dumps({"rows": rows, "scan_10k_silhouette_seconds": round(scan, 1),
-                                                           "scan_10k_all_seconds": round(scan_all, 1),
-                                                           "scan_10k_umap_silhouette_seconds": round(scan_umap, 1)}, indent=2) + "\n")
+        save_results(args.out, "results", {"rows": rows, "scan_10k_silhouette_seconds": round(scan, 1),
+                                            "scan_10k_all_seconds": round(scan_all, 1),
+                                            "scan_10k_umap_silhouette_seconds": round(scan_umap, 1)})
         lines = ["# Choosing K without labels", "", "`python benchmarks/k_selection.py` (k-means scored at each K; labels only score).", "",
                  "| data | true K | criterion | picked K | ACC/NMI at picked K | ACC/NMI at true K |", "|---|---|---|---|---|---|"]
         lines += [f"| {r['data']} | {r['true_k']} | {r['criterion']} | {r['picked_k']} | {r['acc_at_picked']} / {r['nmi_at_picked']} | "
@@ -90,7 +91,7 @@ def main() -> None:
         lines += ["", f"Scan of 10,000 x 384 items over K = 2..100: {scan:.1f} s with silhouette alone, {scan_all:.1f} s with the "
                   f"five default criteria, {scan_umap:.1f} s with umap_silhouette alone (a seeded 3,000-item subsample, PCA to 50 "
                   "dimensions; UMAP to 10 dimensions)."]
-        (args.out / "results.md").write_text("\n".join(lines) + "\n")
+        save_results(args.out, "results", None, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

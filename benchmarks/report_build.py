@@ -21,6 +21,8 @@ from PIL import Image  # noqa: E402
 from diffclust.outputs import csv_text  # noqa: E402
 from diffclust.report import build_report  # noqa: E402
 
+from provenance import save_results  # noqa: E402
+
 
 def folder_size(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
@@ -76,8 +78,8 @@ def main() -> None:
           f"{timings[1]:.1f} s, report {size / 2**20:.1f} MB in {thumbs} thumbnails + page")
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        (args.out / "results.md").write_text(
+        save_results(args.out, "results", results)
+        save_results(args.out, "results", None,
             "# Report build for a large run\n\n`python benchmarks/report_build.py --images 10000` (synthetic run folder, "
             f"{os.cpu_count()} cores):\n\n| images | clusters | first build s | second build s | report MB | thumbnails |\n"
             "|---|---|---|---|---|---|\n"

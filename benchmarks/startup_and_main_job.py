@@ -24,8 +24,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from provenance import save_results  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "usps"
+DEFAULT_DATA = "usps"  # the built-in digits: the quick start as a user runs it
 
 
 def user_environment(**changes: str) -> dict[str, str]:
@@ -78,7 +80,7 @@ def main_job(data: Path, environment: dict[str, str], load: bool) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", default=DEFAULT_DATA, help="a data folder or built-in name (default: the built-in usps)")
     parser.add_argument("--repeats", type=int, default=3, help="start-up timings take the best of this many runs")
     parser.add_argument("--no-load", dest="load", action="store_false", help="skip the main job beside a busy core")
     parser.add_argument("--compare-default-policy", action="store_true",
@@ -113,7 +115,7 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         results = {"startup_seconds": {name: round(value, 3) for name, value in rows.items()}, "main_job": jobs,
                    "cores": os.cpu_count(), "python": sys.version.split()[0]}
-        (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        save_results(args.out, "results", results)
         lines = ["# Start-up and the README main job", "", f"`python benchmarks/startup_and_main_job.py` on {os.cpu_count()} cores "
                  f"(best of {args.repeats} for start-up).", "", "| what | seconds |", "|---|---|"]
         lines += [f"| {name} | {seconds:.2f} |" for name, seconds in rows.items()]
@@ -122,7 +124,7 @@ def main() -> None:
         lines += [f"| {name} ({job['omp_wait_policy']}) | {100 * job['acc']:.2f} | {job['wall_seconds']:.1f} | "
                   + " | ".join(f"{job['stages'].get(stage, 0):.1f}" for stage in next(iter(jobs.values()))["stages"]) + " |"
                   for name, job in jobs.items()]
-        (args.out / "results.md").write_text("\n".join(lines) + "\n")
+        save_results(args.out, "results", None, "\n".join(lines) + "\n")
         print(f"Wrote {args.out / 'results.md'}")
 
 

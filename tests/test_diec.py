@@ -19,8 +19,8 @@ from diffclust.errors import DiffclustError
 from diffclust.methods.diec import DiEC
 from diffclust.methods.diec.features import LayerFeatureReader, candidate_layers, image_noise
 from diffclust.methods.diec.network import DiECNetwork
-from diffclust.methods.diec.training import DiECTrainer
 from diffclust.methods.diec.search import ClusterabilitySearch, bracketed_search_max, clusterability, even_timesteps, fibonacci_search_max
+from diffclust.methods.diec.training import DiECTrainer
 from diffclust.methods.registry import load_model
 from diffclust.outputs import read_assignments
 

@@ -62,9 +62,8 @@ def test_options_given_on_the_command_line_replace_the_recipe_ones(extra, steps,
 
 
 def test_the_pixel_rows_score_image_shaped_arrays_on_both_baselines():
-    import numpy as np
-
     import baselines
+    import numpy as np
 
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1, 2], 40)

@@ -14,7 +14,7 @@ from diffclust.methods.difc.losses import masked_diffusion_loss
 from diffclust.methods.difc.masks import gmm_foreground_mask, gmm_threshold
 from diffclust.methods.difc.timesteps import TimestepSampler, cosine_timestep_probabilities
 
-from conftest import SD15_CONFIG, require
+from conftest import SD15_CONFIG
 
 
 def test_extractor_maps_sd15_feature_to_a_768_token():
@@ -24,7 +24,7 @@ def test_extractor_maps_sd15_feature_to_a_768_token():
 
 
 def test_sd15_config_gives_640_channel_block_19_and_768_tokens():
-    config = json.loads((require(SD15_CONFIG) / "unet" / "config.json").read_text())
+    config = json.loads((SD15_CONFIG / "unet" / "config.json").read_text())
     # up_blocks are the reversed block_out_channels: up_blocks.2 has block_out_channels[1]
     assert list(reversed(config["block_out_channels"]))[2] == 640
     assert json.loads((SD15_CONFIG / "text_encoder" / "config.json").read_text())["hidden_size"] == 768
@@ -36,7 +36,7 @@ def test_full_sd15_unet_gives_z_of_640x32x32_at_512px():
 
     from diffclust.backbones.capture import ActivationCapture
 
-    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(require(SD15_CONFIG) / "unet")).eval()
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(SD15_CONFIG / "unet")).eval()
     with torch.no_grad(), ActivationCapture(unet, ["up_blocks.2.attentions.0"], stop_after_capture=True) as capture:
         unet(torch.randn(1, 4, 64, 64), torch.tensor([150]), encoder_hidden_states=torch.randn(1, 77, 768))
     z = capture.outputs["up_blocks.2.attentions.0"]

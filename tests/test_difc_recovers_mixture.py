@@ -164,7 +164,8 @@ def test_the_head_starts_and_finds_neighbours_where_the_settings_say(mixture_fol
     calls = []
     for name in ("manifold_start", "fit_kmeans", "nearest_neighbours"):
         real = getattr(training, name)
-        monkeypatch.setattr(training, name, lambda data, *args, _name=name, _real=real, **kw: calls.append((_name, tuple(data.shape))) or _real(data, *args, **kw))
+        monkeypatch.setattr(training, name,
+                            lambda data, *args, _name=name, _real=real, **kw: calls.append((_name, tuple(data.shape))) or _real(data, *args, **kw))
     passes = []  # passes of f over every image: one per epoch for its assignment, and one per guided epoch that needs S*
     real_passes = training.DiFiCTrainer.all_proxies
     monkeypatch.setattr(training.DiFiCTrainer, "all_proxies", lambda self, *a, **kw: passes.append(1) or real_passes(self, *a, **kw))

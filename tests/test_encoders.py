@@ -27,8 +27,7 @@ CLUDI_FAST = dict(epochs=2, batch_size=16, hidden_dim=32, embedding_dim=8, teach
 @pytest.fixture(scope="module")
 def encoders(tmp_path_factory):
     """{'vit': folder with its image processor, 'dinov2': 2 register tokens and no processor, 'clip': a two-tower checkpoint}."""
-    from transformers import (CLIPConfig, CLIPModel, Dinov2WithRegistersConfig, Dinov2WithRegistersModel, ViTConfig,
-                              ViTImageProcessorPil, ViTModel)
+    from transformers import CLIPConfig, CLIPModel, Dinov2WithRegistersConfig, Dinov2WithRegistersModel, ViTConfig, ViTImageProcessorPil, ViTModel
 
     root = tmp_path_factory.mktemp("encoders")
     torch.manual_seed(0)

@@ -15,10 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import write_subset
 from diffclust.cli import main
 from diffclust.engine.checkpoint import load_training_state
 from diffclust.methods.difc import DiFiC, training
+
+from conftest import write_subset
 
 FIT = ["--k", "10", "--backbone", "tiny-random", "--epochs", "2", "--device", "cpu", "--quiet"]  # warm-up 'auto': 1 of 2
 
@@ -169,7 +170,7 @@ def _messy_folder(butterflies: Path, folder: Path) -> Path:
     (folder / "letter.jpg").write_text("this is text, not a JPEG")
     (folder / "notes.txt").write_text("field notes")
     Image.open(sources[1]).convert("CMYK").save(folder / "cmyk.jpg")
-    Image.fromarray((np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16)).save(folder / "deep16.png")
+    Image.fromarray(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16).save(folder / "deep16.png")
     Image.new("RGBA", (40, 30), (200, 10, 10, 128)).save(folder / "alpha.png")
     return folder
 
@@ -177,7 +178,8 @@ def _messy_folder(butterflies: Path, folder: Path) -> Path:
 def test_messy_folder_completes_and_lists_the_bad_files(butterflies, tmp_path):
     folder = _messy_folder(butterflies, tmp_path / "messy")
     out = tmp_path / "run"
-    assert main(["fit", str(folder), "--k", "2", "--backbone", "tiny-random", "--epochs", "1", "--no-cluster-guidance", "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+    assert main(["fit", str(folder), "--k", "2", "--backbone", "tiny-random", "--epochs", "1", "--no-cluster-guidance", "--device", "cpu", "--quiet",
+                 "--out", str(out)]) == 0
     skipped = {row["file"]: row["reason"] for row in rows(out / "skipped.csv")}
     assert set(skipped) == {"corrupt.jpg", "zero.jpg", "letter.jpg", "notes.txt"}
     assignments = {row["file"]: row for row in rows(out / "assignments.csv")}
@@ -198,13 +200,18 @@ def test_too_many_clusters_is_a_clear_error(butterflies, tmp_path, capsys):
     assert "only 3 usable images" in capsys.readouterr().err
 
 
+def in_test_folder(tmp_path: Path) -> dict:
+    """The environment for a torchrun child: its temporary files (torchelastic's) stay in the test's folder."""
+    return {**os.environ, "TMPDIR": str(tmp_path)}
+
+
 def test_two_cpu_processes_complete_with_the_same_output_shape(butterflies, tmp_path):
     manifest = rows(butterflies / "labels.csv")[::20]
     folder = write_subset(butterflies, manifest, tmp_path / "subset")
     out = tmp_path / "two"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "diffclust.cli", "fit", str(folder),
                "--k", "3", "--backbone", "tiny-random", "--epochs", "2", "--warmup-epochs", "1", "--quiet", "--out", str(out)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=in_test_folder(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     assignments = rows(out / "assignments.csv")
     assert len(assignments) == len(manifest) == 42
@@ -221,7 +228,7 @@ def test_a_cache_the_disk_cannot_hold_stops_every_process_with_the_same_error(bu
                         "from diffclust.cli import main\nsys.exit(main(sys.argv[1:]))\n")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(launcher), "fit", str(folder),
                "--k", "3", "--backbone", "tiny-random", "--epochs", "1", "--quiet", "--out", str(tmp_path / "two")]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=in_test_folder(tmp_path))
     assert result.returncode != 0
     # both ranks print the refusal, naming the folder's free space and the way out
     assert result.stderr.count("The constant cache needs") == 2, result.stderr[-3000:]

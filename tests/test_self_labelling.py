@@ -8,7 +8,7 @@ from sklearn.linear_model import LogisticRegression
 
 from diffclust.cli import main
 from diffclust.cluster.metrics import hungarian_accuracy
-from diffclust.cluster.self_labelling import MIN_TRAINING_AGREEMENT, NEIGHBOURS, size_offsets, fit_self_labeller, sure_rows
+from diffclust.cluster.self_labelling import MIN_TRAINING_AGREEMENT, NEIGHBOURS, fit_self_labeller, size_offsets, sure_rows
 from diffclust.methods.cludi import CLUDI
 
 FAST = dict(batch_size=64, hidden_dim=64, depth=2, embedding_dim=16, teacher_steps=3, predict_samples=2, predict_steps=3,

@@ -149,8 +149,9 @@ def test_efficiency_auto_saves_memory_on_cuda_only_and_rejects_unknown_values():
 def test_cli_flags_reach_the_estimator(tmp_path):
     from diffclust.cli import build_model, build_parser
 
-    args = build_parser().parse_args(["fit", str(tmp_path), "--method", "difc", "--k", "3", "--weights-dtype", "bf16", "--text-encoder-dtype", "fp16", "--gradient-checkpointing",
-                                      "on", "--channels-last", "off", "--keep-vae", "--compile-unet", "--no-tf32", "--no-fused-attention"])
+    args = build_parser().parse_args(["fit", str(tmp_path), "--method", "difc", "--k", "3", "--weights-dtype", "bf16", "--text-encoder-dtype", "fp16",
+                                      "--gradient-checkpointing", "on", "--channels-last", "off", "--keep-vae", "--compile-unet", "--no-tf32",
+                                      "--no-fused-attention"])
     model = build_model(args, tmp_path / "run")
     assert (model.weights_dtype, model.text_encoder_dtype, model.gradient_checkpointing, model.channels_last) == ("bf16", "fp16", True, False)
     assert (model.offload_vae, model.compile_unet, model.tf32, model.fused_attention) == (False, True, False, False)

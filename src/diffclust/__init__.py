@@ -1,8 +1,8 @@
 """diffclust: cluster images without labels using pretrained diffusion models.
 
 Importing diffclust sets ``OMP_WAIT_POLICY=PASSIVE`` unless it is already set: with torch's
-default (spinning) OpenMP threads, any other load on a CPU machine can make each step 40x
-slower. It only takes effect if diffclust is imported before torch (see the README).
+default (spinning) OpenMP threads, any other load on a CPU machine can make each step many times
+slower. It only takes effect if diffclust is imported before torch (docs: Stable Diffusion and GPUs).
 Public names are loaded on first use, so the command line starts in well under a second.
 """
 

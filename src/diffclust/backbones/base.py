@@ -110,7 +110,7 @@ class DiffusionBackbone(ABC):
         """The UNet itself: DiEC lists its blocks and can fine-tune it."""
         raise DiffclustError(f"Backbone '{self.reference}' exposes no UNet module.")
 
-    def freeze(self) -> "DiffusionBackbone":
+    def freeze(self) -> DiffusionBackbone:
         """Backbones are frozen by default: methods train their own modules around them."""
         return self
 

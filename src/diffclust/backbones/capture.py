@@ -52,7 +52,7 @@ class ActivationCapture:
 
         return record
 
-    def __enter__(self) -> "ActivationCapture":
+    def __enter__(self) -> ActivationCapture:
         for name in self.names:
             try:
                 module = self.model.get_submodule(name)
@@ -135,7 +135,7 @@ class AttentionCapture:
         self.recorder = None if token_index is None else TokenAttentionRecorder(token_index, latent_size)
         self._saved: list[tuple[Attention, object]] = []
 
-    def __enter__(self) -> "AttentionCapture":
+    def __enter__(self) -> AttentionCapture:
         if self.recorder is not None:
             for module in self.model.modules():
                 if isinstance(module, Attention) and module.is_cross_attention:

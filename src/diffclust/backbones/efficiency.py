@@ -6,10 +6,10 @@ is enough), the UNet's activations can be recomputed in the backward pass instea
 (gradient checkpointing), and the VAE, used only for the cached constants, can leave the GPU.
 ``"auto"`` turns the memory options on for CUDA and off elsewhere: on a CPU, memory is rarely
 the limit and each option costs time (benchmarks/difc_step.py measures them). The one CPU
-exception is the text encoder on a CPU with bf16 matrix units (Intel AMX): its matmuls run about
-8x faster in bf16, so "auto" stores it in bf16 there, with explicit attention (PyTorch's fused
-CPU attention is slower in bf16 than the matmuls it saves); the small UNets that train on a CPU
-were no faster in bf16 (benchmarks/difc_digits.py profile).
+exception is the text encoder on a CPU with bf16 matrix units (Intel AMX): its matmuls run
+several times faster in bf16, so "auto" stores it in bf16 there, with explicit attention
+(PyTorch's fused CPU attention is slower in bf16 than the matmuls it saves); the small UNets
+that train on a CPU gained nothing in bf16. Measured: docs/benchmarks/difc.md.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class TrainingEfficiency:
         _switch(self.gradient_checkpointing, "gradient_checkpointing (--gradient-checkpointing)")
         _switch(self.channels_last, "channels_last (--channels-last)")
 
-    def resolved(self, device: torch.device | str) -> "TrainingEfficiency":
+    def resolved(self, device: torch.device | str) -> TrainingEfficiency:
         """The settings with every "auto" decided for `device`."""
         cuda = torch.device(device).type == "cuda"
         dtype = self.weights_dtype

@@ -81,7 +81,7 @@ class StableDiffusionBackbone(SchedulerNoiseMixin, DiffusionBackbone):
         dtype: torch.dtype = torch.float32,
         local_files_only: bool | None = None,
         reference: str | None = None,
-    ) -> "StableDiffusionBackbone":
+    ) -> StableDiffusionBackbone:
         """Load from a local folder or a Hugging Face hub id (cached or downloadable)."""
         source = str(source)
         is_folder = Path(source).expanduser().is_dir()
@@ -108,7 +108,7 @@ class StableDiffusionBackbone(SchedulerNoiseMixin, DiffusionBackbone):
         backbone = cls(unet, text_encoder, tokenizer, scheduler, vae=vae, reference=reference or source)
         return backbone.to(device)
 
-    def to(self, device: str | torch.device) -> "StableDiffusionBackbone":
+    def to(self, device: str | torch.device) -> StableDiffusionBackbone:
         for module in self._modules():
             module.to(device)
         self._prompt_cache.clear()
@@ -117,7 +117,7 @@ class StableDiffusionBackbone(SchedulerNoiseMixin, DiffusionBackbone):
     def _modules(self) -> list[torch.nn.Module]:
         return [module for module in (self.unet, self.text_encoder, self.vae) if module is not None]
 
-    def freeze(self) -> "StableDiffusionBackbone":
+    def freeze(self) -> StableDiffusionBackbone:
         for module in self._modules():
             module.requires_grad_(False)
             module.eval()

@@ -20,7 +20,8 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel
 
 from diffclust.backbones.names import TINY_RANDOM as NAME
-from diffclust.errors import DiffclustError, EnvironmentProblem
+from diffclust.errors import DiffclustError
+from diffclust.home import cache_root
 
 VERSION = 2
 RESOLUTION = 64
@@ -109,25 +110,6 @@ def build_tiny_random(folder: str | Path, seed: int = 0) -> Path:
     scheduler.save_pretrained(folder / "scheduler")
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline", "diffclust": NAME}))
     return folder
-
-
-def cache_root() -> Path:
-    """Where built-in backbones and DiFiC's constants are kept: $DIFFCLUST_HOME, else
-    ~/.cache/diffclust; created on first use, with an error naming DIFFCLUST_HOME when it
-    cannot be (a file in the way, an unwritable home folder)."""
-    given = os.environ.get("DIFFCLUST_HOME")
-    root = Path(given or Path.home() / ".cache" / "diffclust").expanduser()
-    source = f"DIFFCLUST_HOME='{given}'" if given else f"the default cache folder '{root}' (in your home folder)"
-    if root.exists() and not root.is_dir():
-        raise EnvironmentProblem(f"{source} is a file, not a folder: point DIFFCLUST_HOME to a folder diffclust may use for its cache.")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=root, prefix=".write-test-")
-        probe.close()
-    except OSError as error:
-        raise EnvironmentProblem(f"Cannot use {source} for diffclust's cache ({type(error).__name__}: {error.strerror or error}): "
-                                 "set DIFFCLUST_HOME to a folder you can write to (e.g. export DIFFCLUST_HOME=/tmp/diffclust).") from None
-    return root
 
 
 #: what a complete build holds (under torch.distributed, transformers writes the text encoder on rank 0 only)

@@ -26,7 +26,7 @@ class UnconditionalBackbone(SchedulerNoiseMixin, DiffusionBackbone):
         self.freeze()
 
     @classmethod
-    def from_pretrained(cls, source: str | Path, device="cpu", dtype=torch.float32, reference: str | None = None) -> "UnconditionalBackbone":
+    def from_pretrained(cls, source: str | Path, device="cpu", dtype=torch.float32, reference: str | None = None) -> UnconditionalBackbone:
         try:
             unet = UNet2DModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, local_files_only=True)
             scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", local_files_only=True)
@@ -34,11 +34,11 @@ class UnconditionalBackbone(SchedulerNoiseMixin, DiffusionBackbone):
             raise BackboneNotFoundError(f"Could not load the unconditional backbone folder '{source}': {error}") from error
         return cls(unet, scheduler, reference=reference or str(source)).to(device)
 
-    def to(self, device) -> "UnconditionalBackbone":
+    def to(self, device) -> UnconditionalBackbone:
         self.unet.to(device)
         return self
 
-    def freeze(self) -> "UnconditionalBackbone":
+    def freeze(self) -> UnconditionalBackbone:
         self.unet.requires_grad_(False)
         self.unet.eval()
         return self

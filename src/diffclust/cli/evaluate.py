@@ -14,8 +14,9 @@ def add_parser(commands) -> None:
     evaluate = commands.add_parser("evaluate", help="score assignments against known labels (ACC, NMI, ARI)",
                                    description="Score an assignments CSV against a labels.csv; labels are only for scoring.")
     evaluate.add_argument("assignments", type=Path, help="assignments.csv from fit or predict, or a run folder")
-    evaluate.add_argument("--labels", type=Path, default=None, help="labels.csv (file,label[,class_name,split]), or the data folder fit read "
-                                                                      "(with a labels.csv, or one sub-folder per class); default for a run folder: the data it read")
+    evaluate.add_argument("--labels", type=Path, default=None,
+                          help="labels.csv (file,label[,class_name,split]), the data folder fit read (with a labels.csv, or one sub-folder "
+                               "per class), or a built-in data set's name (usps); default for a run folder: the data it read")
     evaluate.add_argument("--split", default=None, help="score only rows of labels.csv with this split (e.g. test)")
     evaluate.add_argument("--json", action="store_true", help="print the scores as JSON")
 

@@ -13,7 +13,7 @@ def add_parser(commands) -> None:
                                    description="Encode every image under DATA with --encoder and write --out (N x D, one row per "
                                                "image), OUT.files.csv (row, file, and labels when known) and OUT.skipped.csv. "
                                                "Shards are kept in OUT.npy.parts/ while it runs: run it again to continue.")
-    features.add_argument("data", help="image folder: flat, one sub-folder per class, or with a labels.csv")
+    features.add_argument("data", help="image folder: flat, one sub-folder per class, or with a labels.csv; or a built-in data set (usps)")
     features.add_argument("--out", type=Path, required=True, help="feature file to write (.npy)")
     add_encoder_options(features)
     features.add_argument("--batch-size", type=whole(1), default=64, help="images per encoder batch")

@@ -7,10 +7,26 @@ from pathlib import Path
 from diffclust.backbones.names import SD15_HUB_ID
 from diffclust.choices import CLUDI_INITS, DIEC_INITS, FEATURE_SUFFIXES, K_CRITERIA, is_feature_file
 from diffclust.cli.options import (
-    METHOD_NAMES, add_backbone_and_device, add_encoder_options, add_report_options, add_search_settings, auto_or_int, auto_or_switch,
-    check_images_and_backbone, common_settings, default_run_folder, k_range_type, k_value, positive_number, print_scores, ratio_or_none,
-    search_settings, whole)
+    METHOD_NAMES,
+    add_backbone_and_device,
+    add_encoder_options,
+    add_report_options,
+    add_search_settings,
+    auto_or_int,
+    auto_or_switch,
+    check_images_and_backbone,
+    common_settings,
+    default_run_folder,
+    k_range_type,
+    k_value,
+    positive_number,
+    print_scores,
+    ratio_or_none,
+    search_settings,
+    whole,
+)
 from diffclust.cli.report import write_report
+from diffclust.datasets import missing_data_message
 from diffclust.errors import DiffclustError
 
 
@@ -18,28 +34,37 @@ def add_parser(commands) -> None:
     fit = commands.add_parser("fit", help="cluster a folder of images (DiFiC, DiEC) or a feature matrix (CLUDI)",
                               description="Cluster the images under DATA (or, with --method cludi, the rows of a feature file, as DATA or --features) "
                                           "into K groups and write a run folder.")
-    fit.add_argument("data", nargs="?", default=None, help="image folder: flat, one sub-folder per class, or with a labels.csv (file,label[,class_name,split]); "
-                                                                   f"with --method cludi also a feature file ({', '.join(FEATURE_SUFFIXES)})")
+    fit.add_argument("data", nargs="?", default=None,
+                     help="image folder: flat, one sub-folder per class, or with a labels.csv (file,label[,class_name,split]); a built-in data set (usps); "
+                          f"with --method cludi also a feature file ({', '.join(FEATURE_SUFFIXES)})")
     fit.add_argument("--k", type=k_value, required=True, help="number of clusters (2 <= K <= number of items), or 'auto': "
                                                               "chosen without labels, see --k-range and --k-criterion")
-    fit.add_argument("--method", choices=sorted(METHOD_NAMES), default="difc", help="difc: proxy words (fine-grained, needs a text-to-image backbone); diec: best layer x timestep (any UNet); cludi: diffusion teacher-student on features")
-    fit.add_argument("--out", type=Path, default=None, help="run folder for checkpoints, logs, assignments.csv and the model (default: runs/<data folder name>)")
-    fit.add_argument("--epochs", type=whole(0), default=None, help="training epochs in all (default: DiFiC 250 as in the paper, DiEC 50, CLUDI 30, or 200 with --paper-settings)")
+    fit.add_argument("--method", choices=sorted(METHOD_NAMES), default="difc",
+                     help="difc: proxy words (fine-grained, needs a text-to-image backbone); diec: best layer x timestep (any UNet); cludi: diffusion "
+                          "teacher-student on features")
+    fit.add_argument("--out", type=Path, default=None,
+                     help="run folder for checkpoints, logs, assignments.csv and the model (default: runs/<data folder name>)")
+    fit.add_argument("--epochs", type=whole(0), default=None,
+                     help="training epochs in all (default: DiFiC 250 as in the paper, DiEC 50, CLUDI 30, or 200 with --paper-settings)")
     fit.add_argument("--batch-size", type=whole(1), default=None, help="images per step and process (default: DiFiC 32, DiEC 256, CLUDI 256)")
     fit.add_argument("--lr", type=positive_number, default=None, help="AdamW learning rate (default: DiFiC 2e-4, DiEC 1e-3, CLUDI 1e-3 with a cosine to 1e-6)")
     fit.add_argument("--k-range", type=k_range_type, default=None, help="with --k auto: the Ks scanned, MIN:MAX (default 2 to N/5, at most 100)")
     fit.add_argument("--k-criterion", default="silhouette",
-                     choices=list(K_CRITERIA), help="with --k auto: the label-free criterion that chooses K (see README)")
+                     choices=list(K_CRITERIA), help="with --k auto: the label-free criterion that chooses K (see the docs' Unknown K page)")
     fit.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its last checkpoint")
     fit.add_argument("--report", action="store_true", help="write RUN_DIR/report/index.html at the end (see `diffclust report`)")
     add_backbone_and_device(fit)
     difc = fit.add_argument_group("DiFiC (--method difc)")
-    difc.add_argument("--warmup-epochs", type=auto_or_int, default="auto", help="epochs of distillation before the cluster head trains; k-means on S* predicts meanwhile (default 'auto': the paper's 100 of 250, scaled to --epochs)")
+    difc.add_argument("--warmup-epochs", type=auto_or_int, default="auto",
+                      help="epochs of distillation before the cluster head trains; k-means on S* predicts meanwhile (default 'auto': the paper's 100 of 250, "
+                           "scaled to --epochs)")
     difc.add_argument("--feature-layer", default="up_blocks.2.attentions.0", help="UNet module whose output is z (paper's block 19 = up_blocks.2.attentions.0)")
     difc.add_argument("--t-hat", dest="feature_timestep", type=whole(0), default=150, help="timestep at which z is read (paper: 150)")
     difc.add_argument("--t-tilde", dest="mask_timestep", type=whole(0), default=50, help="timestep of the attention map behind the object mask (paper: 50)")
-    difc.add_argument("--no-object-concentration", dest="object_concentration", action="store_false", help="ablation: diffusion loss over the whole image instead of the object mask")
-    difc.add_argument("--no-cluster-guidance", dest="cluster_guidance", action="store_false", help="ablation: no cluster head; clusters are k-means on the proxy words")
+    difc.add_argument("--no-object-concentration", dest="object_concentration", action="store_false",
+                      help="ablation: diffusion loss over the whole image instead of the object mask")
+    difc.add_argument("--no-cluster-guidance", dest="cluster_guidance", action="store_false",
+                      help="ablation: no cluster head; clusters are k-means on the proxy words")
     difc.add_argument("--cluster-gradient-ratio", type=ratio_or_none, default=0.0,
                       help="cap on the cluster loss's gradient reaching the proxy words, as a multiple of the diffusion loss's "
                            "(default 0: the extractor learns from distillation alone; 'none': the paper's plain sum, where the "
@@ -50,7 +75,8 @@ def add_parser(commands) -> None:
                       help="the cluster head's start: UMAP + k-means of the UNet feature z (default), k-means of the proxy words, or random")
     difc.add_argument("--neighbour-space", choices=["features", "proxies"], default="features",
                       help="where the head's neighbours are found: in z, once (default), or in the proxy words each epoch")
-    difc.add_argument("--timestep-sampling", choices=["cosine", "uniform"], default="cosine", help="p(t) for the diffusion loss: 1 + cos(pi t / T) (paper) or uniform")
+    difc.add_argument("--timestep-sampling", choices=["cosine", "uniform"], default="cosine",
+                      help="p(t) for the diffusion loss: 1 + cos(pi t / T) (paper) or uniform")
     speed = fit.add_argument_group("DiFiC training passes: memory and speed ('auto' saves memory on CUDA, keeps speed on CPU)")
     speed.add_argument("--weights-dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                        help="storage type of the frozen UNet (and text encoder) during training (auto: bf16 on CUDA, fp32 elsewhere)")
@@ -89,7 +115,8 @@ def add_parser(commands) -> None:
     cludi.add_argument("--features", type=Path, default=None, help="feature matrix N x d (.npy, .pt, .safetensors) to cluster instead of images "
                                                                   "(rows named by FEATURES.files.csv when `diffclust features` wrote it)")
     add_encoder_options(cludi)
-    cludi.add_argument("--labels", type=Path, default=None, help="labels of the feature rows, for the metrics log only (.npy, or labels.csv with file = row index)")
+    cludi.add_argument("--labels", type=Path, default=None,
+                       help="labels of the feature rows, for the metrics log only (.npy, or labels.csv with file = row index)")
     fit.add_argument("--paper-settings", action="store_true",
                      help="DiEC and CLUDI: the published procedure, under any option given explicitly. DiEC: CH search index, "
                           "k-means start, plain DEC targets. CLUDI: 200 epochs, lr 1e-4, teacher 25 steps, prediction 64 x 50, "
@@ -196,7 +223,7 @@ def feature_file_as_data(args) -> None:
 def check_paths(args) -> None:
     """The paths a user mistypes, checked before torch loads (seconds): a mistake is answered at once."""
     if args.data is not None and not Path(args.data).expanduser().exists():
-        raise DiffclustError(f"Data path '{args.data}' does not exist or is not a folder (or a labels.csv file).")
+        raise DiffclustError(missing_data_message(args.data))
     for option, path in (("--features", args.features), ("--labels", args.labels)):
         if path is not None and not Path(path).expanduser().is_file():
             raise DiffclustError(f"{option} '{path}' does not exist or is not a file.")

@@ -87,10 +87,25 @@ def _join_dash_values(argv: list[str]) -> list[str]:
     return joined
 
 
+def resolve_builtin_data(args) -> None:
+    """Built-in data names (`diffclust fit usps`) become their folder before a command runs, so
+    every command reads them as it reads a user's folder."""
+    from diffclust.datasets import resolve_data
+
+    data = getattr(args, "data", None)
+    if isinstance(data, list):
+        args.data = [resolve_data(item) for item in data]
+    elif data is not None:
+        args.data = resolve_data(data)
+    if args.command == "evaluate" and args.labels is not None:
+        args.labels = resolve_data(args.labels)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(_join_dash_values(list(sys.argv[1:] if argv is None else argv)))
     configure_logging(args.verbose, getattr(args, "quiet", False))
     try:
+        resolve_builtin_data(args)
         return COMMANDS[args.command].run(args)
     except (Exception, KeyboardInterrupt) as error:  # every failure ends in one line (and a traceback only with --debug)
         from diffclust.failures import debug_requested, explain

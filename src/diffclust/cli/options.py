@@ -100,9 +100,11 @@ def add_backbone_and_device(parser) -> None:
     parser.add_argument("--resolution", type=whole(1), default=None, help="image size in pixels (default: the backbone's own, 512 for SD v1.5)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="where to run (several GPUs: launch with `accelerate launch`)")
     parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no", help="autocast precision on GPU")
-    parser.add_argument("--seed", "--random-state", dest="seed", type=whole(0), default=0, help="random seed (random_state in the API): the same seed gives the same clusters")
+    parser.add_argument("--seed", "--random-state", dest="seed", type=whole(0), default=0,
+                        help="random seed (random_state in the API): the same seed gives the same clusters")
     parser.add_argument("--strict", action="store_true", help="stop with an error on unreadable images instead of skipping them")
-    parser.add_argument("--no-folder-labels", dest="folder_labels", action="store_false", help="read a folder of sub-folders (e.g. photos/2023, photos/2024) as unlabelled instead of one class per sub-folder")
+    parser.add_argument("--no-folder-labels", dest="folder_labels", action="store_false",
+                        help="read a folder of sub-folders (e.g. photos/2023, photos/2024) as unlabelled instead of one class per sub-folder")
     parser.add_argument("--num-workers", type=whole(0), default=0, help="image-loading worker processes")
     add_quiet(parser)
 
@@ -116,11 +118,14 @@ def add_search_settings(parser) -> None:
     group = parser.add_argument_group("UNet features and DiEC's search (--method diec; cludi on images; `diffclust search`)")
     group.add_argument("--layer", default="auto", help="UNet block whose pooled output is the feature ('auto': search)")
     group.add_argument("--timestep", type=auto_or_int, default="auto", help="timestep at which it is read ('auto': search)")
-    group.add_argument("--search", choices=["two-stage", "grid"], default="two-stage", help="two-stage: fix the layer, then a Fibonacci (golden-section) search over t; grid: every layer x --search-timesteps")
-    group.add_argument("--search-layer", default="bottleneck", help="two-stage layer: 'bottleneck' (mid_block), 'probe' (best block at --probe-timestep), or a module path")
+    group.add_argument("--search", choices=["two-stage", "grid"], default="two-stage",
+                       help="two-stage: fix the layer, then a Fibonacci (golden-section) search over t; grid: every layer x --search-timesteps")
+    group.add_argument("--search-layer", default="bottleneck",
+                       help="two-stage layer: 'bottleneck' (mid_block), 'probe' (best block at --probe-timestep), or a module path")
     group.add_argument("--probe-timestep", type=int, default=None, help="timestep at which 'probe' compares the blocks (default: a tenth into the range)")
     group.add_argument("--search-layers", type=comma_list(str), default=None, help="candidate blocks, comma-separated (default: every top-level UNet block)")
-    group.add_argument("--search-timesteps", type=comma_list(int), default=None, help="grid timesteps, comma-separated (default: 10 evenly spaced over the range)")
+    group.add_argument("--search-timesteps", type=comma_list(int), default=None,
+                       help="grid timesteps, comma-separated (default: 10 evenly spaced over the range)")
     group.add_argument("--timestep-range", type=comma_list(int), default=None, help="LOW,HIGH timesteps searched (default: 0,T-1)")
     group.add_argument("--search-score", choices=list(SEARCH_SCORES), default=None,
                        help="internal index of k-means on the subset: its silhouette in a UMAP embedding (default), or CH / silhouette "
@@ -144,7 +149,8 @@ def add_report_options(parser) -> None:
     group.add_argument("--map-points", type=whole(5), default=2000, help="at most this many items on the 2-D map (a seeded sample)")
     group.add_argument("--no-names", dest="names", action="store_false", help="skip DiFiC's cluster names (they load the text encoder)")
     group.add_argument("--prototypes", action=argparse.BooleanOptionalAction, default=None,
-                       help="DiFiC: an image generated from each cluster's mean proxy word (default: on with a GPU or a backbone of at most 32 px; off for larger ones on a CPU)")
+                       help="DiFiC: an image generated from each cluster's mean proxy word (default: on with a GPU or a backbone of at most "
+                            "32 px; off for larger ones on a CPU)")
 
 
 def print_scores(scores: dict[str, float], prefix: str = "") -> None:

@@ -35,7 +35,8 @@ def add_parser(commands) -> None:
     pretrain.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints, exports and sample grids")
     pretrain.add_argument("--log-every", type=int, default=50, help="steps between loss records in training/metrics.csv")
     pretrain.add_argument("--caption-dropout", type=float, default=0.1, help="fraction of empty captions (classifier-free guidance)")
-    pretrain.add_argument("--no-hflip", dest="hflip", action="store_false", help="no random horizontal flips (for digits and text, where a flip changes the class)")
+    pretrain.add_argument("--no-hflip", dest="hflip", action="store_false",
+                          help="no random horizontal flips (for digits and text, where a flip changes the class)")
     pretrain.add_argument("--eval-images", type=int, default=200, help="held-out images scored by the diffusion classifier (0: skip it)")
     pretrain.add_argument("--eval-timesteps", type=int, default=8, help="noise levels per image and caption in the diffusion classifier")
     pretrain.add_argument("--eval-seconds", type=float, default=None, help="stop the diffusion classifier after this long")
@@ -52,7 +53,7 @@ def run(args) -> int:
     from accelerate import PartialState
 
     from diffclust.data import scan_images
-    from diffclust.pretrain import PretrainSettings, Pretrainer
+    from diffclust.pretrain import Pretrainer, PretrainSettings
     from diffclust.pretrain.evaluation import describe, evaluate_text_pathway
 
     if args.eval_dir is not None:

@@ -6,14 +6,22 @@ from pathlib import Path
 
 from diffclust.backbones.names import SD15_HUB_ID
 from diffclust.cli.options import (
-    add_backbone_and_device, add_search_settings, check_images_and_backbone, common_settings, default_run_folder, search_settings, whole)
+    add_backbone_and_device,
+    add_search_settings,
+    check_images_and_backbone,
+    common_settings,
+    default_run_folder,
+    search_settings,
+    whole,
+)
 
 
 def add_parser(commands) -> None:
     search = commands.add_parser("search", help="find the clustering-optimal UNet layer and timestep (DiEC's search)",
                                  description="Score UNet layers x timesteps by k-means clusterability on a subset of DATA; "
-                                             "print the chosen pair and write search.csv, search.png (score against t, a line per layer) and search.json to --out.")
-    search.add_argument("data", help="image folder (labels are not used)")
+                                             "print the chosen pair and write search.csv, search.png (score against t, a line per layer) "
+                                             "and search.json to --out.")
+    search.add_argument("data", help="image folder, or a built-in data set (usps); labels are not used")
     search.add_argument("--k", type=whole(2), required=True, help="number of clusters k-means looks for")
     search.add_argument("--out", type=Path, default=None, help="folder for search.csv/png/json (default: runs/<data folder name>-search)")
     search.add_argument("--batch-size", type=whole(1), default=256, help="images per UNet batch")

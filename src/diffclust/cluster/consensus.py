@@ -31,11 +31,10 @@ MAX_SPECTRAL_ROWS = 30_000
 #: the eigen-solver's tolerance on that path
 EIGEN_TOLERANCE = 1e-6
 #: below this mean NMI of the chosen candidate to the others the start is uncertain (its clusters
-#: change with the graph's neighbour count), and a fit warns. Seeds 0-1: real features 0.92-0.95
-#: (in50-vits-dev, imbalanced draws of it, USPS DDPM features), well-apart blobs 0.98, half-moons
-#: 0.95; overlapping Gaussian groups, where the kNN graph misleads and CLUDI scores below k-means,
-#: 0.71-0.86 (one draw 0.87); two rings of 200 points 0.50, though the start is right there. A
-#: warning only: no choice depends on it
+#: change with the graph's neighbour count), and a fit warns. It lies between the agreement on
+#: real features and separated groups and that on overlapping groups, where the kNN graph
+#: misleads and CLUDI scores below k-means (docs/benchmarks/cludi.md). A warning only: no choice
+#: depends on it
 UNCERTAIN_AGREEMENT = 0.88
 
 
@@ -93,8 +92,8 @@ def large_spectral_partitions(features: np.ndarray, n_clusters: int, counts: lis
                                   shape=(rows, rows))
         with warnings.catch_warnings():  # a graph in several pieces is expected with many clusters
             warnings.simplefilter("ignore", UserWarning)
-            # an explicit tolerance: LOBPCG's default grows with the rows (sqrt(eps) x N) and at 300,000 rows stopped on a
-            # loose basis that mixed two half-moons (ACC 86% instead of 99.99% on benchmarks/consensus_scale.py)
+            # an explicit tolerance: LOBPCG's default grows with the rows (sqrt(eps) x N) and on many rows stops on a
+            # loose basis that mixes groups (docs/benchmarks/cludi.md)
             embedding = spectral_embedding(0.5 * (graph + graph.T), n_components=n_clusters, eigen_solver=solver, random_state=seed,
                                            drop_first=False, eigen_tol=EIGEN_TOLERANCE)
         partitions[f"spectral, {count} neighbours"] = fit_kmeans(embedding, n_clusters, seed=seed)[1].astype(np.int64)
@@ -139,6 +138,6 @@ def consensus_partition(features, n_clusters: int, seed: int, neighbour_counts=N
     if result.uncertain:
         logger.warning("The start's candidate clusterings disagree: the chosen one (%s) agrees with the others at a mean NMI of %.2f "
                        "(under %.2f), so the clusters change with the nearest-neighbour graph's size and are uncertain. Where "
-                       "groups overlap, the graph misleads and plain k-means can score higher (README: 'Where CLUDI is weak').",
+                       "groups overlap, the graph misleads and plain k-means can score higher (docs: benchmarks, CLUDI, 'Where CLUDI is weak').",
                        result.chosen, result.agreement[result.chosen], UNCERTAIN_AGREEMENT)
     return result

@@ -2,13 +2,12 @@
 
 Diffusion features of one class often lie on a thin, bent sheet that a Euclidean k-means cuts
 across; UMAP (umap-learn) keeps each point's neighbourhood and packs such sheets into tight
-blobs, where k-means then separates them (the N2D recipe: McConville et al., 2019). Measured on
-USPS with DiEC's features at mid_block, t = 100 (benchmarks/results/diec_usps): k-means 78.9%
-ACC in the features, 98.2% in this embedding; on the ViT-S features of in50-vits-dev (K = 50),
-83.8 ± 0.8% against 87.0 ± 0.8% (seeds 0-2). The settings are fixed, not tuned per data set.
+blobs, where k-means then separates them (the N2D recipe: McConville et al., 2019; measured
+against k-means in the features in docs/benchmarks/diec.md). The settings are fixed, not tuned
+per data set.
 
 Two things keep it fast. umap-learn and pynndescent compile their numba kernels in every new
-process (measured here: 11 s for any embedding, 28 s more for pynndescent's above 4,096 rows);
+process (tens of seconds, more for pynndescent's above 4,096 rows);
 their kernels are put in numba's disk cache, so only the first process compiles them. And the
 neighbours of 4,096 to EXACT_NEIGHBOURS_MAX_ROWS rows come from an exact search (scikit-learn),
 as umap-learn's own are below 4,096: at this size it is quicker than compiling pynndescent, and
@@ -32,9 +31,8 @@ UMAP_SETTINGS = {"n_neighbors": 15, "min_dist": 0.0, "n_components": 10}
 UMAP_EXACT_BELOW = 4096
 EXACT_NEIGHBOURS_MAX_ROWS = 30_000
 #: UMAP embeddings behind one partition. k-means in a single embedding now and then merges two
-#: groups and splits another: on 1,800 USPS digits (DiEC's features at mid_block, t = 212) one
-#: seed gave 80.4% ACC and four others 95.0-95.2%. The median partition of the draws (the one
-#: agreeing most, by mean NMI, with the others; no label read) keeps the common answer.
+#: groups and splits another (docs/benchmarks/diec.md). The median partition of the draws (the
+#: one agreeing most, by mean NMI, with the others; no label read) keeps the common answer.
 UMAP_PARTITION_DRAWS = 5
 
 
@@ -66,7 +64,7 @@ def exact_neighbours(array: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, n
     distances, indices = NearestNeighbors(n_neighbors=n_neighbors, algorithm="brute").fit(array).kneighbors(array)
     # a row's distance to itself comes out of |x|^2 - 2 x.y + |y|^2 as rounding noise, often a tiny positive
     # number; UMAP would take that as the distance to the nearest neighbour and rebuild the graph around it
-    # (on 4,422 digits' UNet features, scaling them by 0.1 took k-means in the embedding from 97.4% to 70.4%)
+    # (which wrecked the partition of features at a small scale)
     distances[indices == np.arange(len(array))[:, None]] = 0.0
     return indices, distances.astype(np.float32)
 

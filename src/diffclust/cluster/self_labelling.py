@@ -8,16 +8,14 @@ regularisation. Rows in the middle of a cluster pull its boundary to where they 
 rows a clustering got wrong near the boundary, and scattered rows it gathered into one cluster
 of leftovers, move to the cluster their surroundings vote for (`benchmarks/cludi_start_refinement.py`).
 
-A linear classifier redraws clusters that are not linearly separable (six interleaved
-half-moons: 99.97% -> 93.0%). Such clusters show themselves without labels: the classifier
-cannot reproduce its own training rows (93% there, 100% on in50-vits-dev). Below
-MIN_TRAINING_AGREEMENT the partition is left as it is.
+A linear classifier redraws clusters that are not linearly separable (interleaved half-moons).
+Such clusters show themselves without labels: the classifier cannot reproduce its own training
+rows. Below MIN_TRAINING_AGREEMENT the partition is left as it is (docs/benchmarks/cludi.md).
 
 `equal_sizes=True` is for data whose groups are known to be equally large (benchmarks built
 that way, such as ImageNet subsets): the classifier's assignment is transported (Sinkhorn) to
 equal cluster sizes, and the transport's cluster offsets are folded into its bias, so new rows
-are assigned the same way. It breaks groups of unequal size apart: on imbalanced blobs
-99.0% -> 90.2% (`benchmarks/cludi_start_refinement.py`).
+are assigned the same way. It breaks groups of unequal size apart (docs/benchmarks/cludi.md).
 """
 
 from __future__ import annotations

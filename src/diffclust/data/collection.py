@@ -22,6 +22,7 @@ from PIL import Image
 
 from diffclust.data.csv_tables import integer_cell, read_csv_rows
 from diffclust.data.images import IMAGE_EXTENSIONS, ImageTooLargeError, array_to_image, is_animated, load_rgb, to_rgb
+from diffclust.datasets import missing_data_message, resolve_data
 from diffclust.errors import DiffclustError
 
 logger = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class ImageCollection:
             return None
         return np.array([record.label for record in self.records], dtype=np.int64)
 
-    def subset(self, indices: list[int] | np.ndarray) -> "ImageCollection":
+    def subset(self, indices: list[int] | np.ndarray) -> ImageCollection:
         return ImageCollection(self.root, [self.records[i] for i in indices], list(self.skipped), self.label_source)
 
     def describe_labels(self, shown: int = 6) -> str | None:
@@ -271,13 +272,15 @@ def scan_images(data: str | Path, *, strict: bool = False, verify: bool = True, 
     before any model runs; they are skipped with a warning, or raise when ``strict``.
     ``folder_labels=False`` reads a folder of sub-folders as unlabelled (--no-folder-labels).
     """
-    path = Path(data).expanduser()
+    path = Path(resolve_data(data)).expanduser()
     if path.is_file() and path.name.endswith(".csv"):
         root, manifest = path.parent, path
     elif path.is_dir():
         root, manifest = path, path / MANIFEST_NAME
     else:
-        raise DiffclustError(f"Data path '{data}' does not exist or is not a folder (or a labels.csv file).")
+        if not path.exists():
+            raise DiffclustError(missing_data_message(data))
+        raise DiffclustError(f"Data path '{data}' is not a folder (or a labels.csv file).")
 
     if manifest.is_file():
         records, skipped, source = _records_from_manifest(root, manifest), [], FROM_MANIFEST

@@ -10,7 +10,6 @@ more than MAX_PIXELS pixels are refused. Camera orientation (EXIF) is applied, a
 from __future__ import annotations
 
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np

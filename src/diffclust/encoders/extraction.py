@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from diffclust.data.collection import ImageCollection
+from diffclust.encoders.vision import VisionEncoder
 from diffclust.engine.atomic import read_json_object
 from diffclust.engine.checkpoint import atomic_save_array, atomic_write_json, atomic_write_text
 from diffclust.engine.runtime import progress
 from diffclust.engine.trainer import contents_identity, files_identity
-from diffclust.encoders.vision import VisionEncoder
 from diffclust.errors import DiffclustError
 from diffclust.outputs import csv_text, write_skipped
 

@@ -55,7 +55,7 @@ class VisionEncoder:
 
     @classmethod
     def load(cls, name_or_path: str | Path, pooling: str = "cls", device: str | torch.device = "cpu", progress: bool = True,
-             local_files_only: bool | None = None) -> "VisionEncoder":
+             local_files_only: bool | None = None) -> VisionEncoder:
         """From a folder saved with `save_pretrained` (config.json + weights, ideally a
         preprocessor_config.json), or a hub id (the local cache first; downloaded only when allowed)."""
         from transformers import AutoConfig, AutoImageProcessor, AutoModel

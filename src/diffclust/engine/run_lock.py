@@ -28,7 +28,7 @@ class RunFolderLock:
         self.folder = Path(folder)
         self._lock = FileLock(str(self.folder / LOCK_NAME), timeout=0)
 
-    def __enter__(self) -> "RunFolderLock":
+    def __enter__(self) -> RunFolderLock:
         self.folder.mkdir(parents=True, exist_ok=True)
         try:
             self._lock.acquire()

@@ -26,8 +26,8 @@ from diffclust.backbones.base import DiffusionBackbone
 from diffclust.backbones.registry import load_backbone
 from diffclust.cluster.k_selection import CRITERIA, choose_k, write_k_selection
 from diffclust.data.collection import FROM_FOLDERS, ImageCollection, collect_images
-from diffclust.engine.checkpoint import CHECKPOINT_NAME, atomic_save_array, atomic_write_json, checkpoint_path, damaged
 from diffclust.engine.atomic import read_json_object
+from diffclust.engine.checkpoint import CHECKPOINT_NAME, atomic_save_array, atomic_write_json, checkpoint_path, damaged
 from diffclust.engine.run_lock import RunFolderLock, remove_if_only_locks
 from diffclust.engine.runtime import is_main_launch_process, make_accelerator, writable_folder
 from diffclust.engine.timing import StageTimer
@@ -211,7 +211,7 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         logger.debug("%s stages (s): %s", type(self).__name__, self.timings_)
         accelerator.wait_for_everyone()
 
-    def fit(self, X, y=None, resume: bool = False) -> "ClusteringEstimator":
+    def fit(self, X, y=None, resume: bool = False) -> ClusteringEstimator:
         """Cluster `X` (images for DiFiC and DiEC; features or images for CLUDI) and return self.
 
         `y` is never trained on: labels (given, or found in the data) only score the clusters.
@@ -373,7 +373,7 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         raise NotImplementedError
 
     @classmethod
-    def from_settings(cls, settings: dict[str, Any]) -> "ClusteringEstimator":
+    def from_settings(cls, settings: dict[str, Any]) -> ClusteringEstimator:
         """An unfitted estimator with the saved settings (renamed keys mapped, unknown keys from
         other versions ignored)."""
         settings = {RENAMED_SETTINGS.get(key, key): value for key, value in settings.items()}

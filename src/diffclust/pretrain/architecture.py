@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from diffusers import DDPMScheduler, UNet2DConditionModel, UNet2DModel
 
 from diffclust.pretrain.settings import PretrainSettings

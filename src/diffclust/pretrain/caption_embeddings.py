@@ -55,7 +55,7 @@ class CaptionTable:
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> "CaptionTable":
+    def load(cls, folder: str | Path) -> CaptionTable:
         from safetensors import safe_open
 
         path = Path(folder) / FILE_NAME

@@ -78,7 +78,7 @@ class PretrainSettings:
         atomic_write_json(path, asdict(self))
 
     @classmethod
-    def load(cls, path: Path) -> "PretrainSettings":
+    def load(cls, path: Path) -> PretrainSettings:
         data = json.loads(Path(path).read_text())
         names = {f.name for f in fields(cls)}
         data = {key: value for key, value in data.items() if key in names}

@@ -24,19 +24,19 @@ from transformers import AutoTokenizer
 
 from diffclust.backbones.base import match_channels
 from diffclust.backbones.stable_diffusion import StableDiffusionBackbone
+from diffclust.backbones.text_encoders import BUNDLED_MINILM, write_reference
 from diffclust.data.collection import ImageCollection
 from diffclust.data.images import load_image_array, uint8_to_model_range
 from diffclust.engine.checkpoint import atomic_torch_save, atomic_write_json, load_training_state
+from diffclust.engine.ema import EMA
 from diffclust.engine.history import MetricsLog
 from diffclust.engine.runtime import make_accelerator, progress
 from diffclust.engine.timing import StageTimer
 from diffclust.errors import DiffclustError
-from diffclust.backbones.text_encoders import BUNDLED_MINILM, write_reference
 from diffclust.pretrain.architecture import build_conditioned_unet, build_scheduler, build_unconditional_unet
 from diffclust.pretrain.caption_embeddings import CaptionTable, encode_captions, load_text_encoder
 from diffclust.pretrain.captions import caption_for, class_captions, held_out_indices
 from diffclust.pretrain.classifier import diffusion_classifier_accuracy
-from diffclust.engine.ema import EMA
 from diffclust.pretrain.sampling import sample, save_grid
 from diffclust.pretrain.settings import PretrainSettings
 from diffclust.seeding import make_generator, seed_everything
@@ -98,7 +98,8 @@ class Pretrainer:
         self.generator = make_generator(settings.seed + 1_000_003 * self.accelerator.process_index)
         # noise is drawn where the model runs: a CPU draw and copy per step would starve a GPU
         device = self.accelerator.device
-        self.noise_generator = self.generator if device.type == "cpu" else make_generator(settings.seed + 7 + 1_000_003 * self.accelerator.process_index, device)
+        noise_seed = settings.seed + 7 + 1_000_003 * self.accelerator.process_index
+        self.noise_generator = self.generator if device.type == "cpu" else make_generator(noise_seed, device)
         self.log = MetricsLog(self.out / "training" if self.accelerator.is_main_process else None)
         self.record: dict = {"command": _command_line()}
         self.timer = StageTimer()

@@ -15,18 +15,24 @@ import numpy as np
 import torch
 
 from diffclust import __version__
-from diffclust.cluster.metrics import clustering_scores
 from diffclust.backbones.names import TINY_RANDOM
+from diffclust.cluster.metrics import clustering_scores
 from diffclust.data.collection import REPORT_MARKER, scan_images
 from diffclust.data.csv_tables import from_spreadsheet_safe
 from diffclust.encoders.extraction import recorded_images
-from diffclust.engine.runtime import writable_folder
 from diffclust.engine.checkpoint import atomic_write_text, damaged
+from diffclust.engine.runtime import writable_folder
 from diffclust.errors import DiffclustError
-from diffclust.outputs import (ASSIGNMENTS_NAME, RUN_LABELS_NAME, RUN_SUMMARY_NAME, SKIPPED_NAME, csv_text, read_assignment_rows,
-                               read_labels)
-from diffclust.report.analysis import (class_purity, cluster_class_table, confused_pairs, nearest_tokens, readable_token,
-                                       summarise_clusters, unreadable_token_ids)
+from diffclust.outputs import ASSIGNMENTS_NAME, RUN_LABELS_NAME, RUN_SUMMARY_NAME, SKIPPED_NAME, csv_text, read_assignment_rows, read_labels
+from diffclust.report.analysis import (
+    class_purity,
+    cluster_class_table,
+    confused_pairs,
+    nearest_tokens,
+    readable_token,
+    summarise_clusters,
+    unreadable_token_ids,
+)
 from diffclust.report.template import TEMPLATE
 from diffclust.report.thumbnails import ThumbnailCache
 

@@ -60,33 +60,126 @@ def _names_images(data) -> bool:
 class CLUDI(ClusteringEstimator):
     """Clustering by a diffusion teacher-student over cluster-assignment embeddings.
 
-    ``fit(X)`` takes a feature matrix (array, tensor, or a .npy/.pt/.safetensors file, whose
+    ``fit(X)`` takes a feature matrix (an array, a tensor, or a .npy/.pt/.safetensors file, whose
     rows are named by a ``FEATURES.files.csv`` beside it when `diffclust features` wrote one) or
-    an image folder. Images are encoded by ``encoder`` (a ViT, DINO, DINOv2 or CLIP folder or
-    hub id; ``pooling`` "cls" or "mean", L2-normalised; see diffclust.encoders), or else by
-    ``backbone``: pooled UNet activations at ``layer`` and ``timestep`` ("auto": DiEC's
-    clusterability search picks them).
+    an image folder, encoded by ``encoder`` or else by ``backbone``'s pooled UNet activations.
+    The method is the published one; the defaults fit a CPU and add a start, teacher neighbours
+    and self-labelling, each chosen by a measurement (docs: benchmarks/cludi.md).
+    ``PAPER_SETTINGS`` holds the published settings.
 
-    The method is the published one (the authors' code): AdamW (0.9, 0.98), lr cosine to 1e-6
-    (centres x 0.1), weight decay 0.01, batch 256, T = 1000 with x0-prediction, teacher DDIM at
-    eta 1, cross-entropy weight 50, temperatures 0.1 (rows) / 0.05 (columns), feature noise
-    0.2-1.0, dropout 0.05-0.1; unlike that code, the teacher really is the EMA of the student,
-    and every setting is used. The defaults fit a CPU (2,500 x 384 in minutes; chosen by
-    measurement, see the README): 30 epochs at lr 1e-3 and EMA 0.99 (the teacher must move in
-    a few hundred steps), teacher 10 DDIM steps, prediction 16 samples x 20 steps, features
-    centred and scaled by one overall spread (``feature_scaling="global"``). ``PAPER_SETTINGS``
-    (``--paper-settings``) holds the published 200 epochs, lr 1e-4, EMA 0.999, 25 steps, 64 x 50
-    samples and random start. Our additions: ``init`` starts the networks from a clustering
-    (``init_steps`` updates at a time, until the student's assignment agrees with it on
-    ``init_agreement`` of the rows or ``max_init_steps`` are spent) (``"consensus"``, default: of k-means and spectral clusterings at
-    several kNN-graph sizes, the one that agrees most with the others, so no graph size is
-    tuned, see diffclust.cluster.consensus; ``"spectral"``: of the ``init_neighbours``-nearest-
-    neighbour graph; ``"kmeans"``); the choice is ``start_partition_``. ``teacher_neighbours`` k
-    makes the teacher read one of a row's k nearest neighbours, so the student learns
-    neighbourhood-consistent clusters. ``self_labelling`` (SCAN's last step): a linear classifier
-    trained on the rows whose neighbours agree with the teacher's cluster relabels every row, and
-    ``predict`` uses it (see diffclust.cluster.self_labelling); with ``balanced`` (for groups known
-    to be equally large) its assignment is transported to equal cluster sizes.
+    Parameters
+    ----------
+    n_clusters : int or "auto", default=10
+        K, or "auto" to choose it without labels (see ``k_range`` and ``k_criterion``).
+    k_range : (int, int), optional
+        The K searched by "auto" (default 2 to N/5, at most 100).
+    k_criterion : str, default="silhouette"
+        The label-free criterion "auto" maximises: "silhouette", "calinski_harabasz",
+        "davies_bouldin", "bic", "prediction_strength" or "umap_silhouette".
+    encoder : str or Path, optional
+        A ViT, DINO, DINOv2 or CLIP folder or hub id that encodes images.
+    pooling : {"cls", "mean"}, default="cls"
+        The encoder's CLS token, or the mean of its patch tokens.
+    backbone : str, Path or DiffusionBackbone, optional
+        A diffusion backbone whose pooled activations are the features (without ``encoder``).
+    layer, timestep : str / int or "auto", default="auto"
+        The backbone's pair; "auto" runs DiEC's search.
+    resolution, noise_draws, pool_size, search_subset
+        As for DiEC, when a backbone encodes the images.
+    feature_scaling : {"global", "per_feature"}, default="global"
+        Centre the features and divide by one overall spread, or standardise each column.
+    init : {"consensus", "spectral", "kmeans", "random"}, default="consensus"
+        *Our addition.* The partition the networks first copy: the median of k-means and
+        spectral clusterings at several graph sizes, one spectral graph, k-means, or none (the
+        published random start).
+    init_steps, init_agreement, max_init_steps : int, float, int, default=200, 0.99, 3000
+        The copy runs in rounds of ``init_steps`` until the networks agree with the start on
+        ``init_agreement`` of the rows, stop improving, or spend ``max_init_steps``.
+    init_neighbours : int, default=10
+        The graph size of ``init="spectral"``.
+    embedding_dim, hidden_dim, depth : int, default=64, 512, 3
+        The assignment embedding's size and the denoiser's width and depth.
+    epochs : int, default=30
+        Training epochs (the paper: 200).
+    batch_size : int, default=256
+        Rows per step.
+    lr, min_lr, centre_lr_scale : float, default=1e-3, 1e-6, 0.1
+        AdamW's learning rate, its cosine floor, and the centres' share of it.
+    weight_decay, betas : float, (float, float), default=0.01, (0.9, 0.98)
+        AdamW's settings.
+    ema_decay : float, default=0.99
+        The teacher is this EMA of the student (the paper: 0.999).
+    num_train_timesteps, beta_schedule : int, str, default=1000, "linear"
+        The diffusion schedule over embeddings.
+    teacher_steps, teacher_eta : int, float, default=10, 1.0
+        The teacher's DDIM sampling steps and stochasticity.
+    teacher_neighbours : int, default=10
+        *Our addition.* The teacher reads one of each row's k nearest neighbours (0: the row
+        itself).
+    self_labelling : bool, default=True
+        *Our addition.* After training, a linear classifier on the rows whose neighbours agree
+        relabels every row (skipped when the clusters are not linear in the features).
+    balanced : bool, default=False
+        Transport self-labelling's assignment to equal cluster sizes (for data whose groups are
+        known to be equally large).
+    ce_weight : float, default=50.0
+        Weight of the two-way cross-entropy beside the embedding MSE.
+    row_temperature, column_temperature, embedding_temperature : float, default=0.1, 0.05, 0.1
+        The balanced softmaxes' and the embedding's temperatures.
+    feature_noise, feature_dropout : (float, float), default=(0.2, 1.0), (0.05, 0.1)
+        The ranges of noise and dropout on the student's features.
+    self_conditioning : float, default=0.5
+        How often the denoiser sees its previous estimate.
+    predict_samples, predict_steps : int, default=16, 20
+        Samples averaged at prediction and their DDIM steps; lower ``predict_samples`` first on
+        many rows.
+    monitor_samples : int, default=1
+        Samples behind each epoch's logged assignment.
+    device : {"auto", "cpu", "cuda", "mps"}, default="auto"
+        Where to run; "auto" takes a GPU when there is one.
+    random_state : int, default=0
+        The seed of every random choice; the same seed gives the same clusters on a CPU.
+    output_dir : str or Path, optional
+        A run folder for checkpoints, the metrics log, assignments and the model; ``fit(...,
+        resume=True)`` continues it. Without one, nothing is written but caches.
+    num_workers : int, default=0
+        Image-loading worker processes.
+    strict : bool, default=False
+        Stop with an error on an unreadable image instead of skipping and listing it.
+    folder_labels : bool, default=True
+        Read a folder of sub-folders as one class per sub-folder (labels only score); False
+        reads it as unlabelled.
+    progress : bool, default=True
+        Progress bars.
+
+    Attributes
+    ----------
+    labels_ : ndarray of shape (n_rows,)
+        The cluster of each row (or image).
+    files_ : list of str
+        The rows' names (file names, or row indices for a bare matrix).
+    confidence_ : ndarray of shape (n_rows,)
+        The probability of each row's cluster.
+    start_partition_ : ndarray or None
+        The partition the networks copied first.
+    sample_agreement_ : ndarray
+        The share of prediction samples that agree with each row's cluster.
+    self_labeller_ : SelfLabeller or None
+        The classifier of the self-labelling step, when it ran.
+    n_clusters_ : int
+        K, chosen when ``n_clusters="auto"``.
+    n_features_in_ : int
+        The feature dimension.
+    history_ : list of dict
+        The metrics log, one row per epoch, the start as epoch 0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from diffclust import CLUDI
+    >>> features = np.random.default_rng(0).normal(size=(300, 16))
+    >>> CLUDI(n_clusters=3, epochs=2, progress=False).fit(features).labels_.shape  # doctest: +SKIP
+    (300,)
     """
 
     method = "cludi"

@@ -29,8 +29,8 @@ from diffclust.cluster.kmeans import fit_kmeans
 from diffclust.cluster.neighbours import nearest_neighbours
 from diffclust.engine.checkpoint import atomic_write_json
 from diffclust.engine.ema import EMA
-from diffclust.engine.trainer import EpochTrainer
 from diffclust.engine.runtime import epoch_batches, progress
+from diffclust.engine.trainer import EpochTrainer
 from diffclust.methods.cludi.diffusion import EmbeddingDiffusion
 from diffclust.methods.cludi.losses import balanced_probabilities, cluster_offsets, two_way_cross_entropy
 from diffclust.methods.cludi.network import CLUDINetwork
@@ -48,8 +48,8 @@ START_PARTITION_NAME = "start_partition.json"
 INIT_CHECK_ROWS = 2048
 #: the copy stops after INIT_PATIENCE rounds of init_steps that did not raise the best agreement
 #: by INIT_MIN_GAIN (a plateau: clusters that overlap under the feature noise cannot be copied
-#: exactly). One flat round is not enough: on half-moons the copy sat at 92-93% for two rounds
-#: before it jumped to 99%.
+#: exactly). One flat round is not enough: on half-moons the copy can sit still for a round
+#: before it jumps to near agreement.
 INIT_MIN_GAIN = 0.005
 INIT_PATIENCE = 2
 
@@ -105,7 +105,7 @@ class CLUDITrainer(EpochTrainer):
         k = params.get("teacher_neighbours", 0)
         #: (N, k) nearest neighbours of each row, whose clean features the teacher reads: Euclidean,
         #: as in the start's kNN graphs (cosine neighbours of features that are not unit vectors
-        #: cross the start's clusters, and the training then undid them: half-moons 99.8% -> 75%)
+        #: cross the start's clusters, and the training then undoes them; docs/benchmarks/cludi.md)
         self.neighbours = torch.from_numpy(nearest_neighbours(features, k, metric="euclidean")) if k else None
         #: teacher logits of every row after the last epoch (monitoring samples)
         self.logits: torch.Tensor | None = None
@@ -188,8 +188,8 @@ class CLUDITrainer(EpochTrainer):
         balanced self-distillation can settle in a partition that splits one group and merges
         two others, which no later step undoes; a clustering puts the start in the right basin.
         The agreement check (label-free: the start is the reference) is there because a fixed
-        number of steps copied curved clusters badly: on six half-moons 200 steps reproduced a
-        99.8% start at 91.8%, and training never won the difference back.
+        number of steps copied curved clusters badly, and training never won the difference back
+        (docs/benchmarks/cludi.md).
         """
         targets = self.start_clusters()
         given = torch.nn.functional.one_hot(torch.from_numpy(targets), self.p["n_clusters"]).float() * INIT_LOGIT

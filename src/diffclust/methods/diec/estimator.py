@@ -38,32 +38,125 @@ SEARCH_STRATEGIES = ("two-stage", "grid")
 GRID_TIMESTEPS = 10
 #: the DiEC paper's procedure where our defaults depart from it (`--paper-settings`): the
 #: Calinski-Harabasz search index, DEC's k-means start, DEC's sharpened target from the first
-#: epoch. On USPS (frozen UNet, 20 epochs, 3 seeds) it scored 77.9% against the defaults' 98.2%
-#: (benchmarks/results/diec_usps: limits.md, seeds.md).
+#: epoch. Measured against the defaults in docs/benchmarks/diec.md.
 PAPER_SETTINGS = {"search_score": "calinski_harabasz", "init": "kmeans", "self_label_epochs": 0, "finetune_unet": True}
 
 
 class DiEC(ClusteringEstimator):
     """Clustering on the best layer x timestep of a diffusion UNet.
 
-    ``layer`` / ``timestep`` "auto" run the clusterability search on ``search_subset`` images:
-    ``search="two-stage"`` (default) fixes the layer (``search_layer``: "bottleneck", "probe" =
-    best block at ``probe_timestep``, or a module path) and then searches t in ``timestep_range``
-    with a coarse grid, then a Fibonacci (integer golden-section) search around its best point;
-    ``search="grid"`` scores every block at ``search_timesteps`` (candidates: ``search_layers``,
-    default every top-level block). A pair's score (``search_score``) is by default the
-    silhouette of k-means in a UMAP embedding of the subset's features (see search.py for why).
-    Features are block outputs average-pooled to ``pool_size`` x ``pool_size`` (4: global pooling
-    loses the layout that tells digits apart) and averaged over ``noise_draws`` noise draws. Training: residual mapping + DEC KL + graph and
-    entropy regularisers, and with ``finetune_unet`` a parallel denoising loss that fine-tunes
-    the UNet (off: the UNet stays frozen and features are computed once). The centres start at
-    the means of the clusters of a start partition: k-means in a UMAP embedding, the median of
-    five seeded draws (``init="umap"``, cluster.manifold), the consensus of k-means and
-    spectral clusterings (``init="consensus"``, cluster.consensus), or at plain k-means (DEC's
-    start). For the first ``self_label_epochs`` epochs the target is that start partition
-    (label-smoothed), not DEC's sharpened q: plain DEC pulls the start's non-convex clusters towards nearest-centre shapes
-    (3 seeds: USPS 97.86 -> 98.18%; ImageNet-50 ViT features 76.85 -> 87.76%). Measured on USPS:
-    benchmarks/results/diec_usps/seeds.md.
+    The clusterability search picks a (layer, timestep) pair without labels; DiEC then trains
+    cluster embeddings on the pooled UNet features there: a residual mapping, a DEC-style KL
+    loss with graph and entropy regularisers, and with ``finetune_unet`` a parallel denoising
+    loss that fine-tunes the UNet. The defaults depart from the paper where a measurement chose
+    otherwise (docs: benchmarks/diec.md); ``PAPER_SETTINGS`` restores the paper's procedure.
+
+    Parameters
+    ----------
+    n_clusters : int or "auto", default=10
+        K, or "auto" to choose it without labels (see ``k_range`` and ``k_criterion``).
+    k_range : (int, int), optional
+        The K searched by "auto" (default 2 to N/5, at most 100).
+    k_criterion : str, default="silhouette"
+        The label-free criterion "auto" maximises: "silhouette", "calinski_harabasz",
+        "davies_bouldin", "bic", "prediction_strength" or "umap_silhouette".
+    backbone : str, Path or DiffusionBackbone, default=SD-1.5's hub id
+        Any diffusion UNet: a diffusers folder (SD or an unconditional DDPM), a hub id, a
+        built-in name (``usps-ddpm``) or a backbone object.
+    resolution : int, optional
+        Image side in pixels (default: the backbone's own).
+    layer, timestep : str / int or "auto", default="auto"
+        The pair to cluster at; "auto" runs the search.
+    search : {"two-stage", "grid"}, default="two-stage"
+        Fix the layer, then search t (a coarse grid, then a Fibonacci search); or score every
+        block at ``search_timesteps``.
+    search_layer : str, default="bottleneck"
+        The two-stage search's layer: "bottleneck" (``mid_block``), "probe" (the best block at
+        ``probe_timestep``) or a module path.
+    probe_timestep : int, optional
+        The timestep of the "probe" layer choice.
+    search_score : {"umap_silhouette", "calinski_harabasz", "silhouette"}, default="umap_silhouette"
+        The label-free index of a pair: k-means' silhouette in a UMAP embedding of the features
+        (default), or the paper's Calinski-Harabasz index in the features themselves.
+    search_subset : int, default=1000
+        Random images the search scores on.
+    search_layers, search_timesteps : list, optional
+        The grid search's candidates (default: every top-level block; 10 timesteps).
+    timestep_range : (int, int), optional
+        The timesteps the search may pick (default: the whole schedule).
+    noise_draws : int, default=4
+        Noise draws averaged per feature (each image's noise is seeded by the image).
+    pool_size : int, default=4
+        Features are average-pooled to pool_size x pool_size.
+    finetune_unet : bool or "auto", default="auto"
+        Fine-tune the UNet with the denoising loss ("auto": on a GPU; frozen on a CPU).
+    epochs : int, default=50
+        Training epochs.
+    batch_size : int, default=256
+        Images per step (sized for small DDPMs; lower it for SD-size UNets).
+    lr, unet_lr : float, default=1e-3, 1e-5
+        Learning rates of the mapping and centres, and of the fine-tuned UNet.
+    weight_decay : float, default=1e-4
+        AdamW's weight decay.
+    graph_weight, entropy_weight, denoising_weight : float, default=1.0
+        Weights of the neighbour-graph term, the balance term and the denoising loss.
+    n_neighbours : int, default=10
+        Neighbours of the graph term (recomputed each epoch).
+    mapping_hidden : int, optional
+        Width of the residual mapping (default: the feature's).
+    init : {"umap", "consensus", "kmeans"}, default="umap"
+        The start partition: k-means in a UMAP embedding (the median of five draws), the
+        consensus of k-means and spectral clusterings, or k-means (DEC's start).
+    self_label_epochs : int, default=10
+        Epochs whose target is the start partition (label-smoothed) before DEC's sharpened
+        targets; 0 is plain DEC.
+    device : {"auto", "cpu", "cuda", "mps"}, default="auto"
+        Where to run; "auto" takes a GPU when there is one.
+    mixed_precision : {"no", "bf16", "fp16"}, default="no"
+        Autocast of the backbone on a GPU (accelerate's setting).
+    random_state : int, default=0
+        The seed of every random choice; the same seed gives the same clusters on a CPU.
+    output_dir : str or Path, optional
+        A run folder for checkpoints, the metrics log, assignments and the model; ``fit(...,
+        resume=True)`` continues it. Without one, nothing is written but caches.
+    num_workers : int, default=0
+        Image-loading worker processes.
+    strict : bool, default=False
+        Stop with an error on an unreadable image instead of skipping and listing it.
+    folder_labels : bool, default=True
+        Read a folder of sub-folders as one class per sub-folder (labels only score); False
+        reads it as unlabelled.
+    progress : bool, default=True
+        Progress bars.
+
+    Attributes
+    ----------
+    labels_ : ndarray of shape (n_images,)
+        The cluster of each image, in the order of ``files_``.
+    files_ : list of str
+        The images that were clustered.
+    confidence_ : ndarray of shape (n_images,)
+        The soft assignment's probability of each image's cluster.
+    layer_, timestep_ : str, int
+        The pair DiEC clustered at.
+    search_result_ : SearchResult or None
+        Every evaluated pair with its score, when the search ran.
+    pixel_comparison_ : dict
+        The label-free comparison of the chosen features with the raw pixels.
+    embedding_ : ndarray
+        What was clustered (the mapped features), for the report's map.
+    n_clusters_ : int
+        K, chosen when ``n_clusters="auto"``.
+    history_ : list of dict
+        The metrics log, one row per epoch.
+    skipped_ : list
+        The files that were set aside, with the reason.
+
+    Examples
+    --------
+    >>> from diffclust import DiEC
+    >>> diec = DiEC(n_clusters=10, backbone="usps-ddpm").fit("usps")  # doctest: +SKIP
+    >>> diec.layer_, diec.timestep_  # doctest: +SKIP
     """
 
     method = "diec"
@@ -250,8 +343,8 @@ class DiEC(ClusteringEstimator):
 
     def resolved_finetune(self, device: torch.device) -> bool:
         """'auto' fine-tunes the UNet (the paper's procedure) on a GPU and keeps it frozen on a
-        CPU: on USPS fine-tuning scored 98.11% against 98.27% frozen and took 22x as long
-        (1,732 s against 77 s of training; benchmarks/results/diec_usps/seeds.md)."""
+        CPU: on the small DDPMs a CPU trains, fine-tuning bought nothing and cost many times the
+        training time (docs/benchmarks/diec.md)."""
         return device.type != "cpu" if self.finetune_unet == "auto" else bool(self.finetune_unet)
 
     # ------------------------------------------------------------------ fit

@@ -10,7 +10,6 @@ from diffclust.cluster.kmeans import fit_kmeans, half_gap_scale, student_t_assig
 from diffclust.cluster.manifold import umap_partition
 
 
-
 class ResidualMapping(nn.Module):
     """e = u + MLP(u) with u the standardised feature; the MLP's last layer starts at zero, so
     training starts from the UNet's own geometry (where the search found clusters) and bends it.

@@ -4,19 +4,18 @@ A pair is scored by k-means on the features of a random subset and an internal i
 ``umap_silhouette`` (default) fits k-means in a UMAP embedding of the subset's features and
 scores its silhouette there; ``calinski_harabasz`` and ``silhouette`` score k-means in the
 features themselves. Benchmarks may pass their own scorer, e.g. accuracy against labels, for
-reporting only. Why UMAP silhouette: on USPS, CH and silhouette in the features peak at
-t = 300-350, where k-means even in a UMAP embedding merges digits (80% ACC); the UMAP
-silhouette there is 0.71 against 0.85-0.87 at t = 25-200, where it reaches 98%
-(benchmarks/results/diec_usps/criteria.md). The fast search fixes the layer (the
+reporting only. Why UMAP silhouette: digits and other classes lie on curved sheets in the
+features, which k-means cuts across, and the raw indices reward timesteps whose features are
+merely spread out; on USPS they peak where even k-means in a UMAP embedding merges digits
+(docs/benchmarks/diec.md). The fast search fixes the layer (the
 bottleneck, or the best layer at one probe timestep) and then maximises over integer t: a coarse
 grid of COARSE_TIMESTEPS evenly spaced timesteps first, then a Fibonacci search (the integer form
 of golden-section search) between the best grid point's neighbours. Each Fibonacci step reuses
 one of the previous step's two points, so a bracket of N timesteps needs about log_phi(N)
 evaluations instead of N. The grid comes first because the score over the whole range is not
-unimodal: past t ~ 400 it is a flat, noisy floor, and a Fibonacci search over 0..999 starts with
-probes at t = 609 and 986, both on that floor. On a DDPM trained on 1,800 digits at 8 px this
-sent one seed to t = 897 (UMAP silhouette 0.27 where t = 50-100 scores 0.77; 14.9% ACC;
-benchmarks/results/diec_small_data).
+unimodal: at high t it is a flat, noisy floor, and a Fibonacci search over the whole schedule
+starts with both probes on that floor, which sent one seed of a small DDPM to a useless
+timestep (docs/benchmarks/diec.md).
 """
 
 from __future__ import annotations
@@ -201,7 +200,7 @@ class SearchResult:
         return json.dumps(asdict(self), indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> "SearchResult":
+    def from_json(cls, text: str) -> SearchResult:
         data = json.loads(text)
         data["evaluations"] = [SearchEvaluation(**item) for item in data["evaluations"]]
         return cls(**data)

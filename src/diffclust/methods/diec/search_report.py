@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from diffclust.engine.checkpoint import atomic_write, atomic_write_text
 from diffclust.methods.diec.search import SearchResult
 from diffclust.outputs import csv_text

@@ -30,8 +30,8 @@ from diffclust.backbones.base import DiffusionBackbone
 from diffclust.cluster.dec import dec_kl_loss, partition_target, target_distribution
 from diffclust.cluster.losses import entropy, neighbour_consistency_loss
 from diffclust.cluster.neighbours import nearest_neighbours
-from diffclust.engine.trainer import EpochTrainer
 from diffclust.engine.runtime import epoch_batches, progress
+from diffclust.engine.trainer import EpochTrainer
 from diffclust.methods.diec.features import LayerFeatureReader
 from diffclust.methods.diec.network import DiECNetwork
 from diffclust.seeding import make_generator

@@ -1,13 +1,10 @@
 """Keep the cluster loss from drowning the diffusion loss in the proxy words' gradient.
 
-Measured on the 16 px digit model (benchmarks/difc_digits.py): at the hand-over, the
-cluster-guidance gradient reaching the extractor f is about 1,000 times the diffusion
-gradient (norms 5-17 against 0.01-0.02). The plain sum the paper writes then trains f on the
-cluster loss alone, and f forgets what warm-up distilled: over five guided epochs the head's
-accuracy fell from 70.7% to 46.1%, and the kNN purity of the proxy words ended at 0.81
-(0.92 for the same distillation without a head). A fixed smaller loss weight would have to
-match a ratio that depends on the backbone and drifts during training (the scale below went
-from 0.006 to 0.02 over those epochs). So the copy of the proxy words that feeds the head
+At the hand-over the cluster-guidance gradient reaching the extractor f is orders of
+magnitude larger than the diffusion gradient, so the plain sum the paper writes trains f on
+the cluster loss alone, and f forgets what warm-up distilled (measured on the 16 px digit
+model: docs/benchmarks/difc.md). A fixed smaller loss weight would have to match a ratio that
+depends on the backbone and drifts during training. So the copy of the proxy words that feeds the head
 passes back at most `ratio` times the diffusion gradient's norm, measured in the same step;
 the head itself still learns from the full cluster loss (it has no other teacher).
 """

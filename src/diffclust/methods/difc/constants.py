@@ -27,15 +27,15 @@ from diffclust.backbones.base import DiffusionBackbone
 from diffclust.data.collection import ImageCollection
 from diffclust.data.dataset import ImageTensorDataset
 from diffclust.data.images import PREPROCESSING_VERSION
+from diffclust.engine.atomic import read_json_object
 from diffclust.engine.checkpoint import atomic_write_json
 from diffclust.engine.runtime import progress
-from diffclust.engine.atomic import read_json_object
 from diffclust.errors import EnvironmentProblem
 from diffclust.methods.difc.masks import object_masks
 
 logger = logging.getLogger(__name__)
 
-FEATURE_DTYPE = torch.float16  # z is stored at half precision: SD's z is 2.6 MB per image in fp32
+FEATURE_DTYPE = torch.float16  # z is stored at half precision: SD-1.5's z is 640 x 32 x 32 values per image
 #: how each constant is stored on disk
 CACHE_DTYPES = {"latents": np.float32, "features": np.float16, "masks": np.uint8, "feature_scales": np.float32}
 #: the cache may take at most this share of the free disk space (the rest stays for checkpoints and outputs)

@@ -14,7 +14,6 @@ from torch.utils.data import DataLoader
 from diffclust.backbones.base import DiffusionBackbone
 from diffclust.backbones.efficiency import TrainingEfficiency
 from diffclust.backbones.registry import SD15_HUB_ID, load_backbone
-from diffclust.backbones.tiny_random import cache_root
 from diffclust.data.collection import ImageCollection
 from diffclust.data.dataset import ImageTensorDataset
 from diffclust.engine.checkpoint import atomic_save_tensors, load_tensors
@@ -22,6 +21,7 @@ from diffclust.engine.runtime import make_accelerator, progress
 from diffclust.engine.timing import StageTimer
 from diffclust.engine.trainer import files_identity
 from diffclust.errors import DiffclustError
+from diffclust.home import cache_root
 from diffclust.methods.base import ClusteringEstimator
 from diffclust.methods.difc.constants import FEATURE_STORAGES, ConstantComputer, ConstantSettings, fingerprint, load_or_compute_constants
 from diffclust.methods.difc.network import DiFiCNetwork, assign
@@ -40,37 +40,138 @@ SIZE_PRIORS = ("start", "uniform")
 class DiFiC(ClusteringEstimator):
     """Fine-grained clustering by distilling each image into a proxy word of a text-to-image model.
 
-    Defaults follow the paper (SD v1.5, 512 px, block 19 = ``up_blocks.2.attentions.0``,
-    t-hat 150, t-tilde 50, 250 epochs with 100 warm-up, batch 32, AdamW 2e-4).
-    ``warmup_epochs="auto"`` keeps the paper's ratio (100 of 250) for any ``epochs``; a number
-    must leave the cluster head at least one epoch (or turn ``cluster_guidance`` off). The three
-    modules can be switched for the ablation: ``object_concentration`` (mask the loss) and
-    ``cluster_guidance`` (train the head g after warm-up; without it, k-means on S* decides).
-    ``head_init="manifold"`` starts g from k-means in UMAP embeddings of the UNet feature z
-    (our addition, DiEC's start: the paper does not say; ``"kmeans"`` starts from k-means of
-    S* after warm-up, ``"random"`` is the literal reading), and ``neighbour_space="features"``
-    finds the neighbours of the consistency loss in z, once (our addition; ``"proxies"``:
-    in S*, each epoch). See methods/difc/hand_over.py.
-    ``cluster_gradient_ratio`` caps the cluster loss's gradient reaching the extractor at this
-    multiple of the diffusion loss's (same step; the head gets all of it): our addition, as
-    the plain sum let the cluster loss alone retrain f, and even a share as large as the
-    diffusion gradient (ratio 1) undid the head's start within a few dozen steps; the default
-    0 trains f on distillation alone (see methods/difc/balance.py); ``None``
-    is the paper's plain sum.
-    ``size_prior="start"`` (our addition) makes the balance term hold cluster sizes near the
-    shares of the hand-over partition, -KL(mean assignment || shares) in place of the
-    entropy; ``"uniform"`` is the paper's entropy, which pulls every cluster to the same size
-    and so splits a large group and merges small ones.
-    ``n_clusters="auto"``: warm-up distils proxy words without needing K, so K is chosen on S* at
-    the end of warm-up (``k_criterion`` over ``k_range``, see cluster.k_selection) and the head
-    is built with it.
-    ``output_dir`` makes a run folder: checkpoints, metrics log, cache, assignments, model.
-    How the frozen backbone runs the training steps (not what it computes): ``weights_dtype``,
-    ``text_encoder_dtype``, ``gradient_checkpointing``, ``offload_vae``, ``channels_last``,
-    ``fused_attention``, ``compile_unet`` and ``tf32`` (see backbones.efficiency; "auto" saves
-    memory on CUDA, and stores the text encoder in bf16 on a CPU with AMX, where that is faster).
-    ``cache_precision="int8"`` stores z as int8 with a scale per image and channel: half the
-    cache of fp16, for very large image sets.
+    For each image a semantic extractor f maps a fixed UNet feature z to a proxy word S*, a
+    token embedding in the prompt "A photo of a S*", and the frozen model must denoise the image
+    from that prompt (inside an object mask). After a warm-up a cluster head g on S* trains with
+    a neighbour-consistency loss and a balance term. Defaults follow the paper (SD v1.5, 512 px,
+    block 19 = ``up_blocks.2.attentions.0``, t-hat 150, t-tilde 50, 250 epochs with 100 of
+    warm-up, batch 32, AdamW 2e-4) apart from the additions marked below, each chosen by a
+    measurement (docs: benchmarks/difc.md).
+
+    Parameters
+    ----------
+    n_clusters : int or "auto", default=10
+        K, or "auto" to choose it without labels (see ``k_range`` and ``k_criterion``).
+    k_range : (int, int), optional
+        The K searched by "auto" (default 2 to N/5, at most 100).
+    k_criterion : str, default="silhouette"
+        The label-free criterion "auto" maximises: "silhouette", "calinski_harabasz",
+        "davies_bouldin", "bic", "prediction_strength" or "umap_silhouette".
+    backbone : str, Path or DiffusionBackbone, default=SD-1.5's hub id
+        A text-to-image model: a diffusers folder, a hub id (the local cache first), a built-in
+        name (``usps-text``, ``tiny-random``) or a backbone object.
+    resolution : int, optional
+        Image side in pixels (default: the backbone's own).
+    feature_layer : str, default="up_blocks.2.attentions.0"
+        Block b whose output is z (the paper's b = 19).
+    feature_timestep : int, default=150
+        t-hat, the timestep of z (empty prompt, one noise tensor shared by all images).
+    mask_timestep : int, default=50
+        t-tilde, the timestep of the object mask (the end-of-text token's cross-attention).
+    prompt_template : str, default="A photo of a S*"
+        The prompt S* is placed in.
+    mask_prompt : str, default="A photo of a"
+        The prompt whose end-of-text token gives the mask (without S*, so the mask is a
+        per-image constant; our reading).
+    object_concentration : bool, default=True
+        Compute the diffusion loss inside the object mask (False: the whole image; ablation).
+    cluster_guidance : bool, default=True
+        Train the cluster head after warm-up (False: k-means on S* decides; ablation).
+    head_init : {"manifold", "kmeans", "random"}, default="manifold"
+        *Our addition.* How g starts: by fitting k-means in UMAP embeddings of z, k-means of S*
+        after warm-up, or randomly (the literal reading).
+    timestep_sampling : {"cosine", "uniform"}, default="cosine"
+        p(t) of the diffusion loss: proportional to 1 + cos(pi t / T) (the paper) or uniform.
+    epochs : int, default=250
+        Epochs in all.
+    warmup_epochs : int or "auto", default="auto"
+        Epochs of distillation before g trains; "auto" keeps the paper's 100 of 250 for any
+        ``epochs``. A number must leave g at least one epoch.
+    batch_size : int, default=32
+        Images per step and process.
+    lr : float, default=2e-4
+        AdamW's learning rate.
+    weight_decay : float, default=0.01
+        AdamW's weight decay.
+    n_neighbours : int, default=10
+        Neighbours of the consistency loss.
+    neighbour_space : {"features", "proxies"}, default="features"
+        *Our addition.* Find the neighbours once in z ("features") or in S* each epoch.
+    memory_bank_size : int, default=512
+        Past assignments that join the batch's in the balance term.
+    entropy_weight : float, default=5.0
+        lambda's factor: lambda = entropy_weight (U + N) / N.
+    cluster_loss_weight : float, default=1.0
+        Weight of the cluster loss beside the diffusion loss.
+    cluster_gradient_ratio : float or None, default=0.0
+        *Our addition.* Cap on the cluster loss's gradient reaching S* (and f), as a multiple of
+        the diffusion loss's; 0 trains f on distillation alone, None is the paper's plain sum.
+    size_prior : {"start", "uniform"}, default="start"
+        *Our addition.* Hold cluster sizes near the hand-over partition's shares ("start"), or
+        pull them to equal sizes with the paper's entropy ("uniform").
+    extractor_hidden : int, optional
+        Width of f's convolutions (default: z's channels).
+    cache_precision : {"fp16", "int8"}, default="fp16"
+        How the cached z is stored; int8 halves the cache.
+    weights_dtype, text_encoder_dtype : {"auto", "fp32", "bf16", "fp16"}, default="auto"
+        Storage type of the frozen UNet and text encoder while f and g train ("auto": bf16 on
+        CUDA; the text encoder also in bf16 on a CPU with bf16 matrix units).
+    gradient_checkpointing, channels_last : {"auto", "on", "off"}, default="auto"
+        Recompute UNet blocks in the backward pass; NHWC weights ("auto": on with CUDA).
+    offload_vae : bool, default=True
+        Move the VAE off the GPU once the constants are cached.
+    fused_attention : bool, default=True
+        PyTorch's SDPA in every attention layer.
+    compile_unet : bool, default=False
+        ``torch.compile`` the UNet for the training passes.
+    tf32 : bool, default=True
+        TF32 matmuls on Ampere and newer GPUs.
+    device : {"auto", "cpu", "cuda", "mps"}, default="auto"
+        Where to run; "auto" takes a GPU when there is one.
+    mixed_precision : {"no", "bf16", "fp16"}, default="no"
+        Autocast of the backbone on a GPU (accelerate's setting).
+    random_state : int, default=0
+        The seed of every random choice; the same seed gives the same clusters on a CPU.
+    output_dir : str or Path, optional
+        A run folder for checkpoints, the metrics log, assignments and the model; ``fit(...,
+        resume=True)`` continues it. Without one, nothing is written but caches.
+    num_workers : int, default=0
+        Image-loading worker processes.
+    strict : bool, default=False
+        Stop with an error on an unreadable image instead of skipping and listing it.
+    folder_labels : bool, default=True
+        Read a folder of sub-folders as one class per sub-folder (labels only score); False
+        reads it as unlabelled.
+    progress : bool, default=True
+        Progress bars.
+    cache_dir : str or Path, optional
+        Where the per-image constants are cached (default: the run folder, else
+        ``$DIFFCLUST_HOME/constants``).
+
+    Attributes
+    ----------
+    labels_ : ndarray of shape (n_images,)
+        The cluster of each image, in the order of ``files_``.
+    files_ : list of str
+        The images that were clustered (unreadable ones are in ``skipped_``).
+    confidence_ : ndarray of shape (n_images,)
+        The head's probability of each image's cluster.
+    proxy_words_ : ndarray of shape (n_images, token_dim)
+        The distilled S* of each image.
+    n_clusters_ : int
+        K, chosen when ``n_clusters="auto"``.
+    k_selection_ : KSelection or None
+        The criterion's curve when K was chosen.
+    history_ : list of dict
+        The metrics log, one row per epoch (losses; ACC/NMI/ARI when labels are known).
+    skipped_ : list
+        The files that were set aside, with the reason.
+
+    Examples
+    --------
+    >>> from diffclust import DiFiC
+    >>> model = DiFiC(n_clusters=5, backbone="usps-text", epochs=8).fit("odd-digits/")  # doctest: +SKIP
+    >>> model.labels_[:5]  # doctest: +SKIP
     """
 
     method = "difc"
@@ -143,7 +244,8 @@ class DiFiC(ClusteringEstimator):
             problems.append(f"neighbour_space must be 'features' or 'proxies', got {self.neighbour_space!r}")
         ratio = self.cluster_gradient_ratio
         if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio >= 0 or ratio == float("inf")):
-            problems.append(f"cluster_gradient_ratio (--cluster-gradient-ratio) must be a finite number >= 0, or None for the paper's plain sum; got {self.cluster_gradient_ratio!r}")
+            problems.append("cluster_gradient_ratio (--cluster-gradient-ratio) must be a finite number >= 0, or None for the paper's plain sum; "
+                            f"got {self.cluster_gradient_ratio!r}")
         if self.size_prior not in SIZE_PRIORS:
             problems.append(f"size_prior (--size-prior) must be one of {', '.join(SIZE_PRIORS)}, got {self.size_prior!r}")
         if self.n_neighbours < 1:

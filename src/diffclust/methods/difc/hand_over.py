@@ -1,18 +1,15 @@
 """What the cluster head starts from and whose neighbours it follows: the UNet feature z.
 
 The proxy words S* are distilled to let the frozen model redraw each image, not to group it,
-and their neighbourhoods are poorer than those of the feature z they are computed from. On
-the odd USPS digits with `usps-text` (benchmarks/difc_digits.py), ten-nearest-neighbour purity
-is 0.94 in S* and 0.965 in z; k-means on S* scores 84.6% and UMAP + k-means on z (the recipe
-DiEC starts from, cluster.manifold) 97.4%. So with ``head_init="manifold"`` the head starts
+and their neighbourhoods are poorer than those of the feature z they are computed from (their
+neighbour purity and the partitions each gives are measured in docs/benchmarks/difc.md). So with ``head_init="manifold"`` the head starts
 from the UMAP partition of z, and with ``neighbour_space="features"`` its consistency loss
 pairs each image with one of its nearest neighbours in z. z never changes during training,
 so both are computed once.
 
 SD-1.5's z is 640 x 32 x 32 per image; rows wider than MAX_ROW_DIMS are mapped to that many
 dimensions by a seeded sparse random projection (scikit-learn), which keeps distances (and
-so neighbourhoods) within a few percent, where pooling would drop the layout (on the digits,
-pooling z from 8 x 8 to 4 x 4 took the UMAP partition from 97.4% to 70.4%).
+so neighbourhoods) closely, where pooling would drop the layout that tells the groups apart.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -27,8 +27,8 @@ from diffclust.backbones.base import DiffusionBackbone
 from diffclust.cluster.kmeans import fit_kmeans
 from diffclust.cluster.losses import AssignmentMemoryBank, cluster_guidance_loss, cluster_shares
 from diffclust.cluster.neighbours import nearest_neighbours
-from diffclust.engine.trainer import EpochTrainer
 from diffclust.engine.runtime import epoch_batches, progress
+from diffclust.engine.trainer import EpochTrainer
 from diffclust.methods.difc.balance import GradientShare
 from diffclust.methods.difc.constants import ConstantStore
 from diffclust.methods.difc.hand_over import feature_rows, manifold_start

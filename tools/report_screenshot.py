@@ -1,7 +1,7 @@
 """The README's report picture: build the report of a run and photograph it in headless Chromium.
 
     diffclust fit ../shared/data/usps --method diec --k 10 --backbone usps-ddpm --out runs/usps
-    python benchmarks/report_screenshot.py runs/usps --out docs/report.jpg
+    python tools/report_screenshot.py runs/usps --out docs/report.jpg
 
 Needs Debian's chromium (`apt-get install chromium`). The page is rendered at 1280 px wide and
 the top `--height` pixels are kept, as a JPEG (`--skip` drops that many pixels from the top

@@ -8,7 +8,7 @@ same stages run on the CPU with `--dry-run` at toy size, as a test of the defaul
 
 1. Here, once (downloads the wheels from PyPI; about a minute):
 
-       python benchmarks/gpu_lease.py prepare --data ../shared/data
+       python tools/gpu_lease.py prepare --data ../shared/data
 
    It fills two ignored folders: `.whl/` (diffusers, umap-learn, pynndescent, importlib_metadata,
    zipp) and `.lease/` (corpus/: the `mini` corpus packed as JPEG bytes, 27,691 images at 32 px;
@@ -18,7 +18,7 @@ same stages run on the CPU with `--dry-run` at toy size, as a test of the defaul
 
 2. The lease, one call of the device tool (carry `.whl` and `.lease`, timeout_s 600):
 
-       PYTHONUNBUFFERED=1 python3 benchmarks/gpu_lease.py run --out $OUT --limit 530
+       PYTHONUNBUFFERED=1 python3 tools/gpu_lease.py run --out $OUT --limit 530
 
    It ends within `--limit` seconds of wall time (530 s: 8 m 50 s). Each stage runs in a process
    of its own under a time guard; a stage that fails or overruns is recorded and the next runs.
@@ -38,13 +38,13 @@ same stages run on the CPU with `--dry-run` at toy size, as a test of the defaul
    mini-samples.png, mini.tar.NN (the exported model folder with its training record and loss
    log, in parts of at most 15 MiB).
 
-3. Afterwards, here: `python benchmarks/gpu_lease.py collect /work/.device/... --into .data/mini`
+3. Afterwards, here: `python tools/gpu_lease.py collect /work/.device/... --into .data/mini`
    joins the parts and unpacks the model.
 
 Dry run (CPU, about a minute and a half; tests/test_gpu_lease.py runs it):
 
-       python benchmarks/gpu_lease.py prepare --dry-run --data ../shared/data --carry DIR/.lease --wheels DIR/.whl
-       python benchmarks/gpu_lease.py run --dry-run --carry DIR/.lease --wheels DIR/.whl --out DIR/out
+       python tools/gpu_lease.py prepare --dry-run --data ../shared/data --carry DIR/.lease --wheels DIR/.whl
+       python tools/gpu_lease.py run --dry-run --carry DIR/.lease --wheels DIR/.whl --out DIR/out
 """
 
 from __future__ import annotations
@@ -130,10 +130,10 @@ def download_wheels(folder: Path) -> None:
 
 def prepare(args) -> dict:
     """Build the carried folders; return (and print) what will travel."""
-    from build_mini_corpus import build, unpack
-
     from diffclust.data import scan_images
     from diffclust.pretrain.caption_embeddings import write_caption_embeddings
+
+    from build_mini_corpus import build, unpack
 
     size = sizes(args.dry_run)
     carry, wheels = args.carry, args.wheels
@@ -273,6 +273,11 @@ print(json.dumps(info))
 """
 
 
+def flat_name(corpus_file: str) -> str:
+    """'source/name.jpg' -> 'source_name.jpg': two sources may use the same file names."""
+    return corpus_file.replace("/", "_")
+
+
 def small_data(args, size: dict) -> Path:
     """The first images of the unpacked corpus as a labelled folder (fits need no ../shared)."""
     corpus = args.work / "corpus"
@@ -286,11 +291,11 @@ def small_data(args, size: dict) -> Path:
         chosen = [row for group in list(by_label.values())[: size["k"]] for row in group][: size["images"]]
         (folder / "images").mkdir(parents=True, exist_ok=True)
         for row in chosen:
-            shutil.copy(corpus / "images" / row["file"], folder / "images" / Path(row["file"]).name)
+            shutil.copy(corpus / "images" / row["file"], folder / "images" / flat_name(row["file"]))
         with open(folder / "labels.csv", "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=["file", "label", "class_name"])
             writer.writeheader()
-            writer.writerows({"file": Path(r["file"]).name, "label": r["label"], "class_name": r["class_name"]} for r in chosen)
+            writer.writerows({"file": flat_name(r["file"]), "label": r["label"], "class_name": r["class_name"]} for r in chosen)
     return folder
 
 
@@ -326,7 +331,8 @@ def stage_cuda(args, size: dict) -> dict:
     np.save(args.work / "blobs.npy", features)
     runs = {
         "difc": (["fit", str(data), "--k", str(size["k"]), "--backbone", "tiny-random", *common], count),
-        "diec": (["fit", str(data), "--method", "diec", "--k", str(size["k"]), "--backbone", "tiny-random", "--search-subset", "64", *common, *size["diec"]], count),
+        "diec": (["fit", str(data), "--method", "diec", "--k", str(size["k"]), "--backbone", "tiny-random", "--search-subset", "64", *common,
+                  *size["diec"]], count),
         "cludi": (["fit", "--method", "cludi", "--features", str(args.work / "blobs.npy"), "--k", str(size["k"]), *common, *size["cludi"]], len(features)),
     }
     result: dict = {}
@@ -338,7 +344,8 @@ def stage_cuda(args, size: dict) -> dict:
     if args.deadline - time.time() > COMPILE_MIN_LEFT or args.dry_run:
         result["difc_compiled"] = run_cli(main, ["fit", str(data), "--k", str(size["k"]), "--backbone", "tiny-random", "--compile-unet",
                                                  *common, "--out", str(args.work / "difc_compiled")],
-                                          lambda: check_run(args.work / "difc_compiled", count)) if not args.dry_run else {"skipped": "dry run (slow test covers compile)"}
+                                          lambda: check_run(args.work / "difc_compiled", count)) \
+            if not args.dry_run else {"skipped": "dry run (slow test covers compile)"}
     else:
         result["difc_compiled"] = {"skipped": f"{args.deadline - time.time():.0f} s left"}
     result["failed"] = not all(part.get("ok") for key, part in result.items() if isinstance(part, dict) and "skipped" not in part)
@@ -360,7 +367,7 @@ def run_cli(main, argv: list[str], check) -> dict:
 
 def stage_sd15(args, size: dict) -> dict:
     out = args.work / "difc_step"
-    command = [sys.executable, str(HERE / "difc_step.py"), "--config", str(args.carry / "sd15-config"), "--device", size["device"],
+    command = [sys.executable, str(REPO / "benchmarks" / "difc_step.py"), "--config", str(args.carry / "sd15-config"), "--device", size["device"],
                "--only", "naive,cached,all", "--rounds", "1", *size["sd15"], "--out", str(out)]
     process = subprocess.run(command, timeout=max(1, args.deadline - time.time() - 2))
     report_file = out / f"{size['device']}.json"

@@ -7,8 +7,8 @@ labels.csv (file, label, class_name, split, caption, source) that `diffclust pre
 labels are renumbered so the sources do not collide, and the source split is kept, so the seen
 classes' test images stay held out for the zero-shot diffusion-classifier check.
 
-    python benchmarks/build_mini_corpus.py ../shared/data .data/mini-corpus --resolution 32
-    python benchmarks/build_mini_corpus.py ../shared/data .lease/corpus --pack   # one file, to travel
+    python tools/build_mini_corpus.py ../shared/data .data/mini-corpus --resolution 32
+    python tools/build_mini_corpus.py ../shared/data .lease/corpus --pack   # one file, to travel
 
 `--pack` writes the JPEGs into one `corpus.npz` (their bytes end to end, and the offsets) beside
 labels.csv: 27,691 images at 32 px, quality 90, are about 31 MiB, which fits the GPU lease's
