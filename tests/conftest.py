@@ -64,7 +64,7 @@ def cli_failure(capsys, argv: list[str], code: int, expected: str) -> str:
 
 @pytest.fixture(scope="session")
 def butterflies(tmp_path_factory) -> Path:
-    """832 labelled colour photos of 10 classes (generated; butterflies10's layout and counts)."""
+    """416 labelled colour photos of 10 classes (generated; butterflies10's layout, half its counts)."""
     from generated_data import BUTTERFLY_COUNTS, write_photo_set
 
     return write_photo_set(tmp_path_factory.mktemp("photos10") / "photos10", BUTTERFLY_COUNTS)

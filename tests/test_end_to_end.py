@@ -46,7 +46,7 @@ def fit_run(data: Path, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def half(butterflies, tmp_path_factory) -> Path:
-    """208 real photos: the run most tests read."""
+    """104 photos: the run most tests read."""
     return every_nth(butterflies, 4, tmp_path_factory)
 
 
@@ -57,7 +57,7 @@ def fitted(half, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def small(butterflies, tmp_path_factory) -> Path:
-    """104 photos: re-runs (seeds, resume) stay cheap."""
+    """52 photos: re-runs (seeds, resume) stay cheap."""
     return every_nth(butterflies, 8, tmp_path_factory)
 
 
@@ -68,7 +68,7 @@ def small_fitted(small, tmp_path_factory) -> Path:
 
 def test_fit_writes_a_row_for_every_image(fitted, half):
     assignments = rows(fitted / "assignments.csv")
-    assert len(assignments) == 208
+    assert len(assignments) == 104
     assert {row["file"] for row in assignments} == {row["file"] for row in rows(half / "labels.csv")}
     assert all(row["status"] == "ok" and 0 <= int(row["cluster"]) < 10 and 0 < float(row["confidence"]) <= 1 for row in assignments)
     assert rows(fitted / "skipped.csv") == []
@@ -118,7 +118,7 @@ def test_predict_on_the_saved_run_matches_fit(fitted, half, tmp_path):
 def test_same_seed_same_clusters(small_fitted, small, tmp_path):
     assert main(["fit", str(small), *FIT, "--out", str(tmp_path / "again")]) == 0
     assert clusters(tmp_path / "again" / "assignments.csv") == clusters(small_fitted / "assignments.csv")
-    assert len(clusters(small_fitted / "assignments.csv")) == 104
+    assert len(clusters(small_fitted / "assignments.csv")) == 52
 
 
 def test_interrupted_run_resumes_to_the_same_result(small_fitted, small, tmp_path, monkeypatch):
@@ -156,7 +156,7 @@ def test_refitting_into_a_finished_run_is_refused(fitted, butterflies, capsys):
 def test_evaluate_prints_scores(fitted, butterflies, capsys):
     assert main(["evaluate", str(fitted / "assignments.csv"), "--labels", str(butterflies / "labels.csv")]) == 0
     out = capsys.readouterr().out
-    assert "Scored 208 images" in out and "624 labelled images have no assignment" in out and "ACC" in out and "NMI" in out and "ARI" in out
+    assert "Scored 104 images" in out and "312 labelled images have no assignment" in out and "ACC" in out and "NMI" in out and "ARI" in out
 
 
 def _messy_folder(butterflies: Path, folder: Path) -> Path:
@@ -206,7 +206,7 @@ def in_test_folder(tmp_path: Path) -> dict:
 
 
 def test_two_cpu_processes_complete_with_the_same_output_shape(butterflies, tmp_path):
-    manifest = rows(butterflies / "labels.csv")[::20]
+    manifest = rows(butterflies / "labels.csv")[::10]
     folder = write_subset(butterflies, manifest, tmp_path / "subset")
     out = tmp_path / "two"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "diffclust.cli", "fit", str(folder),

@@ -96,9 +96,9 @@ def test_the_report_of_a_run_has_every_part_and_no_broken_link(reported):
     links = _links(page)
     assert links and all((page.parent / link).is_file() for link in links)
     assert not re.search(r'(?:src|href)="(?:https?:)?//', html)  # offline: nothing from the network
-    assert html.count('class="point"') == 104  # every image on the map
+    assert html.count('class="point"') == 52  # every image on the map
     summary = rows(reported / "clusters.csv")
-    assert len(summary) == len(re.findall(r'<div class="cluster"', html)) and sum(int(row["size"]) for row in summary) == 104
+    assert len(summary) == len(re.findall(r'<div class="cluster"', html)) and sum(int(row["size"]) for row in summary) == 52
     assert all(row["names"] for row in summary)  # DiFiC: nearest vocabulary tokens
     for part in ("Against the labels", "Cluster by class", "Most-confused class pairs", "training.png", "show object masks",
                  'class="masked"'):
@@ -148,7 +148,7 @@ def test_the_report_loads_in_headless_chromium_without_errors(reported, tmp_path
     console = [line for line in shot.stderr.splitlines() if "CONSOLE" in line or "ERR_FILE_NOT_FOUND" in line]
     assert console == [], console
     dom = subprocess.run([*base, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
-    assert dom.count('class="point"') == 104 and dom.count('class="cluster"') >= 2
+    assert dom.count('class="point"') == 52 and dom.count('class="cluster"') >= 2
 
 
 def test_cluster_names_skip_word_pieces_punctuation_and_other_scripts():
