@@ -26,3 +26,17 @@ def test_an_option_given_reaches_the_estimator(tmp_path):
     args = build_parser().parse_args(["fit", str(tmp_path), "--method", "diec", "--k", "3", "--epochs", "7", "--seed", "5"])
     params = build_model(args, tmp_path / "run").get_params()
     assert (params["epochs"], params["random_state"], params["n_clusters"]) == (7, 5, 3)
+
+
+def test_paper_settings_restore_difics_reading_under_the_options_given(tmp_path):
+    from diffclust.methods.difc import PAPER_SETTINGS
+
+    parse = build_parser().parse_args
+    params = build_model(parse(["fit", str(tmp_path), "--k", "3", "--paper-settings"]), tmp_path / "run").get_params()
+    assert {name: params[name] for name in PAPER_SETTINGS} == PAPER_SETTINGS == {
+        "head_init": "random", "neighbour_space": "proxies", "cluster_gradient_ratio": None, "size_prior": "uniform"}
+    params = build_model(parse(["fit", str(tmp_path), "--k", "3", "--paper-settings", "--size-prior", "start",
+                                "--cluster-gradient-ratio", "0.5"]), tmp_path / "run").get_params()
+    assert (params["size_prior"], params["cluster_gradient_ratio"], params["head_init"]) == ("start", 0.5, "random")
+    plain_sum = build_model(parse(["fit", str(tmp_path), "--k", "3", "--cluster-gradient-ratio", "none"]), tmp_path / "run")
+    assert plain_sum.get_params()["cluster_gradient_ratio"] is None and plain_sum.get_params()["head_init"] == "manifold"

@@ -65,15 +65,15 @@ def add_parser(commands) -> None:
                       help="ablation: diffusion loss over the whole image instead of the object mask")
     difc.add_argument("--no-cluster-guidance", dest="cluster_guidance", action="store_false",
                       help="ablation: no cluster head; clusters are k-means on the proxy words")
-    difc.add_argument("--cluster-gradient-ratio", type=ratio_or_none, default=0.0,
+    difc.add_argument("--cluster-gradient-ratio", type=ratio_or_none, default=None,
                       help="cap on the cluster loss's gradient reaching the proxy words, as a multiple of the diffusion loss's "
                            "(default 0: the extractor learns from distillation alone; 'none': the paper's plain sum, where the "
                            "cluster loss alone retrains the extractor)")
-    difc.add_argument("--size-prior", choices=["start", "uniform"], default="start",
+    difc.add_argument("--size-prior", choices=["start", "uniform"], default=None,
                       help="cluster sizes the balance term pulls towards: the hand-over partition's shares (default) or equal sizes (the paper)")
-    difc.add_argument("--head-init", choices=["manifold", "kmeans", "random"], default="manifold",
+    difc.add_argument("--head-init", choices=["manifold", "kmeans", "random"], default=None,
                       help="the cluster head's start: UMAP + k-means of the UNet feature z (default), k-means of the proxy words, or random")
-    difc.add_argument("--neighbour-space", choices=["features", "proxies"], default="features",
+    difc.add_argument("--neighbour-space", choices=["features", "proxies"], default=None,
                       help="where the head's neighbours are found: in z, once (default), or in the proxy words each epoch")
     difc.add_argument("--timestep-sampling", choices=["cosine", "uniform"], default="cosine",
                       help="p(t) for the diffusion loss: 1 + cos(pi t / T) (paper) or uniform")
@@ -118,9 +118,10 @@ def add_parser(commands) -> None:
     cludi.add_argument("--labels", type=Path, default=None,
                        help="labels of the feature rows, for the metrics log only (.npy, or labels.csv with file = row index)")
     fit.add_argument("--paper-settings", action="store_true",
-                     help="DiEC and CLUDI: the published procedure, under any option given explicitly. DiEC: CH search index, "
-                          "k-means start, plain DEC targets. CLUDI: 200 epochs, lr 1e-4, teacher 25 steps, prediction 64 x 50, "
-                          "random start, no self-labelling (hours on a CPU, for GPUs). DiFiC's defaults already are the paper's")
+                     help="the published procedure, under any option given explicitly. DiFiC: random head start, neighbours in the "
+                          "proxy words, the plain sum of the losses, equal-size entropy. DiEC: CH search index, k-means start, plain "
+                          "DEC targets. CLUDI: 200 epochs, lr 1e-4, teacher 25 steps, prediction 64 x 50, random start, no "
+                          "self-labelling (hours on a CPU, for GPUs)")
     cludi.add_argument("--teacher-neighbours", type=whole(0), default=None, help="the teacher reads one of each row's k nearest "
                                                                                   "neighbours (0: the row itself, published)")
     cludi.add_argument("--no-self-labelling", dest="self_labelling", action="store_false", default=None,
@@ -147,15 +148,18 @@ def _method_settings(args) -> dict:
     settings = {**common_settings(args), "k_criterion": args.k_criterion,
                 **{key: value for key, value in given.items() if value is not None}}
     if args.method == "difc":
+        from diffclust.methods.difc.estimator import PAPER_SETTINGS
+
         settings.update(warmup_epochs=args.warmup_epochs, feature_layer=args.feature_layer, feature_timestep=args.feature_timestep,
                         mask_timestep=args.mask_timestep, object_concentration=args.object_concentration,
-                        cluster_guidance=args.cluster_guidance, cluster_gradient_ratio=args.cluster_gradient_ratio, size_prior=args.size_prior,
-                        head_init=args.head_init, neighbour_space=args.neighbour_space,
-                        timestep_sampling=args.timestep_sampling,
+                        cluster_guidance=args.cluster_guidance, timestep_sampling=args.timestep_sampling,
                         weights_dtype=args.weights_dtype, text_encoder_dtype=args.text_encoder_dtype,
                         gradient_checkpointing=args.gradient_checkpointing, offload_vae=args.offload_vae,
                         channels_last=args.channels_last, fused_attention=args.fused_attention, compile_unet=args.compile_unet,
                         tf32=args.tf32, cache_precision=args.cache_precision, cache_dir=args.cache_dir)
+        given = dict(head_init=args.head_init, neighbour_space=args.neighbour_space, size_prior=args.size_prior)
+        if args.cluster_gradient_ratio is not None:  # its own 'none' (the paper's plain sum) arrives as the string
+            given["cluster_gradient_ratio"] = None if args.cluster_gradient_ratio == "none" else args.cluster_gradient_ratio
     else:  # DiEC, and CLUDI on images, read UNet features
         settings.update(search_settings(args))
     if args.method == "diec":
@@ -172,11 +176,10 @@ def _method_settings(args) -> dict:
                      teacher_steps=args.teacher_steps, ce_weight=args.ce_weight, predict_samples=args.predict_samples,
                      predict_steps=args.predict_steps, embedding_dim=args.embedding_dim, hidden_dim=args.hidden_dim,
                      self_labelling=args.self_labelling, balanced=args.balanced)
-    if args.method in ("diec", "cludi"):
-        # the published settings, under any option given explicitly (--epochs and --search-score included)
-        paper = {key: value for key, value in PAPER_SETTINGS.items() if key not in settings} if args.paper_settings else {}
-        settings.update(paper)
-        settings.update({key: value for key, value in given.items() if value is not None})
+    # every method: the published settings, under any option given explicitly (--epochs and --search-score included)
+    paper = {key: value for key, value in PAPER_SETTINGS.items() if key not in settings} if args.paper_settings else {}
+    settings.update(paper)
+    settings.update({key: value for key, value in given.items() if value is not None or key == "cluster_gradient_ratio"})
     return settings
 
 

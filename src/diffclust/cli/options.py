@@ -55,10 +55,11 @@ def positive_number(text: str) -> float:
     return value
 
 
-def ratio_or_none(text: str) -> float | None:
-    """argparse type for a ratio >= 0, or 'none' for no cap."""
+def ratio_or_none(text: str) -> float | str:
+    """argparse type for a ratio >= 0, or 'none' for no cap (kept as the string, so that an
+    option left alone, None, stays distinct from one set to 'none')."""
     if text.lower() == "none":
-        return None
+        return "none"
     try:
         value = float(text)
     except ValueError:
