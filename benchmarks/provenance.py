@@ -50,7 +50,19 @@ def cpu_description() -> dict:
 
 
 def stamp() -> dict:
-    """Commit (and whether the tree had uncommitted changes), package versions, CPU, date, Python."""
+    """Commit (and whether the tree had uncommitted changes), package versions, CPU, date, Python:
+    taken once, when the benchmark started, so that every file it writes carries the same stamp
+    of the code that ran, even if the tree changes while it runs."""
+    global _STAMP
+    if _STAMP is None:
+        _STAMP = _take_stamp()
+    return _STAMP
+
+
+_STAMP: dict | None = None
+
+
+def _take_stamp() -> dict:
     versions = {}
     for name in PACKAGES:
         try:
@@ -102,3 +114,6 @@ def save_results(out: Path, name: str, payload=None, markdown: str | list[str] |
         lines[at:at] = (["", stamp_line(record), ""] if at else [stamp_line(record), ""])
         _write(Path(out) / f"{name}.md", "\n".join(lines) + "\n")
     return record
+
+
+stamp()  # at import, i.e. when the benchmark starts
