@@ -65,6 +65,35 @@ def _holds_something(path: Path) -> bool:
     return path.is_file() or (path.is_dir() and any(path.iterdir()))
 
 
+#: parameters every estimator shares, documented once: a class docstring's "{k_parameters}" and
+#: "{run_parameters}" lines become these (numpydoc, indented for a class docstring)
+SHARED_PARAMETER_DOCS = {
+    "{k_parameters}": """n_clusters : int or "auto", default=10
+        K, or "auto" to choose it without labels (see ``k_range`` and ``k_criterion``).
+    k_range : (int, int), optional
+        The K searched by "auto" (default 2 to N/5, at most 100).
+    k_criterion : str, default="silhouette"
+        The label-free criterion "auto" maximises: "silhouette", "calinski_harabasz",
+        "davies_bouldin", "bic", "prediction_strength" or "umap_silhouette".""",
+    "{run_parameters}": """device : {"auto", "cpu", "cuda", "mps"}, default="auto"
+        Where to run; "auto" takes a GPU when there is one.
+    random_state : int, default=0
+        The seed of every random choice; the same seed gives the same clusters on a CPU.
+    output_dir : str or Path, optional
+        A run folder for checkpoints, the metrics log, assignments and the model; ``fit(...,
+        resume=True)`` continues it. Without one, nothing is written but caches.
+    num_workers : int, default=0
+        Image-loading worker processes.
+    strict : bool, default=False
+        Stop with an error on an unreadable image instead of skipping and listing it.
+    folder_labels : bool, default=True
+        Read a folder of sub-folders as one class per sub-folder (labels only score); False
+        reads it as unlabelled.
+    progress : bool, default=True
+        Progress bars.""",
+}
+
+
 class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
     """Base of the estimators: scikit-learn's protocol, input collection, config files."""
 
@@ -76,6 +105,13 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
     format_version: int = 1
     #: True when the estimator clusters rows of a feature matrix (CLUDI); DiFiC and DiEC take images
     takes_feature_matrix: bool = False
+
+    def __init_subclass__(cls, **kwargs):
+        """Fill the shared parameter docs into the subclass's docstring (see SHARED_PARAMETER_DOCS)."""
+        super().__init_subclass__(**kwargs)
+        if cls.__doc__:
+            for placeholder, text in SHARED_PARAMETER_DOCS.items():
+                cls.__doc__ = cls.__doc__.replace("    " + placeholder, "    " + text)
 
     def __sklearn_tags__(self):
         """Clusterers, seeded (deterministic); image methods do not take 2-D feature matrices."""

@@ -53,13 +53,7 @@ class DiEC(ClusteringEstimator):
 
     Parameters
     ----------
-    n_clusters : int or "auto", default=10
-        K, or "auto" to choose it without labels (see ``k_range`` and ``k_criterion``).
-    k_range : (int, int), optional
-        The K searched by "auto" (default 2 to N/5, at most 100).
-    k_criterion : str, default="silhouette"
-        The label-free criterion "auto" maximises: "silhouette", "calinski_harabasz",
-        "davies_bouldin", "bic", "prediction_strength" or "umap_silhouette".
+    {k_parameters}
     backbone : str, Path or DiffusionBackbone, default=SD-1.5's hub id
         Any diffusion UNet: a diffusers folder (SD or an unconditional DDPM), a hub id, a
         built-in name (``usps-ddpm``) or a backbone object.
@@ -110,24 +104,9 @@ class DiEC(ClusteringEstimator):
     self_label_epochs : int, default=10
         Epochs whose target is the start partition (label-smoothed) before DEC's sharpened
         targets; 0 is plain DEC.
-    device : {"auto", "cpu", "cuda", "mps"}, default="auto"
-        Where to run; "auto" takes a GPU when there is one.
     mixed_precision : {"no", "bf16", "fp16"}, default="no"
         Autocast of the backbone on a GPU (accelerate's setting).
-    random_state : int, default=0
-        The seed of every random choice; the same seed gives the same clusters on a CPU.
-    output_dir : str or Path, optional
-        A run folder for checkpoints, the metrics log, assignments and the model; ``fit(...,
-        resume=True)`` continues it. Without one, nothing is written but caches.
-    num_workers : int, default=0
-        Image-loading worker processes.
-    strict : bool, default=False
-        Stop with an error on an unreadable image instead of skipping and listing it.
-    folder_labels : bool, default=True
-        Read a folder of sub-folders as one class per sub-folder (labels only score); False
-        reads it as unlabelled.
-    progress : bool, default=True
-        Progress bars.
+    {run_parameters}
 
     Attributes
     ----------
