@@ -9,6 +9,7 @@ more than MAX_PIXELS pixels are refused. Camera orientation (EXIF) is applied, a
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -70,7 +71,13 @@ def load_rgb(path: str | Path, size_hint: int | None = None) -> Image.Image:
     """Open and fully decode an image (raises on truncated or non-image files), upright as
     viewers show it (EXIF orientation), first frame of an animation. With `size_hint`, a JPEG
     may decode at a reduced scale whose short side is still at least that many pixels."""
-    image, rgb = Image.open(path), None
+    try:
+        with warnings.catch_warnings():  # PIL's DecompressionBombWarning: MAX_PIXELS below decides, with its own reason
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image, rgb = Image.open(path), None
+    except Image.DecompressionBombError as error:
+        raise ImageTooLargeError(f"over the {MAX_PIXELS // 1_000_000}-megapixel limit (diffclust.data.images.MAX_PIXELS): "
+                                 f"{error}") from None
     try:
         width, height = image.size
         if width * height > MAX_PIXELS:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -45,6 +46,20 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
            "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5")
 MAP_SIZE = (640, 460)
 
+
+
+def copy_run_picture(source: Path, target: Path) -> bool:
+    """Copy a plot the run wrote into the report, if it is a plain file of the run folder: a link
+    (to /etc/shadow, or anywhere) is refused with a warning, so a run folder someone hands you
+    cannot pull your own files into a report you then share."""
+    if source.is_symlink():
+        logger.warning("Not copying %s into the report: it is a link (to %s), not a picture the run wrote.", source.name,
+                       os.readlink(source))
+        return False
+    if not source.is_file():
+        return False
+    shutil.copyfile(source, target, follow_symlinks=False)
+    return True
 
 def _colour(value: int) -> str:
     return PALETTE[int(value) % len(PALETTE)]
@@ -359,8 +374,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, sort: str =
     context["map"], context["map_reason"] = _map_points(run, labels, thumbnails, paths, map_points, seed, class_names)
     context["training_plot"] = _training_plot(run_dir, out)
     for name, key in (("search.png", "search_plot"), ("k_selection.png", "k_plot")):
-        if (run_dir / name).is_file():
-            shutil.copyfile(run_dir / name, out / name)
+        if copy_run_picture(run_dir / name, out / name):
             context[key] = name
     if not paths:
         context["notes"].append("No thumbnails: this run clustered rows of a feature file that records no images (each row is "

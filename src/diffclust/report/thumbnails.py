@@ -4,6 +4,8 @@ the same images) only makes the thumbnails it did not have."""
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -41,12 +43,18 @@ class ThumbnailCache:
             if mask is not None:
                 image = dim_outside(image, mask)
             self.folder.mkdir(parents=True, exist_ok=True)
-            temp = target.with_suffix(".tmp")
-            image.save(temp, format="JPEG", quality=80)
-            temp.replace(target)
+            # a temp name of this writer's own: two reports of one run at once never share one
+            handle, temp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".tmp", dir=self.folder)
+            try:
+                with os.fdopen(handle, "wb") as stream:
+                    image.save(stream, format="JPEG", quality=80)
+                os.replace(temp, target)
+            finally:
+                if os.path.exists(temp):
+                    os.unlink(temp)
             self.made += 1
             return name
-        except (OSError, ValueError):
+        except (OSError, ValueError, Image.DecompressionBombError):  # an image that cannot be shown gets a placeholder
             return None
 
 

@@ -313,7 +313,8 @@ class CLUDI(ClusteringEstimator):
         return table
 
     def _standardised(self, values: torch.Tensor) -> torch.Tensor:
-        return (values - self.feature_mean_) / self.feature_std_
+        """Centred and scaled in float64: finite float32 features near its limit would overflow on the way."""
+        return ((values.double() - self.feature_mean_.double()) / self.feature_std_.double()).float()
 
     # ------------------------------------------------------------------ fit
     def _fit(self, X, y, run_dir: Path | None, resume: bool) -> None:
@@ -329,9 +330,11 @@ class CLUDI(ClusteringEstimator):
             self.label_source_ = "the labels stored with the features"
         self._require_samples(len(table), "samples were given")
         self.feature_dim_ = self.n_features_in_ = table.values.shape[1]
-        self.feature_mean_ = table.values.mean(dim=0)
-        spread = table.values.std(dim=0) if self.feature_scaling == "per_feature" else (table.values - self.feature_mean_).std().expand(self.feature_dim_)
-        self.feature_std_ = spread.clamp_min(1e-6).contiguous()
+        values = table.values.double()  # float64: the spread of finite but huge float32 values overflows float32
+        mean = values.mean(dim=0)
+        spread = values.std(dim=0) if self.feature_scaling == "per_feature" else (values - mean).std().expand(self.feature_dim_)
+        self.feature_mean_ = mean.float()
+        self.feature_std_ = spread.clamp_min(1e-6).float().contiguous()
         k = self._resolve_k(self._standardised(table.values).numpy(), run_dir, accelerator.is_main_process)
         seed_everything(self.random_state)
         network = CLUDINetwork(self.feature_dim_, k, self.embedding_dim, self.hidden_dim, self.depth)

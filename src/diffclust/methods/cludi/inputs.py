@@ -49,11 +49,14 @@ def _checked(values, source: str) -> torch.Tensor:
     except ValueError as error:  # a TypeError (an object array from Python code) keeps its type
         reason = str(error).splitlines()[0]  # scikit-learn appends the array itself
         raise DiffclustError(f"{source}: features must be a numeric matrix of N >= 2 rows (samples) by d >= 1 columns: {reason}") from None
-    values = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
-    bad = (~torch.isfinite(values)).any(dim=1).nonzero().flatten()
+    bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
     if len(bad):
         raise DiffclustError(f"{source}: {len(bad)} rows hold NaN or infinite values (first: row {int(bad[0])}). Clean them first.")
-    return values
+    too_large = np.flatnonzero((np.abs(values) > np.finfo(np.float32).max).any(axis=1))
+    if len(too_large):
+        raise DiffclustError(f"{source}: {len(too_large)} rows hold values beyond float32's range (+-3.4e38; first: row "
+                             f"{int(too_large[0])}). Rescale the features first.")
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
 
 
 def read_feature_file(path: str | Path) -> tuple[torch.Tensor, np.ndarray | None]:

@@ -1,0 +1,94 @@
+"""Hostile input, round three (issue 43): what the top-level handler cannot see. A run folder
+someone hands you must not pull your files into a report, an image that cannot be shown gets a
+placeholder, two reports at once do not trip over each other, and huge but finite features are
+clustered or refused with the reason."""
+
+from __future__ import annotations
+
+import csv
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffclust.cli import main
+from diffclust.cluster.metrics import hungarian_accuracy
+from diffclust.data.images import ImageTooLargeError, load_rgb
+from diffclust.errors import DiffclustError
+from diffclust.methods.cludi import CLUDI
+from diffclust.report.thumbnails import ThumbnailCache
+
+from conftest import write_subset
+
+QUICK = ["--backbone", "tiny-random", "--epochs", "1", "--no-cluster-guidance", "--device", "cpu", "--quiet"]
+
+
+def png_claiming(path: Path, width: int, height: int) -> Path:
+    """A tiny PNG file whose header claims width x height pixels (a decompression bomb's header)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0\0")) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(butterflies, tmp_path_factory) -> Path:
+    with open(butterflies / "labels.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))[::40]
+    data = write_subset(butterflies, rows, tmp_path_factory.mktemp("round3") / "data")
+    out = tmp_path_factory.mktemp("round3-runs") / "run"
+    assert main(["fit", str(data), "--k", "3", *QUICK, "--out", str(out)]) == 0
+    return out
+
+
+def test_a_report_never_copies_a_linked_plot_from_the_run_folder(run, tmp_path, caplog):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the user's private file")
+    (run / "search.png").symlink_to(secret)
+    (run / "k_selection.png").symlink_to(secret)
+    try:
+        assert main(["report", str(run), "--out", str(tmp_path / "report"), "--quiet"]) == 0
+    finally:
+        (run / "search.png").unlink()
+        (run / "k_selection.png").unlink()
+    copied = [path for path in (tmp_path / "report").rglob("*") if path.is_file() and path.read_bytes() == secret.read_bytes()]
+    assert copied == [] and not (tmp_path / "report" / "search.png").exists()
+    assert "search.png" not in (tmp_path / "report" / "index.html").read_text()
+    assert "it is a link" in caplog.text
+
+
+def test_a_decompression_bomb_is_refused_as_too_large_and_gets_a_placeholder(tmp_path):
+    bomb = png_claiming(tmp_path / "bomb.png", 20_000, 20_000)  # 400 MP: PIL itself refuses to open it
+    with pytest.raises(ImageTooLargeError, match="megapixel limit"):
+        load_rgb(bomb)
+    assert ThumbnailCache(tmp_path / "report").thumbnail(bomb) is None
+
+
+def test_a_thumbnail_is_written_under_a_temp_name_of_its_own(tmp_path):
+    image = tmp_path / "a.png"
+    Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(image)
+    cache = ThumbnailCache(tmp_path / "report")
+    target = tmp_path / "report" / cache._name(image, "plain")
+    target.parent.mkdir(parents=True)
+    target.with_suffix(".tmp").mkdir()  # what a second report writing the same thumbnail held under the old shared name
+    assert cache.thumbnail(image) == f"thumbs/{target.name}" and target.is_file()
+    assert sorted(path.name for path in target.parent.iterdir()) == sorted([target.name, target.with_suffix(".tmp").name])
+
+
+def test_finite_but_huge_features_are_clustered_and_beyond_float32_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 40)
+    blobs = (rng.normal(size=(3, 6)) * 8)[labels] + rng.normal(size=(120, 6))
+    huge = (blobs * 3e36).astype(np.float32)  # finite in float32; their squares are not
+    np.save(tmp_path / "huge.npy", huge)
+    assert main(["fit", str(tmp_path / "huge.npy"), "--method", "cludi", "--k", "3", "--epochs", "1", "--teacher-steps", "2",
+                 "--predict-samples", "2", "--predict-steps", "2", "--device", "cpu", "--quiet", "--out", str(tmp_path / "run")]) == 0
+    assert hungarian_accuracy(labels, CLUDI.load(tmp_path / "run").labels_) >= 0.95
+    np.save(tmp_path / "beyond.npy", blobs * 1e300)
+    with pytest.raises(DiffclustError, match="beyond float32's range"):
+        CLUDI(3).fit(tmp_path / "beyond.npy")
