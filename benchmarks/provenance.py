@@ -111,7 +111,10 @@ def save_results(out: Path, name: str, payload=None, markdown: str | list[str] |
         text = markdown if isinstance(markdown, str) else "\n".join(markdown)
         lines = text.rstrip("\n").split("\n")
         at = 1 if lines and lines[0].startswith("# ") else 0  # under the title, if there is one
-        lines[at:at] = (["", stamp_line(record), ""] if at else [stamp_line(record), ""])
+        if at:  # under the title, one blank line either side
+            lines[at:at] = ["", stamp_line(record)] + ([] if at < len(lines) and lines[at] == "" else [""])
+        else:
+            lines[:0] = [stamp_line(record), ""]
         _write(Path(out) / f"{name}.md", "\n".join(lines) + "\n")
     return record
 
