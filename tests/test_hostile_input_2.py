@@ -118,7 +118,7 @@ def test_report_out_never_replaces_someone_elses_files(run, tmp_path, capsys):
     theirs = tmp_path / "site"
     theirs.mkdir()
     (theirs / "index.html").write_text("my page")
-    failure(capsys, ["report", str(run), "--out", str(theirs)], 2, "no diffclust report wrote")
+    failure(capsys, ["report", str(run), "--out", str(theirs)], 2, "holds files that diffclust did not write there")
     assert (theirs / "index.html").read_text() == "my page"
     ours = tmp_path / "ours"
     assert main(["report", str(run), "--out", str(ours)]) == 0

@@ -21,6 +21,7 @@ from diffclust.errors import DiffclustError
 from diffclust.methods.cludi import CLUDI
 from diffclust.report.thumbnails import ThumbnailCache
 
+from conftest import cli_failure as failure
 from conftest import write_subset
 
 QUICK = ["--backbone", "tiny-random", "--epochs", "1", "--no-cluster-guidance", "--device", "cpu", "--quiet"]
@@ -92,3 +93,66 @@ def test_finite_but_huge_features_are_clustered_and_beyond_float32_refused(tmp_p
     np.save(tmp_path / "beyond.npy", blobs * 1e300)
     with pytest.raises(DiffclustError, match="beyond float32's range"):
         CLUDI(3).fit(tmp_path / "beyond.npy")
+
+
+# ---------------------------------------------------------------------------------- nothing of the user's is overwritten
+TINY_DDPM = ["--unconditional", "--resolution", "16", "--channels-per-level", "8,16", "--layers-per-block", "1", "--steps", "4",
+             "--batch-size", "4", "--warmup-steps", "1", "--checkpoint-every", "4", "--log-every", "2", "--eval-images", "0",
+             "--sample-steps", "2", "--device", "cpu", "--quiet"]
+
+
+def users_folder(folder: Path, *names: str) -> dict[str, bytes]:
+    """A folder holding the user's own files (what must survive untouched), and their bytes."""
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(f"the user's own {name}")
+    return {name: (folder / name).read_bytes() for name in names}
+
+
+def untouched(folder: Path, before: dict[str, bytes]) -> bool:
+    after = {str(path.relative_to(folder)): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    return after == before
+
+
+@pytest.mark.parametrize("option, names", [
+    ("--out", ("model_index.json", "unet/config.json")),
+    ("--write-caption-embeddings", ("tokenizer/tokenizer.json",)),
+])
+def test_pretrain_never_writes_into_a_folder_it_did_not_make(usps_subset, tmp_path, capsys, option, names):
+    theirs = tmp_path / "theirs"
+    before = users_folder(theirs, *names)
+    argv = ["pretrain", str(usps_subset), option, str(theirs), *TINY_DDPM]
+    failure(capsys, argv, 2, "holds files that diffclust did not write there; nothing was overwritten")
+    assert untouched(theirs, before)
+
+
+def test_search_never_writes_into_someone_elses_folder_or_a_finished_run(run, usps_subset, tmp_path, capsys):
+    theirs = tmp_path / "theirs"
+    before = users_folder(theirs, "search.csv")
+    search = ["search", str(usps_subset), "--k", "3", "--backbone", "usps-ddpm", "--quiet"]
+    failure(capsys, [*search, "--out", str(theirs)], 2, "holds files that diffclust did not write there")
+    assert untouched(theirs, before)
+    listing = sorted(path.name for path in run.iterdir())
+    failure(capsys, [*search, "--out", str(run)], 2, "did not write there")  # a fit's run folder is not a search's
+    assert sorted(path.name for path in run.iterdir()) == listing
+
+
+def test_a_model_pretrained_inside_the_data_is_never_read_back_as_images(usps_subset, tmp_path):
+    from diffclust.data import scan_images
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for source in sorted((usps_subset / "images").iterdir())[:12]:
+        (flat / source.name).write_bytes(source.read_bytes())
+    assert main(["pretrain", str(flat), "--out", str(flat / "mymodel"), *TINY_DDPM]) == 0
+    assert list((flat / "mymodel").rglob("*.png"))  # the model's sample grid is an image under the data
+    collection = scan_images(flat)
+    assert len(collection) == 12 and collection.label_source is None and not any("mymodel" in f for f in collection.files)
+
+
+def test_a_second_pretraining_into_a_busy_folder_is_refused(usps_subset, tmp_path, capsys):
+    from diffclust.engine.run_lock import RunFolderLock
+
+    out = tmp_path / "model"
+    with RunFolderLock(out):  # another pretraining holds the folder
+        failure(capsys, ["pretrain", str(usps_subset), "--out", str(out), *TINY_DDPM], 2, "is in use by another diffclust run")

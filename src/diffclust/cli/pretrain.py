@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 from diffclust.cli.options import add_quiet
@@ -53,6 +54,10 @@ def run(args) -> int:
     from accelerate import PartialState
 
     from diffclust.data import scan_images
+    from diffclust.data.collection import CAPTIONS_MARKER, MODEL_MARKER
+    from diffclust.engine.atomic import check_output_folder, claim_output_folder
+    from diffclust.engine.run_lock import LOCK_FILES, RunFolderLock
+    from diffclust.engine.runtime import is_main_launch_process
     from diffclust.pretrain import Pretrainer, PretrainSettings
     from diffclust.pretrain.evaluation import describe, evaluate_text_pathway
 
@@ -61,6 +66,8 @@ def run(args) -> int:
         return 0
     if args.write_caption_embeddings is not None:
         from diffclust.pretrain.caption_embeddings import write_caption_embeddings
+
+        claim_output_folder(args.write_caption_embeddings, CAPTIONS_MARKER, "--write-caption-embeddings", "the caption embeddings")
 
         table = write_caption_embeddings(scan_images(args.data), args.captions, args.write_caption_embeddings, args.text_encoder,
                                          args.text_max_length, show_progress=not args.quiet)
@@ -83,8 +90,18 @@ def run(args) -> int:
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, hflip=args.hflip, seed=args.seed, device=args.device,
         mixed_precision=args.mixed_precision,
     )
-    trainer = Pretrainer(settings, scan_images(args.data), args.out, show_progress=not args.quiet)
-    out = trainer.run(resume=args.resume)
+    main_process = is_main_launch_process()
+    # never someone else's folder (checked before the lock writes anything), one pretraining per folder (two would mix
+    # their files), and marked as a model's: never read back as data. An earlier version's model has a training record.
+    folder = dict(marker=MODEL_MARKER, setting="--out", what="the pretrained model", earlier=("training/record.json", "training/checkpoint.pt"),
+                  ignore=LOCK_FILES)
+    if main_process:
+        check_output_folder(args.out, **folder)
+    with RunFolderLock(args.out) if main_process else nullcontext():
+        if main_process:
+            claim_output_folder(args.out, **folder)
+        trainer = Pretrainer(settings, scan_images(args.data), args.out, show_progress=not args.quiet)
+        out = trainer.run(resume=args.resume)
     if not PartialState().is_main_process:
         return 0
     print(f"Saved the backbone to {out} (use it with --backbone {out}); samples in {out / 'samples'}.")

@@ -31,9 +31,12 @@ def add_parser(commands) -> None:
 
 def run(args) -> int:
     check_images_and_backbone(args.data, args.backbone or SD15_HUB_ID, args.folder_labels)
+    from diffclust.data.collection import SEARCH_MARKER
+    from diffclust.engine.atomic import claim_output_folder
     from diffclust.methods.diec import DiEC
 
     out = args.out or default_run_folder(args.data, Path(args.data).resolve().name, "-search")
+    claim_output_folder(out, SEARCH_MARKER, "--out", "the search's files")  # never a fit's run folder, nor someone's folder
     model = DiEC(args.k, batch_size=args.batch_size, output_dir=out, **common_settings(args), **search_settings(args))
     result = model.search_pair(args.data)
     print(f"Chosen: {result.layer} at t={result.timestep} ({result.score_name} {result.score:.4g}); "

@@ -109,13 +109,16 @@ class ImageCollection:
         return f"{FROM_FOLDERS}: {listed}"
 
 
-#: files that mark a folder diffclust wrote: a run folder, a report, or an older run (run.json + assignments.csv)
+#: files that mark a folder diffclust wrote: a run folder, a report, a pretrained model, a search,
+#: caption embeddings (or an older run: run.json + assignments.csv)
 RUN_MARKER, REPORT_MARKER = ".diffclust-run", ".diffclust-report"
+MODEL_MARKER, SEARCH_MARKER, CAPTIONS_MARKER = ".diffclust-model", ".diffclust-search", ".diffclust-captions"
+OUTPUT_MARKERS = (RUN_MARKER, REPORT_MARKER, MODEL_MARKER, SEARCH_MARKER, CAPTIONS_MARKER)
 OUTPUT_FOLDER = "a diffclust run or report folder: not read as data"
 
 
 def is_diffclust_output(folder: Path) -> bool:
-    if (folder / RUN_MARKER).is_file() or (folder / REPORT_MARKER).is_file() or (folder / ".diffclust.lock").exists():
+    if any((folder / marker).is_file() for marker in OUTPUT_MARKERS) or (folder / ".diffclust.lock").exists():
         return True
     if (folder / "run.json").is_file() and (folder / "assignments.csv").is_file():
         return True

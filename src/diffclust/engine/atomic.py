@@ -109,6 +109,29 @@ def writable_folder(folder: str | Path, setting: str) -> Path:
     return folder
 
 
+def check_output_folder(folder: str | Path, marker: str, setting: str, what: str, earlier: tuple[str, ...] = (),
+                        ignore: tuple[str, ...] = ()) -> Path:
+    """Refuse, writing nothing, a `folder` that is not new, empty, or one diffclust marked before
+    with `marker` (or, from versions before the marker, holding one of the `earlier` files):
+    anything else is someone's folder. Files named in `ignore` (the caller's own lock) do not count."""
+    folder = Path(folder).expanduser()
+    ours = (folder / marker).is_file() or any((folder / name).is_file() for name in earlier)
+    if folder.is_dir() and any(path.name not in ignore for path in folder.iterdir()) and not ours:
+        raise DiffclustError(f"{setting} '{folder}' holds files that diffclust did not write there; nothing was overwritten. "
+                             f"Choose a new or empty folder for {what} (or one an earlier run of the same command wrote).")
+    return folder
+
+
+def claim_output_folder(folder: str | Path, marker: str, setting: str, what: str, earlier: tuple[str, ...] = (),
+                        ignore: tuple[str, ...] = ()) -> Path:
+    """`folder` for diffclust to write `what` into (see check_output_folder), created and marked:
+    the marker stays, so the folder is never read back as data and a later run may write there again."""
+    folder = check_output_folder(folder, marker, setting, what, earlier, ignore)
+    writable_folder(folder, setting)
+    (folder / marker).touch()
+    return folder
+
+
 def read_json_object(path: str | Path) -> dict | None:
     """A JSON object diffclust wrote, or None when it is absent, unreadable or not an object:
     side files (plans, cache keys, run summaries) that a damaged copy must not stop."""

@@ -19,6 +19,8 @@ from diffclust.errors import DiffclustError
 
 LOCK_NAME = ".diffclust.lock"
 HOLDER_NAME = ".diffclust.holder"
+#: what holding the lock leaves in a folder
+LOCK_FILES = (LOCK_NAME, HOLDER_NAME, RUN_MARKER)
 
 
 class RunFolderLock:
@@ -50,7 +52,7 @@ def remove_if_only_locks(folder: Path) -> None:
     """Remove a run folder that holds nothing but the lock's own files (the run never started)."""
     folder = Path(folder)
     try:
-        if folder.is_dir() and {path.name for path in folder.iterdir()} <= {LOCK_NAME, HOLDER_NAME, RUN_MARKER}:
+        if folder.is_dir() and {path.name for path in folder.iterdir()} <= set(LOCK_FILES):
             for path in folder.iterdir():
                 path.unlink()
             folder.rmdir()

@@ -21,8 +21,8 @@ from diffclust.cluster.metrics import clustering_scores
 from diffclust.data.collection import REPORT_MARKER, scan_images
 from diffclust.data.csv_tables import from_spreadsheet_safe
 from diffclust.encoders.extraction import recorded_images
+from diffclust.engine.atomic import claim_output_folder
 from diffclust.engine.checkpoint import atomic_write_text, damaged
-from diffclust.engine.runtime import writable_folder
 from diffclust.errors import DiffclustError
 from diffclust.outputs import ASSIGNMENTS_NAME, RUN_LABELS_NAME, RUN_SUMMARY_NAME, SKIPPED_NAME, csv_text, read_assignment_rows, read_labels
 from diffclust.report.analysis import (
@@ -289,12 +289,10 @@ def _report_folder(out: Path, inside_run: bool) -> Path:
     marker file, or RUN_DIR/report itself); anything else is someone's folder and is refused."""
     if out.exists() and not out.is_dir():
         raise DiffclustError(f"--out '{out}' is a file, not a folder: choose a folder name for the report.")
-    if out.is_dir() and any(out.iterdir()) and not (out / REPORT_MARKER).is_file() and not inside_run:
-        raise DiffclustError(f"--out '{out}' holds files that no diffclust report wrote; nothing was overwritten. Choose a new or "
-                             "empty folder (or one an earlier report wrote).")
-    writable_folder(out, "the report folder (--out)")
-    (out / REPORT_MARKER).touch()
-    return out
+    if inside_run:
+        (out / REPORT_MARKER).parent.mkdir(parents=True, exist_ok=True)
+        (out / REPORT_MARKER).touch()
+    return claim_output_folder(out, REPORT_MARKER, "--out", "the report")
 
 
 #: prototypes are drawn on a CPU too when the backbone's images are at most this size
