@@ -6,6 +6,7 @@ clustered or refused with the reason."""
 from __future__ import annotations
 
 import csv
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -156,3 +157,25 @@ def test_a_second_pretraining_into_a_busy_folder_is_refused(usps_subset, tmp_pat
     out = tmp_path / "model"
     with RunFolderLock(out):  # another pretraining holds the folder
         failure(capsys, ["pretrain", str(usps_subset), "--out", str(out), *TINY_DDPM], 2, "is in use by another diffclust run")
+
+
+# ---------------------------------------------------------------------------------- names that are not UTF-8
+def test_file_names_that_are_not_utf8_are_clustered_predicted_and_reported(tmp_path, capsys):
+    """Old archives and Windows shares hold names in other encodings: Python keeps their bytes as
+    lone surrogates, and every hash and CSV keeps them as the disk's bytes, round trip."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for index in range(8):
+        name = f"digit{index}".encode() + (b"\xe9" if index % 2 else b"") + b".png"  # Latin-1 'é': not UTF-8
+        pixels = np.zeros((16, 16), np.uint8)
+        pixels[:, index:index + 4] = 255
+        Image.fromarray(pixels, "L").save(os.fsdecode(bytes(data) + b"/" + name))
+    for method in (["--method", "diec", "--backbone", "usps-ddpm", "--layer", "mid_block", "--timestep", "150"], QUICK[:2]):
+        out = tmp_path / method[1]
+        assert main(["fit", str(data), "--k", "2", *method, "--epochs", "1", "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+        written = (out / "assignments.csv").read_bytes()
+        assert b"digit1\xe9.png" in written and written.count(b"\n") == 9  # the disk's own bytes, a row per image
+        assert main(["predict", str(out), str(data), "--out", str(tmp_path / f"{method[1]}.csv"), "--quiet"]) == 0
+        assert (tmp_path / f"{method[1]}.csv").read_bytes().count(b"\xe9.png") == 4
+    assert main(["report", str(tmp_path / "diec"), "--quiet"]) == 0
+    assert "Traceback" not in capsys.readouterr().err

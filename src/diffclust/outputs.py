@@ -62,7 +62,8 @@ def write_skipped(path: str | Path, skipped: list[SkippedFile]) -> Path:
 def read_assignment_rows(path: str | Path) -> list[dict[str, str]]:
     """The rows of an assignments CSV as dicts (file, cluster, ...; cluster is '' for skipped rows),
     with every cluster checked to be a whole number."""
-    _, rows = read_csv_rows(path, {"file", "cluster"}, "an assignments.csv from fit or predict (file,cluster,confidence,status)")
+    _, rows = read_csv_rows(path, {"file", "cluster"}, "an assignments.csv from fit or predict (file,cluster,confidence,status)",
+                            written_by_diffclust=True)
     for number, row in rows:
         integer_cell(row, "cluster", path, number, blank_ok=True)
         row["file"] = from_spreadsheet_safe(row["file"])

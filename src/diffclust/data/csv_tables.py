@@ -6,19 +6,22 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from diffclust.data.names import NAME_ERRORS
 from diffclust.errors import DiffclustError
 
 
-def read_csv_rows(path: str | Path, required: set[str], expected: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+def read_csv_rows(path: str | Path, required: set[str], expected: str,
+                  written_by_diffclust: bool = False) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     """(column names, [(row number as a spreadsheet shows it, row)]) of a UTF-8 CSV file that
-    has the `required` columns; `expected` describes the layout for the error message."""
+    has the `required` columns; `expected` describes the layout for the error message. A file
+    diffclust wrote keeps file names that are not UTF-8 as the disk's bytes (data.names)."""
     path = Path(path)
     if path.is_dir():
         raise DiffclustError(f"'{path}' is a folder; expected a CSV file ({expected}).")
     if not path.is_file():
         raise DiffclustError(f"'{path}' does not exist; expected a CSV file ({expected}).")
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
+        with open(path, newline="", encoding="utf-8-sig", errors=NAME_ERRORS if written_by_diffclust else "strict") as handle:
             reader = csv.DictReader(handle)
             columns = list(reader.fieldnames or [])
             if not required <= set(columns):

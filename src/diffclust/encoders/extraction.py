@@ -180,7 +180,8 @@ def _row_table(features_path: str | Path) -> tuple[Path, list[str], list[dict[st
     path = sidecar(features_path, "files")
     if not path.is_file():
         return None
-    columns, numbered = read_csv_rows(path, {"row", "file"}, "row,file[,path,label,class_name], as `diffclust features` writes it")
+    columns, numbered = read_csv_rows(path, {"row", "file"}, "row,file[,path,label,class_name], as `diffclust features` writes it",
+                                      written_by_diffclust=True)
     return path, columns, [row for _, row in numbered]
 
 

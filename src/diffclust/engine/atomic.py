@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from diffclust.data.names import NAME_ERRORS
 from diffclust.errors import DiffclustError, DiskFullError
 from diffclust.failures import DISK_FULL_ERRNOS, disk_full_message, free_space
 
@@ -75,7 +76,8 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write(path, lambda temp: temp.write_text(text, encoding="utf-8"))
+    # file names that are not UTF-8 are written as the disk's bytes (data.names), as they are read back
+    return atomic_write(path, lambda temp: temp.write_text(text, encoding="utf-8", errors=NAME_ERRORS))
 
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:

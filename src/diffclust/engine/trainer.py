@@ -13,6 +13,7 @@ import numpy as np
 from accelerate import Accelerator
 
 from diffclust.cluster.metrics import clustering_scores
+from diffclust.data.names import name_bytes
 from diffclust.engine.checkpoint import checkpoint_path, load_resume_state, save_run_checkpoint
 from diffclust.engine.history import MetricsLog
 from diffclust.engine.runtime import average_gradients
@@ -99,7 +100,7 @@ class EpochTrainer:
 
 def files_identity(files: list[str]) -> str:
     """A short, readable identity of a list of image files (their names, in order)."""
-    return f"{len(files)} files, sha256 {hashlib.sha256(chr(10).join(files).encode()).hexdigest()[:16]}"
+    return f"{len(files)} files, sha256 {hashlib.sha256(name_bytes(chr(10).join(files))).hexdigest()[:16]}"
 
 
 def contents_identity(records) -> str:
@@ -107,7 +108,7 @@ def contents_identity(records) -> str:
     under the same name changes it, as it changes DiFiC's cache key."""
     digest = hashlib.sha256()
     for record in records:
-        digest.update(f"{record.file}\0{record.identity()}\n".encode())
+        digest.update(name_bytes(f"{record.file}\0{record.identity()}\n"))
     return f"{len(records)} images, sha256 {digest.hexdigest()[:16]}"
 
 
@@ -122,7 +123,7 @@ def weights_identity(folder: str | Path) -> str:
         with open(path, "rb") as handle:
             while chunk := handle.read(1 << 22):
                 file_digest.update(chunk)
-        digest.update(f"{path.relative_to(folder)}\0{path.stat().st_size}\0{file_digest.hexdigest()}\n".encode())
+        digest.update(name_bytes(f"{path.relative_to(folder)}\0{path.stat().st_size}\0{file_digest.hexdigest()}\n"))
     return f"{len(files)} weight files, sha256 {digest.hexdigest()[:16]}"
 
 

@@ -20,6 +20,7 @@ from diffclust.backbones.names import TINY_RANDOM
 from diffclust.cluster.metrics import clustering_scores
 from diffclust.data.collection import REPORT_MARKER, scan_images
 from diffclust.data.csv_tables import from_spreadsheet_safe
+from diffclust.data.names import NAME_ERRORS
 from diffclust.encoders.extraction import recorded_images
 from diffclust.engine.atomic import claim_output_folder
 from diffclust.engine.checkpoint import atomic_write_text, damaged
@@ -116,7 +117,7 @@ class RunFolder:
         self.confidence = np.array([float(row.get("confidence") or 0) for row in assigned])
         self.skipped = []
         if (folder / SKIPPED_NAME).is_file():
-            with open(folder / SKIPPED_NAME, newline="", encoding="utf-8") as handle:
+            with open(folder / SKIPPED_NAME, newline="", encoding="utf-8", errors=NAME_ERRORS) as handle:
                 self.skipped = [(from_spreadsheet_safe(row["file"]), row["reason"]) for row in csv.DictReader(handle)]
         self.embedding = _run_array(folder, "embedding.npy")
         if self.embedding is not None:

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from diffclust.data.images import load_rgb, resize_center_crop
+from diffclust.data.names import name_bytes
 
 THUMBNAIL_FOLDER = "thumbs"
 
@@ -27,7 +28,7 @@ class ThumbnailCache:
 
     def _name(self, path: Path, kind: str) -> str:
         stat = path.stat()
-        key = hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self.size}|{kind}".encode()).hexdigest()[:20]
+        key = hashlib.sha1(name_bytes(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self.size}|{kind}")).hexdigest()[:20]
         return f"{THUMBNAIL_FOLDER}/{key}.jpg"
 
     def thumbnail(self, path: Path, mask: np.ndarray | None = None) -> str | None:

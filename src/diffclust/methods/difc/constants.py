@@ -27,6 +27,7 @@ from diffclust.backbones.base import DiffusionBackbone
 from diffclust.data.collection import ImageCollection
 from diffclust.data.dataset import ImageTensorDataset
 from diffclust.data.images import PREPROCESSING_VERSION
+from diffclust.data.names import name_bytes
 from diffclust.engine.atomic import read_json_object
 from diffclust.engine.checkpoint import atomic_write_json
 from diffclust.engine.runtime import progress
@@ -166,7 +167,7 @@ def fingerprint(backbone: DiffusionBackbone, collection: ImageCollection, settin
     """What the cached values depend on: settings, backbone, and each file's name, size and time."""
     listing = hashlib.sha256()
     for record in collection.records:
-        listing.update(f"{record.file}\0{record.identity()}\n".encode())
+        listing.update(name_bytes(f"{record.file}\0{record.identity()}\n"))
     return {"settings": asdict(settings), "backbone": backbone.reference, "files": listing.hexdigest(), "count": len(collection),
             "preprocessing": PREPROCESSING_VERSION}
 

@@ -1,0 +1,11 @@
+"""File names as the disk has them. Not every name is valid UTF-8 (old archives, Windows shares):
+Python keeps such bytes as lone surrogates, which strict UTF-8 refuses to encode. Hashes and
+text files that hold names use the same escape, so a name round-trips byte for byte."""
+
+#: the error handler for every encoding of a file name (and for CSV files that hold names)
+NAME_ERRORS = "surrogateescape"
+
+
+def name_bytes(text: str) -> bytes:
+    """`text`, which may hold a file name, as bytes for a hash: the disk's own bytes for a name that is not UTF-8."""
+    return text.encode("utf-8", NAME_ERRORS)
