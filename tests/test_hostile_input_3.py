@@ -179,3 +179,15 @@ def test_file_names_that_are_not_utf8_are_clustered_predicted_and_reported(tmp_p
         assert (tmp_path / f"{method[1]}.csv").read_bytes().count(b"\xe9.png") == 4
     assert main(["report", str(tmp_path / "diec"), "--quiet"]) == 0
     assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, value", [("--time-budget", "nan"), ("--time-budget", "inf"), ("--resolution", "0"),
+                                           ("--checkpoint-every", "0"), ("--log-every", "0"), ("--lr", "-1"), ("--steps", "0"),
+                                           ("--eval-seconds", "-5")])
+def test_a_pretraining_setting_out_of_range_is_a_one_line_mistake_before_anything_runs(usps_subset, tmp_path, capsys, option, value):
+    out = tmp_path / "model"
+    with pytest.raises(SystemExit) as exit_:
+        main(["pretrain", str(usps_subset), "--out", str(out), "--unconditional", option, value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and option in err[0] and "Traceback" not in err[0]
+    assert not out.exists()  # nothing left behind

@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from pathlib import Path
 
-from diffclust.cli.options import add_quiet
+from diffclust.cli.options import add_quiet, positive_number, whole
 from diffclust.errors import DiffclustError
 
 
@@ -20,28 +20,28 @@ def add_parser(commands) -> None:
     pretrain.add_argument("--unconditional", action="store_true", help="train a UNet2DModel DDPM on the images alone (no captions)")
     pretrain.add_argument("--captions", default="a photo of a {class_name}", help="caption template over labels.csv's class_name (a 'caption' column wins)")
     pretrain.add_argument("--text-encoder", default=None, help="folder with a transformers text encoder and tokenizer (default: the bundled all-MiniLM-L6-v2)")
-    pretrain.add_argument("--text-max-length", type=int, default=48, help="tokens per caption (longer captions are an error)")
+    pretrain.add_argument("--text-max-length", type=whole(2), default=48, help="tokens per caption (longer captions are an error)")
     pretrain.add_argument("--write-caption-embeddings", type=Path, default=None, metavar="DIR",
                           help="only encode every caption of DATA into DIR (for --caption-embeddings where the text encoder is not installed)")
     pretrain.add_argument("--caption-embeddings", default=None, metavar="DIR", help="train from captions encoded beforehand (no text encoder loaded)")
-    pretrain.add_argument("--resolution", type=int, default=32, help="image size in pixels (pixel space, no VAE)")
+    pretrain.add_argument("--resolution", type=whole(4), default=32, help="image size in pixels (pixel space, no VAE)")
     pretrain.add_argument("--channels-per-level", default="32,64,128,128", help="UNet widths per level (4 levels for text-conditioned models)")
     pretrain.add_argument("--layers-per-block", type=int, default=2, help="resnet layers per UNet block")
-    pretrain.add_argument("--steps", type=int, default=10_000, help="optimisation steps")
-    pretrain.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+    pretrain.add_argument("--steps", type=whole(1), default=10_000, help="optimisation steps")
+    pretrain.add_argument("--time-budget", type=positive_number, default=None, metavar="SECONDS",
                           help="train for about this long: the step count is set from the speed of the first 30 s (replaces --steps)")
-    pretrain.add_argument("--batch-size", type=int, default=64, help="images per step and process")
-    pretrain.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate")
-    pretrain.add_argument("--warmup-steps", type=int, default=200, help="steps of linear learning-rate warm-up")
-    pretrain.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints, exports and sample grids")
-    pretrain.add_argument("--log-every", type=int, default=50, help="steps between loss records in training/metrics.csv")
+    pretrain.add_argument("--batch-size", type=whole(1), default=64, help="images per step and process")
+    pretrain.add_argument("--lr", type=positive_number, default=2e-4, help="AdamW learning rate")
+    pretrain.add_argument("--warmup-steps", type=whole(0), default=200, help="steps of linear learning-rate warm-up")
+    pretrain.add_argument("--checkpoint-every", type=whole(1), default=1000, help="steps between checkpoints, exports and sample grids")
+    pretrain.add_argument("--log-every", type=whole(1), default=50, help="steps between loss records in training/metrics.csv")
     pretrain.add_argument("--caption-dropout", type=float, default=0.1, help="fraction of empty captions (classifier-free guidance)")
     pretrain.add_argument("--no-hflip", dest="hflip", action="store_false",
                           help="no random horizontal flips (for digits and text, where a flip changes the class)")
-    pretrain.add_argument("--eval-images", type=int, default=200, help="held-out images scored by the diffusion classifier (0: skip it)")
-    pretrain.add_argument("--eval-timesteps", type=int, default=8, help="noise levels per image and caption in the diffusion classifier")
-    pretrain.add_argument("--eval-seconds", type=float, default=None, help="stop the diffusion classifier after this long")
-    pretrain.add_argument("--sample-steps", type=int, default=50, help="DDIM steps of the sample grids")
+    pretrain.add_argument("--eval-images", type=whole(0), default=200, help="held-out images scored by the diffusion classifier (0: skip it)")
+    pretrain.add_argument("--eval-timesteps", type=whole(1), default=8, help="noise levels per image and caption in the diffusion classifier")
+    pretrain.add_argument("--eval-seconds", type=positive_number, default=None, help="stop the diffusion classifier after this long")
+    pretrain.add_argument("--sample-steps", type=whole(1), default=50, help="DDIM steps of the sample grids")
     pretrain.add_argument("--export-dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="precision of the exported UNet weights")
     pretrain.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="where to run")
     pretrain.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no", help="autocast precision on GPU")
