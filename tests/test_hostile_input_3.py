@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import csv
 import os
+import re
+import shutil
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from diffclust.cli import main
 from diffclust.cluster.metrics import hungarian_accuracy
@@ -191,3 +195,38 @@ def test_a_pretraining_setting_out_of_range_is_a_one_line_mistake_before_anythin
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 2 and len(err) == 1 and option in err[0] and "Traceback" not in err[0]
     assert not out.exists()  # nothing left behind
+
+
+# ---------------------------------------------------------------------------------- a damaged CLUDI model
+@pytest.fixture(scope="module")
+def cludi_run(tmp_path_factory) -> Path:
+    rng = np.random.default_rng(1)
+    features = (rng.normal(size=(4, 5)) * 8)[np.repeat(np.arange(4), 30)] + rng.normal(size=(120, 5))
+    folder = tmp_path_factory.mktemp("cludi-damage")
+    np.save(folder / "features.npy", features.astype(np.float32))
+    out = folder / "run"
+    assert main(["fit", str(folder / "features.npy"), "--method", "cludi", "--k", "4", "--epochs", "1", "--teacher-steps", "2",
+                 "--predict-samples", "2", "--predict-steps", "2", "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda t: t["self_labelling.bias"].fill_(float("nan")), "'self_labelling.bias' holds NaN or infinite values"),
+    (lambda t: t.update({"self_labelling.weights": torch.cat([t["self_labelling.weights"], t["self_labelling.weights"][:1]])}),
+     "'self_labelling.weights' has shape (5, 5), but a model of K = 4 clusters over 5 features has (4, 5)"),
+    (lambda t: t.update({name: t[name].T.contiguous() for name in [next(n for n in t if n.startswith("teacher.") and t[n].ndim == 2
+                                                                        and t[n].shape[0] != t[n].shape[1])]}),
+     "does not fit the saved settings"),
+])
+def test_a_cludi_model_with_damaged_tensors_is_refused_as_damaged(cludi_run, tmp_path, capsys, change, expected):
+    copy = tmp_path / "run"
+    shutil.copytree(cludi_run, copy)
+    tensors = load_file(copy / "cludi.safetensors")
+    if "self_labelling.bias" not in tensors and "self_labelling" in expected:
+        pytest.fail("the fixture's fit skipped self-labelling; the test needs its tensors")
+    change(tensors)
+    save_file(tensors, copy / "cludi.safetensors")
+    failure(capsys, ["predict", str(copy), str(cludi_run.parent / "features.npy"), "--out", str(tmp_path / "p.csv")], 2,
+            "This run folder is damaged")
+    with pytest.raises(DiffclustError, match=re.escape(expected)):
+        CLUDI.load(copy)

@@ -17,7 +17,7 @@ from diffclust.cluster.self_labelling import SelfLabeller, fit_self_labeller
 from diffclust.data.collection import ImageCollection
 from diffclust.encoders.extraction import read_row_names
 from diffclust.encoders.vision import POOLINGS, VisionEncoder
-from diffclust.engine.checkpoint import atomic_save_array, atomic_save_tensors, atomic_write_text, load_tensors
+from diffclust.engine.checkpoint import atomic_save_array, atomic_save_tensors, atomic_write_text, damaged, load_tensors
 from diffclust.engine.runtime import make_accelerator
 from diffclust.engine.timing import StageTimer, readable_duration
 from diffclust.engine.trainer import matrix_identity
@@ -55,6 +55,21 @@ def _names_images(data) -> bool:
     if isinstance(data, (str, os.PathLike, ImageCollection)):
         return True
     return isinstance(data, (list, tuple)) and bool(data) and all(isinstance(item, (str, os.PathLike)) for item in data)
+
+
+def check_saved_tensors(tensors: dict[str, torch.Tensor], k: int, dim: int, folder: Path, name: str) -> None:
+    """Refuse, as damaged, a saved CLUDI model whose tensors are not finite or whose shapes do not
+    match its saved K and feature dimension: such a file would assign every row to one cluster,
+    or to a cluster that does not exist, without a word."""
+    shapes = {"feature_mean": (dim,), "feature_std": (dim,), "cluster_offsets": (k,), "self_labelling.weights": (k, dim),
+              "self_labelling.bias": (k,)}
+    for tensor_name, tensor in tensors.items():
+        expected = shapes.get(tensor_name)
+        if expected is not None and tuple(tensor.shape) != expected:
+            raise damaged(folder, f"{name}: '{tensor_name}' has shape {tuple(tensor.shape)}, but a model of K = {k} clusters over "
+                          f"{dim} features has {expected}", "fit the model again")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise damaged(folder, f"{name}: '{tensor_name}' holds NaN or infinite values", "fit the model again")
 
 
 class CLUDI(ClusteringEstimator):
@@ -444,8 +459,13 @@ class CLUDI(ClusteringEstimator):
         self.betas, self.feature_noise, self.feature_dropout = tuple(self.betas), tuple(self.feature_noise), tuple(self.feature_dropout)
         self.k_range = tuple(self.k_range) if self.k_range else None  # JSON saved these tuples as lists
         tensors = load_tensors(folder / self.weights_name())
+        check_saved_tensors(tensors, self.n_clusters_, state["feature_dim"], folder, self.weights_name())
         teacher = CLUDINetwork(state["feature_dim"], self.n_clusters_, self.embedding_dim, self.hidden_dim, self.depth)
-        teacher.load_state_dict({name[len("teacher."):]: value for name, value in tensors.items() if name.startswith("teacher.")})
+        try:
+            teacher.load_state_dict({name[len("teacher."):]: value for name, value in tensors.items() if name.startswith("teacher.")})
+        except RuntimeError as error:  # a tensor of another shape than the saved settings make
+            raise damaged(folder, f"{self.weights_name()} does not fit the saved settings ({str(error).splitlines()[-1].strip()})",
+                          "fit the model again") from None
         self.teacher_ = teacher.eval()
         self.feature_dim_ = self.n_features_in_ = state["feature_dim"]
         self.feature_layer_, self.feature_timestep_ = state["feature_layer"], state["feature_timestep"]
