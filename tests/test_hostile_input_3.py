@@ -230,3 +230,31 @@ def test_a_cludi_model_with_damaged_tensors_is_refused_as_damaged(cludi_run, tmp
             "This run folder is damaged")
     with pytest.raises(DiffclustError, match=re.escape(expected)):
         CLUDI.load(copy)
+
+
+def test_verifying_images_keeps_the_decoded_pixels_in_flight_under_the_budget(tmp_path, monkeypatch):
+    """Ten files near the pixel limit must not be decoded at once: the verification's threads share
+    a budget of pixels (here 2.5 images' worth), and small images still pass side by side."""
+    import threading
+    import time
+
+    from diffclust.data import collection
+
+    for index in range(6):
+        Image.fromarray(np.full((500, 500), index * 40, np.uint8), "L").save(tmp_path / f"big{index}.png")  # 0.25 MP each
+    budget = collection.PixelBudget(625_000)
+    monkeypatch.setattr(collection, "VERIFY_BUDGET", budget)
+    in_flight, peak, lock, real = [0], [0], threading.Lock(), collection.load_rgb
+
+    def slow_decode(path, size_hint=None):
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], budget.used)
+        time.sleep(0.05)
+        with lock:
+            in_flight[0] -= 1
+        return real(path, size_hint)
+
+    monkeypatch.setattr(collection, "load_rgb", slow_decode)
+    assert len(collection.scan_images(tmp_path, workers=8)) == 6
+    assert 0 < peak[0] <= 625_000 and budget.used == 0  # at most two 0.25 MP images at once, and all released

@@ -12,8 +12,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from diffclust.data.csv_tables import integer_cell, read_csv_rows
-from diffclust.data.images import IMAGE_EXTENSIONS, ImageTooLargeError, array_to_image, is_animated, load_rgb, to_rgb
+from diffclust.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, ImageTooLargeError, array_to_image, is_animated, load_rgb, to_rgb
 from diffclust.datasets import missing_data_message, resolve_data
 from diffclust.errors import DiffclustError
 
@@ -244,6 +247,40 @@ def _records_from_manifest(root: Path, manifest: Path) -> list[ImageRecord]:
     return records
 
 
+class PixelBudget:
+    """At most `limit` decoded pixels in flight across the threads that verify images: ten files
+    just under the pixel limit are decoded one after another, not together (gigabytes of RGB),
+    while ordinary photos still decode side by side."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 0
+        self._condition = threading.Condition()
+
+    @contextmanager
+    def reserve(self, pixels: int):
+        pixels = min(pixels, self.limit)
+        with self._condition:
+            self._condition.wait_for(lambda: self.used + pixels <= self.limit)
+            self.used += pixels
+        try:
+            yield
+        finally:
+            with self._condition:
+                self.used -= pixels
+                self._condition.notify_all()
+
+
+#: the verification's budget: one image at the pixel limit at a time
+VERIFY_BUDGET = PixelBudget(MAX_PIXELS)
+
+
+def _decoded_pixels(path: Path) -> int:
+    """How many pixels verifying `path` decodes (a JPEG decodes at a reduced scale, up to 1/8 a side)."""
+    with Image.open(path) as image:
+        width, height = image.size
+        return width * height // 64 if image.format == "JPEG" else width * height
+
+
 def _check_decodable(record: ImageRecord) -> str | None:
     """None if the image decodes fully, else the reason it cannot be used."""
     if record.image is not None:
@@ -251,7 +288,13 @@ def _check_decodable(record: ImageRecord) -> str | None:
     try:
         if record.path.stat().st_size == 0:
             return "empty file (0 bytes)"
-        load_rgb(record.path, size_hint=VERIFY_SIZE)
+        with warnings.catch_warnings():  # PIL's DecompressionBombWarning: load_rgb's MAX_PIXELS decides, with its reason
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            pixels = _decoded_pixels(record.path)
+        with VERIFY_BUDGET.reserve(pixels):
+            load_rgb(record.path, size_hint=VERIFY_SIZE)
+    except Image.DecompressionBombError as error:
+        return f"too large: {error}"
     except ImageTooLargeError as error:
         return f"too large: {error}"
     except Exception as error:  # any decoder failure means the file is unusable
