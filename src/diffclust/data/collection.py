@@ -117,7 +117,7 @@ class ImageCollection:
 RUN_MARKER, REPORT_MARKER = ".diffclust-run", ".diffclust-report"
 MODEL_MARKER, SEARCH_MARKER, CAPTIONS_MARKER = ".diffclust-model", ".diffclust-search", ".diffclust-captions"
 OUTPUT_MARKERS = (RUN_MARKER, REPORT_MARKER, MODEL_MARKER, SEARCH_MARKER, CAPTIONS_MARKER)
-OUTPUT_FOLDER = "a diffclust run or report folder: not read as data"
+OUTPUT_FOLDER = "a folder diffclust wrote (a run, report, model or search): not read as data"
 
 
 def is_diffclust_output(folder: Path) -> bool:
