@@ -258,3 +258,11 @@ def test_verifying_images_keeps_the_decoded_pixels_in_flight_under_the_budget(tm
     monkeypatch.setattr(collection, "load_rgb", slow_decode)
     assert len(collection.scan_images(tmp_path, workers=8)) == 6
     assert 0 < peak[0] <= 625_000 and budget.used == 0  # at most two 0.25 MP images at once, and all released
+
+
+def test_a_feature_file_numpy_will_not_read_safely_is_one_line_that_never_advises_unpickling(tmp_path, capsys):
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (4, 2), }".ljust(200_000) + "\n"  # a 200 KB header
+    path = tmp_path / "wide-header.npy"
+    path.write_bytes(b"\x93NUMPY\x02\x00" + struct.pack("<I", len(header)) + header.encode() + np.zeros((4, 2), "<f4").tobytes())
+    line = failure(capsys, ["fit", str(path), "--method", "cludi", "--k", "2"], 2, "Could not read the feature file")
+    assert "allow_pickle" not in line and "may not be safe to load securely" in line

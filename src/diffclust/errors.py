@@ -1,5 +1,7 @@
 """User-facing errors: each says what was wrong and what to do about it."""
 
+import re
+
 
 class DiffclustError(ValueError):
     """A problem with the user's input or settings (not a bug in diffclust)."""
@@ -30,3 +32,15 @@ _FLAGS = {"n_clusters": "--k", "random_state": "--seed", "feature_timestep": "--
 def setting_label(name: str) -> str:
     """A setting as users know it in both the API and the CLI: 'random_state (--seed)'."""
     return f"{name} ({_FLAGS.get(name, '--' + name.replace('_', '-'))})"
+
+
+#: advice a library gives that diffclust never passes on: loading a file as a pickle runs its code
+_UNSAFE_ADVICE = ("allow_pickle", "weights_only", "trust_remote_code")
+
+
+def library_reason(error: BaseException, limit: int = 200) -> str:
+    """A library's error about a file as one line for diffclust's own message: its type and text,
+    without the sentences that advise unpickling the file."""
+    sentences = re.split(r"(?<=[.;])\s+", " ".join(str(error).split()))
+    kept = " ".join(sentence for sentence in sentences if not any(advice in sentence for advice in _UNSAFE_ADVICE))
+    return f"{type(error).__name__}: {kept[:limit]}".rstrip(": ")

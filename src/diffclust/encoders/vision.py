@@ -18,7 +18,7 @@ from PIL import Image
 
 from diffclust.backbones.hub import library_progress_bars, locate_hub_model
 from diffclust.engine.trainer import weights_identity
-from diffclust.errors import DiffclustError
+from diffclust.errors import DiffclustError, library_reason
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class VisionEncoder:
                     vision_config = config
                 processor = _processor(source, AutoImageProcessor)
         except (OSError, ValueError, KeyError) as error:
-            raise EncoderError(f"Could not load the vision encoder '{reference}' ({type(error).__name__}: {str(error)[:300]}). "
+            raise EncoderError(f"Could not load the vision encoder '{reference}' ({library_reason(error, 300)}). "
                                "--encoder takes a folder saved with transformers' save_pretrained (ViT, DINO, DINOv2, CLIP) "
                                "or a hub id such as facebook/dinov2-small.") from None
         finally:

@@ -20,7 +20,7 @@ from diffclust.engine.atomic import (  # noqa: F401 - re-exported: every writer 
     atomic_write_json,
     atomic_write_text,
 )
-from diffclust.errors import DiffclustError, setting_label
+from diffclust.errors import DiffclustError, library_reason, setting_label
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, random bytes, a pickle that weights_only refuses
-        raise damaged(Path(path).parent, f"{Path(path).name} cannot be read ({type(error).__name__}: {str(error)[:200]})",
+        raise damaged(Path(path).parent, f"{Path(path).name} cannot be read ({library_reason(error, 200)})",
                       "delete it to start the run again (without --resume), or restore it from a copy") from None
     if not isinstance(state, dict):
         raise damaged(Path(path).parent, f"{Path(path).name} holds a {type(state).__name__}, not a diffclust checkpoint",

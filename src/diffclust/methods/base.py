@@ -31,7 +31,7 @@ from diffclust.engine.checkpoint import CHECKPOINT_NAME, atomic_save_array, atom
 from diffclust.engine.run_lock import RunFolderLock, remove_if_only_locks
 from diffclust.engine.runtime import is_main_launch_process, make_accelerator, writable_folder
 from diffclust.engine.timing import StageTimer
-from diffclust.errors import DiffclustError, setting_label
+from diffclust.errors import DiffclustError, library_reason, setting_label
 from diffclust.outputs import ASSIGNMENTS_NAME, RUN_SUMMARY_NAME, read_assignment_rows, write_run_summary
 
 logger = logging.getLogger(__name__)
@@ -400,7 +400,7 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         except DiffclustError:
             raise
         except Exception as error:  # missing or truncated weights, wrong types or shapes in the config
-            raise damaged(folder, f"its saved {cls.__name__} model cannot be read ({type(error).__name__}: {str(error)[:300]})",
+            raise damaged(folder, f"its saved {cls.__name__} model cannot be read ({library_reason(error, 300)})",
                           REFIT) from None
         return model
 

@@ -18,7 +18,7 @@ from sklearn.utils import check_array
 from diffclust.choices import FEATURE_SUFFIXES
 from diffclust.data.collection import SkippedFile
 from diffclust.engine.checkpoint import load_tensors
-from diffclust.errors import DiffclustError
+from diffclust.errors import DiffclustError, library_reason
 from diffclust.outputs import read_labels
 
 
@@ -82,7 +82,7 @@ def read_feature_file(path: str | Path) -> tuple[torch.Tensor, np.ndarray | None
     except DiffclustError:
         raise
     except Exception as error:  # a truncated or foreign file; a pickle that weights_only / allow_pickle=False refuses
-        raise DiffclustError(f"Could not read the feature file '{path}' ({type(error).__name__}: {str(error)[:200]}). "
+        raise DiffclustError(f"Could not read the feature file '{path}' ({library_reason(error, 200)}). "
                              "Feature files hold one numeric N x d matrix (no pickled objects).") from None
     if values is None:
         raise DiffclustError(f"'{path}' holds no 'features' entry (a dict or safetensors file needs one).")
@@ -113,7 +113,7 @@ def read_row_labels(path: str | Path, count: int) -> np.ndarray:
         except DiffclustError:
             raise
         except Exception as error:  # a pickled object array, a truncated or foreign file
-            raise DiffclustError(f"Could not read the labels file '{path}' ({type(error).__name__}: {str(error)[:200]}); "
+            raise DiffclustError(f"Could not read the labels file '{path}' ({library_reason(error, 200)}); "
                                  "give a .npy vector of whole numbers, or a labels.csv.") from None
     else:
         by_row = read_labels(path)
