@@ -266,3 +266,21 @@ def test_a_feature_file_numpy_will_not_read_safely_is_one_line_that_never_advise
     path.write_bytes(b"\x93NUMPY\x02\x00" + struct.pack("<I", len(header)) + header.encode() + np.zeros((4, 2), "<f4").tobytes())
     line = failure(capsys, ["fit", str(path), "--method", "cludi", "--k", "2"], 2, "Could not read the feature file")
     assert "allow_pickle" not in line and "may not be safe to load securely" in line
+
+
+def test_a_report_shows_no_image_from_outside_the_run_s_data_folder(butterflies, tmp_path, caplog):
+    with open(butterflies / "labels.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))[::60]
+    data = write_subset(butterflies, rows, tmp_path / "data")
+    out = tmp_path / "run"
+    assert main(["fit", str(data), "--k", "2", *QUICK, "--out", str(out)]) == 0
+    private = tmp_path / "private.jpg"  # the user's own picture, outside the data
+    Image.fromarray(np.full((64, 64, 3), (255, 0, 255), np.uint8)).save(private)
+    replaced = data / "images" / rows[0]["file"]
+    replaced.unlink()
+    replaced.symlink_to(private)  # the run's data now links out of its folder
+    assert main(["report", str(out), "--out", str(tmp_path / "report"), "--quiet"]) == 0
+    thumbnails = list((tmp_path / "report" / "thumbs").glob("*.jpg"))
+    assert thumbnails  # the other images are shown
+    magenta = [t for t in thumbnails if np.abs(np.asarray(Image.open(t), dtype=int) - [255, 0, 255]).mean() < 30]
+    assert magenta == [] and "outside the run's data folder" in caplog.text

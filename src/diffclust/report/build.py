@@ -49,6 +49,23 @@ MAP_SIZE = (640, 460)
 
 
 
+
+def inside_the_data(collection) -> dict[str, Path]:
+    """{file: image path} for the images a report may show: those under the data folder the run
+    read. A manifest row that climbs out of it (`../..`, an absolute path) or a link that leaves
+    it is refused with a warning, so a run folder handed to you cannot show your own files."""
+    root = Path(collection.root).resolve()
+    paths, refused = {}, []
+    for record in collection.records:
+        if record.path is not None and Path(record.path).resolve().is_relative_to(root):
+            paths[record.file] = record.path
+        elif record.path is not None:
+            refused.append(record.file)
+    if refused:
+        logger.warning("The report leaves out %d image(s) that lie outside the run's data folder %s (%s%s).", len(refused), root,
+                       ", ".join(refused[:3]), ", ..." if len(refused) > 3 else "")
+    return paths
+
 def copy_run_picture(source: Path, target: Path) -> bool:
     """Copy a plot the run wrote into the report, if it is a plain file of the run folder: a link
     (to /etc/shadow, or anywhere) is refused with a warning, so a run folder someone hands you
@@ -147,7 +164,7 @@ class RunFolder:
         except DiffclustError as error:
             logger.warning("The report shows no images: the run's data cannot be read again (%s).", error)
             return {}, {}, {}
-        paths = {record.file: record.path for record in collection.records}
+        paths = inside_the_data(collection)
         labels = {record.file: record.label for record in collection.records if record.label is not None}
         names = {record.label: record.class_name for record in collection.records if record.label is not None and record.class_name}
         return paths, labels, names
