@@ -284,3 +284,17 @@ def test_a_report_shows_no_image_from_outside_the_run_s_data_folder(butterflies,
     assert thumbnails  # the other images are shown
     magenta = [t for t in thumbnails if np.abs(np.asarray(Image.open(t), dtype=int) - [255, 0, 255]).mean() < 30]
     assert magenta == [] and "outside the run's data folder" in caplog.text
+
+
+def test_a_library_warning_on_the_command_line_is_one_line_without_its_source_path(capsys):
+    import warnings
+
+    from diffclust.cli.main import configure_logging
+
+    with warnings.catch_warnings():
+        configure_logging(verbose=False, quiet=True)
+        warnings.simplefilter("always")
+        warnings.warn_explicit("Graph is not fully connected,\n  spectral embedding may not work as expected.", UserWarning,
+                               "/venv/lib/python3.11/site-packages/sklearn/manifold/_spectral_embedding.py", 325)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["WARNING diffclust: sklearn UserWarning: Graph is not fully connected, spectral embedding may not work as expected."]

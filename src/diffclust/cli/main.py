@@ -6,6 +6,8 @@ import argparse
 import logging
 import os
 import sys
+import warnings
+from pathlib import Path
 
 from diffclust import __version__
 from diffclust.cli import evaluate, features, fit, predict, pretrain, report, search
@@ -66,6 +68,16 @@ def configure_logging(verbose: bool, quiet: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.ERROR)
     if quiet:  # read by huggingface_hub, transformers and diffusers when they are first imported
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    warnings.showwarning = _warning_as_one_line
+
+
+def _warning_as_one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A library's warning on the command line: one line through diffclust's log, without the
+    site-packages path and source line Python would print (the library and category say enough)."""
+    parts = Path(filename).parts if filename else ()
+    installed = [index for index, part in enumerate(parts[:-1]) if part in ("site-packages", "dist-packages")]
+    package = f"{parts[installed[-1] + 1]} " if installed else ""  # 'sklearn UserWarning: ...'
+    logger.warning("%s%s: %s", package, category.__name__, " ".join(str(message).split()))
 
 
 
