@@ -46,9 +46,9 @@ PAPER_SETTINGS = {"head_init": "random", "neighbour_space": "proxies", "cluster_
 class DiFiC(ClusteringEstimator):
     """Fine-grained clustering by distilling each image into a proxy word of a text-to-image model.
 
-    For each image a semantic extractor f maps a fixed UNet feature z to a proxy word S*, a
-    token embedding in the prompt "A photo of a S*", and the frozen model must denoise the image
-    from that prompt (inside an object mask). After a warm-up a cluster head g on S* trains with
+    For each image a semantic extractor f maps a fixed UNet feature z to a proxy word ``S*``, a
+    token embedding in the prompt "A photo of a ``S*``", and the frozen model must denoise the image
+    from that prompt (inside an object mask). After a warm-up a cluster head g on ``S*`` trains with
     a neighbour-consistency loss and a balance term. Defaults follow the paper (SD v1.5, 512 px,
     block 19 = ``up_blocks.2.attentions.0``, t-hat 150, t-tilde 50, 250 epochs with 100 of
     warm-up, batch 32, AdamW 2e-4) apart from the additions marked below, each chosen by a
@@ -69,16 +69,16 @@ class DiFiC(ClusteringEstimator):
     mask_timestep : int, default=50
         t-tilde, the timestep of the object mask (the end-of-text token's cross-attention).
     prompt_template : str, default="A photo of a S*"
-        The prompt S* is placed in.
+        The prompt ``S*`` is placed in.
     mask_prompt : str, default="A photo of a"
-        The prompt whose end-of-text token gives the mask (without S*, so the mask is a
+        The prompt whose end-of-text token gives the mask (without ``S*``, so the mask is a
         per-image constant; our reading).
     object_concentration : bool, default=True
         Compute the diffusion loss inside the object mask (False: the whole image; ablation).
     cluster_guidance : bool, default=True
-        Train the cluster head after warm-up (False: k-means on S* decides; ablation).
+        Train the cluster head after warm-up (False: k-means on ``S*`` decides; ablation).
     head_init : {"manifold", "kmeans", "random"}, default="manifold"
-        *Our addition.* How g starts: by fitting k-means in UMAP embeddings of z, k-means of S*
+        *Our addition.* How g starts: by fitting k-means in UMAP embeddings of z, k-means of ``S*``
         after warm-up, or randomly (the literal reading).
     timestep_sampling : {"cosine", "uniform"}, default="cosine"
         p(t) of the diffusion loss: proportional to 1 + cos(pi t / T) (the paper) or uniform.
@@ -96,7 +96,7 @@ class DiFiC(ClusteringEstimator):
     n_neighbours : int, default=10
         Neighbours of the consistency loss.
     neighbour_space : {"features", "proxies"}, default="features"
-        *Our addition.* Find the neighbours once in z ("features") or in S* each epoch.
+        *Our addition.* Find the neighbours once in z ("features") or in ``S*`` each epoch.
     memory_bank_size : int, default=512
         Past assignments that join the batch's in the balance term.
     entropy_weight : float, default=5.0
@@ -104,7 +104,7 @@ class DiFiC(ClusteringEstimator):
     cluster_loss_weight : float, default=1.0
         Weight of the cluster loss beside the diffusion loss.
     cluster_gradient_ratio : float or None, default=0.0
-        *Our addition.* Cap on the cluster loss's gradient reaching S* (and f), as a multiple of
+        *Our addition.* Cap on the cluster loss's gradient reaching ``S*`` (and f), as a multiple of
         the diffusion loss's; 0 trains f on distillation alone, None is the paper's plain sum.
     size_prior : {"start", "uniform"}, default="start"
         *Our addition.* Hold cluster sizes near the hand-over partition's shares ("start"), or
@@ -142,7 +142,7 @@ class DiFiC(ClusteringEstimator):
     confidence_ : ndarray of shape (n_images,)
         The head's probability of each image's cluster.
     proxy_words_ : ndarray of shape (n_images, token_dim)
-        The distilled S* of each image.
+        The distilled ``S*`` of each image.
     n_clusters_ : int
         K, chosen when ``n_clusters="auto"``.
     k_selection_ : KSelection or None
