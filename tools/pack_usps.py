@@ -18,30 +18,26 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-SPLITS = ("train", "test")
+from diffclust.datasets import SPLITS, split_file_names
 
 
 def pack(source: Path, out: Path) -> dict:
     with open(source / "labels.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    counters = dict.fromkeys(SPLITS, 0)
     images, labels, splits = [], [], []
-    for row in rows:
-        split = row["split"]
-        expected = f"{split}_{counters[split]:05d}.png"
+    for row, expected in zip(rows, split_file_names(row["split"] for row in rows)):
         if row["file"] != expected or row["class_name"] != row["label"]:
             raise SystemExit(f"{source}: row {row} breaks the naming the pack relies on (expected {expected}, class_name = label)")
-        counters[split] += 1
         with Image.open(source / "images" / row["file"]) as image:
             if image.mode != "L" or image.size != (16, 16):
                 raise SystemExit(f"{row['file']}: expected a 16 x 16 grey image, found {image.mode} {image.size}")
             images.append(np.asarray(image, dtype=np.uint8))
         labels.append(int(row["label"]))
-        splits.append(SPLITS.index(split))
+        splits.append(SPLITS.index(row["split"]))
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, images=np.stack(images), labels=np.array(labels, dtype=np.uint8),
                         split=np.array(splits, dtype=np.uint8))
-    return {"images": len(images), "bytes": out.stat().st_size, **{f"{name}_rows": count for name, count in counters.items()}}
+    return {"images": len(images), "bytes": out.stat().st_size, **{f"{name}_rows": splits.count(code) for code, name in enumerate(SPLITS)}}
 
 
 def main() -> None:

@@ -13,7 +13,6 @@ import hashlib
 import logging
 import os
 import threading
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -24,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from diffclust.data.csv_tables import integer_cell, read_csv_rows
-from diffclust.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, ImageTooLargeError, array_to_image, is_animated, load_rgb, to_rgb
+from diffclust.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, ImageTooLargeError, array_to_image, is_animated, load_rgb, open_image, to_rgb
 from diffclust.datasets import missing_data_message, resolve_data
 from diffclust.errors import DiffclustError
 
@@ -276,7 +275,7 @@ VERIFY_BUDGET = PixelBudget(MAX_PIXELS)
 
 def _decoded_pixels(path: Path) -> int:
     """How many pixels verifying `path` decodes (a JPEG decodes at a reduced scale, up to 1/8 a side)."""
-    with Image.open(path) as image:
+    with open_image(path) as image:
         width, height = image.size
         return width * height // 64 if image.format == "JPEG" else width * height
 
@@ -288,13 +287,8 @@ def _check_decodable(record: ImageRecord) -> str | None:
     try:
         if record.path.stat().st_size == 0:
             return "empty file (0 bytes)"
-        with warnings.catch_warnings():  # PIL's DecompressionBombWarning: load_rgb's MAX_PIXELS decides, with its reason
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            pixels = _decoded_pixels(record.path)
-        with VERIFY_BUDGET.reserve(pixels):
+        with VERIFY_BUDGET.reserve(_decoded_pixels(record.path)):
             load_rgb(record.path, size_hint=VERIFY_SIZE)
-    except Image.DecompressionBombError as error:
-        return f"too large: {error}"
     except ImageTooLargeError as error:
         return f"too large: {error}"
     except Exception as error:  # any decoder failure means the file is unusable

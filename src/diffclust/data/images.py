@@ -67,17 +67,24 @@ def array_to_image(array: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array))
 
 
+def open_image(path: str | Path) -> Image.Image:
+    """PIL's lazy open (the header only), with PIL's own decompression-bomb check folded into
+    MAX_PIXELS's: its warning silenced (MAX_PIXELS decides, with its own reason) and its error
+    raised as ImageTooLargeError."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except Image.DecompressionBombError as error:
+        raise ImageTooLargeError(f"over the {MAX_PIXELS // 1_000_000}-megapixel limit (diffclust.data.images.MAX_PIXELS): "
+                                 f"{error}") from None
+
+
 def load_rgb(path: str | Path, size_hint: int | None = None) -> Image.Image:
     """Open and fully decode an image (raises on truncated or non-image files), upright as
     viewers show it (EXIF orientation), first frame of an animation. With `size_hint`, a JPEG
     may decode at a reduced scale whose short side is still at least that many pixels."""
-    try:
-        with warnings.catch_warnings():  # PIL's DecompressionBombWarning: MAX_PIXELS below decides, with its own reason
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image, rgb = Image.open(path), None
-    except Image.DecompressionBombError as error:
-        raise ImageTooLargeError(f"over the {MAX_PIXELS // 1_000_000}-megapixel limit (diffclust.data.images.MAX_PIXELS): "
-                                 f"{error}") from None
+    image, rgb = open_image(path), None
     try:
         width, height = image.size
         if width * height > MAX_PIXELS:

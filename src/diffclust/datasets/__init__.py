@@ -62,12 +62,18 @@ def load_usps() -> DigitImages:
     with np.load(PACKAGE_FOLDER / packed, allow_pickle=False) as arrays:
         images, labels, codes = arrays["images"], arrays["labels"].astype(np.int64), arrays["split"]
     split = np.array(SPLITS)[codes]
-    counters = dict.fromkeys(SPLITS, 0)
-    files = []
-    for name in split:
-        files.append(f"{name}_{counters[name]:05d}.png")
-        counters[name] += 1
-    return DigitImages(images, labels, split, files, (PACKAGE_FOLDER / card).read_text(encoding="utf-8"))
+    return DigitImages(images, labels, split, split_file_names(split), (PACKAGE_FOLDER / card).read_text(encoding="utf-8"))
+
+
+def split_file_names(splits) -> list[str]:
+    """The built-in digits' file names, `{split}_{index within the split:05d}.png` in row order
+    (the pack stores no names: tools/pack_usps.py refuses a source that breaks this rule)."""
+    counters: dict[str, int] = {}
+    names = []
+    for split in splits:
+        names.append(f"{split}_{counters.get(split, 0):05d}.png")
+        counters[split] = counters.get(split, 0) + 1
+    return names
 
 
 LOADERS = {"usps": load_usps}

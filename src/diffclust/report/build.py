@@ -308,7 +308,7 @@ def _report_folder(out: Path, inside_run: bool) -> Path:
     if out.exists() and not out.is_dir():
         raise DiffclustError(f"--out '{out}' is a file, not a folder: choose a folder name for the report.")
     if inside_run:
-        (out / REPORT_MARKER).parent.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)  # RUN_DIR/report is the run's own
         (out / REPORT_MARKER).touch()
     return claim_output_folder(out, REPORT_MARKER, "--out", "the report")
 

@@ -55,7 +55,7 @@ class ThumbnailCache:
                     os.unlink(temp)
             self.made += 1
             return name
-        except (OSError, ValueError, Image.DecompressionBombError):  # an image that cannot be shown gets a placeholder
+        except (OSError, ValueError):  # an image that cannot be shown (a bomb is an ImageTooLargeError) gets a placeholder
             return None
 
 
