@@ -305,6 +305,14 @@ def test_diec_end_to_end_search_fit_resume_predict(usps_subset, tiny_ddpm, tmp_p
         assert all(torch.equal(first[key], second[key]) for key in first), name
     assert read_assignments(split / "assignments.csv") == read_assignments(whole / "assignments.csv")
 
+    # a search.json replaced under the run (another timestep) is a changed run: resuming refuses it
+    search = json.loads((split / "search.json").read_text())
+    search["timestep"] = search["timestep"] + 1
+    (split / "search.json").write_text(json.dumps(search))
+    with pytest.raises(DiffclustError, match=r"timestep_ \(--timestep, or the search's search.json\): \d+ -> \d+"):
+        DiEC(10, backbone=str(tiny_ddpm), search_subset=40, noise_draws=2, pool_size=2, batch_size=16, device="cpu",
+             finetune_unet=True, epochs=3, progress=False, output_dir=split).fit(usps_subset, resume=True)
+
     # the UNet was fine-tuned, and predict (through the saved, fine-tuned UNet) reproduces fit
     original = load_backbone(tiny_ddpm).unet.state_dict()
     tuned = load_tensors(whole / "diec-unet.safetensors")

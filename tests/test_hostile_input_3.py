@@ -298,3 +298,101 @@ def test_a_library_warning_on_the_command_line_is_one_line_without_its_source_pa
                                "/venv/lib/python3.11/site-packages/sklearn/manifold/_spectral_embedding.py", 325)
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["WARNING diffclust: sklearn UserWarning: Graph is not fully connected, spectral embedding may not work as expected."]
+
+
+# ---------------------------------------------------------------------------------- numba's compile cache (item 7)
+KERNEL = "import numba\n\n\n@numba.njit(cache=True)\ndef add_one(x):\n    return x + 1\n"
+
+
+def fresh_kernel(folder: Path, name: str):
+    """`add_one` from folder/kernel.py, imported as a new module (a new numba dispatcher over the same cache files)."""
+    import importlib.util
+
+    source = folder / "kernel.py"
+    if not source.exists():
+        source.write_text(KERNEL)
+    spec = importlib.util.spec_from_file_location(name, source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.add_one
+
+
+@pytest.fixture
+def guarded(monkeypatch):
+    from diffclust.cluster import numba_cache
+
+    numba_cache.guard_numba_cache()
+    monkeypatch.setattr(numba_cache, "_said", set())  # each test sees its own first warning
+    return numba_cache
+
+
+@pytest.mark.parametrize("damage", ["random bytes in the index", "a truncated data file"])
+def test_a_damaged_numba_cache_is_recompiled_and_rewritten_not_fatal(guarded, tmp_path, caplog, damage):
+    first = fresh_kernel(tmp_path, "kernel_first")
+    assert first(1) == 2 and first.stats.cache_misses
+    index, = (tmp_path / "__pycache__").glob("*.nbi")
+    data, = (tmp_path / "__pycache__").glob("*.nbc")
+    if damage == "random bytes in the index":
+        index.write_bytes(np.random.default_rng(0).bytes(300))
+    else:
+        data.write_bytes(data.read_bytes()[:40])
+    with caplog.at_level("WARNING", logger="diffclust.cluster.numba_cache"):
+        damaged = fresh_kernel(tmp_path, "kernel_damaged")
+        assert damaged(41) == 42
+    assert caplog.text.count("could not be read") == 1 and "compiling instead" in caplog.text
+    caplog.clear()
+    repaired = fresh_kernel(tmp_path, "kernel_repaired")  # the next process reads the rewritten entry
+    assert repaired(1) == 2 and sum(repaired.stats.cache_hits.values()) == 1 and not caplog.text
+
+
+def test_a_cache_that_cannot_be_written_or_placed_costs_a_compile_not_the_run(guarded, tmp_path, monkeypatch, caplog):
+    import errno
+
+    from numba.core import caching
+
+    def disk_full(self, overloads):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(caching.IndexDataCacheFile, "_save_index", disk_full)
+    with caplog.at_level("WARNING", logger="diffclust.cluster.numba_cache"):
+        assert fresh_kernel(tmp_path, "kernel_full_disk")(1) == 2
+        namespace: dict = {}  # a source no locator can place a cache beside (as a read-only install with no writable home)
+        exec(compile(KERNEL, str(tmp_path / "gone" / "kernel.py"), "exec"), namespace)
+        assert namespace["add_one"](2) == 3
+    assert "could not be written (OSError: [Errno 28] No space left on device)" in caplog.text
+    assert "no writable folder for its compile cache" in caplog.text and "NUMBA_CACHE_DIR" in caplog.text
+
+
+def test_umap_and_pynndescent_are_imported_behind_the_guard():
+    import inspect
+
+    from diffclust.cluster import manifold, neighbours
+
+    for function in (manifold.umap_embedding, neighbours.approximate_neighbours):
+        source = inspect.getsource(function)
+        assert source.index("guard_numba_cache()") < min(source.index(word) for word in ("import umap", "from pynndescent") if word in source)
+
+
+def test_recorded_feature_rows_show_only_images_of_the_one_data_folder_they_were_read_from(tmp_path, caplog):
+    from diffclust.encoders.extraction import images_of_one_data_folder
+
+    data, elsewhere = tmp_path / "work" / "data", tmp_path / "private"
+    (data / "sub").mkdir(parents=True)
+    elsewhere.mkdir()
+    for path in (data / "a.png", data / "sub" / "b.png", data / "c.png", elsewhere / "secret.png", elsewhere / "x.png"):
+        Image.new("L", (4, 4)).save(path)
+    (data / "link.png").symlink_to(elsewhere / "secret.png")
+    recorded = {
+        "a.png": data / "a.png",                             # as `diffclust features` records it
+        "sub/b.png": data / "sub" / "b.png",
+        "c.png": Path("data") / "c.png",                      # relative: read against the table's folder, not the current one
+        "gone.png": data / "gone.png",                        # deleted since: not shown, not suspicious
+        "link.png": data / "link.png",                        # a link that leaves the data
+        "../private/secret.png": data / ".." / "private" / "secret.png",  # climbs out
+        "x.png": elsewhere / "x.png",                         # another folder
+        "renamed.png": data / "a.png",                        # the path does not end in its file name
+    }
+    with caplog.at_level("WARNING"):
+        shown = images_of_one_data_folder(recorded, tmp_path / "work")
+    assert shown == {"a.png": data / "a.png", "sub/b.png": data / "sub" / "b.png", "c.png": tmp_path / "work" / "data" / "c.png"}
+    assert "leaves out 4 recorded image(s)" in caplog.text and str(data) in caplog.text

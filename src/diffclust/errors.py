@@ -26,7 +26,8 @@ class BackboneNotFoundError(DiffclustError):
 
 #: settings whose command-line flag is not simply --name-with-dashes
 _FLAGS = {"n_clusters": "--k", "random_state": "--seed", "feature_timestep": "--t-hat", "mask_timestep": "--t-tilde",
-          "output_dir": "--out", "data": "DATA or --features"}
+          "output_dir": "--out", "data": "DATA or --features", "layer_": "--layer, or the search's search.json",
+          "timestep_": "--timestep, or the search's search.json"}
 
 
 def setting_label(name: str) -> str:

@@ -22,6 +22,7 @@ import numpy as np
 
 from diffclust.cluster.consensus import median_partition
 from diffclust.cluster.kmeans import fit_kmeans
+from diffclust.cluster.numba_cache import guard_numba_cache
 from diffclust.errors import DiffclustError
 
 #: neighbourhoods of 15, packed clusters (min_dist 0, as for clustering rather than display), 10 dimensions
@@ -90,6 +91,7 @@ def umap_embedding(data, seed: int, needed_by: str = "this setting", settings: d
     a clear error without umap-learn. Too few rows for a neighbourhood graph (fewer than
     n_components + 2) come back unchanged: there is nothing to unfold."""
     array = _rows(data)
+    guard_numba_cache()
     try:
         import umap
     except ImportError:

@@ -50,10 +50,12 @@ def nearest_neighbours(features: np.ndarray | torch.Tensor, n_neighbours: int, c
 def approximate_neighbours(features: np.ndarray, neighbours: int, seed: int) -> np.ndarray:
     """(rows, neighbours) indices of each row's nearest rows by Euclidean distance, itself left
     out: pynndescent's NN-descent, near-linear in the rows."""
+    from diffclust.cluster.manifold import cache_numba_kernels
+    from diffclust.cluster.numba_cache import guard_numba_cache
+
+    guard_numba_cache()
     from numba.core.errors import NumbaWarning
     from pynndescent import NNDescent
-
-    from diffclust.cluster.manifold import cache_numba_kernels
 
     cache_numba_kernels()
     with warnings.catch_warnings():  # numba says that it cannot cache nn_descent

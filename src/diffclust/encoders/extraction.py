@@ -193,10 +193,37 @@ def recorded_images(features_path: str | Path) -> tuple[dict[str, Path], dict[in
     table = _row_table(features_path)
     if table is None:
         return {}, {}
-    _, columns, rows = table
+    files_csv, columns, rows = table
     found = {from_spreadsheet_safe(row["file"]): Path(from_spreadsheet_safe(row["path"])) for row in rows if row.get("path")}
     names = {int(row["label"]): row["class_name"] for row in rows if row.get("label") and row.get("class_name")} if "class_name" in columns else {}
-    return {name: image for name, image in found.items() if image.is_file()}, names
+    return images_of_one_data_folder(found, files_csv.parent), names
+
+
+def images_of_one_data_folder(found: dict[str, Path], base: Path) -> dict[str, Path]:
+    """The recorded images a report may show: those of the one data folder the extraction read.
+    `diffclust features` records each image as DATA/file, so every row must give the same DATA
+    (its path less its file name), its file must stay inside it (no `..`, not absolute), and the
+    image, links followed, must lie under it; a relative path is read against the table's own
+    folder. Any other row is left out with a warning, so a table handed to you cannot show your
+    own files."""
+    roots: dict[str, Path] = {}
+    for name, path in found.items():
+        path = path if path.is_absolute() else base / path
+        relative = Path(name)
+        if not relative.is_absolute() and ".." not in relative.parts and path.parts[-len(relative.parts):] == relative.parts:
+            roots[name] = Path(*path.parts[: -len(relative.parts)])
+    common = max(set(roots.values()), key=list(roots.values()).count) if roots else None
+    shown, refused = {}, []
+    for name in found:
+        image = (roots[name] / name).resolve() if name in roots else None
+        if image is None or roots[name] != common or not image.is_relative_to(common.resolve()):
+            refused.append(name)
+        elif image.is_file():  # an image deleted since is simply not shown
+            shown[name] = roots[name] / name
+    if refused:
+        logger.warning("The report leaves out %d recorded image(s) that lie outside the data folder %s the features were read from "
+                       "(%s%s).", len(refused), common, ", ".join(refused[:3]), ", ..." if len(refused) > 3 else "")
+    return shown
 
 
 def read_row_names(features_path: str | Path, count: int) -> tuple[list[str], np.ndarray | None] | None:

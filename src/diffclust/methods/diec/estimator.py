@@ -348,7 +348,7 @@ class DiEC(ClusteringEstimator):
         seed_everything(self.random_state)
         network = DiECNetwork(dim, k, self.mapping_hidden)
         self.finetune_unet_ = self.resolved_finetune(accelerator.device)
-        params = self._trainer_params(files_identity(collection.files), resolution, timestep_=timestep, finetune_unet=self.finetune_unet_)
+        params = self._trainer_params(files_identity(collection.files), resolution, layer_=layer, timestep_=timestep, finetune_unet=self.finetune_unet_)
         trainer = DiECTrainer(params, backbone, reader, latents, network, accelerator, collection.labels, run_dir, at_pair)
         with timer("training"):
             trainer.run(resume=resume)

@@ -39,7 +39,9 @@ from diffclust.seeding import make_generator
 logger = logging.getLogger(__name__)
 
 #: settings that must not change between an interrupted run and its resumption
-RESUME_KEYS = ("n_clusters", "batch_size", "random_state", "finetune_unet", "noise_draws", "pool_size", "mapping_hidden", "n_neighbours",
+#: the layer and timestep trained at are the run's identity too: a search.json replaced under a
+#: run would otherwise resume its head at another pair
+RESUME_KEYS = ("layer_", "timestep_", "n_clusters", "batch_size", "random_state", "finetune_unet", "noise_draws", "pool_size", "mapping_hidden", "n_neighbours",
                "init", "self_label_epochs")
 #: label smoothing of the start partition while it is the target
 SELF_LABEL_SMOOTHING = 0.1
