@@ -396,3 +396,25 @@ def test_recorded_feature_rows_show_only_images_of_the_one_data_folder_they_were
         shown = images_of_one_data_folder(recorded, tmp_path / "work")
     assert shown == {"a.png": data / "a.png", "sub/b.png": data / "sub" / "b.png", "c.png": tmp_path / "work" / "data" / "c.png"}
     assert "leaves out 4 recorded image(s)" in caplog.text and str(data) in caplog.text
+
+
+def test_a_full_disk_while_building_tiny_random_is_one_line_naming_diffclust_home(tmp_path, monkeypatch, capsys):
+    from safetensors import SafetensorError
+
+    from diffclust.backbones import tiny_random
+    from diffclust.engine import atomic
+
+    def full_disk_build(folder):  # safetensors' own wording for ENOSPC, after part of the model was written
+        folder.mkdir(parents=True)
+        (folder / "model_index.json").write_text("{}")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setenv("DIFFCLUST_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(tiny_random, "build_tiny_random", full_disk_build)
+    monkeypatch.setattr(atomic, "free_space", lambda path: 1000)
+    for name in "abc":
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{name}.png")
+    line = failure(capsys, ["fit", str(tmp_path), "--k", "2", *QUICK, "--out", str(tmp_path / "run")], 1,
+                   "the disk is full while building the built-in 'tiny-random' backbone in")
+    assert "DIFFCLUST_HOME" in line and "SafetensorError" not in line and "unexpected" not in line
+    assert list((tmp_path / "home" / "backbones").iterdir()) == []  # nothing half-built is kept

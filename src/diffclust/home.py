@@ -3,11 +3,13 @@ sets and DiFiC's per-image constants ($DIFFCLUST_HOME, else ~/.cache/diffclust).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-from diffclust.errors import EnvironmentProblem
+from diffclust.errors import DiskFullError, EnvironmentProblem
 
 
 def cache_root() -> Path:
@@ -27,3 +29,20 @@ def cache_root() -> Path:
         raise EnvironmentProblem(f"Cannot use {source} for diffclust's cache ({type(error).__name__}: {error.strerror or error}): "
                                  "set DIFFCLUST_HOME to a folder you can write to (e.g. export DIFFCLUST_HOME=/tmp/diffclust).") from None
     return root
+
+
+@contextlib.contextmanager
+def building_in_home(what: str, folder: Path) -> Iterator[None]:
+    """Around a build into the cache: a full disk, however the writer words it (safetensors,
+    PIL, numpy), becomes one line that names the folder and DIFFCLUST_HOME."""
+    from diffclust.engine.atomic import looks_like_disk_full
+    from diffclust.failures import free_space, megabytes
+
+    try:
+        yield
+    except Exception as error:
+        if isinstance(error, EnvironmentProblem) or not looks_like_disk_full(error, folder):
+            raise
+        free = free_space(folder)
+        raise DiskFullError(f"the disk is full while building {what} in '{folder}'" + (f" ({megabytes(free)} free there)" if free is not None else "")
+                            + ". Free some space, or set DIFFCLUST_HOME to a folder on another disk. Nothing half-built was kept.") from error

@@ -21,7 +21,7 @@ from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel
 
 from diffclust.backbones.names import TINY_RANDOM as NAME
 from diffclust.errors import DiffclustError
-from diffclust.home import cache_root
+from diffclust.home import building_in_home, cache_root
 
 VERSION = 2
 RESOLUTION = 64
@@ -137,7 +137,8 @@ def ensure_tiny_random() -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{NAME}-", dir=target.parent))
     try:
-        build_tiny_random(staging / "model")
+        with building_in_home(f"the built-in '{NAME}' backbone", target.parent):
+            build_tiny_random(staging / "model")
         if is_complete(staging / "model"):
             if target.exists() and not is_complete(target):
                 shutil.rmtree(target, ignore_errors=True)  # a broken copy: replace it

@@ -87,7 +87,7 @@ def builtin_folder(name: str) -> Path:
     """
     if not is_builtin(name):
         raise DiffclustError(f"'{name}' is not a built-in data set (built-in: {', '.join(builtin_names())}).")
-    from diffclust.home import cache_root
+    from diffclust.home import building_in_home, cache_root
 
     packed, _ = BUILTIN_DATASETS[name]
     digest = hashlib.sha256((PACKAGE_FOLDER / packed).read_bytes()).hexdigest()[:12]
@@ -98,7 +98,8 @@ def builtin_folder(name: str) -> Path:
     parent.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=parent.parent))
     try:
-        _write_folder(LOADERS[name](), staging / name)
+        with building_in_home(f"the built-in data set '{name}'", parent.parent):
+            _write_folder(LOADERS[name](), staging / name)
         try:
             os.replace(staging, parent)
         except OSError:  # another process laid it out first: theirs is complete, use it

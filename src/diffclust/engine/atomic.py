@@ -39,7 +39,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         os.replace(temp, path)
         _fsync_folder(path.parent)
     except Exception as error:
-        if _disk_full(error, path.parent):  # torch, numpy and safetensors each word it their own way
+        if looks_like_disk_full(error, path.parent):  # torch, numpy and safetensors each word it their own way
             raise DiskFullError(disk_full_message(path, path.stat().st_size if path.is_file() else None)) from error
         raise
     finally:
@@ -47,7 +47,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
-def _disk_full(error: Exception, folder: Path) -> bool:
+def looks_like_disk_full(error: Exception, folder: Path) -> bool:
     """ENOSPC, or a writer's own error while the disk has (almost) nothing left."""
     if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
         return True
