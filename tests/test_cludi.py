@@ -394,3 +394,13 @@ def test_paper_settings_switch_takes_the_published_values_under_explicit_options
     assert (model.init, model.predict_samples, model.lr) == ("random", 64, 1e-4)
     plain = build_model(build_parser().parse_args(["fit", "--method", "cludi", "--features", "f.npy", "--k", "3"]), tmp_path)
     assert plain.get_params() == CLUDI(3, output_dir=tmp_path).get_params()  # no option given: the estimator's defaults
+
+
+def test_identical_rows_share_one_cluster_in_fit_and_in_predict():
+    features, labels = blobs(n=200, d=4, spread=1.5)  # overlapping groups: the teacher's samples disagree on many rows
+    copies = np.repeat(np.arange(0, 200, 5), 6)  # 40 rows, each appearing six more times
+    doubled = np.concatenate([features, features[copies]])
+    model = CLUDI(5, epochs=1, random_state=0, self_labelling=False, **FAST).fit(doubled)
+    for fitted in (model.labels_, model.predict(doubled)):
+        assert np.array_equal(fitted[200:], fitted[copies])
+    assert len(np.unique(model.labels_)) == 5

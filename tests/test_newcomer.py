@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import os
 import re
 import sys
@@ -66,6 +67,17 @@ def test_colour_photos_are_refused_by_a_grey_digit_model(twelve, tmp_path, capsy
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "one-channel model at 16 px" in last and "colour images" in last
     assert not (tmp_path / "run" / "assignments.csv").exists()
+
+
+def test_a_few_colour_photos_among_grey_digits_are_clustered_with_a_warning(digits, twelve, tmp_path, caplog):
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for source in sorted((digits / "images").iterdir())[:8] + sorted((twelve / "images").iterdir())[:8]:
+        shutil.copy(source, mixed / source.name)
+    with caplog.at_level("WARNING"):
+        assert main(["fit", str(mixed), "--method", "diec", "--k", "2", "--backbone", "usps-ddpm", "--epochs", "1", "--layer", "mid_block",
+                     "--timestep", "150", "--device", "cpu", "--quiet", "--out", str(tmp_path / "run")]) == 0
+    assert "8 of the 16 images checked are in colour" in caplog.text and "colour is lost" in caplog.text
 
 
 def test_a_missing_option_is_one_line_naming_it(capsys):

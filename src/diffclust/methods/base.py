@@ -179,6 +179,10 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
                 f"digits), but these are colour images (e.g. '{colourful[0]}', {len(colourful)} of the {len(sample)} checked). "
                 "Use a backbone that knows photos (--backbone with Stable Diffusion v1.5), or pretrain one on your images "
                 "(diffclust pretrain DATA --unconditional).")
+        if colourful:
+            logger.warning("%d of the %d images checked are in colour (e.g. '%s'), but the backbone '%s' sees grey: they are "
+                           "clustered by their grey values and their colour is lost. If they do not belong with the others, "
+                           "move them out of the data.", len(colourful), len(sample), colourful[0], backbone.reference)
         if sizes and min(sizes) > 8 * backbone.resolution:
             logger.warning("These images (%d px and more) are shrunk to the backbone's %d px: fine detail is lost.", min(sizes),
                            backbone.resolution)

@@ -26,7 +26,7 @@ from diffclust.methods.base import ClusteringEstimator
 from diffclust.methods.cludi.diffusion import EmbeddingDiffusion
 from diffclust.methods.cludi.inputs import FeatureTable, read_feature_file, table_from_matrix
 from diffclust.methods.cludi.network import CLUDINetwork
-from diffclust.methods.cludi.training import CLUDITrainer, assign, mean_logits, sample_agreement
+from diffclust.methods.cludi.training import CLUDITrainer, assign, distinct_rows, mean_logits, sample_agreement
 from diffclust.outputs import ASSIGNMENTS_NAME, RUN_LABELS_NAME, SKIPPED_NAME, csv_text, write_assignments, write_skipped
 from diffclust.seeding import make_generator, seed_everything
 
@@ -414,13 +414,19 @@ class CLUDI(ClusteringEstimator):
 
     # ------------------------------------------------------------------ inference
     def _logits(self, values: torch.Tensor, keep_samples: bool = False):
-        """Teacher logits averaged over predict_samples sampled embeddings of predict_steps steps."""
+        """Teacher logits averaged over predict_samples sampled embeddings of predict_steps steps.
+        Identical rows are sampled once and share the result: each row's own noise would otherwise
+        split copies of one row across clusters."""
         diffusion = EmbeddingDiffusion(self.num_train_timesteps, self.beta_schedule)
         device = next(self.teacher_.parameters()).device
         generator = make_generator(self.random_state + 2_718)
-        result = mean_logits(self.teacher_, diffusion, self._standardised(values).to(device), self.predict_samples,
+        standardised = self._standardised(values)
+        distinct, copies = distinct_rows(standardised.detach().cpu().numpy())
+        result = mean_logits(self.teacher_, diffusion, standardised[distinct].to(device), self.predict_samples,
                              self.predict_steps, self.teacher_eta, generator, keep_samples=keep_samples)
-        return (result[0].cpu(), result[1]) if keep_samples else result.cpu()
+        if keep_samples:
+            return result[0].cpu()[copies], result[1][:, copies]
+        return result.cpu()[copies]
 
     def transform(self, X) -> np.ndarray:
         """Mean teacher logits (N, K) of the rows of `X` (the teacher's assignment uses the fitted

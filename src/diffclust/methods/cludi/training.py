@@ -54,6 +54,16 @@ INIT_MIN_GAIN = 0.005
 INIT_PATIENCE = 2
 
 
+def distinct_rows(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows to compute, row of that list for every row): each distinct row once, in order of
+    first appearance, so `result[copies]` gives every row the result of its first copy."""
+    _, first, inverse = np.unique(values.reshape(len(values), -1), axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    position = np.empty_like(order)
+    position[order] = np.arange(len(order))
+    return first[order], position[inverse.reshape(-1)]
+
+
 @torch.no_grad()
 def mean_logits(network: CLUDINetwork, diffusion: EmbeddingDiffusion, features: torch.Tensor, samples: int, steps: int,
                 eta: float, generator: torch.Generator, chunk: int = 4096, keep_samples: bool = False):
