@@ -218,3 +218,27 @@ def test_evaluate_loads_neither_a_model_library_nor_scikit_learn(twelve, tmp_pat
               "print(code, 'torch' in sys.modules, 'sklearn' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip().splitlines()[-1] == "0 False False" and "Scored 12 images" in done.stdout
+
+
+def test_labels_written_as_class_names_are_scored_and_read_by_fit(twelve, tmp_path, capsys):
+    import csv
+
+    files = [row["file"] for row in rows(twelve / "labels.csv")]
+    names = ["square" if index % 2 else "circle" for index in range(len(files))]
+    (tmp_path / "a.csv").write_text("file,cluster,confidence,status\n" + "".join(f"{f},{i % 2},1.0,ok\n" for i, f in enumerate(files)))
+    (tmp_path / "truth.csv").write_text("file,label\n" + "".join(f"{f},{n}\n" for f, n in zip(files, names)))
+    assert main(["evaluate", str(tmp_path / "a.csv"), "--labels", str(tmp_path / "truth.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "class names, numbered in sorted order: 0 = circle, 1 = square" in out and "ACC 100.00%" in out
+    assert main(["evaluate", str(tmp_path / "a.csv"), "--labels", str(tmp_path / "truth.csv"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["classes"] == {"0": "circle", "1": "square"}
+
+    data = tmp_path / "data"  # the same names in a data folder's labels.csv: fit reads them as labels with class names
+    shutil.copytree(twelve / "images", data / "images")
+    with open(data / "labels.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([("file", "label"), *zip(files, names)])
+    from diffclust import scan_images
+
+    collection = scan_images(data)
+    assert list(collection.labels) == [0 if n == "circle" else 1 for n in names]
+    assert {record.class_name for record in collection.records} == {"circle", "square"}

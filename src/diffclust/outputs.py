@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from diffclust.data.collection import MANIFEST_NAME, ImageCollection, SkippedFile, scan_images
-from diffclust.data.csv_tables import from_spreadsheet_safe, integer_cell, read_csv_rows, spreadsheet_safe
+from diffclust.data.csv_tables import from_spreadsheet_safe, integer_cell, label_cells, read_csv_rows, spreadsheet_safe
 from diffclust.engine.atomic import atomic_write_json, atomic_write_text, writable_folder
 from diffclust.errors import DiffclustError
 
@@ -80,6 +80,12 @@ def read_assignments(path: str | Path) -> tuple[dict[str, int], int]:
 def read_labels(path: str | Path, split: str | None = None) -> dict[str, int]:
     """{file: label} from a labels.csv (file,label[,class_name,split]), or from a data folder in
     any layout `fit` reads (a labels.csv inside, or one sub-folder per class); optionally one split."""
+    return read_label_table(path, split)[0]
+
+
+def read_label_table(path: str | Path, split: str | None = None) -> tuple[dict[str, int], dict[int, str], bool]:
+    """({file: label}, {label: class name}, whether the labels were written as names) from the
+    sources read_labels takes; labels written as names are numbered in sorted order."""
     path = Path(path)
     if path.is_dir() and not (path / MANIFEST_NAME).is_file():
         return _labels_from_class_folders(path, split)
@@ -88,11 +94,14 @@ def read_labels(path: str | Path, split: str | None = None) -> dict[str, int]:
     columns, rows = read_csv_rows(path, {"file", "label"}, "a labels.csv with file,label[,class_name,split]")
     if split is not None and "split" not in columns:
         raise DiffclustError(f"{path}: --split {split} was asked for but the file has no 'split' column.")
-    labels = {row["file"]: integer_cell(row, "label", path, number) for number, row in rows
-              if split is None or row.get("split") == split}
+    cells, names, were_names = label_cells(rows, path)
+    blank = next((number for number, _ in rows if cells[number] is None), None)
+    if blank is not None:
+        raise DiffclustError(f"{path}: row {blank} has no label; give every row one, or leave the row out.")
+    labels = {row["file"]: cells[number] for number, row in rows if split is None or row.get("split") == split}
     if not labels:
         raise DiffclustError(f"{path}: no labelled rows" + (f" with split == '{split}'." if split else "."))
-    return labels
+    return labels, names, were_names
 
 
 def _labels_from_class_folders(folder: Path, split: str | None) -> dict[str, int]:
@@ -103,7 +112,8 @@ def _labels_from_class_folders(folder: Path, split: str | None) -> dict[str, int
     if collection.labels is None:
         raise DiffclustError(f"{folder} holds no labels: no {MANIFEST_NAME}, and its images are not sorted into one "
                              "sub-folder per class.")
-    return {record.file: int(record.label) for record in collection.records}
+    labels = {record.file: int(record.label) for record in collection.records}
+    return labels, {record.label: record.class_name for record in collection.records if record.class_name}, False
 
 
 def collection_outputs(folder: str | Path, collection: ImageCollection, clusters: np.ndarray, confidence: np.ndarray) -> None:

@@ -42,21 +42,25 @@ def _evaluation_inputs(assignments: Path, labels: Path | None) -> tuple[Path, Pa
 
 def run(args) -> int:
     from diffclust.cluster.metrics import clustering_scores
-    from diffclust.outputs import read_assignments, read_labels
+    from diffclust.outputs import read_assignments, read_label_table
 
     assignments, labels_source = _evaluation_inputs(args.assignments, args.labels)
     assigned, skipped = read_assignments(assignments)
-    labels = read_labels(labels_source, split=args.split)
+    labels, names, were_names = read_label_table(labels_source, split=args.split)
     common = sorted(set(assigned) & set(labels))
     if not common:
         raise DiffclustError(f"No file in {assignments} appears in {labels_source}" + (f" (split {args.split})" if args.split else "") + ".")
     missing = len(labels) - len(common)
     scores = clustering_scores([labels[f] for f in common], [assigned[f] for f in common])
     scores.update(scored=len(common), labelled_without_assignment=missing, skipped_rows=skipped)
+    if were_names:  # the numbers stand for the names given, in sorted order
+        scores["classes"] = {str(number): name for number, name in sorted(names.items())}
     if args.json:
         print(json.dumps(scores, indent=2))
         return 0
     print(f"Scored {len(common)} images" + (f" (split {args.split})" if args.split else "")
           + (f"; {missing} labelled images have no assignment" if missing else "") + ".")
+    if were_names:
+        print(f"The labels are class names, numbered in sorted order: {', '.join(f'{number} = {name}' for number, name in sorted(names.items()))}.")
     print_scores(scores)
     return 0

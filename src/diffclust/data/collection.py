@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from diffclust.data.csv_tables import integer_cell, read_csv_rows
+from diffclust.data.csv_tables import label_cells, read_csv_rows
 from diffclust.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, ImageTooLargeError, array_to_image, is_animated, load_rgb, open_image, to_rgb
 from diffclust.datasets import missing_data_message, resolve_data
 from diffclust.errors import DiffclustError
@@ -232,6 +232,7 @@ def _records_from_manifest(root: Path, manifest: Path) -> list[ImageRecord]:
     if not rows:
         raise DiffclustError(f"{manifest} lists no files (it has a header but no rows): add one row per image "
                              f"(file,label[,class_name,split]), or move it away to read the images in {root} as they are.")
+    labels, names, _ = label_cells(rows, manifest)
     records, first_row = [], {}
     for row_number, row in rows:
         name = row["file"].strip()
@@ -240,8 +241,8 @@ def _records_from_manifest(root: Path, manifest: Path) -> list[ImageRecord]:
             raise DiffclustError(f"{manifest}: rows {first_row[name]} and {row_number} both name '{name}'; each image may "
                                  "appear once (a repeated row would be clustered and scored twice). Remove one.")
         first_row[name] = row_number
-        label = integer_cell(row, "label", manifest, row_number, blank_ok=True)
-        records.append(ImageRecord(path, name, label, row.get("class_name") or None, row.get("split") or None,
+        label = labels[row_number]
+        records.append(ImageRecord(path, name, label, row.get("class_name") or names.get(label), row.get("split") or None,
                                    row.get("caption") or None))
     return records
 

@@ -49,6 +49,31 @@ def integer_cell(row: dict[str, str], column: str, path: Path | str, number: int
                              + (" (put names in a 'class_name' column)." if column == "label" else ".")) from None
 
 
+def label_cells(rows: list[tuple[int, dict[str, str]]], path: Path | str) -> tuple[dict[int, int | None], dict[int, str], bool]:
+    """({row number: label or None when blank}, {label: class name}, whether the labels were names).
+
+    Integer labels are kept (their names from a 'class_name' column). Labels written as names
+    (circle, square) are numbered in sorted order, so the same names always get the same
+    numbers, and the names become the class names."""
+    texts = {number: row.get("label", "").strip() for number, row in rows}
+    given = [text for text in texts.values() if text]
+    if all(_is_integer(text) for text in given):
+        labels = {number: int(text) if text else None for number, text in texts.items()}
+        names = {labels[number]: row["class_name"].strip() for number, row in rows
+                 if labels[number] is not None and (row.get("class_name") or "").strip()}
+        return labels, names, False
+    numbered = {name: index for index, name in enumerate(sorted(set(given)))}
+    return {number: numbered[text] if text else None for number, text in texts.items()}, {i: n for n, i in numbered.items()}, True
+
+
+def _is_integer(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
 #: a cell starting with one of these runs as a formula when a spreadsheet opens the CSV
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
