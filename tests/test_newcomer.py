@@ -6,9 +6,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -221,8 +221,6 @@ def test_evaluate_loads_neither_a_model_library_nor_scikit_learn(twelve, tmp_pat
 
 
 def test_labels_written_as_class_names_are_scored_and_read_by_fit(twelve, tmp_path, capsys):
-    import csv
-
     files = [row["file"] for row in rows(twelve / "labels.csv")]
     names = ["square" if index % 2 else "circle" for index in range(len(files))]
     (tmp_path / "a.csv").write_text("file,cluster,confidence,status\n" + "".join(f"{f},{i % 2},1.0,ok\n" for i, f in enumerate(files)))

@@ -19,8 +19,11 @@ from diffclust.backbones import StableDiffusionBackbone, UnconditionalBackbone, 
 from diffclust.cli import main
 from diffclust.engine.checkpoint import load_training_state
 from diffclust.errors import DiffclustError
+from diffclust.outputs import read_assignments
 from diffclust.pretrain import trainer as pretrain_trainer
 from diffclust.pretrain.evaluation import evaluate_text_pathway
+
+from conftest import cli_failure
 
 TINY = ["--resolution", "8", "--channels-per-level", "16,16,32,32", "--layers-per-block", "1", "--device", "cpu", "--quiet"]
 
@@ -181,3 +184,38 @@ def test_ddim_sampler_reproduces_the_image_an_exact_denoiser_knows():
     context = torch.zeros(2, 1, 4)  # classifier-free guidance path: both halves agree here
     guided = sample(_OracleDenoiser(scheduler, red), scheduler, (2, 3, 8, 8), torch.Generator().manual_seed(0), context, context[:1])
     assert torch.allclose(guided, red.expand(2, -1, -1, -1), atol=0.02)
+
+
+def test_every_refusal_on_colour_photos_gives_commands_that_work(twelve, tmp_path, capsys, monkeypatch):
+    import re
+    import shlex
+
+    monkeypatch.chdir(tmp_path)  # the advice's my-ddpm lands here
+    quick = ["--epochs", "1", "--device", "cpu", "--quiet"]
+    refusal = cli_failure(capsys, ["fit", str(twelve), "--k", "3", "--backbone", "usps-text", *quick], 2, "colour images")
+    pretrain, fit = (shlex.split(command)[1:] for command in re.findall(r"`(diffclust [^`]+)`", refusal))
+    assert pretrain[:2] == ["pretrain", str(twelve)] and fit[:2] == ["fit", str(twelve)]
+    assert main([*pretrain, *TINY, "--steps", "4", "--batch-size", "4", "--checkpoint-every", "4"]) == 0
+    # DiFiC (the default method) on the unconditional model: one line that points to DiEC
+    refusal = cli_failure(capsys, ["fit", str(twelve), "--k", "3", "--backbone", "my-ddpm", *quick], 2, "DiFiC needs a text-to-image model")
+    diec, = (shlex.split(command)[1:] for command in re.findall(r"`(diffclust fit [^`]+)`", refusal))
+    backbone = fit.index("--backbone") + 1
+    assert diec[:backbone] == fit[:backbone] and diec[backbone + 1:] == fit[backbone + 1:]
+    assert Path(diec[backbone]).resolve() == (tmp_path / fit[backbone]).resolve()  # the model's full path: works from anywhere
+    assert main([*fit, *quick, "--layer", "mid_block", "--timestep", "100", "--out", str(tmp_path / "run")]) == 0
+    assert len(read_assignments(tmp_path / "run" / "assignments.csv")[0]) == 12
+
+
+def test_a_pretraining_that_ends_inside_warm_up_or_without_a_falling_loss_says_so(digits, tmp_path, caplog):
+    from diffclust.pretrain.trainer import undertrained
+
+    with caplog.at_level("WARNING"):
+        assert _unconditional(digits, tmp_path / "short", 6, "--warmup-steps", "200") == 0
+    assert "The model is not trained yet: it ran 6 steps, inside the 200-step learning-rate warm-up" in caplog.text
+    assert "at least 1000 steps (about" in caplog.text and "--steps 1000" in caplog.text
+    record = json.loads((tmp_path / "short" / "training" / "record.json").read_text())
+    assert record["undertrained"].startswith("it ran 6 steps")
+    # the loss rule, by hand: a fall of 20% or more passes, less does not
+    assert undertrained(500, 200, [1.0, 0.79]) is None
+    assert undertrained(500, 200, [1.073, 1.0]) == "its loss has not fallen (first 1.073, last 1.000)"
+    assert undertrained(500, 200, [1.0]) is None

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import shlex
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,14 @@ REFIT = "fit again into a new output folder, or restore the run's files from a c
 GREY_PROBE_IMAGES, GREY_TOLERANCE = 16, 6.0
 #: settings renamed since earlier releases: old saved name -> current name
 RENAMED_SETTINGS = {"seed": "random_state"}
+
+
+def pretrain_then_diec(data, n_clusters) -> str:
+    """The two commands that give a user's own images a backbone of their own, and cluster them
+    with the method an unconditional model serves (DiEC)."""
+    data = shlex.quote(str(data))
+    return (f"`diffclust pretrain {data} --out my-ddpm --unconditional`, then "
+            f"`diffclust fit {data} --method diec --backbone my-ddpm --k {n_clusters}`")
 
 
 def _epochs_finished(run_dir: Path) -> int | None:
@@ -177,8 +186,8 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
             raise DiffclustError(
                 f"The backbone '{backbone.reference}' is a one-channel model at {backbone.resolution} px (grey images such as "
                 f"digits), but these are colour images (e.g. '{colourful[0]}', {len(colourful)} of the {len(sample)} checked). "
-                "Use a backbone that knows photos (--backbone with Stable Diffusion v1.5), or pretrain one on your images "
-                "(diffclust pretrain DATA --unconditional).")
+                "Use a backbone that knows photos (--backbone with Stable Diffusion v1.5), or pretrain one on these images "
+                f"and cluster with DiEC: {pretrain_then_diec(collection.root, self.n_clusters)}.")
         if colourful:
             logger.warning("%d of the %d images checked are in colour (e.g. '%s'), but the backbone '%s' sees grey: they are "
                            "clustered by their grey values and their colour is lost. If they do not belong with the others, "

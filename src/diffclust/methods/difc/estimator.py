@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from torch.utils.data import DataLoader
 from diffclust.backbones.base import DiffusionBackbone
 from diffclust.backbones.efficiency import TrainingEfficiency
 from diffclust.backbones.registry import SD15_HUB_ID, load_backbone
+from diffclust.backbones.unconditional import UnconditionalBackbone
 from diffclust.data.collection import ImageCollection
 from diffclust.data.dataset import ImageTensorDataset
 from diffclust.engine.checkpoint import atomic_save_tensors, load_tensors
@@ -283,8 +285,14 @@ class DiFiC(ClusteringEstimator):
         with timer("load backbone"):
             backbone = load_backbone(self.backbone, device=accelerator.device, progress=self.progress)
         resolution = self.resolution or backbone.resolution
-        self._check_for_backbone(backbone, resolution, feature_timestep=self.feature_timestep, mask_timestep=self.mask_timestep)
         self._check_images_for_backbone(collection, backbone, resolution)
+        if isinstance(backbone, UnconditionalBackbone):
+            raise DiffclustError(
+                f"DiFiC needs a text-to-image model (its proxy words go through a text encoder into the UNet's cross-attention), "
+                f"but '{backbone.reference}' is an unconditional model. It serves DiEC: `diffclust fit {shlex.quote(str(collection.root))} "
+                f"--method diec --backbone {shlex.quote(backbone.reference)} --k {self.n_clusters}`. For DiFiC, pass Stable Diffusion v1.5 "
+                "or a model from `diffclust pretrain` without --unconditional.")
+        self._check_for_backbone(backbone, resolution, feature_timestep=self.feature_timestep, mask_timestep=self.mask_timestep)
         self.warmup_epochs_ = self.resolved_warmup_epochs()
         params = self._trainer_params(files_identity(collection.files), resolution, warmup_epochs=self.warmup_epochs_)
         if resume:
