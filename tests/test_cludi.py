@@ -404,3 +404,16 @@ def test_identical_rows_share_one_cluster_in_fit_and_in_predict():
     for fitted in (model.labels_, model.predict(doubled)):
         assert np.array_equal(fitted[200:], fitted[copies])
     assert len(np.unique(model.labels_)) == 5
+
+
+def test_a_fit_from_python_shows_diffclusts_info_lines_unless_logging_is_configured_or_progress_is_off(monkeypatch, capsys):
+    import logging
+
+    features, _ = blobs(k=3, n=90, d=4)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # a plain script: nobody configured logging
+    CLUDI(3, epochs=1, random_state=0, **{**FAST, "progress": True}).fit(features)
+    err = capsys.readouterr().err
+    assert "INFO diffclust.methods.cludi.estimator: CLUDI on 90 x 4 features, K = 3" in err
+    assert logging.getLogger("diffclust").handlers == []  # the fit's handler is gone afterwards
+    CLUDI(3, epochs=1, random_state=0, **FAST).fit(features)  # progress=False: quiet
+    assert "INFO" not in capsys.readouterr().err

@@ -319,6 +319,10 @@ def test_diec_end_to_end_search_fit_resume_predict(usps_subset, tiny_ddpm, tmp_p
     assert any(not torch.equal(original[key], tuned[key]) for key in original)
     model = load_model(whole)
     assert isinstance(model, DiEC)
+    from diffclust.report import build_report
+
+    html = build_report(whole, names=False).read_text()  # the summary names the features the search chose
+    assert f"{model.layer_} at t = {model.timestep_} (chosen by the search, see its plot below)" in html
     out = tmp_path / "predicted.csv"
     assert main(["predict", str(whole), str(usps_subset), "--out", str(out), "--quiet"]) == 0
     assert read_assignments(out)[0] == assigned

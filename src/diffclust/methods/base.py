@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import shlex
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,27 @@ def pretrain_then_diec(data, n_clusters) -> str:
     data = shlex.quote(str(data))
     return (f"`diffclust pretrain {data} --out my-ddpm --unconditional`, then "
             f"`diffclust fit {data} --method diec --backbone my-ddpm --k {n_clusters}`")
+
+
+@contextmanager
+def messages_in_python(show: bool):
+    """diffclust's INFO lines (the search's pick, K chosen, the time left) on stderr during a fit
+    from Python, as on the command line, when progress is shown and nobody configured logging:
+    a program that set up its own logging keeps it, and progress=False keeps a fit quiet."""
+    package = logging.getLogger("diffclust")
+    if not show or package.handlers or logging.getLogger().handlers:
+        yield
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    level = package.level
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(level)
 
 
 def _epochs_finished(run_dir: Path) -> int | None:
@@ -268,6 +289,10 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         first (a folder, writable, not holding another run) and locked for the whole fit, so a
         second writer is refused instead of corrupting this one.
         """
+        with messages_in_python(bool(getattr(self, "progress", False))):
+            return self._fit_in_folder(X, y, resume)
+
+    def _fit_in_folder(self, X, y, resume: bool) -> ClusteringEstimator:
         self._check_settings()
         self._finished_before = None
         self.data_reference_ = str(Path(X).expanduser().resolve()) if isinstance(X, (str, os.PathLike)) else None

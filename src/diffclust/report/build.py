@@ -170,6 +170,17 @@ class RunFolder:
         return paths, labels, names
 
 
+def _features_row(run: RunFolder) -> list[tuple[str, str]]:
+    """DiEC's layer and timestep (and CLUDI's, on images): which UNet features were clustered,
+    and whether the search chose them."""
+    state = run.config.get("state", {})
+    layer, timestep = state.get("layer") or state.get("feature_layer"), state.get("timestep", state.get("feature_timestep"))
+    if not layer or timestep is None:
+        return []
+    how = "chosen by the search, see its plot below" if (run.folder / "search.json").is_file() else "as given"
+    return [("UNet features", f"{layer} at t = {timestep} ({how})")]
+
+
 def _map_points(run: RunFolder, labels: dict[str, int], thumbnails, paths, limit: int, seed: int,
                 class_names: dict[int, str] | None = None) -> tuple[dict | None, str]:
     """2-D t-SNE of the clustered representation (at most `limit` points, a seeded sample), with
@@ -399,7 +410,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, sort: str =
         context["notes"].append("CLUDI: 'samples agreeing' is the share of the teacher's prediction samples whose own assignment "
                                 "is the item's cluster (1.0: no spread); each picture's tooltip gives its own.")
     context["summary"] = [("method", run.method), ("backbone", run.summary.get("backbone") or run.settings.get("backbone")),
-                          ("data", run.summary.get("data") or "(arrays or features)"), ("clusters (K)", run.settings.get("n_clusters")),
+                          ("data", run.summary.get("data") or "(arrays or features)"),
+                          ("clusters (K)", run.config.get("state", {}).get("n_clusters") or run.settings.get("n_clusters")),
+                          *_features_row(run),
                           ("images clustered", len(run.files)), ("skipped", len(run.skipped)),
                           ("wall time", f"{run.summary['wall_seconds']:.1f} s" if "wall_seconds" in run.summary else "?"),
                           ("device", run.summary.get("device", "?")),
