@@ -47,6 +47,18 @@ def test_the_built_in_folder_holds_every_digit_as_packed_and_is_laid_out_once(us
     assert usps.name == "usps"  # runs default to runs/usps
 
 
+def test_the_odd_digit_subsets_are_the_digits_usps_text_never_saw():
+    odd, odd_test = datasets.load_usps_odd(), datasets.load_usps_odd("test")
+    assert dict(Counter(odd.labels.tolist())) == {digit: USPS_CLASS_COUNTS[digit] for digit in (1, 3, 5, 7, 9)}
+    assert dict(Counter(odd_test.labels.tolist())) == {1: 264, 3: 166, 5: 160, 7: 147, 9: 177} and set(odd_test.split) == {"test"}
+    whole = datasets.load_usps()
+    index = whole.files.index(odd_test.files[0])  # a subset keeps each digit's own file name and pixels
+    assert np.array_equal(whole.images[index], odd_test.images[0]) and whole.labels[index] == odd_test.labels[0]
+    folder = datasets.builtin_folder("usps-odd-test")
+    assert folder.name == "usps-odd-test" and len(list((folder / "images").iterdir())) == 914
+    assert scan_images("usps-odd-test").labels.tolist() == odd_test.labels.tolist()
+
+
 def test_a_failed_lay_out_leaves_nothing_half_written(tmp_path, monkeypatch):
     monkeypatch.setenv("DIFFCLUST_HOME", str(tmp_path))
 
@@ -55,7 +67,9 @@ def test_a_failed_lay_out_leaves_nothing_half_written(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(datasets, "_write_folder", fail)
-    with pytest.raises(OSError):
+    from diffclust.errors import DiskFullError
+
+    with pytest.raises(DiskFullError, match="the disk is full while building the built-in data set 'usps' in .*DIFFCLUST_HOME"):
         datasets.builtin_folder("usps")
     assert list((tmp_path / "datasets").iterdir()) == []
 
@@ -85,7 +99,7 @@ def test_evaluate_takes_the_built_in_name_as_labels(usps, tmp_path, capsys):
 def test_a_name_that_is_neither_a_path_nor_built_in_lists_the_built_ins(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for argv in (["fit", "uspss", "--k", "10"], ["search", "uspss", "--k", "10", "--backbone", "usps-ddpm"]):
-        line = cli_failure(capsys, argv, 2, "Data path 'uspss' does not exist, and is not a built-in data set (usps)")
+        line = cli_failure(capsys, argv, 2, "Data path 'uspss' does not exist, and is not a built-in data set (usps, usps-odd, usps-odd-test)")
         assert len(line.splitlines()) == 1
     assert not (tmp_path / "runs").exists()
 

@@ -260,12 +260,10 @@ class StableDiffusionBackbone(SchedulerNoiseMixin, DiffusionBackbone):
             raise DiffclustError(
                 f"Prompt '{prompt}' and proxy disagree: a proxy word needs exactly one {PLACEHOLDER} placeholder in the prompt."
             )
+        if proxy is None:
+            return PromptEncoding(self._fixed_prompt(prompt, ids, mask).expand(batch_size, -1, -1), end_index, None)
         ids = ids.to(self.device).expand(batch_size, -1)
         kwargs = {"attention_mask": mask.to(self.device).expand(batch_size, -1)} if self._use_attention_mask else {}
-        if proxy is None:
-            with torch.no_grad():
-                hidden = self.text_encoder(input_ids=ids, **kwargs)[0]
-            return PromptEncoding(hidden, end_index, None)
 
         def encode(word: torch.Tensor) -> torch.Tensor:
             # the hook lives inside the function, so a checkpointed recomputation splices again
@@ -281,6 +279,19 @@ class StableDiffusionBackbone(SchedulerNoiseMixin, DiffusionBackbone):
         checkpointed = self._training is not None and self._training.gradient_checkpointing and torch.is_grad_enabled()
         hidden = torch.utils.checkpoint.checkpoint(encode, proxy, use_reentrant=False) if checkpointed else encode(proxy)
         return PromptEncoding(hidden, end_index, placeholder_index)
+
+    def _fixed_prompt(self, prompt: str, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """A prompt without a proxy word, encoded once (one row) and kept: the frozen text encoder
+        gives every row the same encoding, and encoding it for each batch row of every constants
+        batch and training step was most of their time on a small model. Keyed by the encoder's
+        dtype and device, which training set-up may change."""
+        key = (prompt, self.text_encoder.dtype, str(self.device))
+        cache = self.__dict__.setdefault("_encoded_prompts", {})
+        if key not in cache:
+            kwargs = {"attention_mask": mask.to(self.device)} if self._use_attention_mask else {}
+            with torch.no_grad():
+                cache[key] = self.text_encoder(input_ids=ids.to(self.device), **kwargs)[0]
+        return cache[key]
 
     # ----------------------------------------------------------------------------- UNet
     def run_unet(

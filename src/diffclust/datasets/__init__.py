@@ -26,8 +26,10 @@ if TYPE_CHECKING:
 
 PACKAGE_FOLDER = Path(__file__).resolve().parent
 
-#: built-in name -> (packed file, data card), both inside this package
-BUILTIN_DATASETS = {"usps": ("usps.npz", "USPS.md")}
+#: built-in name -> (packed file, data card), both inside this package; usps-odd is the odd digits
+#: of the same pack, the ones the bundled usps-text model never saw, and usps-odd-test those of the
+#: test split only (DiFiC's offline example, small enough for minutes on a CPU)
+BUILTIN_DATASETS = {name: ("usps.npz", "USPS.md") for name in ("usps", "usps-odd", "usps-odd-test")}
 #: the packed split codes (tools/pack_usps.py)
 SPLITS = ("train", "test")
 
@@ -76,7 +78,17 @@ def split_file_names(splits) -> list[str]:
     return names
 
 
-LOADERS = {"usps": load_usps}
+def load_usps_odd(split: str | None = None) -> DigitImages:
+    """The 4,422 odd USPS digits (1, 3, 5, 7, 9), or the 914 of one split (`split="test"`), with
+    their usual file names and labels: the digits the bundled usps-text model, pretrained on the
+    even ones, never saw."""
+    digits = load_usps()
+    keep = (digits.labels % 2 == 1) & ((digits.split == split) if split else True)
+    return DigitImages(digits.images[keep], digits.labels[keep], digits.split[keep], [f for f, k in zip(digits.files, keep) if k],
+                       digits.description)
+
+
+LOADERS = {"usps": load_usps, "usps-odd": load_usps_odd, "usps-odd-test": lambda: load_usps_odd("test")}
 
 
 def builtin_folder(name: str) -> Path:
