@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -212,7 +213,7 @@ def images_of_one_data_folder(found: dict[str, Path], base: Path) -> dict[str, P
         relative = Path(name)
         if not relative.is_absolute() and ".." not in relative.parts and path.parts[-len(relative.parts):] == relative.parts:
             roots[name] = Path(*path.parts[: -len(relative.parts)])
-    common = max(set(roots.values()), key=list(roots.values()).count) if roots else None
+    common = Counter(roots.values()).most_common(1)[0][0] if roots else None  # ties: the first row's folder
     shown, refused = {}, []
     for name in found:
         image = (roots[name] / name).resolve() if name in roots else None
