@@ -178,3 +178,16 @@ def test_the_head_starts_and_finds_neighbours_where_the_settings_say(mixture_fol
     else:
         assert calls == warm_up + [("fit_kmeans", (rows, word))] + [("nearest_neighbours", (rows, word))] * 3
     assert hungarian_accuracy(scan_images(mixture_folder).labels, model.labels_) >= 0.95
+    assert 0.9 <= model.start_agreement_ <= 1  # the groups are found from the start and kept
+
+
+def test_the_fit_says_how_far_its_clusters_moved_from_the_hand_over_start(caplog):
+    start = np.repeat(np.arange(4), 25)
+    kept = (start + 1) % 4  # the same partition, renamed: every image kept
+    with caplog.at_level("INFO"):
+        assert DiFiC._compare_with_start(start, kept) == 1.0 and "keep 100.0% of the images" in caplog.text
+        moved = kept.copy()
+        moved[:15] = 3  # 15 of the 25 images of cluster 0 go to another cluster
+        assert DiFiC._compare_with_start(start, moved) == pytest.approx(0.85)
+    assert "Training moved 15.0% of the images out of their start cluster" in caplog.text
+    assert DiFiC._compare_with_start(None, moved) is None  # a resume past the hand-over

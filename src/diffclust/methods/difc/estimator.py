@@ -16,6 +16,7 @@ from diffclust.backbones.base import DiffusionBackbone
 from diffclust.backbones.efficiency import TrainingEfficiency
 from diffclust.backbones.registry import SD15_HUB_ID, load_backbone
 from diffclust.backbones.unconditional import UnconditionalBackbone
+from diffclust.cluster.metrics import hungarian_accuracy
 from diffclust.data.collection import ImageCollection
 from diffclust.data.dataset import ImageTensorDataset
 from diffclust.engine.checkpoint import atomic_save_tensors, load_tensors
@@ -32,6 +33,8 @@ from diffclust.outputs import collection_outputs
 from diffclust.seeding import make_generator, seed_everything
 
 logger = logging.getLogger(__name__)
+#: below this share of images kept in their hand-over cluster, the fit warns that training moved away from its start
+START_KEPT_WARNING = 0.9
 
 #: the paper's warm-up: 100 of 250 epochs distil proxy words before the cluster head trains
 PAPER_WARMUP_FRACTION = 100 / 250
@@ -334,6 +337,7 @@ class DiFiC(ClusteringEstimator):
         self.proxy_words_ = proxies.cpu().numpy()
         self.labels_ = labels
         self.confidence_ = confidence
+        self.start_agreement_ = self._compare_with_start(getattr(trainer, "start_labels", None), labels)
         self.files_ = collection.files
         self.skipped_ = list(collection.skipped)
         self.history_ = list(trainer.log.records)
@@ -342,6 +346,23 @@ class DiFiC(ClusteringEstimator):
                 self.save(run_dir)
                 collection_outputs(run_dir, collection, labels, confidence)
         self._finish_run(run_dir, accelerator, timer, self.proxy_words_)
+
+    @staticmethod
+    def _compare_with_start(start: np.ndarray | None, labels: np.ndarray) -> float | None:
+        """The share of images whose final cluster is their hand-over cluster (the two partitions
+        matched one to one; no label read), logged, with a warning when training moved many away:
+        on the odd digits a run whose head left its start scored lower by about as much
+        (docs/benchmarks/difc.md)."""
+        if start is None:  # a resume past the hand-over did not recompute it
+            return None
+        kept = float(hungarian_accuracy(start, labels))
+        if kept < START_KEPT_WARNING:
+            logger.warning("Training moved %.1f%% of the images out of their start cluster (UMAP + k-means of z, which the head "
+                           "began from). Where that start was good, this lowered the score: compare with a run of fewer epochs "
+                           "(start_agreement in run.json).", 100 * (1 - kept))
+        else:
+            logger.info("The final clusters keep %.1f%% of the images in their start cluster (UMAP + k-means of z).", 100 * kept)
+        return kept
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()

@@ -183,6 +183,7 @@ class DiFiCTrainer(EpochTrainer):
         if not (start_head or need_shares):
             return
         start = self.start_partition(proxies)
+        self.start_labels = start  # the fit compares its final clusters with it (DiFiC.start_agreement_)
         if start_head:
             self.initialise_head(proxies(), start)
         if need_shares:
