@@ -57,7 +57,7 @@ def label_cells(rows: list[tuple[int, dict[str, str]]], path: Path | str) -> tup
     numbers, and the names become the class names."""
     texts = {number: row.get("label", "").strip() for number, row in rows}
     given = [text for text in texts.values() if text]
-    if all(_is_integer(text) for text in given):
+    if all(_parses_as(text, int) for text in given):
         labels = {number: int(text) if text else None for number, text in texts.items()}
         names = {labels[number]: row["class_name"].strip() for number, row in rows
                  if labels[number] is not None and (row.get("class_name") or "").strip()}
@@ -66,21 +66,14 @@ def label_cells(rows: list[tuple[int, dict[str, str]]], path: Path | str) -> tup
     return {number: numbered[text] if text else None for number, text in texts.items()}, {i: n for n, i in numbered.items()}, True
 
 
-def _is_integer(text: str) -> bool:
-    try:
-        int(text)
-    except ValueError:
-        return False
-    return True
-
-
 #: a cell starting with one of these runs as a formula when a spreadsheet opens the CSV
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _is_number(text: str) -> bool:
+def _parses_as(text: str, kind: type) -> bool:
+    """Whether `kind(text)` reads the cell (int: a label number; float: any number)."""
     try:
-        float(text)
+        kind(text)
     except ValueError:
         return False
     return True
@@ -89,11 +82,11 @@ def _is_number(text: str) -> bool:
 def spreadsheet_safe(value):
     """A text cell that a spreadsheet would run as a formula (a file named '=HYPERLINK(...).jpg'),
     prefixed with an apostrophe, the usual neutraliser; numbers and other cells unchanged."""
-    if isinstance(value, str) and value.startswith(FORMULA_START) and not _is_number(value):
+    if isinstance(value, str) and value.startswith(FORMULA_START) and not _parses_as(value, float):
         return "'" + value
     return value
 
 
 def from_spreadsheet_safe(text: str) -> str:
     """The original text of a cell written by `spreadsheet_safe`."""
-    return text[1:] if text.startswith("'") and text[1:2] and text[1] in FORMULA_START and not _is_number(text[1:]) else text
+    return text[1:] if text.startswith("'") and text[1:2] and text[1] in FORMULA_START and not _parses_as(text[1:], float) else text
