@@ -282,8 +282,8 @@ class StableDiffusionBackbone(SchedulerNoiseMixin, DiffusionBackbone):
 
     def _fixed_prompt(self, prompt: str, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """A prompt without a proxy word, encoded once (one row) and kept: the frozen text encoder
-        gives every row the same encoding, and encoding it for each batch row of every constants
-        batch and training step was most of their time on a small model. Keyed by the encoder's
+        gives every row the same encoding, and encoding it for each row of every constants batch
+        was half of their time on a small model (DiFiC's training step encodes proxy words, not this). Keyed by the encoder's
         dtype and device, which training set-up may change."""
         key = (prompt, self.text_encoder.dtype, str(self.device))
         cache = self.__dict__.setdefault("_encoded_prompts", {})
