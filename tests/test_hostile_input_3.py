@@ -418,3 +418,16 @@ def test_a_full_disk_while_building_tiny_random_is_one_line_naming_diffclust_hom
                    "the disk is full while building the built-in 'tiny-random' backbone in")
     assert "DIFFCLUST_HOME" in line and "SafetensorError" not in line and "unexpected" not in line
     assert list((tmp_path / "home" / "backbones").iterdir()) == []  # nothing half-built is kept
+
+
+def test_a_checkpoint_from_before_a_resume_key_existed_still_resumes_and_recorded_keys_are_still_checked(tmp_path):
+    from diffclust.engine.checkpoint import checkpoint_path, load_resume_state, save_run_checkpoint
+
+    earlier = {"data": "12 files", "n_clusters": 3}  # written before DiEC recorded layer_ and timestep_
+    save_run_checkpoint(tmp_path, True, {"network": {}}, 1, [], earlier, ("data", "n_clusters"))
+    now = {**earlier, "layer_": "mid_block", "timestep_": 150}
+    keys = ("data", "layer_", "timestep_", "n_clusters")
+    assert load_resume_state(checkpoint_path(tmp_path), now, keys)["epochs_done"] == 1
+    save_run_checkpoint(tmp_path, True, {"network": {}}, 1, [], {**now, "timestep_": 149}, keys)
+    with pytest.raises(DiffclustError, match=r"timestep_ \(--timestep, or the search's search.json\): 149 -> 150"):
+        load_resume_state(checkpoint_path(tmp_path), now, keys)

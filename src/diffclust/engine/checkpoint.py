@@ -96,7 +96,9 @@ def load_resume_state(path: Path | None, params: dict[str, Any], resume_keys: tu
     except (KeyError, TypeError, ValueError) as error:
         raise damaged(path.parent, f"{path.name} lacks its bookkeeping ({type(error).__name__}: {error})",
                       "delete it to start the run again") from None
-    changed = [f"{setting_label(key)}: {saved.get(key)!r} -> {params[key]!r}" for key in resume_keys if saved.get(key) != params[key]]
+    # a key the interrupted run did not record was added by a later version (DiEC's layer_ and timestep_): not compared
+    changed = [f"{setting_label(key)}: {saved.get(key)!r} -> {params[key]!r}" for key in resume_keys
+               if key in saved and saved[key] != params[key]]
     done = int(state["epochs_done"])
     if "epochs" in params and int(params["epochs"]) < done:
         changed.append(f"{setting_label('epochs')}: {params['epochs']} is fewer than the {done} already trained "
