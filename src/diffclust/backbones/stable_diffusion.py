@@ -63,6 +63,8 @@ class StableDiffusionBackbone(SchedulerNoiseMixin, DiffusionBackbone):
         self.vae = vae
         self.reference = reference
         self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor, int, int | None]] = {}
+        #: fixed prompts' encodings, by (prompt, text encoder dtype, device): see _fixed_prompt
+        self._encoded_prompts: dict[tuple[str, torch.dtype, str], torch.Tensor] = {}
         self._use_attention_mask = not isinstance(text_encoder, CLIPTextModel)
         #: training-pass settings (prepare_training) and what finish_training restores
         self._training = None
@@ -286,12 +288,11 @@ class StableDiffusionBackbone(SchedulerNoiseMixin, DiffusionBackbone):
         was half of their time on a small model (DiFiC's training step encodes proxy words, not this). Keyed by the encoder's
         dtype and device, which training set-up may change."""
         key = (prompt, self.text_encoder.dtype, str(self.device))
-        cache = self.__dict__.setdefault("_encoded_prompts", {})
-        if key not in cache:
+        if key not in self._encoded_prompts:
             kwargs = {"attention_mask": mask.to(self.device)} if self._use_attention_mask else {}
             with torch.no_grad():
-                cache[key] = self.text_encoder(input_ids=ids.to(self.device), **kwargs)[0]
-        return cache[key]
+                self._encoded_prompts[key] = self.text_encoder(input_ids=ids.to(self.device), **kwargs)[0]
+        return self._encoded_prompts[key]
 
     # ----------------------------------------------------------------------------- UNet
     def run_unet(
