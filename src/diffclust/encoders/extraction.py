@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from diffclust.data.collection import ImageCollection
+from diffclust.data.names import some_names, split_inside
 from diffclust.encoders.vision import VisionEncoder
 from diffclust.engine.atomic import read_json_object
 from diffclust.engine.checkpoint import atomic_save_array, atomic_write_json, atomic_write_text
@@ -214,16 +215,13 @@ def images_of_one_data_folder(found: dict[str, Path], base: Path) -> dict[str, P
         if not relative.is_absolute() and ".." not in relative.parts and path.parts[-len(relative.parts):] == relative.parts:
             roots[name] = Path(*path.parts[: -len(relative.parts)])
     common = Counter(roots.values()).most_common(1)[0][0] if roots else None  # ties: the first row's folder
-    shown, refused = {}, []
-    for name in found:
-        image = (roots[name] / name).resolve() if name in roots else None
-        if image is None or roots[name] != common or not image.is_relative_to(common.resolve()):
-            refused.append(name)
-        elif image.is_file():  # an image deleted since is simply not shown
-            shown[name] = roots[name] / name
+    candidates = {name: root / name for name, root in roots.items() if root == common}
+    inside, _ = split_inside(candidates, common) if common else ({}, [])
+    shown = {name: path for name, path in inside.items() if path.is_file()}  # an image deleted since is simply not shown
+    refused = [name for name in found if name not in inside]
     if refused:
         logger.warning("The report leaves out %d recorded image(s) that lie outside the data folder %s the features were read from "
-                       "(%s%s).", len(refused), common, ", ".join(refused[:3]), ", ..." if len(refused) > 3 else "")
+                       "(%s).", len(refused), common, some_names(refused))
     return shown
 
 

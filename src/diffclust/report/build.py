@@ -20,7 +20,7 @@ from diffclust.backbones.names import TINY_RANDOM
 from diffclust.cluster.metrics import clustering_scores
 from diffclust.data.collection import REPORT_MARKER, scan_images
 from diffclust.data.csv_tables import from_spreadsheet_safe
-from diffclust.data.names import NAME_ERRORS
+from diffclust.data.names import NAME_ERRORS, some_names, split_inside
 from diffclust.encoders.extraction import recorded_images
 from diffclust.engine.atomic import claim_output_folder
 from diffclust.engine.checkpoint import atomic_write_text, damaged
@@ -55,15 +55,10 @@ def inside_the_data(collection) -> dict[str, Path]:
     read. A manifest row that climbs out of it (`../..`, an absolute path) or a link that leaves
     it is refused with a warning, so a run folder handed to you cannot show your own files."""
     root = Path(collection.root).resolve()
-    paths, refused = {}, []
-    for record in collection.records:
-        if record.path is not None and Path(record.path).resolve().is_relative_to(root):
-            paths[record.file] = record.path
-        elif record.path is not None:
-            refused.append(record.file)
+    paths, refused = split_inside({record.file: record.path for record in collection.records if record.path is not None}, root)
     if refused:
-        logger.warning("The report leaves out %d image(s) that lie outside the run's data folder %s (%s%s).", len(refused), root,
-                       ", ".join(refused[:3]), ", ..." if len(refused) > 3 else "")
+        logger.warning("The report leaves out %d image(s) that lie outside the run's data folder %s (%s).", len(refused), root,
+                       some_names(refused))
     return paths
 
 def copy_run_picture(source: Path, target: Path) -> bool:
