@@ -14,6 +14,7 @@ from diffclust.cli.options import (
     add_search_settings,
     auto_or_int,
     auto_or_switch,
+    auto_or_whole,
     check_images_and_backbone,
     common_settings,
     default_run_folder,
@@ -23,6 +24,7 @@ from diffclust.cli.options import (
     print_scores,
     ratio_or_none,
     search_settings,
+    share,
     whole,
 )
 from diffclust.cli.report import write_report
@@ -133,7 +135,14 @@ def add_parser(commands) -> None:
     cludi.add_argument("--ema-decay", type=float, default=None, help="teacher = EMA of the student with this decay")
     cludi.add_argument("--teacher-steps", type=whole(1), default=None, help="DDIM steps of the teacher's samples (eta 1)")
     cludi.add_argument("--ce-weight", type=float, default=None, help="weight of the two-way cross-entropy against the embedding MSE")
-    cludi.add_argument("--predict-samples", type=whole(1), default=None, help="sampled embeddings averaged per prediction")
+    cludi.add_argument("--predict-samples", type=auto_or_whole(1), default=None,
+                       help="sampled embeddings averaged per row at prediction (default auto: 16, fewer beyond 10,000 rows)")
+    cludi.add_argument("--epoch-steps", type=whole(0), default=None,
+                       help="steps per epoch, on a fresh sample of rows, once the data is larger (default 40; 0: every row once "
+                            "per epoch, published)")
+    cludi.add_argument("--start-margin", type=share, default=None,
+                       help="when training moves more than this share of the rows out of their start cluster, keep the partition "
+                            "with the higher kNN-graph modularity, start or trained (default 0.1; 1: always the trained one)")
     cludi.add_argument("--predict-steps", type=whole(1), default=None, help="DDIM steps of each prediction sample")
     cludi.add_argument("--embedding-dim", type=whole(1), default=None, help="size of the assignment embeddings")
     cludi.add_argument("--hidden-dim", type=whole(1), default=None, help="width of the denoiser MLP")
@@ -174,6 +183,7 @@ def _method_settings(args) -> dict:
         settings.update(encoder=args.encoder, pooling=args.pooling)
         given = dict(init=args.init, teacher_neighbours=args.teacher_neighbours, ema_decay=args.ema_decay,
                      teacher_steps=args.teacher_steps, ce_weight=args.ce_weight, predict_samples=args.predict_samples,
+                     epoch_steps=args.epoch_steps, start_margin=args.start_margin,
                      predict_steps=args.predict_steps, embedding_dim=args.embedding_dim, hidden_dim=args.hidden_dim,
                      self_labelling=args.self_labelling, balanced=args.balanced)
     # every method: the published settings, under any option given explicitly (--epochs and --search-score included)

@@ -69,9 +69,27 @@ def ratio_or_none(text: str) -> float | str:
     return value
 
 
-def k_value(text: str):
-    """argparse type for --k: 'auto' or an integer >= 2."""
-    return text if text == "auto" else whole(2)(text)
+def auto_or_whole(low: int):
+    """argparse type: 'auto' or an integer >= low."""
+    def parse(text: str):
+        return text if text == "auto" else whole(low)(text)
+
+    return parse
+
+
+#: --k: 'auto' or an integer >= 2
+k_value = auto_or_whole(2)
+
+
+def share(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got '{text}'") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
 
 
 def k_range_type(text: str) -> tuple[int, int]:
@@ -83,9 +101,8 @@ def k_range_type(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def auto_or_int(text: str):
-    """argparse type: 'auto' or an integer >= 0."""
-    return text if text == "auto" else whole(0)(text)
+#: 'auto' or an integer >= 0
+auto_or_int = auto_or_whole(0)
 
 
 def auto_or_switch(text: str):

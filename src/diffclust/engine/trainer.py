@@ -47,24 +47,33 @@ class EpochTrainer:
         average_gradients(parameters, self.accelerator)
         self.optimizer.step()
 
-    def end_epoch(self, epochs_done: int, record: dict[str, Any], clusters: np.ndarray | None, started: float) -> None:
+    def end_epoch(self, epochs_done: int, record: dict[str, Any], clusters: np.ndarray | None, started: float,
+                  rows=None) -> None:
         """Complete the epoch's record (clusters in use, scores against known labels, seconds),
         log it, and checkpoint. `clusters` is None for an epoch that assigns none (a warm-up
-        before K is chosen)."""
-        self.log_record(record, clusters, started)
+        before K is chosen); `rows`, when given, are the rows `clusters` belong to (a sample)."""
+        self.log_record(record, clusters, started, rows)
         self.save_checkpoint(epochs_done)
         left = int(self.p.get("epochs", 0)) - epochs_done
-        if epochs_done == self.start_epoch + 1 and left > 0:  # the first epoch of this process: say how long the rest takes
-            logger.info("Epoch %d took %s; the %d epochs left will take about %s (fewer with --epochs).", epochs_done,
-                        readable_duration(record["seconds"]), left, readable_duration(left * record["seconds"]))
+        if epochs_done == self.start_epoch + 1:  # the first epoch of this process: say how long the rest takes
+            after = self.seconds_after_training()
+            if left > 0 or after >= 1:
+                logger.info("Epoch %d took %s; %s will take about %s%s.", epochs_done, readable_duration(record["seconds"]),
+                            " and ".join(([f"the {left} epochs left"] if left > 0 else []) + (["the final assignment"] if after >= 1 else [])),
+                            readable_duration(left * record["seconds"] + after), " (fewer with --epochs)" if left > 0 else "")
         self.accelerator.wait_for_everyone()
 
-    def log_record(self, record: dict[str, Any], clusters: np.ndarray | None, started: float) -> None:
-        """Add the clusters in use, the scores against known labels and the seconds to `record`, and log it."""
+    def seconds_after_training(self) -> float:
+        """Seconds of work left after the last epoch (a trainer with a costly final step says so)."""
+        return 0.0
+
+    def log_record(self, record: dict[str, Any], clusters: np.ndarray | None, started: float, rows=None) -> None:
+        """Add the clusters in use, the scores against known labels (of `rows` only, when the
+        clusters are of a sample) and the seconds to `record`, and log it."""
         if clusters is not None:
             record["clusters_used"] = int(len(np.unique(clusters)))
             if self.labels is not None:
-                record.update(clustering_scores(self.labels, clusters))
+                record.update(clustering_scores(self.labels if rows is None else self.labels[np.asarray(rows)], clusters))
         record["seconds"] = round(time.perf_counter() - started, 3)
         self.log.append(record)
 

@@ -278,7 +278,8 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
                 write_run_summary(run_dir, self.method, self._backbone_reference(), str(accelerator.device), self.timings_, timer.total,
                                   processes=accelerator.num_processes, items=len(self.labels_), n_clusters=self.n_clusters_,
                                   data=self.data_reference_, epochs=getattr(self, "epochs", None),
-                                  **({"start_agreement": round(self.start_agreement_, 4)} if getattr(self, "start_agreement_", None) is not None else {}))
+                                  **({"start_agreement": round(self.start_agreement_, 4)} if getattr(self, "start_agreement_", None) is not None else {}),
+                                  **({"kept_partition": self.kept_partition_} if getattr(self, "kept_partition_", None) else {}))
         logger.debug("%s stages (s): %s", type(self).__name__, self.timings_)
         accelerator.wait_for_everyone()
 

@@ -13,7 +13,9 @@ import torch
 from diffclust.backbones.base import DiffusionBackbone
 from diffclust.choices import CLUDI_INITS, is_feature_file
 from diffclust.cluster.metrics import clustering_scores
+from diffclust.cluster.neighbours import nearest_neighbours
 from diffclust.cluster.self_labelling import SelfLabeller, fit_self_labeller
+from diffclust.cluster.start_choice import choose_against_start, neighbour_share
 from diffclust.data.collection import ImageCollection
 from diffclust.encoders.extraction import read_row_names
 from diffclust.encoders.vision import POOLINGS, VisionEncoder
@@ -46,7 +48,21 @@ INITS = CLUDI_INITS
 #: the published settings (the authors' code), which the CPU defaults cut down: `--paper-settings`
 PAPER_SETTINGS = {"epochs": 200, "batch_size": 256, "lr": 1e-4, "ema_decay": 0.999, "teacher_steps": 25, "predict_samples": 64,
                   "predict_steps": 50, "monitor_samples": 4, "init": "random", "teacher_neighbours": 0,
-                  "self_labelling": False}
+                  "self_labelling": False, "epoch_steps": 0}
+#: predict_samples="auto": this many samples per row up to AUTO_SAMPLE_ROWS rows; beyond, as many
+#: as keep rows x samples at AUTO_SAMPLES x AUTO_SAMPLE_ROWS (at least MIN_AUTO_SAMPLES), so the
+#: final assignment costs about as much on a million rows as on ten thousand
+AUTO_SAMPLES, AUTO_SAMPLE_ROWS, MIN_AUTO_SAMPLES = 16, 10_000, 2
+#: neighbours per row of the graph that judges a start against the trained clusters, when the
+#: teacher reads none
+START_CHECK_NEIGHBOURS = 10
+
+
+def prediction_samples(setting: int | str, rows: int) -> int:
+    """The samples averaged per row for `rows` rows: the setting, or its "auto" rule."""
+    if setting != "auto":
+        return int(setting)
+    return max(MIN_AUTO_SAMPLES, min(AUTO_SAMPLES, AUTO_SAMPLES * AUTO_SAMPLE_ROWS // max(1, rows)))
 
 
 def _names_images(data) -> bool:
@@ -106,12 +122,21 @@ class CLUDI(ClusteringEstimator):
         ``init_agreement`` of the rows, stop improving, or spend ``max_init_steps``.
     init_neighbours : int, default=10
         The graph size of ``init="spectral"``.
+    start_margin : float, default=0.1
+        *Our addition.* When the final clusters keep fewer than ``1 - start_margin`` of the rows
+        in their start cluster, the fit keeps whichever of the two partitions has the higher
+        modularity on the nearest-neighbour graph (no label read), and says so. 1.0: always
+        the trained one.
     embedding_dim, hidden_dim, depth : int, default=64, 512, 3
         The assignment embedding's size and the denoiser's width and depth.
     epochs : int, default=30
         Training epochs (the paper: 200).
     batch_size : int, default=256
         Rows per step.
+    epoch_steps : int, default=40
+        *Our addition.* The steps of one epoch, on a fresh sample of rows each epoch, once the
+        data has more rows than that many batches: the training then costs the same on any N.
+        0: every row once per epoch (published).
     lr, min_lr, centre_lr_scale : float, default=1e-3, 1e-6, 0.1
         AdamW's learning rate, its cosine floor, and the centres' share of it.
     weight_decay, betas : float, (float, float), default=0.01, (0.9, 0.98)
@@ -139,9 +164,11 @@ class CLUDI(ClusteringEstimator):
         The ranges of noise and dropout on the student's features.
     self_conditioning : float, default=0.5
         How often the denoiser sees its previous estimate.
-    predict_samples, predict_steps : int, default=16, 20
-        Samples averaged at prediction and their DDIM steps; lower ``predict_samples`` first on
-        many rows.
+    predict_samples : int or "auto", default="auto"
+        Samples averaged per row at prediction. "auto": 16 up to 10,000 rows, then fewer (at
+        least 2), so that rows x samples stays at 160,000.
+    predict_steps : int, default=20
+        DDIM steps of each prediction sample.
     monitor_samples : int, default=1
         Samples behind each epoch's logged assignment.
     {run_parameters}
@@ -164,6 +191,10 @@ class CLUDI(ClusteringEstimator):
         K, chosen when ``n_clusters="auto"``.
     n_features_in_ : int
         The feature dimension.
+    start_agreement_ : float or None
+        The share of rows whose final cluster is their start cluster (matched one to one).
+    kept_partition_ : {"trained", "start"}
+        Which partition ``labels_`` holds (see ``start_margin``).
     history_ : list of dict
         The metrics log, one row per epoch, the start as epoch 0.
 
@@ -201,11 +232,13 @@ class CLUDI(ClusteringEstimator):
         init_agreement: float = 0.99,
         max_init_steps: int = 3000,
         init_neighbours: int = 10,
+        start_margin: float = 0.1,
         embedding_dim: int = 64,
         hidden_dim: int = 512,
         depth: int = 3,
         epochs: int = 30,
         batch_size: int = 256,
+        epoch_steps: int = 40,
         lr: float = 1e-3,
         min_lr: float = 1e-6,
         centre_lr_scale: float = 0.1,
@@ -226,7 +259,7 @@ class CLUDI(ClusteringEstimator):
         feature_noise: tuple[float, float] = (0.2, 1.0),
         feature_dropout: tuple[float, float] = (0.05, 0.1),
         self_conditioning: float = 0.5,
-        predict_samples: int = 16,
+        predict_samples: int | str = "auto",
         predict_steps: int = 20,
         monitor_samples: int = 1,
         device: str = "auto",
@@ -245,8 +278,14 @@ class CLUDI(ClusteringEstimator):
             problems.append("batch_size must be >= 2 (the column-wise loss needs a batch) and min_lr >= 0")
         if not 0 <= self.ema_decay < 1:
             problems.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if min(self.teacher_steps, self.predict_steps, self.predict_samples, self.monitor_samples) < 1:
-            problems.append("teacher_steps, predict_steps, predict_samples and monitor_samples must be >= 1")
+        if min(self.teacher_steps, self.predict_steps, self.monitor_samples) < 1:
+            problems.append("teacher_steps, predict_steps and monitor_samples must be >= 1")
+        if self.predict_samples != "auto" and not (isinstance(self.predict_samples, (int, np.integer)) and self.predict_samples >= 1):
+            problems.append(f"predict_samples (--predict-samples) must be 'auto' or an integer >= 1, got {self.predict_samples!r}")
+        if not isinstance(self.epoch_steps, (int, np.integer)) or self.epoch_steps < 0:
+            problems.append(f"epoch_steps (--epoch-steps) must be an integer >= 0 (0: every row once per epoch), got {self.epoch_steps!r}")
+        if not 0 <= self.start_margin <= 1:
+            problems.append(f"start_margin (--start-margin) must be a share in [0, 1], got {self.start_margin!r}")
         for name in ("feature_noise", "feature_dropout"):
             low, high = getattr(self, name)
             if not 0 <= low <= high or (name == "feature_dropout" and high >= 1):
@@ -353,15 +392,16 @@ class CLUDI(ClusteringEstimator):
         k = self._resolve_k(self._standardised(table.values).numpy(), run_dir, accelerator.is_main_process)
         seed_everything(self.random_state)
         network = CLUDINetwork(self.feature_dim_, k, self.embedding_dim, self.hidden_dim, self.depth)
-        params = self._trainer_params(matrix_identity(table.values), self.resolution)
+        samples = prediction_samples(self.predict_samples, len(table))
+        params = self._trainer_params(matrix_identity(table.values), self.resolution, predict_samples=samples)
         trainer = CLUDITrainer(params, self._standardised(table.values), network, accelerator, table.labels, run_dir)
         if resume:
             trainer.resume()
-        estimate = trainer.estimated_seconds(self.predict_samples, self.predict_steps)
+        estimate = trainer.estimated_seconds(samples, self.predict_steps)
         logger.info("CLUDI on %d x %d features, K = %d: about %s on %s (%d epochs of %d steps, teacher %d DDIM steps; prediction "
-                    "%d samples x %d steps).", len(table), self.feature_dim_, k, readable_duration(estimate), accelerator.device,
-                    self.epochs - trainer.start_epoch, trainer.steps_per_epoch, self.teacher_steps, self.predict_samples,
-                    self.predict_steps)
+                    "%d samples x %d steps%s).", len(table), self.feature_dim_, k, readable_duration(estimate), accelerator.device,
+                    self.epochs - trainer.start_epoch, trainer.steps_per_epoch, self.teacher_steps, samples, self.predict_steps,
+                    f"; predict_samples 'auto' takes {samples} on {len(table)} rows" if samples < AUTO_SAMPLES and self.predict_samples == "auto" else "")
         with timer("training"):
             trainer.run()
         self.student_ = trainer.network.eval()
@@ -377,6 +417,10 @@ class CLUDI(ClusteringEstimator):
         if self.self_labelling:
             with timer("self-labelling"):
                 self._self_label(trainer, k)
+        self.start_agreement_, self.kept_partition_ = None, "trained"
+        if trainer.start_labels is not None:
+            with timer("start check"):
+                self._check_against_start(trainer)
         self.sample_agreement_ = sample_agreement(sampled, self.labels_, self.column_temperature, self.cluster_offsets_)
         self.history_ = list(trainer.log.records)
         self.files_ = table.names
@@ -412,6 +456,22 @@ class CLUDI(ClusteringEstimator):
                             "self-labelling skipped (clusters not linear in the features)", "sure_rows": round(sure_share, 4),
                             "sure_rows_reproduced": round(agreement, 4), "moved_rows": moved}, self.labels_, started)
 
+    def _check_against_start(self, trainer: CLUDITrainer) -> None:
+        """Keep the start partition in place of the trained one when training moved far from it
+        and the start follows the data's neighbourhoods better (see start_margin); the metrics
+        log gets a row when the two were compared."""
+        started = time.perf_counter()
+        neighbours = (trainer.neighbours.numpy() if trainer.neighbours is not None
+                      else nearest_neighbours(trainer.features, START_CHECK_NEIGHBOURS, metric="euclidean"))
+        choice = choose_against_start(neighbours, trainer.start_labels, self.labels_, self.start_margin)
+        self.start_agreement_, self.kept_partition_ = choice.agreement, choice.kept
+        if choice.kept == "start":
+            self.labels_ = trainer.start_labels.copy()
+            self.confidence_ = neighbour_share(neighbours, self.labels_).astype(np.float32)
+        if choice.modularity is not None:
+            epoch = max(record.get("epoch", 0) for record in trainer.log.records) + 1 if trainer.log.records else self.epochs + 1
+            trainer.log_record({"epoch": epoch, "phase": f"kept the {choice.kept} partition", **choice.record()}, self.labels_, started)
+
     # ------------------------------------------------------------------ inference
     def _logits(self, values: torch.Tensor, keep_samples: bool = False):
         """Teacher logits averaged over predict_samples sampled embeddings of predict_steps steps.
@@ -422,7 +482,7 @@ class CLUDI(ClusteringEstimator):
         generator = make_generator(self.random_state + 2_718)
         standardised = self._standardised(values)
         distinct, copies = distinct_rows(standardised.detach().cpu().numpy())
-        result = mean_logits(self.teacher_, diffusion, standardised[distinct].to(device), self.predict_samples,
+        result = mean_logits(self.teacher_, diffusion, standardised[distinct].to(device), prediction_samples(self.predict_samples, len(distinct)),
                              self.predict_steps, self.teacher_eta, generator, keep_samples=keep_samples)
         if keep_samples:
             return result[0].cpu()[copies], result[1][:, copies]
@@ -437,6 +497,10 @@ class CLUDI(ClusteringEstimator):
     def predict_with_confidence(self, X) -> tuple[np.ndarray, np.ndarray, FeatureTable]:
         self._check_fitted()
         table = self._table(X)
+        if getattr(self, "kept_partition_", "trained") == "start":
+            logger.warning("This model kept its start partition for the rows it was fitted on (its training moved away from it); "
+                           "new rows are assigned by its networks, which agreed with that partition on %.1f%% of those rows.",
+                           100 * self.start_agreement_)
         if getattr(self, "self_labeller_", None) is not None:
             labels, confidence = self.self_labeller_.predict(self._standardised(table.values).numpy())
             return labels, confidence, table
@@ -458,7 +522,8 @@ class CLUDI(ClusteringEstimator):
         settings.update(betas=list(self.betas), feature_noise=list(self.feature_noise), feature_dropout=list(self.feature_dropout),
                         k_range=list(self.k_range) if self.k_range else None)
         self.write_config(folder, {"feature_dim": self.feature_dim_, "feature_layer": self.feature_layer_,
-                                   "feature_timestep": self.feature_timestep_}, settings)
+                                   "feature_timestep": self.feature_timestep_, "kept_partition": self.kept_partition_,
+                                   "start_agreement": self.start_agreement_}, settings)
         return folder
 
     def _restore(self, state: dict, folder: Path) -> None:
@@ -475,6 +540,8 @@ class CLUDI(ClusteringEstimator):
         self.teacher_ = teacher.eval()
         self.feature_dim_ = self.n_features_in_ = state["feature_dim"]
         self.feature_layer_, self.feature_timestep_ = state["feature_layer"], state["feature_timestep"]
+        # models saved before the start check kept the trained partition
+        self.kept_partition_, self.start_agreement_ = state.get("kept_partition", "trained"), state.get("start_agreement")
         self.feature_mean_, self.feature_std_ = tensors["feature_mean"], tensors["feature_std"]
         self.cluster_offsets_ = tensors["cluster_offsets"]
         self.self_labeller_ = (SelfLabeller(tensors["self_labelling.weights"].numpy(), tensors["self_labelling.bias"].numpy())

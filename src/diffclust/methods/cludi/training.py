@@ -39,7 +39,7 @@ from diffclust.seeding import make_generator
 logger = logging.getLogger(__name__)
 
 RESUME_KEYS = ("n_clusters", "embedding_dim", "hidden_dim", "depth", "batch_size", "random_state", "num_train_timesteps", "beta_schedule", "init",
-               "teacher_neighbours")
+               "teacher_neighbours", "epoch_steps")
 #: the logit scale of the one-hot start targets of a clustering start (sharp at the 0.05-0.1 temperatures)
 INIT_LOGIT = 5.0
 #: the consensus start's record in the run folder
@@ -52,6 +52,9 @@ INIT_CHECK_ROWS = 2048
 #: before it jumps to near agreement.
 INIT_MIN_GAIN = 0.005
 INIT_PATIENCE = 2
+#: above this many rows, each epoch's logged assignment is of a seeded sample of this many: the
+#: log shows the trend at a cost that does not grow with the data
+MONITOR_ROWS = 4096
 
 
 def distinct_rows(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -111,7 +114,18 @@ class CLUDITrainer(EpochTrainer):
         self.optimizer = torch.optim.AdamW(
             [{"params": others, "scale": 1.0}, {"params": centres, "scale": params["centre_lr_scale"]}],
             lr=params["lr"], betas=tuple(params["betas"]), weight_decay=params["weight_decay"])
-        self.steps_per_epoch = math.ceil(math.ceil(len(features) / accelerator.num_processes) / params["batch_size"])
+        full_pass = math.ceil(math.ceil(len(features) / accelerator.num_processes) / params["batch_size"])
+        #: an epoch is a fixed budget of steps (a fresh seeded sample of rows each epoch) once the
+        #: data outgrows it, so the training's cost does not grow with N; 0: every row once (published)
+        self.steps_per_epoch = min(full_pass, params["epoch_steps"]) if params.get("epoch_steps") else full_pass
+        #: the rows whose assignment each epoch logs: all of them, or a seeded sample on many rows
+        self.monitor_rows = (None if len(features) <= MONITOR_ROWS else
+                             torch.randperm(len(features), generator=make_generator(params["random_state"] + 37))[:MONITOR_ROWS].sort().values)
+        #: the partition the networks copied (None for the random start); kept in checkpoints, as
+        #: the fit compares its final clusters with it
+        self.start_labels: np.ndarray | None = None
+        #: seconds per denoiser row pass, measured on the last monitoring pass (the ETA's unit)
+        self.seconds_per_row_pass: float | None = None
         k = params.get("teacher_neighbours", 0)
         #: (N, k) nearest neighbours of each row, whose clean features the teacher reads: Euclidean,
         #: as in the start's kNN graphs (cosine neighbours of features that are not unit vectors
@@ -224,6 +238,11 @@ class CLUDITrainer(EpochTrainer):
         logger.info("After %d steps the networks reproduce the start partition on %.1f%% of the rows%s.", steps, 100 * agreement,
                     "" if agreement >= self.p["init_agreement"] else f" (asked: {100 * self.p['init_agreement']:.1f}%; "
                     + ("the step cap, max_init_steps, was reached)" if steps >= self.p["max_init_steps"] else "no closer in the last rounds)"))
+        if agreement < self.p["init_agreement"]:
+            logger.warning("The networks reproduce only %.1f%% of the start partition: clusters this fine for the features' noise "
+                           "and the denoiser's width are hard to copy, and training may move further away. The fit compares its "
+                           "final clusters with the start and keeps the one that follows the data's neighbourhoods better.",
+                           100 * agreement)
         self.optimizer.state.clear()
         self.teacher.model.load_state_dict(self.network.state_dict())
         return targets
@@ -251,25 +270,33 @@ class CLUDITrainer(EpochTrainer):
             self.network.denoiser(noisy, timesteps, rows, noisy)
         per_row = (time.perf_counter() - started) / (3 * len(rows))
         student = 3 + p["self_conditioning"]  # forward, backward (about two forwards), self-conditioning
-        per_epoch = p["teacher_steps"] + student + p["monitor_samples"] * p["teacher_steps"]
+        monitored = len(self.features) if self.monitor_rows is None else len(self.monitor_rows)
+        per_epoch = (self.steps_per_epoch * p["batch_size"] * (p["teacher_steps"] + student)
+                     + monitored * p["monitor_samples"] * p["teacher_steps"])
         epochs_left = max(0, p["epochs"] - self.start_epoch)
-        init = p["init_steps"] * p["batch_size"] * student if p["init"] != "random" and self.start_epoch == 0 else 0
-        return per_row * (len(self.features) * (epochs_left * per_epoch + predict_samples * predict_steps) + init)
+        init = p["init_steps"] * p["batch_size"] * student if p["init"] != "random" and self.start_labels is None else 0
+        return per_row * (epochs_left * per_epoch + len(self.features) * predict_samples * predict_steps + init)
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_state(self) -> dict:
-        return {"student": self.network.state_dict(), "teacher": self.teacher.model.state_dict(),
-                "optimizer": self.optimizer.state_dict()}
+        state = {"student": self.network.state_dict(), "teacher": self.teacher.model.state_dict(),
+                 "optimizer": self.optimizer.state_dict()}
+        if self.start_labels is not None:
+            state["start_labels"] = torch.from_numpy(self.start_labels.astype(np.int64))
+        return state
 
     def restore(self, state: dict) -> None:
         self.network.load_state_dict(state["student"])
         self.teacher.model.load_state_dict(state["teacher"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if "start_labels" in state:  # checkpoints written before the start was kept have none
+            self.start_labels = state["start_labels"].numpy()
 
     # ------------------------------------------------------------------ loop
     def train_epoch(self, epoch: int) -> dict[str, float]:
         generator = make_generator(self.p["random_state"] + 7919 * (epoch + 1) + 104729 * self.accelerator.process_index)
-        batches = epoch_batches(len(self.features), self.p["batch_size"], self.p["random_state"], epoch, self.accelerator)
+        batches = epoch_batches(len(self.features), self.p["batch_size"], self.p["random_state"], epoch,
+                                self.accelerator)[: self.steps_per_epoch]
         bar = progress(batches, self.accelerator, self.p["progress"], desc=f"epoch {epoch + 1}/{self.p['epochs']}", unit="batch")
         parameters = list(self.network.parameters())
         totals: dict[str, float] = {}
@@ -287,22 +314,48 @@ class CLUDITrainer(EpochTrainer):
         return {key: value / max(1, len(batches)) for key, value in totals.items()}
 
     def monitor_logits(self, epoch: int) -> torch.Tensor:
+        """The teacher's logits of the monitored rows (all rows, or MONITOR_ROWS of them), timed:
+        the ETA's cost of one row pass comes from here."""
         generator = make_generator(self.p["random_state"] + 31 * (epoch + 1))
-        return mean_logits(self.teacher.model, self.diffusion, self.features, self.p["monitor_samples"], self.p["teacher_steps"],
-                           self.p["teacher_eta"], generator).cpu()
+        rows = self.features if self.monitor_rows is None else self.features[self.monitor_rows.to(self.features.device)]
+        started = time.perf_counter()
+        logits = mean_logits(self.teacher.model, self.diffusion, rows, self.p["monitor_samples"], self.p["teacher_steps"],
+                             self.p["teacher_eta"], generator).cpu()
+        passes = len(rows) * self.p["monitor_samples"] * self.p["teacher_steps"]
+        self.seconds_per_row_pass = (time.perf_counter() - started) / passes
+        return logits
+
+    def prediction_seconds(self, rows: int, samples: int, steps: int) -> float:
+        """The final prediction's seconds at the cost per row pass measured while monitoring."""
+        return (self.seconds_per_row_pass or 0.0) * rows * samples * steps
 
     def run(self, resume: bool = False) -> None:
         if resume:
             self.resume()
-        if self.start_epoch == 0 and self.p["init"] != "random":
+        if self.start_epoch == 0 and self.p["init"] != "random" and self.start_labels is None:
             started = time.perf_counter()
-            start = self.initialise_from_clusters()
+            self.start_labels = self.initialise_from_clusters()
             # epoch 0: the start partition itself, scored like the epochs, so every run shows what training added
             chosen = (self.start_partition or {}).get("chosen", self.p["init"])
-            self.log_record({"epoch": 0, "phase": f"start: {chosen}", **(self.start_copy or {})}, start, started)
-        for epoch in range(self.start_epoch, self.p["epochs"]):
-            started = time.perf_counter()
-            record: dict = {"epoch": epoch + 1, **self.train_epoch(epoch)}
-            self.logits = self.monitor_logits(epoch)
-            record["lr"] = self.optimizer.param_groups[0]["lr"]
-            self.end_epoch(epoch + 1, record, assign(self.logits, self.p["column_temperature"])[0], started)
+            self.log_record({"epoch": 0, "phase": f"start: {chosen}", **(self.start_copy or {})}, self.start_labels, started)
+            self.save_checkpoint(0)  # an interruption in epoch 1 does not cost the start again
+        done = self.start_epoch
+        try:
+            for epoch in range(self.start_epoch, self.p["epochs"]):
+                started = time.perf_counter()
+                record: dict = {"epoch": epoch + 1, **self.train_epoch(epoch)}
+                self.logits = self.monitor_logits(epoch)
+                record["lr"] = self.optimizer.param_groups[0]["lr"]
+                if self.monitor_rows is not None:
+                    record["monitored_rows"] = len(self.monitor_rows)
+                self.end_epoch(epoch + 1, record, assign(self.logits, self.p["column_temperature"])[0], started, self.monitor_rows)
+                done = epoch + 1
+        except KeyboardInterrupt:
+            if self.run_dir is not None and self.accelerator.is_main_process:
+                logger.warning("Interrupted in epoch %d. %s keeps %s: the same command with --resume continues%s.", done + 1,
+                               self.run_dir, f"the start and {done} trained epoch(s)" if done else "the start",
+                               f"; with --resume --epochs {done} it finishes now from epoch {done}" if done else "")
+            raise
+
+    def seconds_after_training(self) -> float:
+        return self.prediction_seconds(len(self.features), self.p["predict_samples"], self.p["predict_steps"])
