@@ -104,7 +104,8 @@ def test_the_start_partition_is_epoch_zero_of_the_log_scored_like_the_epochs(tmp
     from diffclust.cluster.metrics import clustering_scores
 
     features, labels = blobs(n=200, d=4, spread=1.5)  # overlapping: k-means starts at 73.5%, so epoch 0 has a score of its own
-    model = CLUDI(5, epochs=2, random_state=0, init="kmeans", init_steps=20, output_dir=tmp_path / "run", **FAST).fit(features, labels)
+    model = CLUDI(5, epochs=2, random_state=0, init="kmeans", init_steps=20, start_margin=1.0, output_dir=tmp_path / "run",
+                  **FAST).fit(features, labels)  # the start check's row is tested in test_cludi_scale.py
     start = model.history_[0]
     expected = clustering_scores(labels, fit_kmeans(torch.tensor(features, dtype=torch.float32), 5, seed=0)[1])
     assert start["epoch"] == 0 and start["phase"] == "start: kmeans" and start["clusters_used"] == 5 and start["acc"] < 0.9

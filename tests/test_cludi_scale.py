@@ -12,6 +12,7 @@ import torch
 from test_cludi import FAST, blobs
 
 from diffclust.cli import main
+from diffclust.cluster.metrics import hungarian_accuracy
 from diffclust.cluster.start_choice import choose_against_start, knn_modularity, neighbour_share
 from diffclust.engine.checkpoint import checkpoint_path, load_training_state
 from diffclust.engine.runtime import make_accelerator
@@ -30,21 +31,22 @@ def test_knn_modularity_by_hand():
     assert knn_modularity(pairs, np.array([0, 0, 1, 1])) == pytest.approx(0.5)
     assert knn_modularity(pairs, np.array([0, 1, 0, 1])) == pytest.approx(-0.5)  # every link crosses
     assert knn_modularity(pairs, np.array([0, 0, 0, 0])) == pytest.approx(0.0)  # one cluster: nothing beyond its size
-    # two neighbours each, 3 of 8 links inside; out-shares (3/4, 1/4), in-shares (5/8, 3/8)
+    # two neighbours each: 0->1, 1->0, 1->3, 3->1 inside; 0->2, 2->0, 2->1, 3->2 cross. Out-shares
+    # (6/8, 2/8): three rows of cluster 0; in-shares (6/8, 2/8): six links end in cluster 0
     neighbours = np.array([[1, 2], [0, 3], [0, 1], [2, 1]])
     labels = np.array([0, 0, 1, 0])
-    within = 5 / 8  # 0->1, 1->0, 1->3, 3->1 and 2 (label 1) -> none; 0->2 and 2->0, 2->1, 3->2 cross
-    assert knn_modularity(neighbours, labels) == pytest.approx(within - (3 / 4 * 6 / 8 + 1 / 4 * 2 / 8))
+    assert knn_modularity(neighbours, labels) == pytest.approx(4 / 8 - (6 / 8 * 6 / 8 + 2 / 8 * 2 / 8))  # -0.125
     assert neighbour_share(neighbours, labels).tolist() == [0.5, 1.0, 0.0, 0.5]
 
 
 def test_the_start_is_kept_only_when_training_moved_far_and_the_start_follows_the_graph_better():
     neighbours = np.array([[1], [0], [3], [2], [5], [4]])
     start = np.array([0, 0, 1, 1, 2, 2])
-    crossing = np.array([0, 1, 1, 2, 2, 0])  # agrees with the start on 4 of 6 rows and cuts every pair
-    assert choose_against_start(neighbours, start, crossing, margin=0.5).kept == "trained"  # within the margin: not compared
+    crossing = np.array([0, 1, 1, 2, 2, 0])  # matched one to one, agrees with the start on 3 of 6 rows; cuts every pair
+    unchecked = choose_against_start(neighbours, start, crossing, margin=0.6)  # within the margin: not compared
+    assert unchecked.kept == "trained" and unchecked.modularity is None
     choice = choose_against_start(neighbours, start, crossing, margin=0.1)
-    assert choice.kept == "start" and choice.agreement == pytest.approx(4 / 6)
+    assert choice.kept == "start" and choice.agreement == pytest.approx(3 / 6)
     assert choice.record()["knn_modularity_start"] > choice.record()["knn_modularity_trained"]
     assert choose_against_start(neighbours, crossing, start, margin=0.1).kept == "trained"  # the better one wins either way round
 
@@ -65,14 +67,15 @@ def test_a_fit_whose_training_destroys_its_start_keeps_the_start_and_says_so(tmp
     with caplog.at_level(logging.WARNING):
         model = CLUDI(4, epochs=1, init="kmeans", output_dir=tmp_path / "run", **FAST).fit(features, labels)
     assert model.kept_partition_ == "start" and model.start_agreement_ < 0.9
-    assert np.array_equal(model.labels_, model.start_partition_)
+    assert hungarian_accuracy(labels, model.labels_) == pytest.approx(model.history_[0]["acc"])  # the start's clusters
     assert ((model.confidence_ >= 0) & (model.confidence_ <= 1)).all()
     assert any("Kept the start partition" in record.message for record in caplog.records)
     last = model.history_[-1]
     assert last["phase"] == "kept the start partition" and last["acc"] == model.history_[0]["acc"]
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["kept_partition"] == "start" and run["start_agreement"] == pytest.approx(model.start_agreement_, abs=1e-4)
-    assert [row[2] for row in read_assignments(tmp_path / "run" / "assignments.csv")] == model.labels_.tolist()
+    assigned, skipped = read_assignments(tmp_path / "run" / "assignments.csv")
+    assert skipped == 0 and [assigned[name] for name in model.files_] == model.labels_.tolist()
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         CLUDI.load(tmp_path / "run").predict(features[:10])
