@@ -51,21 +51,19 @@ class StartChoice:
         return row
 
 
-def choose_against_start(neighbours: np.ndarray, start: np.ndarray, trained: np.ndarray, margin: float,
-                         what: str = "rows") -> StartChoice:
+def choose_against_start(neighbours: np.ndarray, start: np.ndarray, trained: np.ndarray, margin: float) -> StartChoice:
     """Keep `trained` unless it agrees with `start` on fewer than 1 - `margin` of the rows and
     the start's kNN modularity is higher; the log says which and why."""
     agreement = float(hungarian_accuracy(start, trained))
     if agreement >= 1 - margin:
-        logger.info("The final clusters keep %.1f%% of the %s in their start cluster.", 100 * agreement, what)
+        logger.info("The final clusters keep %.1f%% of the rows in their start cluster.", 100 * agreement)
         return StartChoice("trained", agreement)
     modularity = {"start": knn_modularity(neighbours, start), "trained": knn_modularity(neighbours, trained)}
-    kept = "start" if modularity["start"] > modularity["trained"] else "trained"
+    kept, other = ("start", "trained") if modularity["start"] > modularity["trained"] else ("trained", "start")
     logger.warning(
-        "Training moved %.1f%% of the %s out of their start cluster (more than the margin of %.0f%%). Kept the %s partition: its "
+        "Training moved %.1f%% of the rows out of their start cluster (more than the margin of %.0f%%). Kept the %s partition: its "
         "clusters follow the nearest-neighbour graph better (kNN modularity %.3f, against %.3f for the %s one; no label read).",
-        100 * (1 - agreement), what, 100 * margin, "start" if kept == "start" else "trained", modularity[kept],
-        modularity["trained" if kept == "start" else "start"], "trained" if kept == "start" else "start")
+        100 * (1 - agreement), 100 * margin, kept, modularity[kept], modularity[other], other)
     return StartChoice(kept, agreement, modularity)
 
 
