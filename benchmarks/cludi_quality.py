@@ -47,7 +47,7 @@ def load_set(spec: str) -> tuple[str, np.ndarray, np.ndarray]:
 def summary(rows: list[dict]) -> dict:
     """(mean, sd) of each score over the runs; the start's ACC and the gain over it where runs have a start."""
     keys = ("acc", "nmi", "ari", "seconds") + (("start_acc", "gain") if all("start_acc" in r for r in rows) else ()) \
-        + (("teacher_acc",) if all("teacher_acc" in r for r in rows) else ())
+        + tuple(key for key in ("teacher_acc", "trained_acc") if all(key in r for r in rows))
     return {key: (float(np.mean([r[key] for r in rows])), float(np.std([r[key] for r in rows]))) for key in keys}
 
 
@@ -57,6 +57,9 @@ def start_and_curve(history: list[dict], final_acc: float) -> dict:
     curve = [round(record["acc"], 4) for record in history if "acc" in record]
     teacher = [record["final_acc"] for record in history if "final_acc" in record]  # before self-labelling
     extra = {"teacher_acc": teacher[-1]} if teacher and history[-1].get("phase") == "self-labelling" else {}
+    checked = [at for at, record in enumerate(history) if str(record.get("phase", "")).startswith("kept the")]
+    if checked and checked[0] > 0 and "acc" in history[checked[0] - 1]:  # the trained partition, compared with its start
+        extra["trained_acc"] = history[checked[0] - 1]["acc"]
     if not history or history[0].get("epoch") != 0:
         return {"acc_by_epoch": curve, **extra}
     return {"start_acc": history[0]["acc"], "gain": final_acc - history[0]["acc"], "acc_by_epoch": curve, **extra}
@@ -66,10 +69,19 @@ def set_lines(result: dict) -> list[str]:
     """The markdown table of one feature set's runs."""
     lines = [f"## {result['name']}: {result['rows']} x {result['dims']}, K = {result['k']}", "",
              "| method | ACC % | NMI | ARI | start ACC % (epoch 0) | teacher's ACC % (before self-labelling) | gain over the start (points) "
-             "| seconds per run |", "|---|---|---|---|---|---|---|---|"]
+             "| trained partition's ACC % (before the start check) | runs that kept the start | seconds per run |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {row} | {cell(s, 'acc')} | {cell(s, 'nmi', 1, 4)} | {cell(s, 'ari', 1, 4)} | {cell(s, 'start_acc')} | "
-              f"{cell(s, 'teacher_acc')} | {cell(s, 'gain')} | {s['seconds'][0]:.0f} |" for row, s in result["summary"].items()]
+              f"{cell(s, 'teacher_acc')} | {cell(s, 'gain')} | {cell(s, 'trained_acc')} | {kept_start(result['runs'][row])} | "
+              f"{s['seconds'][0]:.0f} |" for row, s in result["summary"].items()]
     return lines + [""]
+
+
+def kept_start(runs: list[dict]) -> str:
+    """How many runs returned their start partition (CLUDI's start check), as "n of m"; empty for
+    runs without the check (k-means, results from before it)."""
+    checked = [run for run in runs if "kept" in run]
+    return f"{sum(run['kept'] == 'start' for run in checked)} of {len(checked)}" if checked else ""
 
 
 def header(report: dict) -> list[str]:
@@ -123,7 +135,8 @@ def main() -> None:
                 model = CLUDI(k, random_state=seed, device="cpu", progress=False, **settings).fit(features, labels)
                 scores = clustering_scores(labels, model.labels_)
                 runs.setdefault(row, []).append({**scores, "seconds": time.perf_counter() - started,
-                                                 **start_and_curve(model.history_, scores["acc"])})
+                                                 **start_and_curve(model.history_, scores["acc"]),
+                                                 "kept": model.kept_partition_, "start_agreement": model.start_agreement_})
                 print(name, row, seed, {key: round(value, 4) for key, value in runs[row][-1].items() if key != "acc_by_epoch"}, flush=True)
         table = {row: summary(values) for row, values in runs.items()}
         report["sets"].append({"name": name, "rows": len(features), "dims": int(features.shape[1]), "k": k, "runs": runs, "summary": table})

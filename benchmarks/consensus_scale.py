@@ -3,10 +3,13 @@
 Synthetic data where k-means is known to fail and a kNN graph to succeed: three pairs of
 interleaved half-moons (K = 6), put in a random 2-d plane of a 384-d space with a little noise
 in every dimension. Each size runs in its own process, so the peak memory is that size's.
-Above `MAX_SPECTRAL_ROWS` (30,000) the spectral candidates share one approximate neighbour
-search (pynndescent) and a sparse multigrid eigen-solver; at 30,000 both paths run side by side.
+Above `MAX_SPECTRAL_ROWS` the spectral candidates share one approximate neighbour search
+(pynndescent) and a sparse multigrid eigen-solver; at the sizes of `--both` both paths run side
+by side. `--kind` takes another of `cludi_scale.py`'s sets instead of these moons (overlapping
+Gaussians in 16-d, where the exact path is slowest).
 
     python benchmarks/consensus_scale.py --sizes 1000,6000,10000,30000,60000,100000,300000 --out benchmarks/results/consensus_scale
+    python benchmarks/consensus_scale.py --kind overlapping --sizes 10000 --both 10000 --out benchmarks/results/consensus_scale
     python benchmarks/consensus_scale.py --sizes 10000,30000,100000 --cludi-epochs 2 --out benchmarks/results/consensus_scale
 
 With --cludi-epochs, each size runs a whole CLUDI fit instead (the start, training epochs, the
@@ -49,19 +52,29 @@ def moons(rows: int, dim: int = 384, pairs: int = 3, seed: int = 0):
     return features.astype(np.float32), np.array(labels)
 
 
-def one_size(rows: int, scalable: bool | None) -> dict:
-    """Time, peak memory and scores of the consensus start on `rows` moons (in this process)."""
+def data_set(kind: str, rows: int):
+    """(features, labels): the moons above, or one of cludi_scale.py's kinds."""
+    if kind == "moons":
+        return moons(rows)
+    from cludi_scale import make_set
+
+    return make_set(kind, rows)
+
+
+def one_size(rows: int, scalable: bool | None, kind: str = "moons") -> dict:
+    """Time, peak memory and scores of the consensus start on `rows` rows of `kind` (in this process)."""
     from diffclust.cluster import consensus
     from diffclust.cluster.kmeans import fit_kmeans
     from diffclust.cluster.metrics import clustering_scores
 
-    features, labels = moons(rows)
+    features, labels = data_set(kind, rows)
+    k = int(labels.max()) + 1
     if scalable is not None:  # force one path whatever the size
         consensus.MAX_SPECTRAL_ROWS = 0 if scalable else 10**9
     started = time.perf_counter()
-    result = consensus.consensus_partition(features, 6, seed=0)
+    result = consensus.consensus_partition(features, k, seed=0)
     seconds = time.perf_counter() - started
-    kmeans = clustering_scores(labels, fit_kmeans(features, 6, seed=0)[1])
+    kmeans = clustering_scores(labels, fit_kmeans(features, k, seed=0)[1])
     return {"rows": rows, "path": "approximate" if len(features) > consensus.MAX_SPECTRAL_ROWS else "exact", "seconds": round(seconds, 1),
             "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), "chosen": result.chosen,
             "acc": clustering_scores(labels, result.labels)["acc"], "kmeans_acc": kmeans["acc"], "labels": result.labels.tolist()}
@@ -101,8 +114,9 @@ def cludi_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown(rows: list[dict]) -> str:
-    lines = ["# The consensus start from 1k to 300k rows (6 half-moons in 384-d, K = 6)", "",
+def markdown(rows: list[dict], kind: str) -> str:
+    title = "6 half-moons in 384-d, K = 6" if kind == "moons" else f"cludi_scale.py's {kind} set"
+    lines = [f"# The consensus start as the rows grow ({title})", "",
              f"{os.cpu_count()} CPU cores; one process per size (peak memory is that size's). Labels only score.", "",
              "| rows | path | seconds | peak MB | chosen candidate | ACC % | k-means ACC % |", "|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -116,6 +130,8 @@ def markdown(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000,6000,10000,30000,60000,100000,300000")
+    parser.add_argument("--both", default="30000", help="sizes at which the exact and the approximate path run side by side")
+    parser.add_argument("--kind", default="moons", choices=["moons", "separable", "non-convex", "overlapping"])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--path", choices=["auto", "exact", "approximate", "cludi"], default="auto", help=argparse.SUPPRESS)
@@ -127,37 +143,38 @@ def main() -> None:
         if args.path == "cludi":
             print(json.dumps(cludi_size(args.one, args.cludi_epochs, args.predict_samples)))
         else:
-            print(json.dumps(one_size(args.one, {"auto": None, "exact": False, "approximate": True}[args.path])))
+            print(json.dumps(one_size(args.one, {"auto": None, "exact": False, "approximate": True}[args.path], args.kind)))
         return
     args.out.mkdir(parents=True, exist_ok=True)
     cludi = args.cludi_epochs is not None
-    results_file = args.out / ("cludi_scale.json" if cludi else "scale.json")
+    name = "cludi_scale" if cludi else "scale" if args.kind == "moons" else f"scale-{args.kind}"
+    results_file = args.out / f"{name}.json"
     rows = json.loads(results_file.read_text()) if results_file.is_file() else []
-    plan = [(int(size), "cludi" if cludi else "auto") for size in args.sizes.split(",")]
-    if 30_000 in [size for size, _ in plan] and not cludi:
-        plan.append((30_000, "approximate"))  # beside the exact path, at the largest size that takes it
-    labels_at_30k = {}
+    both = {int(size) for size in args.both.split(",") if size} if not cludi else set()
+    plan = [(int(size), path) for size in args.sizes.split(",")
+            for path in (["cludi"] if cludi else ["exact", "approximate"] if int(size) in both else ["auto"])]
+    labels_by_path = {}
     for size, path in plan:
         if any(row["rows"] == size and (path == "auto" or row["path"] == path) for row in rows):
             continue  # measured before (the script resumes size by size)
-        child = subprocess.run([sys.executable, __file__, "--out", str(args.out), "--one", str(size), "--path", path,
+        child = subprocess.run([sys.executable, __file__, "--out", str(args.out), "--one", str(size), "--path", path, "--kind", args.kind,
                                 *(["--cludi-epochs", str(args.cludi_epochs)] if cludi else []),
                                 *(["--predict-samples", str(args.predict_samples)] if args.predict_samples else [])],
                                capture_output=True, text=True, check=True)
         row = json.loads(child.stdout.strip().splitlines()[-1])
-        if size == 30_000 and not cludi:
-            labels_at_30k[row["path"]] = row["labels"]
-            if len(labels_at_30k) == 2:
+        if size in both:
+            labels_by_path[size, row["path"]] = row["labels"]
+            if (size, "exact") in labels_by_path and (size, "approximate") in labels_by_path:
                 from diffclust.cluster.metrics import normalized_mutual_information
 
-                row["nmi_to_exact"] = normalized_mutual_information(labels_at_30k["exact"], labels_at_30k["approximate"])
+                row["nmi_to_exact"] = normalized_mutual_information(labels_by_path[size, "exact"], labels_by_path[size, "approximate"])
         row.pop("labels", None)
         rows.append(row)
         rows.sort(key=lambda r: (r["rows"], r["path"]))
         results_file.write_text(json.dumps(rows, indent=1))
         print(f"{size} rows ({row['path']}): {row['seconds']} s, {row['peak_mb']} MB, ACC {100 * row['acc']:.2f}%", flush=True)
-    table = cludi_markdown(rows) if cludi else markdown(rows)
-    save_results(args.out, "cludi_scale" if cludi else "scale", None, table)
+    table = cludi_markdown(rows) if cludi else markdown(rows, args.kind)
+    save_results(args.out, name, None, table)
     print(table)
 
 if __name__ == "__main__":

@@ -26,8 +26,10 @@ logger = logging.getLogger(__name__)
 NEIGHBOUR_COUNTS = (5, 10, 15, 20, 30, 50)
 #: above this many rows the spectral candidates share one approximate neighbour search
 #: (pynndescent) and a sparse, multigrid-preconditioned eigen-solver (pyamg): near-linear cost
-#: where scikit-learn's exact path grows with the square of the rows
-MAX_SPECTRAL_ROWS = 30_000
+#: where scikit-learn's exact path grows with the square of the rows, and far worse where groups
+#: overlap in few dimensions (ARPACK's shift-invert factorises the graph's Laplacian, whose fill-in
+#: explodes there; docs/benchmarks/cludi.md)
+MAX_SPECTRAL_ROWS = 10_000
 #: the eigen-solver's tolerance on that path
 EIGEN_TOLERANCE = 1e-6
 #: below this mean NMI of the chosen candidate to the others the start is uncertain (its clusters
