@@ -137,7 +137,8 @@ def main() -> None:
                 runs.setdefault(row, []).append({**scores, "seconds": time.perf_counter() - started,
                                                  **start_and_curve(model.history_, scores["acc"]),
                                                  "kept": model.kept_partition_, "start_agreement": model.start_agreement_})
-                print(name, row, seed, {key: round(value, 4) for key, value in runs[row][-1].items() if key != "acc_by_epoch"}, flush=True)
+                print(name, row, seed, {key: round(value, 4) if isinstance(value, float) else value
+                                           for key, value in runs[row][-1].items() if key != "acc_by_epoch"}, flush=True)
         table = {row: summary(values) for row, values in runs.items()}
         report["sets"].append({"name": name, "rows": len(features), "dims": int(features.shape[1]), "k": k, "runs": runs, "summary": table})
         lines += set_lines(report["sets"][-1])

@@ -181,13 +181,47 @@ def test_the_head_starts_and_finds_neighbours_where_the_settings_say(mixture_fol
     assert 0.9 <= model.start_agreement_ <= 1  # the groups are found from the start and kept
 
 
-def test_the_fit_says_how_far_its_clusters_moved_from_the_hand_over_start(caplog):
-    start = np.repeat(np.arange(4), 25)
-    kept = (start + 1) % 4  # the same partition, renamed: every image kept
-    with caplog.at_level("INFO"):
-        assert DiFiC._compare_with_start(start, kept) == 1.0 and "keep 100.0% of the images" in caplog.text
-        moved = kept.copy()
-        moved[:15] = 3  # 15 of the 25 images of cluster 0 go to another cluster
-        assert DiFiC._compare_with_start(start, moved) == pytest.approx(0.85)
-    assert "Training moved 15.0% of the images out of their start cluster" in caplog.text
-    assert DiFiC._compare_with_start(None, moved) is None  # a resume past the hand-over
+@pytest.mark.parametrize("margin", [0.1, 1.0])
+def test_a_head_that_leaves_its_start_gives_way_to_it_unless_the_margin_is_one(mixture_folder, tmp_path, monkeypatch, caplog, margin):
+    """Training made to scramble the head after the hand-over: with the default margin the fit
+    keeps the start (UMAP + k-means of z, the groups), says so in the log, the metrics log,
+    run.json and difc.json, and predict warns; with margin 1 the scrambled head's clusters stay."""
+    import json
+
+    import torch
+
+    original = training.DiFiCTrainer.train_epoch
+
+    def scramble(self, model, optimizer, epoch):
+        result = original(self, model, optimizer, epoch)
+        if self.guided(epoch):
+            torch.manual_seed(epoch)
+            for parameter in self.accelerator.unwrap_model(self.network).head.parameters():
+                parameter.data.normal_(0, 3)
+        return result
+
+    monkeypatch.setattr(training.DiFiCTrainer, "train_epoch", scramble)
+    with caplog.at_level(logging.INFO, logger="diffclust"):
+        model = _fit(mixture_folder, tmp_path, epochs=5, warmup_epochs=3, start_margin=margin, output_dir=tmp_path / "run")
+    truth = scan_images(mixture_folder).labels
+    assert model.start_agreement_ < 0.9  # the scrambled head moved many images
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["start_agreement"] == pytest.approx(model.start_agreement_, abs=1e-4)
+    if margin == 1.0:
+        assert model.kept_partition_ == "trained" and hungarian_accuracy(truth, model.labels_) < 0.9
+        assert all("kept the" not in str(row.get("phase")) for row in model.history_)
+        return
+    assert model.kept_partition_ == "start" and run["kept_partition"] == "start"
+    assert hungarian_accuracy(truth, model.labels_) == 1.0  # the start found every group
+    assert any("Kept the start partition" in record.message for record in caplog.records)
+    last = model.history_[-1]
+    assert last["phase"] == "kept the start partition" and last["knn_modularity_start"] > last["knn_modularity_trained"]
+    assert ((model.confidence_ >= 0) & (model.confidence_ <= 1)).all()
+    assert json.loads((tmp_path / "run" / "difc.json").read_text())["state"]["kept_partition"] == "start"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="diffclust"):
+        DiFiC.load(tmp_path / "run", backbone=GaussianMixtureBackbone()).predict(mixture_folder)
+    assert any("kept its start partition" in record.message for record in caplog.records)
+    assigned = dict(line.split(",")[:2] for line in (tmp_path / "run" / "assignments.csv").read_text().splitlines()[1:])
+    assert [int(assigned[name]) for name in model.files_] == model.labels_.tolist()  # the kept partition is what the run wrote
+

@@ -97,6 +97,10 @@ def add_parser(commands) -> None:
                        help="how the cached z is stored: fp16, or int8 with a scale per image and channel (half the disk)")
     speed.add_argument("--cache-dir", type=Path, default=None,
                        help="where DiFiC keeps its per-image constants (default: RUN_DIR/cache; a larger or faster disk helps)")
+    fit.add_argument("--start-margin", type=share, default=None,
+                     help="DiFiC and CLUDI: when training moves more than this share of the rows out of the cluster they started "
+                          "in, keep the partition with the higher kNN-graph modularity, start or trained (default 0.1; 1: always "
+                          "the trained one)")
     diec = fit.add_argument_group("DiEC (--method diec)")
     fit.add_argument("--init", choices=list(dict.fromkeys([*DIEC_INITS, *CLUDI_INITS])), default=None,
                      help="DiEC and CLUDI start: k-means in a UMAP embedding (DiEC's default), the median of k-means and spectral "
@@ -140,9 +144,6 @@ def add_parser(commands) -> None:
     cludi.add_argument("--epoch-steps", type=whole(0), default=None,
                        help="steps per epoch, on a fresh sample of rows, once the data is larger (default 40; 0: every row once "
                             "per epoch, published)")
-    cludi.add_argument("--start-margin", type=share, default=None,
-                       help="when training moves more than this share of the rows out of their start cluster, keep the partition "
-                            "with the higher kNN-graph modularity, start or trained (default 0.1; 1: always the trained one)")
     cludi.add_argument("--predict-steps", type=whole(1), default=None, help="DDIM steps of each prediction sample")
     cludi.add_argument("--embedding-dim", type=whole(1), default=None, help="size of the assignment embeddings")
     cludi.add_argument("--hidden-dim", type=whole(1), default=None, help="width of the denoiser MLP")
@@ -166,7 +167,8 @@ def _method_settings(args) -> dict:
                         gradient_checkpointing=args.gradient_checkpointing, offload_vae=args.offload_vae,
                         channels_last=args.channels_last, fused_attention=args.fused_attention, compile_unet=args.compile_unet,
                         tf32=args.tf32, cache_precision=args.cache_precision, cache_dir=args.cache_dir)
-        given = dict(head_init=args.head_init, neighbour_space=args.neighbour_space, size_prior=args.size_prior)
+        given = dict(head_init=args.head_init, neighbour_space=args.neighbour_space, size_prior=args.size_prior,
+                     start_margin=args.start_margin)
         if args.cluster_gradient_ratio is not None:  # its own 'none' (the paper's plain sum) arrives as the string
             given["cluster_gradient_ratio"] = None if args.cluster_gradient_ratio == "none" else args.cluster_gradient_ratio
     else:  # DiEC, and CLUDI on images, read UNet features

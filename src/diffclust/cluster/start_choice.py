@@ -19,6 +19,9 @@ from diffclust.cluster.metrics import hungarian_accuracy
 
 logger = logging.getLogger(__name__)
 
+#: neighbours per row of the graph that judges a start against the trained clusters
+CHECK_NEIGHBOURS = 10
+
 
 def knn_modularity(neighbours: np.ndarray, labels: np.ndarray) -> float:
     """Modularity of the directed kNN graph (row i -> each of its neighbours) under `labels`:
@@ -72,3 +75,19 @@ def neighbour_share(neighbours: np.ndarray, labels: np.ndarray) -> np.ndarray:
     partition that has no probabilities (a kept start)."""
     labels = np.asarray(labels)
     return (labels[np.asarray(neighbours)] == labels[:, None]).mean(axis=1)
+
+
+def margin_problem(margin) -> str | None:
+    """The settings error of a start margin outside [0, 1], or None."""
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin <= 1:
+        return f"start_margin (--start-margin) must be a share in [0, 1] (1: always the trained partition), got {margin!r}"
+    return None
+
+
+def warn_if_start_kept(kept: str | None, agreement: float | None, assigner: str) -> None:
+    """Say, when predicting, that new rows are not assigned the way the fitted rows were: the fit
+    kept its start partition, which exists only for the rows it was fitted on."""
+    if kept == "start":
+        logger.warning("This model kept its start partition for the rows it was fitted on (its training moved away from it); "
+                       "new rows are assigned by its %s, which agreed with that partition on %.1f%% of those rows.",
+                       assigner, 100 * (agreement or 0.0))

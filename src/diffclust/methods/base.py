@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import shlex
+import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from sklearn.exceptions import NotFittedError
 from diffclust.backbones.base import DiffusionBackbone
 from diffclust.backbones.registry import load_backbone
 from diffclust.cluster.k_selection import CRITERIA, choose_k, write_k_selection
+from diffclust.cluster.start_choice import choose_against_start, neighbour_share
 from diffclust.data.collection import FROM_FOLDERS, ImageCollection, collect_images
 from diffclust.engine.atomic import read_json_object
 from diffclust.engine.checkpoint import CHECKPOINT_NAME, atomic_save_array, atomic_write_json, checkpoint_path, damaged
@@ -282,6 +284,20 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
                                   **({"kept_partition": self.kept_partition_} if getattr(self, "kept_partition_", None) else {}))
         logger.debug("%s stages (s): %s", type(self).__name__, self.timings_)
         accelerator.wait_for_everyone()
+
+    def _check_against_start(self, trainer, start: np.ndarray, neighbours: np.ndarray) -> None:
+        """Keep the start partition in place of the trained one (labels_) when training moved far
+        from it and the start follows the data's neighbourhoods better (start_margin); the
+        metrics log gets a row when the two were compared. Sets start_agreement_ and kept_partition_."""
+        started = time.perf_counter()
+        choice = choose_against_start(neighbours, start, self.labels_, self.start_margin)
+        self.start_agreement_, self.kept_partition_ = choice.agreement, choice.kept
+        if choice.kept == "start":
+            self.labels_ = np.asarray(start).copy()
+            self.confidence_ = neighbour_share(neighbours, self.labels_).astype(np.float32)
+        if choice.modularity is not None:
+            epoch = max(record.get("epoch", 0) for record in trainer.log.records) + 1 if trainer.log.records else self.epochs + 1
+            trainer.log_record({"epoch": epoch, "phase": f"kept the {choice.kept} partition", **choice.record()}, self.labels_, started)
 
     def fit(self, X, y=None, resume: bool = False) -> ClusteringEstimator:
         """Cluster `X` (images for DiFiC and DiEC; features or images for CLUDI) and return self.

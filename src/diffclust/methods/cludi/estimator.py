@@ -15,7 +15,7 @@ from diffclust.choices import CLUDI_INITS, is_feature_file
 from diffclust.cluster.metrics import clustering_scores
 from diffclust.cluster.neighbours import nearest_neighbours
 from diffclust.cluster.self_labelling import SelfLabeller, fit_self_labeller
-from diffclust.cluster.start_choice import choose_against_start, neighbour_share
+from diffclust.cluster.start_choice import CHECK_NEIGHBOURS, margin_problem, warn_if_start_kept
 from diffclust.data.collection import ImageCollection
 from diffclust.encoders.extraction import read_row_names
 from diffclust.encoders.vision import POOLINGS, VisionEncoder
@@ -53,9 +53,6 @@ PAPER_SETTINGS = {"epochs": 200, "batch_size": 256, "lr": 1e-4, "ema_decay": 0.9
 #: as keep rows x samples at AUTO_SAMPLES x AUTO_SAMPLE_ROWS (at least MIN_AUTO_SAMPLES), so the
 #: final assignment costs about as much on a million rows as on ten thousand
 AUTO_SAMPLES, AUTO_SAMPLE_ROWS, MIN_AUTO_SAMPLES = 16, 10_000, 2
-#: neighbours per row of the graph that judges a start against the trained clusters, when the
-#: teacher reads none
-START_CHECK_NEIGHBOURS = 10
 
 
 def prediction_samples(setting: int | str, rows: int) -> int:
@@ -284,8 +281,8 @@ class CLUDI(ClusteringEstimator):
             problems.append(f"predict_samples (--predict-samples) must be 'auto' or an integer >= 1, got {self.predict_samples!r}")
         if not isinstance(self.epoch_steps, (int, np.integer)) or self.epoch_steps < 0:
             problems.append(f"epoch_steps (--epoch-steps) must be an integer >= 0 (0: every row once per epoch), got {self.epoch_steps!r}")
-        if not 0 <= self.start_margin <= 1:
-            problems.append(f"start_margin (--start-margin) must be a share in [0, 1], got {self.start_margin!r}")
+        if margin_problem(self.start_margin):
+            problems.append(margin_problem(self.start_margin))
         for name in ("feature_noise", "feature_dropout"):
             low, high = getattr(self, name)
             if not 0 <= low <= high or (name == "feature_dropout" and high >= 1):
@@ -420,7 +417,9 @@ class CLUDI(ClusteringEstimator):
         self.start_agreement_, self.kept_partition_ = None, "trained"
         if trainer.start_labels is not None:
             with timer("start check"):
-                self._check_against_start(trainer)
+                neighbours = (trainer.neighbours.numpy() if trainer.neighbours is not None
+                              else nearest_neighbours(trainer.features, CHECK_NEIGHBOURS, metric="euclidean"))
+                self._check_against_start(trainer, trainer.start_labels, neighbours)
         self.sample_agreement_ = sample_agreement(sampled, self.labels_, self.column_temperature, self.cluster_offsets_)
         self.history_ = list(trainer.log.records)
         self.files_ = table.names
@@ -456,22 +455,6 @@ class CLUDI(ClusteringEstimator):
                             "self-labelling skipped (clusters not linear in the features)", "sure_rows": round(sure_share, 4),
                             "sure_rows_reproduced": round(agreement, 4), "moved_rows": moved}, self.labels_, started)
 
-    def _check_against_start(self, trainer: CLUDITrainer) -> None:
-        """Keep the start partition in place of the trained one when training moved far from it
-        and the start follows the data's neighbourhoods better (see start_margin); the metrics
-        log gets a row when the two were compared."""
-        started = time.perf_counter()
-        neighbours = (trainer.neighbours.numpy() if trainer.neighbours is not None
-                      else nearest_neighbours(trainer.features, START_CHECK_NEIGHBOURS, metric="euclidean"))
-        choice = choose_against_start(neighbours, trainer.start_labels, self.labels_, self.start_margin)
-        self.start_agreement_, self.kept_partition_ = choice.agreement, choice.kept
-        if choice.kept == "start":
-            self.labels_ = trainer.start_labels.copy()
-            self.confidence_ = neighbour_share(neighbours, self.labels_).astype(np.float32)
-        if choice.modularity is not None:
-            epoch = max(record.get("epoch", 0) for record in trainer.log.records) + 1 if trainer.log.records else self.epochs + 1
-            trainer.log_record({"epoch": epoch, "phase": f"kept the {choice.kept} partition", **choice.record()}, self.labels_, started)
-
     # ------------------------------------------------------------------ inference
     def _logits(self, values: torch.Tensor, keep_samples: bool = False):
         """Teacher logits averaged over predict_samples sampled embeddings of predict_steps steps.
@@ -497,10 +480,7 @@ class CLUDI(ClusteringEstimator):
     def predict_with_confidence(self, X) -> tuple[np.ndarray, np.ndarray, FeatureTable]:
         self._check_fitted()
         table = self._table(X)
-        if getattr(self, "kept_partition_", "trained") == "start":
-            logger.warning("This model kept its start partition for the rows it was fitted on (its training moved away from it); "
-                           "new rows are assigned by its networks, which agreed with that partition on %.1f%% of those rows.",
-                           100 * self.start_agreement_)
+        warn_if_start_kept(getattr(self, "kept_partition_", None), getattr(self, "start_agreement_", None), "networks")
         if getattr(self, "self_labeller_", None) is not None:
             labels, confidence = self.self_labeller_.predict(self._standardised(table.values).numpy())
             return labels, confidence, table

@@ -16,7 +16,8 @@ from diffclust.backbones.base import DiffusionBackbone
 from diffclust.backbones.efficiency import TrainingEfficiency
 from diffclust.backbones.registry import SD15_HUB_ID, load_backbone
 from diffclust.backbones.unconditional import UnconditionalBackbone
-from diffclust.cluster.metrics import hungarian_accuracy
+from diffclust.cluster.neighbours import nearest_neighbours
+from diffclust.cluster.start_choice import CHECK_NEIGHBOURS, margin_problem, warn_if_start_kept
 from diffclust.data.collection import ImageCollection
 from diffclust.data.dataset import ImageTensorDataset
 from diffclust.engine.checkpoint import atomic_save_tensors, load_tensors
@@ -33,8 +34,6 @@ from diffclust.outputs import collection_outputs
 from diffclust.seeding import make_generator, seed_everything
 
 logger = logging.getLogger(__name__)
-#: below this share of images kept in their hand-over cluster, the fit warns that training moved away from its start
-START_KEPT_WARNING = 0.9
 
 #: the paper's warm-up: 100 of 250 epochs distil proxy words before the cluster head trains
 PAPER_WARMUP_FRACTION = 100 / 250
@@ -85,6 +84,11 @@ class DiFiC(ClusteringEstimator):
     head_init : {"manifold", "kmeans", "random"}, default="manifold"
         *Our addition.* How g starts: by fitting k-means in UMAP embeddings of z, k-means of ``S*``
         after warm-up, or randomly (the literal reading).
+    start_margin : float, default=0.1
+        *Our addition.* When the final clusters keep fewer than ``1 - start_margin`` of the images
+        in their start cluster (the partition g started from), the fit keeps whichever of the two
+        has the higher modularity on the nearest-neighbour graph of z (no label read), and says
+        so. 1.0: always the trained one.
     timestep_sampling : {"cosine", "uniform"}, default="cosine"
         p(t) of the diffusion loss: proportional to 1 + cos(pi t / T) (the paper) or uniform.
     epochs : int, default=250
@@ -148,6 +152,11 @@ class DiFiC(ClusteringEstimator):
         The head's probability of each image's cluster.
     proxy_words_ : ndarray of shape (n_images, token_dim)
         The distilled ``S*`` of each image.
+    start_agreement_ : float or None
+        The share of images whose final cluster is their start cluster (matched one to one;
+        None when there was no start, or a resume past it).
+    kept_partition_ : {"trained", "start"}
+        Which partition ``labels_`` holds (see ``start_margin``).
     n_clusters_ : int
         K, chosen when ``n_clusters="auto"``.
     k_selection_ : KSelection or None
@@ -183,6 +192,7 @@ class DiFiC(ClusteringEstimator):
         object_concentration: bool = True,
         cluster_guidance: bool = True,
         head_init: str = "manifold",
+        start_margin: float = 0.1,
         timestep_sampling: str = "cosine",
         epochs: int = 250,
         warmup_epochs: int | str = "auto",
@@ -230,6 +240,8 @@ class DiFiC(ClusteringEstimator):
             problems.append(f"timestep_sampling must be one of {sorted(TIMESTEP_DISTRIBUTIONS)}, got {self.timestep_sampling!r}")
         if self.head_init not in ("manifold", "kmeans", "random"):
             problems.append(f"head_init must be 'manifold', 'kmeans' or 'random', got {self.head_init!r}")
+        if margin_problem(self.start_margin):
+            problems.append(margin_problem(self.start_margin))
         if self.neighbour_space not in ("features", "proxies"):
             problems.append(f"neighbour_space must be 'features' or 'proxies', got {self.neighbour_space!r}")
         ratio = self.cluster_gradient_ratio
@@ -337,7 +349,11 @@ class DiFiC(ClusteringEstimator):
         self.proxy_words_ = proxies.cpu().numpy()
         self.labels_ = labels
         self.confidence_ = confidence
-        self.start_agreement_ = self._compare_with_start(getattr(trainer, "start_labels", None), labels)
+        self.start_agreement_, self.kept_partition_ = None, "trained"
+        if getattr(trainer, "start_labels", None) is not None:  # a resume past the hand-over did not recompute it
+            with timer("start check"):
+                self._check_against_start(trainer, trainer.start_labels, nearest_neighbours(trainer.z_rows(), CHECK_NEIGHBOURS))
+            labels, confidence = self.labels_, self.confidence_
         self.files_ = collection.files
         self.skipped_ = list(collection.skipped)
         self.history_ = list(trainer.log.records)
@@ -346,23 +362,6 @@ class DiFiC(ClusteringEstimator):
                 self.save(run_dir)
                 collection_outputs(run_dir, collection, labels, confidence)
         self._finish_run(run_dir, accelerator, timer, self.proxy_words_)
-
-    @staticmethod
-    def _compare_with_start(start: np.ndarray | None, labels: np.ndarray) -> float | None:
-        """The share of images whose final cluster is their hand-over cluster (the two partitions
-        matched one to one; no label read), logged, with a warning when training moved many away:
-        on the odd digits a run whose head left its start scored lower by about as much
-        (docs/benchmarks/difc.md)."""
-        if start is None:  # a resume past the hand-over did not recompute it
-            return None
-        kept = float(hungarian_accuracy(start, labels))
-        if kept < START_KEPT_WARNING:
-            logger.warning("Training moved %.1f%% of the images out of their start cluster (UMAP + k-means of z, which the head "
-                           "began from). Where that start was good, this lowered the score: compare with a run of fewer epochs "
-                           "(start_agreement in run.json).", 100 * (1 - kept))
-        else:
-            logger.info("The final clusters keep %.1f%% of the images in their start cluster (UMAP + k-means of z).", 100 * kept)
-        return kept
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -385,6 +384,7 @@ class DiFiC(ClusteringEstimator):
         """Clusters, confidences and the collection they refer to (skipped files included)."""
         collection = self._collect(data)
         proxies = self._proxies(collection)
+        warn_if_start_kept(getattr(self, "kept_partition_", None), getattr(self, "start_agreement_", None), "cluster head")
         # k-means centres exist exactly when the head did not (yet) decide at the end of fit
         head = self.network_.head if self.kmeans_centres_ is None else None
         labels, confidence = assign(proxies, head, self.kmeans_centres_)
@@ -408,6 +408,9 @@ class DiFiC(ClusteringEstimator):
             # what decides the clusters: the trained head, or k-means on S* (warm-up not over, or no guidance)
             "assigned_by": "kmeans" if self.kmeans_centres_ is not None else "head",
             "warmup_epochs": self.warmup_epochs_,
+            # labels_ may be the start partition, which only the fitted images have (predict warns)
+            "kept_partition": self.kept_partition_,
+            "start_agreement": self.start_agreement_,
         })
         return folder
 
@@ -421,3 +424,4 @@ class DiFiC(ClusteringEstimator):
         self.shared_noise_ = tensors["shared_noise"]
         self.kmeans_centres_ = tensors["kmeans_centres"].numpy() if "kmeans_centres" in tensors else None
         self.warmup_epochs_ = state.get("warmup_epochs", self.warmup_epochs)
+        self.kept_partition_, self.start_agreement_ = state.get("kept_partition", "trained"), state.get("start_agreement")
