@@ -46,7 +46,23 @@ def test_umap_silhouette_finds_the_blobs_and_scores_only_when_asked():
     features, _ = blobs(10, 30, spread=2.5, imbalance=True, seed=1)
     selection = choose_k(features, (2, 20), "umap_silhouette", criteria=("umap_silhouette",))
     assert list(selection.scores) == ["umap_silhouette"] and abs(selection.k - 10) <= 2, selection.k
-    assert "umap_silhouette" not in choose_k(features, (2, 4)).scores  # default record: the five cheaper criteria
+    assert "umap_silhouette" not in choose_k(features, (2, 4)).scores  # default record: the six cheaper criteria
+
+
+def test_knn_modularity_keeps_close_groups_apart_where_silhouette_merges_them():
+    """Three pairs of tight groups, each pair close together and far from the others: silhouette
+    prefers the three pairs; the kNN graph's modularity, blind to distances between groups that
+    share no neighbours, finds the six groups."""
+    rng = np.random.default_rng(0)
+    pairs = rng.normal(size=(3, 16)) * 40
+    centres = np.concatenate([pairs + offset for offset in (0.0, 3.0)])  # group i and i + 3 are 3 apart, pairs about 60
+    labels = np.repeat(np.arange(6), 40)
+    features = centres[labels] + 0.3 * rng.normal(size=(len(labels), 16))
+    selection = choose_k(features, (2, 12), "knn_modularity", criteria=("silhouette",))
+    assert selection.k == 6 and selection.pick("silhouette") == 3
+    assert list(selection.scores) == ["knn_modularity", "silhouette"]
+    best = selection.scores["knn_modularity"][selection.candidates.index(6)]
+    assert best == pytest.approx(5 / 6, abs=0.01)  # every link inside its group: 1 - 6 x (1/6)^2
 
 
 def test_umap_silhouette_without_umap_learn_is_a_clear_error(monkeypatch):

@@ -6,7 +6,10 @@ Calinski-Harabasz and Davies-Bouldin (scikit-learn), the BIC of a Gaussian mixtu
 from the k-means fit, and prediction strength (Tibshirani & Walther 2005), a stability
 criterion over two halves of the data. ``umap_silhouette`` is the silhouette of k-means fitted
 in a UMAP embedding (cluster.manifold),
-where neighbourhoods matter more than global distances. Labels are never used.
+where neighbourhoods matter more than global distances. ``knn_modularity`` is the modularity of
+the k-means partition on the 10-nearest-neighbour graph (cluster.start_choice): how much more of
+the graph's links stay inside clusters than cluster sizes alone would give; unlike silhouette it
+does not reward merging groups that lie close together. Labels are never used.
 """
 
 from __future__ import annotations
@@ -25,12 +28,16 @@ from sklearn.mixture import GaussianMixture
 
 from diffclust.choices import K_CRITERIA
 from diffclust.cluster.manifold import umap_embedding
+from diffclust.cluster.neighbours import nearest_neighbours
+from diffclust.cluster.start_choice import knn_modularity
 from diffclust.errors import DiffclustError
 
 #: criterion -> True when a higher score is better
 CRITERIA = K_CRITERIA
 #: the criteria recorded beside the chosen one by default (UMAP costs more)
-RECORDED = ("silhouette", "calinski_harabasz", "davies_bouldin", "bic", "prediction_strength")
+RECORDED = ("silhouette", "calinski_harabasz", "davies_bouldin", "bic", "prediction_strength", "knn_modularity")
+#: neighbours per item of the graph knn_modularity scores on
+MODULARITY_NEIGHBOURS = 10
 #: prediction strength picks the largest K whose clusters are this reproducible (the paper's 0.8)
 STRENGTH_THRESHOLD = 0.8
 
@@ -112,9 +119,10 @@ def _silhouette(data: np.ndarray, labels: np.ndarray, seed: int) -> float:
     return silhouette_score(data, labels, sample_size=min(2000, len(data)), random_state=seed)
 
 
-def _criterion(name: str, data: np.ndarray, k: int, fit: KMeans | None, embedded: np.ndarray | None, seed: int) -> float:
+def _criterion(name: str, data: np.ndarray, k: int, fit: KMeans | None, embedded: np.ndarray | None, seed: int,
+               neighbours: np.ndarray | None = None) -> float:
     """One criterion's score of the k-means `fit` with K = `k` on `data` (umap_silhouette: of a
-    k-means fitted in the UMAP `embedded` space)."""
+    k-means fitted in the UMAP `embedded` space; knn_modularity: on the `neighbours` table)."""
     several = fit is not None and len(np.unique(fit.labels_)) > 1
     if name == "silhouette":
         return _silhouette(data, fit.labels_, seed)
@@ -130,6 +138,8 @@ def _criterion(name: str, data: np.ndarray, k: int, fit: KMeans | None, embedded
             return mixture.fit(data).bic(data)
     if name == "prediction_strength":
         return _prediction_strength(data, k, seed)
+    if name == "knn_modularity":
+        return knn_modularity(neighbours, fit.labels_)
     return _silhouette(embedded, KMeans(k, n_init=2, random_state=seed).fit_predict(embedded), seed)
 
 
@@ -157,10 +167,11 @@ def choose_k(features, k_range: tuple[int, int] | None = None, criterion: str = 
     candidates = list(range(low, high + 1))
     scores: dict[str, list[float]] = {name: [] for name in wanted}
     embedded = umap_embedding(data, seed, "The umap_silhouette criterion (--k-criterion)") if "umap_silhouette" in wanted else None
+    neighbours = nearest_neighbours(data, min(MODULARITY_NEIGHBOURS, len(data) - 1), metric="euclidean") if "knn_modularity" in wanted else None
     for k in candidates:
         fit = KMeans(k, n_init=2, random_state=seed).fit(data) if wanted != ["umap_silhouette"] else None
         for name in wanted:
-            scores[name].append(float(_criterion(name, data, k, fit, embedded, seed)))
+            scores[name].append(float(_criterion(name, data, k, fit, embedded, seed, neighbours)))
     selection = KSelection(0, criterion, candidates, scores, len(data))
     selection.k = selection.pick(criterion)
     return selection

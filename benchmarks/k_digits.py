@@ -1,0 +1,174 @@
+"""`--k auto` on the built-in digits: which K each criterion picks on what DiEC and DiFiC choose K on.
+
+Sets: the ten digits (`usps`, K = 10) and the five odd ones (`usps-odd`, K = 5, the digits the
+bundled usps-text never saw), whole or as seeded random subsets of 300 and 1,000 images.
+Representations, as a fit with `--k auto` would scan them:
+
+- diec: usps-ddpm's pooled UNet features at the pair DiEC's search picks (what DiEC chooses K on);
+- difc-words: DiFiC's proxy words S* on usps-text after one distillation epoch (the end of the
+  warm-up of the example's `--epochs 2`, where DiFiC chooses K);
+- difc-z: the UNet feature z the proxy words are computed from, which the head's start partition
+  (UMAP + k-means) is built on.
+
+Each representation is scanned once with every criterion (umap_silhouette included); labels
+only score. Each set runs in its own process, one after the other, and the table is rewritten
+after each.
+
+    python benchmarks/k_digits.py --sets odd:300,odd:1000,all:300,all:1000,odd,all --out benchmarks/results/k_digits \
+        --keep .data/k_digits
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from provenance import save_results  # noqa: E402
+
+
+def digits_folder(spec: str, parent: Path) -> tuple[Path, int]:
+    """(a data folder, the true K) for "odd[:N]" or "all[:N]": the built-in set, or a seeded
+    random subset of N of its images."""
+    import numpy as np
+
+    from diffclust.datasets import DigitImages, _write_folder, builtin_folder, load_usps, load_usps_odd
+
+    which, _, size = spec.partition(":")
+    name = {"odd": "usps-odd", "all": "usps"}[which]
+    if not size:
+        return builtin_folder(name), 5 if which == "odd" else 10
+    digits = load_usps_odd() if which == "odd" else load_usps()
+    keep = np.sort(np.random.default_rng(0).choice(len(digits), int(size), replace=False))
+    subset = DigitImages(digits.images[keep], digits.labels[keep], digits.split[keep], [digits.files[i] for i in keep], digits.description)
+    folder = parent / f"{which}-{size}"
+    _write_folder(subset, folder)
+    return folder, len(np.unique(subset.labels))
+
+
+def representations(folder: Path, cache: Path):
+    """Yield (kind, the (N, D) rows a `--k auto` fit of that kind scans, their images' labels,
+    what they are) for each of REPRESENTATIONS; DiFiC runs once for its two."""
+    import numpy as np
+
+    from diffclust import DiEC, DiFiC
+    from diffclust.methods.difc.constants import ConstantStore
+    from diffclust.methods.difc.hand_over import feature_rows
+
+    collection, features, layer, timestep = DiEC("auto", backbone="usps-ddpm", device="cpu", progress=False).extract_features(folder)
+    yield "diec", features.numpy(), collection.labels, f"{layer}, t = {timestep}"
+    model = DiFiC("auto", backbone="usps-text", epochs=1, cluster_guidance=False, device="cpu", progress=False, cache_dir=cache,
+                  random_state=0).fit(folder)
+    labels = _labels_of(folder, model.files_)
+    yield "difc-words", model.proxy_words_, labels, "after one epoch"
+    (arrays,) = {path.parent for path in cache.rglob("features.npy")}
+    store = ConstantStore({path.stem: np.load(path, mmap_mode="r", allow_pickle=False) for path in arrays.glob("*.npy")})
+    yield "difc-z", feature_rows(store, 0), labels, f"z {tuple(store.shape('features'))}"
+
+
+def _labels_of(folder: Path, files: list[str]):
+    import csv
+
+    import numpy as np
+
+    with open(folder / "labels.csv", newline="") as handle:
+        label = {row["file"]: int(row["label"]) for row in csv.DictReader(handle)}
+    return np.array([label[file] for file in files])
+
+
+def kept_or_computed(spec: str, keep: Path | None):
+    """The set's representations [(kind, rows, labels, where, seconds)], read from `keep` when an
+    earlier run stored them there (criteria can then be re-scored in seconds), else computed
+    (and stored, with `keep`)."""
+    import numpy as np
+
+    stored = keep / f"{spec.replace(':', '-')}.npz" if keep else None
+    if stored is not None and stored.is_file():
+        with np.load(stored, allow_pickle=False) as arrays:
+            meta = json.loads(str(arrays["meta"]))
+            return [(kind, arrays[f"{kind}-rows"], arrays[f"{kind}-labels"], where, seconds) for kind, where, seconds in meta]
+    result = []
+    with tempfile.TemporaryDirectory() as scratch:
+        folder, _ = digits_folder(spec, Path(scratch))
+        started = time.perf_counter()
+        for kind, rows, labels, where in representations(folder, Path(scratch) / "cache"):
+            result.append((kind, np.asarray(rows, np.float32), np.asarray(labels), where, round(time.perf_counter() - started, 1)))
+            started = time.perf_counter()
+    if stored is not None:
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {f"{kind}-{part}": value for kind, rows, labels, _, _ in result for part, value in (("rows", rows), ("labels", labels))}
+        np.savez(stored, meta=json.dumps([(kind, where, seconds) for kind, _, _, where, seconds in result]), **arrays)
+    return result
+
+
+def one_set(spec: str, keep: Path | None = None) -> list[dict]:
+    """Every representation of one set, scanned with every criterion (in this process)."""
+    from diffclust.cluster.k_selection import CRITERIA, choose_k
+    from diffclust.cluster.kmeans import fit_kmeans
+    from diffclust.cluster.metrics import clustering_scores
+
+    rows = []
+    for kind, features, labels, where, seconds in kept_or_computed(spec, keep):
+        truth = len(set(labels.tolist()))
+        started = time.perf_counter()
+        selection = choose_k(features, criterion="silhouette", seed=0, criteria=tuple(CRITERIA))
+        picks = {name: selection.pick(name) for name in CRITERIA}
+        at_truth = clustering_scores(labels, fit_kmeans(features, truth, seed=0)[1])["acc"]
+        at_pick = clustering_scores(labels, fit_kmeans(features, picks["silhouette"], seed=0)[1])["acc"]
+        rows.append({"set": spec, "rows": len(features), "true_k": truth, "representation": kind, "where": where, "picks": picks,
+                     "kmeans_acc_at_true_k": at_truth, "kmeans_acc_at_silhouette_k": at_pick,
+                     "seconds": round(seconds + time.perf_counter() - started, 1)})
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    from diffclust.cluster.k_selection import CRITERIA
+
+    lines = ["# `--k auto` on the built-in digits: the K each criterion picks", "",
+             "Labels only score. Subsets: seeded random draws (seed 0). Range K = 2..min(N/5, 100). "
+             "**Bold**: within one of the true K.", "",
+             "| set | rows | true K | scanned | " + " | ".join(CRITERIA) + " | k-means ACC % at true K / at silhouette's K |",
+             "|---|---|---|---|" + "---|" * len(CRITERIA) + "---|"]
+    for row in rows:
+        cells = [f"**{k}**" if abs(k - row["true_k"]) <= 1 else str(k) for k in (row["picks"][name] for name in CRITERIA)]
+        lines.append(f"| {row['set']} | {row['rows']:,} | {row['true_k']} | {row['representation']} ({row['where']}) | "
+                     + " | ".join(cells) + f" | {100 * row['kmeans_acc_at_true_k']:.1f} / {100 * row['kmeans_acc_at_silhouette_k']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", default="odd:300,odd:1000,all:300,all:1000")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="store each set's representations here and reuse them (re-scoring criteria without a new fit)")
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one is not None:  # the child: one set, its rows on stdout
+        print(json.dumps(one_set(args.one, args.keep)))
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    results_file = args.out / "k_digits.json"
+    done = json.loads(results_file.read_text())["results"] if results_file.is_file() else []
+    for spec in args.sets.split(","):
+        child = subprocess.run([sys.executable, __file__, "--out", str(args.out), "--one", spec,
+                                *(["--keep", str(args.keep)] if args.keep else [])], capture_output=True, text=True)
+        if child.returncode != 0:
+            print(child.stderr[-3000:], file=sys.stderr)
+            raise SystemExit(f"{spec} failed")
+        rows = json.loads(child.stdout.strip().splitlines()[-1])
+        done = [row for row in done if row["set"] != spec] + rows
+        for row in rows:
+            print(json.dumps(row), flush=True)
+        save_results(args.out, "k_digits", done, markdown(done))
+
+
+if __name__ == "__main__":
+    main()
