@@ -123,6 +123,10 @@ def usps_subset(usps, tmp_path_factory) -> Path:
     return write_subset(source, chosen, folder)
 
 
+#: CLUDI's networks at a size that trains in seconds, for command-line fits whose test is not about them
+SMALL_CLUDI = ["--hidden-dim", "64", "--embedding-dim", "16"]
+
+
 #: the test files that take longest (the lease's dry run, ~75 s alone): started first, so that two
 #: workers finish together instead of one waiting on the other's last long file
 LONGEST_FIRST = ("test_gpu_lease.py", "test_pretrain.py", "test_end_to_end.py")

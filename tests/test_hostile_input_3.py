@@ -26,8 +26,8 @@ from diffclust.errors import DiffclustError
 from diffclust.methods.cludi import CLUDI
 from diffclust.report.thumbnails import ThumbnailCache
 
+from conftest import SMALL_CLUDI, write_subset
 from conftest import cli_failure as failure
-from conftest import write_subset
 
 QUICK = ["--backbone", "tiny-random", "--epochs", "1", "--no-cluster-guidance", "--device", "cpu", "--quiet"]
 
@@ -92,7 +92,7 @@ def test_finite_but_huge_features_are_clustered_and_beyond_float32_refused(tmp_p
     blobs = (rng.normal(size=(3, 6)) * 8)[labels] + rng.normal(size=(120, 6))
     huge = (blobs * 3e36).astype(np.float32)  # finite in float32; their squares are not
     np.save(tmp_path / "huge.npy", huge)
-    assert main(["fit", str(tmp_path / "huge.npy"), "--method", "cludi", "--k", "3", "--epochs", "1", "--teacher-steps", "2",
+    assert main(["fit", str(tmp_path / "huge.npy"), "--method", "cludi", "--k", "3", "--epochs", "1", *SMALL_CLUDI, "--teacher-steps", "2",
                  "--predict-samples", "2", "--predict-steps", "2", "--device", "cpu", "--quiet", "--out", str(tmp_path / "run")]) == 0
     assert hungarian_accuracy(labels, CLUDI.load(tmp_path / "run").labels_) >= 0.95
     np.save(tmp_path / "beyond.npy", blobs * 1e300)
@@ -205,7 +205,7 @@ def cludi_run(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("cludi-damage")
     np.save(folder / "features.npy", features.astype(np.float32))
     out = folder / "run"
-    assert main(["fit", str(folder / "features.npy"), "--method", "cludi", "--k", "4", "--epochs", "1", "--teacher-steps", "2",
+    assert main(["fit", str(folder / "features.npy"), "--method", "cludi", "--k", "4", "--epochs", "1", *SMALL_CLUDI, "--teacher-steps", "2",
                  "--predict-samples", "2", "--predict-steps", "2", "--device", "cpu", "--quiet", "--out", str(out)]) == 0
     return out
 

@@ -13,6 +13,8 @@ from diffclust.cluster.k_selection import KSelection, choose_k, default_k_range,
 from diffclust.errors import DiffclustError
 from diffclust.methods.cludi import CLUDI
 
+from conftest import SMALL_CLUDI
+
 FAST = dict(batch_size=64, hidden_dim=64, embedding_dim=16, teacher_steps=3, predict_samples=2, predict_steps=3,
             monitor_samples=1, lr=1e-3, ema_decay=0.99, init_steps=60, device="cpu", progress=False)
 
@@ -93,7 +95,7 @@ def test_k_auto_on_the_command_line(tmp_path, capsys):
     features, _ = blobs(4, 30, spread=8.0)
     np.save(tmp_path / "f.npy", features)
     assert main(["fit", "--method", "cludi", "--features", str(tmp_path / "f.npy"), "--k", "auto", "--k-range", "2:9",
-                 "--epochs", "1", "--predict-samples", "2", "--predict-steps", "3", "--teacher-steps", "3", "--batch-size", "64",
+                 "--epochs", "1", *SMALL_CLUDI, "--predict-samples", "2", "--predict-steps", "3", "--teacher-steps", "3", "--batch-size", "64",
                  "--device", "cpu", "--quiet", "--report", "--out", str(tmp_path / "run")]) == 0
     assert "into 4 of 4 clusters (K chosen by silhouette" in capsys.readouterr().out
     assert 'src="k_selection.png"' in (tmp_path / "run" / "report" / "index.html").read_text()

@@ -19,7 +19,7 @@ from PIL import Image
 
 from diffclust.cli import main
 
-from conftest import write_subset
+from conftest import SMALL_CLUDI, write_subset
 
 
 def rows(path: Path) -> list[dict]:
@@ -179,7 +179,7 @@ def test_a_report_of_labelled_feature_rows_scores_them_and_names_the_rows(tmp_pa
     np.save(tmp_path / "labels.npy", np.repeat([0, 1], 20))
     out = tmp_path / "run"
     assert main(["fit", "--method", "cludi", "--features", str(tmp_path / "f.npy"), "--labels", str(tmp_path / "labels.npy"), "--k", "2",
-                 "--epochs", "1", "--teacher-steps", "2", "--predict-samples", "2", "--predict-steps", "2", "--device", "cpu", "--quiet",
+                 "--epochs", "1", *SMALL_CLUDI, "--teacher-steps", "2", "--predict-samples", "2", "--predict-steps", "2", "--device", "cpu", "--quiet",
                  "--out", str(out)]) == 0
     html = build_report(out).read_text()
     assert "Against the labels" in html and 'id="legend-class"' in html
@@ -199,7 +199,7 @@ def test_a_report_of_feature_rows_shows_the_images_diffclust_features_recorded(t
     np.save(tmp_path / "features.npy", features)
     write_row_names(tmp_path / "features.npy", collection)  # as `diffclust features` leaves it, without running an encoder
     out = tmp_path / "run"
-    assert main(["fit", "--method", "cludi", "--features", str(tmp_path / "features.npy"), "--k", "2", "--epochs", "1", "--teacher-steps", "2",
+    assert main(["fit", "--method", "cludi", "--features", str(tmp_path / "features.npy"), "--k", "2", "--epochs", "1", *SMALL_CLUDI, "--teacher-steps", "2",
                  "--predict-samples", "2", "--predict-steps", "2", "--device", "cpu", "--quiet", "--out", str(out)]) == 0
     html = build_report(out).read_text()
     shown = re.findall(r'<img class="plain" src="[^"]+" alt="([^"]+)"', html)

@@ -16,7 +16,7 @@ import torch
 from diffclust.cli import main
 from diffclust.report.analysis import class_purity, cluster_class_table, confused_pairs, nearest_tokens, summarise_clusters
 
-from conftest import write_subset
+from conftest import SMALL_CLUDI, write_subset
 
 
 def rows(path: Path) -> list[dict]:
@@ -118,7 +118,7 @@ def test_a_cludi_report_shows_how_far_its_samples_agree(tmp_path, capsys):
     labels = np.arange(60) % 3
     np.save(tmp_path / "f.npy", (rng.normal(size=(3, 6)) * 5)[labels] + rng.normal(size=(60, 6)))
     out = tmp_path / "run"
-    assert main(["fit", "--method", "cludi", "--features", str(tmp_path / "f.npy"), "--k", "3", "--epochs", "1",
+    assert main(["fit", "--method", "cludi", "--features", str(tmp_path / "f.npy"), "--k", "3", "--epochs", "1", *SMALL_CLUDI,
                  "--predict-samples", "4", "--predict-steps", "3", "--teacher-steps", "3", "--batch-size", "32",
                  "--device", "cpu", "--quiet", "--report", "--out", str(out)]) == 0
     agreement = np.load(out / "sample_agreement.npy")
