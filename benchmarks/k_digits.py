@@ -34,28 +34,28 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from provenance import save_results  # noqa: E402
 
 
-def digits_folder(spec: str, parent: Path) -> tuple[Path, int]:
-    """(a data folder, the true K) for "odd[:N]" or "all[:N]": the built-in set, or a seeded
-    random subset of N of its images."""
+def digits_folder(spec: str, parent: Path) -> Path:
+    """A data folder for "odd[:N]" or "all[:N]": the built-in set, or a seeded random subset of
+    N of its images."""
     import numpy as np
 
-    from diffclust.datasets import DigitImages, _write_folder, builtin_folder, load_usps, load_usps_odd
+    from diffclust.datasets import DigitImages, builtin_folder, load_usps, load_usps_odd, write_digits_folder
 
     which, _, size = spec.partition(":")
     name = {"odd": "usps-odd", "all": "usps"}[which]
     if not size:
-        return builtin_folder(name), 5 if which == "odd" else 10
+        return builtin_folder(name)
     digits = load_usps_odd() if which == "odd" else load_usps()
     keep = np.sort(np.random.default_rng(0).choice(len(digits), int(size), replace=False))
     subset = DigitImages(digits.images[keep], digits.labels[keep], digits.split[keep], [digits.files[i] for i in keep], digits.description)
     folder = parent / f"{which}-{size}"
-    _write_folder(subset, folder)
-    return folder, len(np.unique(subset.labels))
+    write_digits_folder(subset, folder)
+    return folder
 
 
 def representations(folder: Path, cache: Path):
     """Yield (kind, the (N, D) rows a `--k auto` fit of that kind scans, their images' labels,
-    what they are) for each of REPRESENTATIONS; DiFiC runs once for its two."""
+    what they are) for DiEC, DiFiC's proxy words and DiFiC's z; DiFiC runs once for its two."""
     import numpy as np
 
     from diffclust import DiEC, DiFiC
@@ -96,7 +96,7 @@ def kept_or_computed(spec: str, keep: Path | None):
             return [(kind, arrays[f"{kind}-rows"], arrays[f"{kind}-labels"], where, seconds) for kind, where, seconds in meta]
     result = []
     with tempfile.TemporaryDirectory() as scratch:
-        folder, _ = digits_folder(spec, Path(scratch))
+        folder = digits_folder(spec, Path(scratch))
         started = time.perf_counter()
         for kind, rows, labels, where in representations(folder, Path(scratch) / "cache"):
             result.append((kind, np.asarray(rows, np.float32), np.asarray(labels), where, round(time.perf_counter() - started, 1)))

@@ -66,7 +66,7 @@ def test_a_failed_lay_out_leaves_nothing_half_written(tmp_path, monkeypatch):
         (folder / "images").mkdir(parents=True)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(datasets, "_write_folder", fail)
+    monkeypatch.setattr(datasets, "write_digits_folder", fail)
     from diffclust.errors import DiskFullError
 
     with pytest.raises(DiskFullError, match="the disk is full while building the built-in data set 'usps' in .*DIFFCLUST_HOME"):

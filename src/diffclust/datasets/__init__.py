@@ -111,7 +111,7 @@ def builtin_folder(name: str) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=parent.parent))
     try:
         with building_in_home(f"the built-in data set '{name}'", parent.parent):
-            _write_folder(LOADERS[name](), staging / name)
+            write_digits_folder(LOADERS[name](), staging / name)
         try:
             os.replace(staging, parent)
         except OSError:  # another process laid it out first: theirs is complete, use it
@@ -122,7 +122,9 @@ def builtin_folder(name: str) -> Path:
     return folder
 
 
-def _write_folder(digits: DigitImages, folder: Path) -> None:
+def write_digits_folder(digits: DigitImages, folder: Path) -> None:
+    """Lay `digits` out as a data folder: images/*.png, labels.csv (file, label, class_name, split)
+    and the data card as README.md (a built-in set, or a subset of one)."""
     import csv
 
     from PIL import Image
