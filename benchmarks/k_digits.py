@@ -53,17 +53,21 @@ def digits_folder(spec: str, parent: Path) -> Path:
     return folder
 
 
-def representations(folder: Path, cache: Path):
+def representations(folder: Path, cache: Path, methods: tuple[str, ...] = ("diec", "difc")):
     """Yield (kind, the (N, D) rows a `--k auto` fit of that kind scans, their images' labels,
-    what they are) for DiEC, DiFiC's proxy words and DiFiC's z; DiFiC runs once for its two."""
+    what they are) for DiEC, DiFiC's proxy words and DiFiC's z (of the `methods` asked for);
+    DiFiC runs once for its two."""
     import numpy as np
 
     from diffclust import DiEC, DiFiC
     from diffclust.methods.difc.constants import ConstantStore
     from diffclust.methods.difc.hand_over import feature_rows
 
-    collection, features, layer, timestep = DiEC("auto", backbone="usps-ddpm", device="cpu", progress=False).extract_features(folder)
-    yield "diec", features.numpy(), collection.labels, f"{layer}, t = {timestep}"
+    if "diec" in methods:
+        collection, features, layer, timestep = DiEC("auto", backbone="usps-ddpm", device="cpu", progress=False).extract_features(folder)
+        yield "diec", features.numpy(), collection.labels, f"{layer}, t = {timestep}"
+    if "difc" not in methods:
+        return
     model = DiFiC("auto", backbone="usps-text", epochs=1, cluster_guidance=False, device="cpu", progress=False, cache_dir=cache,
                   random_state=0).fit(folder)
     labels = _labels_of(folder, model.files_)
@@ -83,13 +87,13 @@ def _labels_of(folder: Path, files: list[str]):
     return np.array([label[file] for file in files])
 
 
-def kept_or_computed(spec: str, keep: Path | None):
+def kept_or_computed(spec: str, keep: Path | None, methods: tuple[str, ...] = ("diec", "difc")):
     """The set's representations [(kind, rows, labels, where, seconds)], read from `keep` when an
     earlier run stored them there (criteria can then be re-scored in seconds), else computed
     (and stored, with `keep`)."""
     import numpy as np
 
-    stored = keep / f"{spec.replace(':', '-')}.npz" if keep else None
+    stored = keep / f"{spec.replace(':', '-')}{'' if len(methods) == 2 else '-' + methods[0]}.npz" if keep else None
     if stored is not None and stored.is_file():
         with np.load(stored, allow_pickle=False) as arrays:
             meta = json.loads(str(arrays["meta"]))
@@ -98,7 +102,7 @@ def kept_or_computed(spec: str, keep: Path | None):
     with tempfile.TemporaryDirectory() as scratch:
         folder = digits_folder(spec, Path(scratch))
         started = time.perf_counter()
-        for kind, rows, labels, where in representations(folder, Path(scratch) / "cache"):
+        for kind, rows, labels, where in representations(folder, Path(scratch) / "cache", methods):
             result.append((kind, np.asarray(rows, np.float32), np.asarray(labels), where, round(time.perf_counter() - started, 1)))
             started = time.perf_counter()
     if stored is not None:
@@ -108,14 +112,14 @@ def kept_or_computed(spec: str, keep: Path | None):
     return result
 
 
-def one_set(spec: str, keep: Path | None = None) -> list[dict]:
-    """Every representation of one set, scanned with every criterion (in this process)."""
+def one_set(spec: str, keep: Path | None = None, methods: tuple[str, ...] = ("diec", "difc")) -> list[dict]:
+    """Every representation of one set (of the `methods`), scanned with every criterion (in this process)."""
     from diffclust.cluster.k_selection import CRITERIA, choose_k
     from diffclust.cluster.kmeans import fit_kmeans
     from diffclust.cluster.metrics import clustering_scores
 
     rows = []
-    for kind, features, labels, where, seconds in kept_or_computed(spec, keep):
+    for kind, features, labels, where, seconds in kept_or_computed(spec, keep, methods):
         truth = len(set(labels.tolist()))
         started = time.perf_counter()
         selection = choose_k(features, criterion="silhouette", seed=0, criteria=tuple(CRITERIA))
@@ -137,7 +141,8 @@ def markdown(rows: list[dict]) -> str:
              "| set | rows | true K | scanned | " + " | ".join(CRITERIA) + " | k-means ACC % at true K / at silhouette's K |",
              "|---|---|---|---|" + "---|" * len(CRITERIA) + "---|"]
     for row in rows:
-        cells = [f"**{k}**" if abs(k - row["true_k"]) <= 1 else str(k) for k in (row["picks"][name] for name in CRITERIA)]
+        picks = [row["picks"].get(name) for name in CRITERIA]  # None: a criterion added after the row was measured
+        cells = ["–" if k is None else f"**{k}**" if abs(k - row["true_k"]) <= 1 else str(k) for k in picks]
         lines.append(f"| {row['set']} | {row['rows']:,} | {row['true_k']} | {row['representation']} ({row['where']}) | "
                      + " | ".join(cells) + f" | {100 * row['kmeans_acc_at_true_k']:.1f} / {100 * row['kmeans_acc_at_silhouette_k']:.1f} |")
     return "\n".join(lines) + "\n"
@@ -149,22 +154,27 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--keep", type=Path, default=None,
                         help="store each set's representations here and reuse them (re-scoring criteria without a new fit)")
+    parser.add_argument("--methods", default="diec,difc", help="whose representations to scan: diec, difc or both (DiFiC's epoch "
+                                                                    "takes the most time on the whole sets)")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    methods = tuple(name for name in ("diec", "difc") if name in args.methods.split(","))
+    if not methods:
+        parser.error(f"--methods takes diec, difc or diec,difc, got {args.methods!r}")
     if args.one is not None:  # the child: one set, its rows on stdout
-        print(json.dumps(one_set(args.one, args.keep)))
+        print(json.dumps(one_set(args.one, args.keep, methods)))
         return
     args.out.mkdir(parents=True, exist_ok=True)
     results_file = args.out / "k_digits.json"
     done = json.loads(results_file.read_text())["results"] if results_file.is_file() else []
     for spec in args.sets.split(","):
-        child = subprocess.run([sys.executable, __file__, "--out", str(args.out), "--one", spec,
+        child = subprocess.run([sys.executable, __file__, "--out", str(args.out), "--one", spec, "--methods", ",".join(methods),
                                 *(["--keep", str(args.keep)] if args.keep else [])], capture_output=True, text=True)
         if child.returncode != 0:
             print(child.stderr[-3000:], file=sys.stderr)
             raise SystemExit(f"{spec} failed")
         rows = json.loads(child.stdout.strip().splitlines()[-1])
-        done = [row for row in done if row["set"] != spec] + rows
+        done = [row for row in done if (row["set"], row["representation"]) not in {(spec, new["representation"]) for new in rows}] + rows
         for row in rows:
             print(json.dumps(row), flush=True)
         save_results(args.out, "k_digits", done, markdown(done))

@@ -26,6 +26,15 @@ def blobs(k: int, per_cluster: int, spread: float, imbalance: bool = False, d: i
     return rng.normal(size=(k, d))[labels] * spread + rng.normal(size=(len(labels), d)), labels
 
 
+def close_pairs():
+    """Six tight groups of 40 in three pairs: each pair's groups 3 apart, the pairs about 60."""
+    rng = np.random.default_rng(0)
+    pairs = rng.normal(size=(3, 16)) * 40
+    centres = np.concatenate([pairs + offset for offset in (0.0, 3.0)])
+    labels = np.repeat(np.arange(6), 40)
+    return centres[labels] + 0.3 * rng.normal(size=(len(labels), 16)), labels
+
+
 def test_each_criterion_picks_by_its_own_rule():
     selection = KSelection(0, "silhouette", [2, 3, 4, 5], {
         "silhouette": [0.2, 0.6, 0.5, 0.1], "davies_bouldin": [1.0, 0.4, 0.7, 0.9],
@@ -55,16 +64,31 @@ def test_knn_modularity_keeps_close_groups_apart_where_silhouette_merges_them():
     """Three pairs of tight groups, each pair close together and far from the others: silhouette
     prefers the three pairs; the kNN graph's modularity, blind to distances between groups that
     share no neighbours, finds the six groups."""
-    rng = np.random.default_rng(0)
-    pairs = rng.normal(size=(3, 16)) * 40
-    centres = np.concatenate([pairs + offset for offset in (0.0, 3.0)])  # group i and i + 3 are 3 apart, pairs about 60
-    labels = np.repeat(np.arange(6), 40)
-    features = centres[labels] + 0.3 * rng.normal(size=(len(labels), 16))
+    features, _ = close_pairs()
     selection = choose_k(features, (2, 12), "knn_modularity", criteria=("silhouette",))
     assert selection.k == 6 and selection.pick("silhouette") == 3
     assert list(selection.scores) == ["knn_modularity", "silhouette"]
     best = selection.scores["knn_modularity"][selection.candidates.index(6)]
     assert best == pytest.approx(5 / 6, abs=0.01)  # every link inside its group: 1 - 6 x (1/6)^2
+
+
+def test_umap_hdbscan_counts_the_close_groups_and_prefers_the_nearest_k():
+    """The same three close pairs: HDBSCAN in the UMAP embeddings finds the six groups, and the
+    criterion's curve is minus each K's distance from that count."""
+    features, _ = close_pairs()
+    selection = choose_k(features, (2, 12), "umap_hdbscan", criteria=("silhouette",))
+    assert selection.k == 6 and selection.pick("silhouette") == 3
+    assert selection.scores["umap_hdbscan"] == [-abs(k - 6) for k in range(2, 13)]
+    assert "HDBSCAN found 6, 6, 6 clusters of at least 5 items" in selection.notes["umap_hdbscan"]
+
+
+def test_umap_hdbscan_without_density_clusters_lets_silhouette_choose():
+    features, _ = blobs(3, 3, spread=10.0)  # 9 items: too few for two clusters of five
+    selection = choose_k(features, (2, 3), "umap_hdbscan", criteria=())
+    assert selection.criterion == "silhouette" and selection.k == 3
+    assert selection.notes["umap_hdbscan"] == ("9 items are too few for density clusters of at least 5 items; "
+                                               "fewer than two, so silhouette chose K")
+    assert np.isnan(selection.scores["umap_hdbscan"]).all()
 
 
 def test_umap_silhouette_without_umap_learn_is_a_clear_error(monkeypatch):
@@ -121,6 +145,7 @@ def test_diec_chooses_k_on_the_features_at_its_pair(tiny_ddpm, usps_subset, tmp_
                     pool_size=2, noise_draws=1, device="cpu", progress=False)
     model = DiEC("auto", k_range=(2, 12), output_dir=tmp_path / "run", **settings).fit(usps_subset)
     assert 2 <= model.n_clusters_ <= 12 and model.k_selection_.candidates == list(range(2, 13))
+    assert "umap_hdbscan" in model.k_selection_.scores and "HDBSCAN found" in model.k_selection_.notes["umap_hdbscan"]  # DiEC's default
     assert model.network_.centres.shape[0] == model.n_clusters_
     assert len((tmp_path / "run" / "k_selection.csv").read_text().splitlines()) == 12
     loaded = DiEC.load(tmp_path / "run")

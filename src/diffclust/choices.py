@@ -15,7 +15,7 @@ FEATURE_SUFFIXES = (".npy", ".pt", ".pth", ".safetensors")
 SEARCH_SCORES = ("umap_silhouette", "calinski_harabasz", "silhouette")
 #: --k auto criteria (cluster.k_selection) -> True when a higher score is better
 K_CRITERIA = {"silhouette": True, "calinski_harabasz": True, "davies_bouldin": False, "bic": False, "prediction_strength": True,
-              "umap_silhouette": True, "knn_modularity": True}
+              "umap_silhouette": True, "knn_modularity": True, "umap_hdbscan": True}
 
 
 def is_feature_file(path) -> bool:

@@ -51,8 +51,9 @@ def add_parser(commands) -> None:
     fit.add_argument("--batch-size", type=whole(1), default=None, help="images per step and process (default: DiFiC 32, DiEC 256, CLUDI 256)")
     fit.add_argument("--lr", type=positive_number, default=None, help="AdamW learning rate (default: DiFiC 2e-4, DiEC 1e-3, CLUDI 1e-3 with a cosine to 1e-6)")
     fit.add_argument("--k-range", type=k_range_type, default=None, help="with --k auto: the Ks scanned, MIN:MAX (default 2 to N/5, at most 100)")
-    fit.add_argument("--k-criterion", default="silhouette",
-                     choices=list(K_CRITERIA), help="with --k auto: the label-free criterion that chooses K (see the docs' Unknown K page)")
+    fit.add_argument("--k-criterion", default=None, choices=list(K_CRITERIA),
+                     help="with --k auto: the label-free criterion that chooses K (default: DiEC umap_hdbscan, DiFiC and CLUDI silhouette; "
+                          "see the docs' Unknown K page)")
     fit.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its last checkpoint")
     fit.add_argument("--report", action="store_true", help="write RUN_DIR/report/index.html at the end (see `diffclust report`)")
     add_backbone_and_device(fit)
@@ -154,8 +155,8 @@ def add_parser(commands) -> None:
 def _method_settings(args) -> dict:
     """The chosen method's settings from the command line. Only its own option groups are read
     (DiEC's --entropy-weight must not reach DiFiC's lambda), and unset ones keep its defaults."""
-    given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "k_range": args.k_range}
-    settings = {**common_settings(args), "k_criterion": args.k_criterion,
+    given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "k_range": args.k_range, "k_criterion": args.k_criterion}
+    settings = {**common_settings(args),
                 **{key: value for key, value in given.items() if value is not None}}
     if args.method == "difc":
         from diffclust.methods.difc.estimator import PAPER_SETTINGS

@@ -9,7 +9,10 @@ in a UMAP embedding (cluster.manifold),
 where neighbourhoods matter more than global distances. ``knn_modularity`` is the modularity of
 the k-means partition on the 10-nearest-neighbour graph (cluster.start_choice): how much more of
 the graph's links stay inside clusters than cluster sizes alone would give; unlike silhouette it
-does not reward merging groups that lie close together. Labels are never used.
+does not reward merging groups that lie close together. ``umap_hdbscan`` does not score k-means
+fits: it counts the clusters HDBSCAN finds in seeded UMAP embeddings (the median of three), the
+established density recipe for data on curved sheets, and prefers the K nearest that count.
+Labels are never used.
 """
 
 from __future__ import annotations
@@ -20,14 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sklearn.cluster import KMeans
+from sklearn.cluster import HDBSCAN, KMeans
 from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
 from sklearn.mixture import GaussianMixture
 
 from diffclust.choices import K_CRITERIA
-from diffclust.cluster.manifold import umap_embedding
+from diffclust.cluster.manifold import umap_embedding, umap_settings
 from diffclust.cluster.neighbours import nearest_neighbours
 from diffclust.cluster.start_choice import knn_modularity
 from diffclust.errors import DiffclustError
@@ -40,6 +43,13 @@ RECORDED = ("silhouette", "calinski_harabasz", "davies_bouldin", "bic", "predict
 MODULARITY_NEIGHBOURS = 10
 #: prediction strength picks the largest K whose clusters are this reproducible (the paper's 0.8)
 STRENGTH_THRESHOLD = 0.8
+#: umap_hdbscan: UMAP embeddings whose HDBSCAN cluster counts are taken the median of (one
+#: embedding's count moves with its seed)
+DENSITY_DRAWS = 3
+#: umap_hdbscan: the smallest cluster HDBSCAN keeps, as a share of the items (and at least
+#: MIN_DENSITY_CLUSTER items): K = 100, the top of the default range, at equal sizes
+DENSITY_CLUSTER_SHARE = 0.01
+MIN_DENSITY_CLUSTER = 5
 
 
 def default_k_range(count: int) -> tuple[int, int]:
@@ -67,6 +77,8 @@ class KSelection:
     candidates: list[int]
     scores: dict[str, list[float]] = field(default_factory=dict)
     items: int = 0
+    #: what a criterion found beside its curve, in words for the log (umap_hdbscan's counts)
+    notes: dict[str, str] = field(default_factory=dict)
 
     def rows(self) -> list[list]:
         return [[k, *(round(self.scores[name][i], 6) for name in self.scores)] for i, k in enumerate(self.candidates)]
@@ -119,10 +131,33 @@ def _silhouette(data: np.ndarray, labels: np.ndarray, seed: int) -> float:
     return silhouette_score(data, labels, sample_size=min(2000, len(data)), random_state=seed)
 
 
+def density_clusters(data: np.ndarray, seed: int, embedded: np.ndarray | None = None) -> tuple[int, str]:
+    """The median number of clusters HDBSCAN finds in DENSITY_DRAWS seeded UMAP embeddings of
+    `data` (the first may be given as `embedded`), and those counts in words for the log."""
+    smallest = max(MIN_DENSITY_CLUSTER, math.ceil(DENSITY_CLUSTER_SHARE * len(data)))
+    if len(data) < 2 * smallest:
+        return 0, f"{len(data)} items are too few for density clusters of at least {smallest} items"
+    settings = umap_settings(data)  # one neighbour search for every draw
+    counts, noise = [], []
+    for draw in range(DENSITY_DRAWS):
+        embedding = embedded if draw == 0 and embedded is not None else umap_embedding(
+            data, seed + draw, "The umap_hdbscan criterion (--k-criterion)", settings)
+        labels = HDBSCAN(min_cluster_size=smallest, copy=True).fit(embedding).labels_
+        counts.append(len(set(labels.tolist()) - {-1}))
+        noise.append(float(np.mean(labels == -1)))
+    count = int(np.median(counts))
+    words = (f"HDBSCAN found {', '.join(map(str, counts))} clusters of at least {smallest} items in {DENSITY_DRAWS} UMAP "
+             f"embeddings (median {count}; {100 * min(noise):.0f}-{100 * max(noise):.0f}% of items left as noise)")
+    return count, words
+
+
 def _criterion(name: str, data: np.ndarray, k: int, fit: KMeans | None, embedded: np.ndarray | None, seed: int,
-               neighbours: np.ndarray | None = None) -> float:
+               neighbours: np.ndarray | None = None, density_count: int | None = None) -> float:
     """One criterion's score of the k-means `fit` with K = `k` on `data` (umap_silhouette: of a
-    k-means fitted in the UMAP `embedded` space; knn_modularity: on the `neighbours` table)."""
+    k-means fitted in the UMAP `embedded` space; knn_modularity: on the `neighbours` table;
+    umap_hdbscan: how near K is to the `density_count`, with no fit)."""
+    if name == "umap_hdbscan":  # fewer than two density clusters leave no K to prefer
+        return -abs(k - density_count) if density_count >= 2 else math.nan
     several = fit is not None and len(np.unique(fit.labels_)) > 1
     if name == "silhouette":
         return _silhouette(data, fit.labels_, seed)
@@ -149,7 +184,8 @@ def choose_k(features, k_range: tuple[int, int] | None = None, criterion: str = 
 
     `criteria` lists the scores computed for the record (default: RECORDED; the chosen
     criterion is always among them). A seeded subsample of `max_items` rows keeps 10,000 items
-    x K = 2..100 under a minute on a laptop CPU.
+    x K = 2..100 under a minute on a laptop CPU. Where umap_hdbscan finds fewer than two density
+    clusters, silhouette chooses K instead, and the selection's notes say so.
     """
     if criterion not in CRITERIA:
         raise DiffclustError(f"k criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}.")
@@ -165,14 +201,23 @@ def choose_k(features, k_range: tuple[int, int] | None = None, criterion: str = 
     data = reduce_dimensions(data, 50, seed)
     wanted = list(dict.fromkeys([criterion, *(criteria or RECORDED)]))
     candidates = list(range(low, high + 1))
-    scores: dict[str, list[float]] = {name: [] for name in wanted}
     embedded = umap_embedding(data, seed, "The umap_silhouette criterion (--k-criterion)") if "umap_silhouette" in wanted else None
     neighbours = nearest_neighbours(data, min(MODULARITY_NEIGHBOURS, len(data) - 1), metric="euclidean") if "knn_modularity" in wanted else None
+    notes = {}
+    density_count = None
+    if "umap_hdbscan" in wanted:
+        density_count, notes["umap_hdbscan"] = density_clusters(data, seed, embedded)
+        if density_count < 2 and criterion == "umap_hdbscan":  # no density structure to count: the k-means criterion decides
+            criterion = "silhouette"
+            wanted.append(criterion)
+            notes["umap_hdbscan"] += "; fewer than two, so silhouette chose K"
+    scores: dict[str, list[float]] = {name: [] for name in dict.fromkeys(wanted)}
+    fits_kmeans = bool(set(wanted) - {"umap_silhouette", "umap_hdbscan"})
     for k in candidates:
-        fit = KMeans(k, n_init=2, random_state=seed).fit(data) if wanted != ["umap_silhouette"] else None
-        for name in wanted:
-            scores[name].append(float(_criterion(name, data, k, fit, embedded, seed, neighbours)))
-    selection = KSelection(0, criterion, candidates, scores, len(data))
+        fit = KMeans(k, n_init=2, random_state=seed).fit(data) if fits_kmeans else None
+        for name in scores:
+            scores[name].append(float(_criterion(name, data, k, fit, embedded, seed, neighbours, density_count)))
+    selection = KSelection(0, criterion, candidates, scores, len(data), notes)
     selection.k = selection.pick(criterion)
     return selection
 

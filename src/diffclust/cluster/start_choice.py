@@ -77,11 +77,11 @@ def neighbour_share(neighbours: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return (labels[np.asarray(neighbours)] == labels[:, None]).mean(axis=1)
 
 
-def margin_problem(margin) -> str | None:
-    """The settings error of a start margin outside [0, 1], or None."""
+def margin_problems(margin) -> list[str]:
+    """The settings error of a start margin outside [0, 1] (a list, empty when it is fine)."""
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin <= 1:
-        return f"start_margin (--start-margin) must be a share in [0, 1] (1: always the trained partition), got {margin!r}"
-    return None
+        return [f"start_margin (--start-margin) must be a share in [0, 1] (1: always the trained partition), got {margin!r}"]
+    return []
 
 
 def warn_if_start_kept(kept: str | None, agreement: float | None, assigner: str) -> None:

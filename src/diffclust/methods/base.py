@@ -16,6 +16,7 @@ import math
 import os
 import shlex
 import time
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -104,9 +105,11 @@ SHARED_PARAMETER_DOCS = {
         K, or "auto" to choose it without labels (see ``k_range`` and ``k_criterion``).
     k_range : (int, int), optional
         The K searched by "auto" (default 2 to N/5, at most 100).
-    k_criterion : str, default="silhouette"
+    k_criterion : str, default="silhouette" (DiEC: "umap_hdbscan")
         The label-free criterion "auto" maximises: "silhouette", "calinski_harabasz",
-        "davies_bouldin", "bic", "prediction_strength" or "umap_silhouette".""",
+        "davies_bouldin", "bic", "prediction_strength", "umap_silhouette", "knn_modularity" or
+        "umap_hdbscan" (the K nearest the clusters HDBSCAN finds in UMAP embeddings; DiEC's
+        default, where it came within one of the true K on digits and silhouette did not).""",
     "{run_parameters}": """device : {"auto", "cpu", "cuda", "mps"}, default="auto"
         Where to run; "auto" takes a GPU when there is one.
     random_state : int, default=0
@@ -252,6 +255,8 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         self.n_clusters_ = selection.k
         logger.info("Chose K = %d by %s over K = %d..%d (%d items scanned; curves in k_selection.csv/png).", selection.k,
                     selection.criterion, selection.candidates[0], selection.candidates[-1], selection.items)
+        for name, words in selection.notes.items():
+            logger.info("%s: %s.", name, words)
         if run_dir is not None and is_main:
             write_k_selection(run_dir, selection)
         return selection.k
@@ -285,11 +290,17 @@ class ClusteringEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         logger.debug("%s stages (s): %s", type(self).__name__, self.timings_)
         accelerator.wait_for_everyone()
 
-    def _check_against_start(self, trainer, start: np.ndarray, neighbours: np.ndarray) -> None:
+    def _check_against_start(self, trainer, start: np.ndarray | None, neighbours: Callable[[], np.ndarray]) -> None:
         """Keep the start partition in place of the trained one (labels_) when training moved far
         from it and the start follows the data's neighbourhoods better (start_margin); the
-        metrics log gets a row when the two were compared. Sets start_agreement_ and kept_partition_."""
+        metrics log gets a row when the two were compared. Sets start_agreement_ and
+        kept_partition_ ("trained", with no agreement, when there is no `start`). `neighbours`
+        gives the kNN table, searched only when there is a start to compare."""
+        self.start_agreement_, self.kept_partition_ = None, "trained"
+        if start is None:
+            return
         started = time.perf_counter()
+        neighbours = neighbours()
         choice = choose_against_start(neighbours, start, self.labels_, self.start_margin)
         self.start_agreement_, self.kept_partition_ = choice.agreement, choice.kept
         if choice.kept == "start":

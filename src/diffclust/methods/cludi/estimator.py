@@ -15,7 +15,7 @@ from diffclust.choices import CLUDI_INITS, is_feature_file
 from diffclust.cluster.metrics import clustering_scores
 from diffclust.cluster.neighbours import nearest_neighbours
 from diffclust.cluster.self_labelling import SelfLabeller, fit_self_labeller
-from diffclust.cluster.start_choice import CHECK_NEIGHBOURS, margin_problem, warn_if_start_kept
+from diffclust.cluster.start_choice import CHECK_NEIGHBOURS, margin_problems, warn_if_start_kept
 from diffclust.data.collection import ImageCollection
 from diffclust.encoders.extraction import read_row_names
 from diffclust.encoders.vision import POOLINGS, VisionEncoder
@@ -281,8 +281,7 @@ class CLUDI(ClusteringEstimator):
             problems.append(f"predict_samples (--predict-samples) must be 'auto' or an integer >= 1, got {self.predict_samples!r}")
         if not isinstance(self.epoch_steps, (int, np.integer)) or self.epoch_steps < 0:
             problems.append(f"epoch_steps (--epoch-steps) must be an integer >= 0 (0: every row once per epoch), got {self.epoch_steps!r}")
-        if margin_problem(self.start_margin):
-            problems.append(margin_problem(self.start_margin))
+        problems += margin_problems(self.start_margin)
         for name in ("feature_noise", "feature_dropout"):
             low, high = getattr(self, name)
             if not 0 <= low <= high or (name == "feature_dropout" and high >= 1):
@@ -414,12 +413,10 @@ class CLUDI(ClusteringEstimator):
         if self.self_labelling:
             with timer("self-labelling"):
                 self._self_label(trainer, k)
-        self.start_agreement_, self.kept_partition_ = None, "trained"
-        if trainer.start_labels is not None:
-            with timer("start check"):
-                neighbours = (trainer.neighbours.numpy() if trainer.neighbours is not None
-                              else nearest_neighbours(trainer.features, CHECK_NEIGHBOURS, metric="euclidean"))
-                self._check_against_start(trainer, trainer.start_labels, neighbours)
+        with timer("start check"):
+            self._check_against_start(trainer, trainer.start_labels, lambda: (
+                trainer.neighbours.numpy() if trainer.neighbours is not None
+                else nearest_neighbours(trainer.features, CHECK_NEIGHBOURS, metric="euclidean")))
         self.sample_agreement_ = sample_agreement(sampled, self.labels_, self.column_temperature, self.cluster_offsets_)
         self.history_ = list(trainer.log.records)
         self.files_ = table.names

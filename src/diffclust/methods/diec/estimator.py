@@ -146,7 +146,7 @@ class DiEC(ClusteringEstimator):
         n_clusters: int | str = 10,
         *,
         k_range: tuple[int, int] | None = None,
-        k_criterion: str = "silhouette",
+        k_criterion: str = "umap_hdbscan",
         backbone: str | DiffusionBackbone = SD15_HUB_ID,
         resolution: int | None = None,
         layer: str = "auto",

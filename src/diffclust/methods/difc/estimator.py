@@ -17,7 +17,7 @@ from diffclust.backbones.efficiency import TrainingEfficiency
 from diffclust.backbones.registry import SD15_HUB_ID, load_backbone
 from diffclust.backbones.unconditional import UnconditionalBackbone
 from diffclust.cluster.neighbours import nearest_neighbours
-from diffclust.cluster.start_choice import CHECK_NEIGHBOURS, margin_problem, warn_if_start_kept
+from diffclust.cluster.start_choice import CHECK_NEIGHBOURS, margin_problems, warn_if_start_kept
 from diffclust.data.collection import ImageCollection
 from diffclust.data.dataset import ImageTensorDataset
 from diffclust.engine.checkpoint import atomic_save_tensors, load_tensors
@@ -240,8 +240,7 @@ class DiFiC(ClusteringEstimator):
             problems.append(f"timestep_sampling must be one of {sorted(TIMESTEP_DISTRIBUTIONS)}, got {self.timestep_sampling!r}")
         if self.head_init not in ("manifold", "kmeans", "random"):
             problems.append(f"head_init must be 'manifold', 'kmeans' or 'random', got {self.head_init!r}")
-        if margin_problem(self.start_margin):
-            problems.append(margin_problem(self.start_margin))
+        problems += margin_problems(self.start_margin)
         if self.neighbour_space not in ("features", "proxies"):
             problems.append(f"neighbour_space must be 'features' or 'proxies', got {self.neighbour_space!r}")
         ratio = self.cluster_gradient_ratio
@@ -349,11 +348,10 @@ class DiFiC(ClusteringEstimator):
         self.proxy_words_ = proxies.cpu().numpy()
         self.labels_ = labels
         self.confidence_ = confidence
-        self.start_agreement_, self.kept_partition_ = None, "trained"
-        if getattr(trainer, "start_labels", None) is not None:  # a resume past the hand-over did not recompute it
-            with timer("start check"):
-                self._check_against_start(trainer, trainer.start_labels, nearest_neighbours(trainer.z_rows(), CHECK_NEIGHBOURS))
-            labels, confidence = self.labels_, self.confidence_
+        with timer("start check"):  # a resume past the hand-over has no start to check against
+            self._check_against_start(trainer, getattr(trainer, "start_labels", None),
+                                      lambda: nearest_neighbours(trainer.z_rows(), CHECK_NEIGHBOURS))
+        labels, confidence = self.labels_, self.confidence_
         self.files_ = collection.files
         self.skipped_ = list(collection.skipped)
         self.history_ = list(trainer.log.records)
