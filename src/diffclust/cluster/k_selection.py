@@ -147,7 +147,7 @@ def density_clusters(data: np.ndarray, seed: int, embedded: np.ndarray | None = 
         noise.append(float(np.mean(labels == -1)))
     count = int(np.median(counts))
     words = (f"HDBSCAN found {', '.join(map(str, counts))} clusters of at least {smallest} items in {DENSITY_DRAWS} UMAP "
-             f"embeddings (median {count}; {100 * min(noise):.0f}-{100 * max(noise):.0f}% of items left as noise)")
+             f"embeddings (median {count}; at most {100 * max(noise):.0f}% of the items left as noise)")
     return count, words
 
 
