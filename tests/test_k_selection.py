@@ -82,6 +82,15 @@ def test_umap_hdbscan_counts_the_close_groups_and_prefers_the_nearest_k():
     assert "HDBSCAN found 6, 6, 6 clusters of at least 5 items" in selection.notes["umap_hdbscan"]
 
 
+def test_umap_criteria_on_huge_rows_choose_as_on_the_same_rows_at_unit_size():
+    """UMAP computes in float32, where the squared distances of rows of size 1e30 overflow (umap-learn
+    then crashed); they are scaled down by a power of two first, which leaves the neighbours as they were."""
+    features, _ = close_pairs()
+    huge = choose_k(features * 1e30, (2, 12), "umap_hdbscan", criteria=("umap_silhouette",))
+    plain = choose_k(features, (2, 12), "umap_hdbscan", criteria=("umap_silhouette",))
+    assert huge.k == plain.k == 6 and huge.pick("umap_silhouette") == plain.pick("umap_silhouette")
+
+
 def test_umap_hdbscan_without_density_clusters_lets_silhouette_choose():
     features, _ = blobs(3, 3, spread=10.0)  # 9 items: too few for two clusters of five
     selection = choose_k(features, (2, 3), "umap_hdbscan", criteria=())

@@ -16,6 +16,7 @@ exact rather than approximate.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -27,6 +28,9 @@ from diffclust.errors import DiffclustError
 
 #: neighbourhoods of 15, packed clusters (min_dist 0, as for clustering rather than display), 10 dimensions
 UMAP_SETTINGS = {"n_neighbors": 15, "min_dist": 0.0, "n_components": 10}
+#: UMAP computes in float32: beyond this size, squared distances overflow and its graph comes
+#: out empty (a crash inside umap-learn), so larger rows are scaled down first (_rows)
+UMAP_MAX_MAGNITUDE = 2.0**40
 #: umap-learn's own neighbour search is exact below 4,096 rows; from there up to this many rows diffclust's
 #: is (an N x N distance pass in chunks), above it pynndescent's approximate one
 UMAP_EXACT_BELOW = 4096
@@ -71,8 +75,14 @@ def exact_neighbours(array: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, n
 
 
 def _rows(data) -> np.ndarray:
+    """The rows as float32, as UMAP computes; rows larger than UMAP_MAX_MAGNITUDE are first
+    scaled down by a power of two (exactly: the same neighbours, the same embedding)."""
     array = data.detach().cpu().numpy() if hasattr(data, "detach") else np.asarray(data)
-    return array.reshape(len(array), -1).astype(np.float32)
+    array = array.reshape(len(array), -1)
+    largest = float(np.abs(array).max()) if array.size else 0.0
+    if math.isfinite(largest) and largest > UMAP_MAX_MAGNITUDE:
+        array = array * 2.0 ** -math.ceil(math.log2(largest))
+    return array.astype(np.float32)
 
 
 def umap_settings(array: np.ndarray) -> dict:
