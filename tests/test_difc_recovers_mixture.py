@@ -126,6 +126,9 @@ def test_auto_k_run_resumes_to_the_same_result(auto_run, mixture_folder, tmp_pat
     assert [record["epoch"] for record in resumed.history_] == list(range(1, 31))
     np.testing.assert_array_equal(resumed.labels_, auto_run[0].labels_)
     np.testing.assert_allclose(resumed.proxy_words_, auto_run[0].proxy_words_, rtol=1e-4, atol=1e-5)
+    # the hand-over partition travels in the checkpoint, so a resume past it still checks against it
+    assert auto_run[0].start_agreement_ is not None
+    assert (resumed.start_agreement_, resumed.kept_partition_) == (auto_run[0].start_agreement_, auto_run[0].kept_partition_)
 
 
 def test_the_size_prior_keeps_an_imbalanced_partition_where_equal_sizes_break_it(mixture_folder, tmp_path):

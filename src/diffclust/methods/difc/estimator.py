@@ -348,9 +348,8 @@ class DiFiC(ClusteringEstimator):
         self.proxy_words_ = proxies.cpu().numpy()
         self.labels_ = labels
         self.confidence_ = confidence
-        with timer("start check"):  # a resume past the hand-over has no start to check against
-            self._check_against_start(trainer, getattr(trainer, "start_labels", None),
-                                      lambda: nearest_neighbours(trainer.z_rows(), CHECK_NEIGHBOURS))
+        with timer("start check"):
+            self._check_against_start(trainer, trainer.start_labels, lambda: nearest_neighbours(trainer.z_rows(), CHECK_NEIGHBOURS))
         labels, confidence = self.labels_, self.confidence_
         self.files_ = collection.files
         self.skipped_ = list(collection.skipped)

@@ -82,6 +82,9 @@ class DiFiCTrainer(EpochTrainer):
         #: with size_prior "start": the hand-over partition's cluster shares, which the balance
         #: term pulls the mean assignment towards (None: the paper's equal sizes)
         self.size_shares: torch.Tensor | None = None
+        #: the hand-over partition, which the fit checks its final clusters against (kept in the
+        #: checkpoint: a resume past the hand-over does not compute it again)
+        self.start_labels: np.ndarray | None = None
         #: every image's z as a row (see hand_over), read once when the hand-over or the neighbours need it
         self._feature_rows: np.ndarray | None = None
         #: with neighbour_space "features": each image's neighbours in z, found once (z never changes)
@@ -183,7 +186,7 @@ class DiFiCTrainer(EpochTrainer):
         if not (start_head or need_shares):
             return
         start = self.start_partition(proxies)
-        self.start_labels = start  # the fit compares its final clusters with it (DiFiC.start_agreement_)
+        self.start_labels = start
         if start_head:
             self.initialise_head(proxies(), start)
         if need_shares:
@@ -233,6 +236,8 @@ class DiFiCTrainer(EpochTrainer):
             state["n_clusters"] = self.k
         if self.size_shares is not None:
             state["size_shares"] = self.size_shares
+        if self.start_labels is not None:
+            state["start_labels"] = torch.from_numpy(np.asarray(self.start_labels, dtype=np.int64))
         return state
 
     def restore(self, state: dict) -> None:
@@ -244,6 +249,8 @@ class DiFiCTrainer(EpochTrainer):
         self.optimizer.load_state_dict(state["optimizer"])
         self.bank.load_state(state["bank"])
         self.size_shares = state.get("size_shares")
+        if "start_labels" in state:  # checkpoints written before the start was kept have none
+            self.start_labels = state["start_labels"].numpy()
 
     # ------------------------------------------------------------------ training
     def cached_names(self) -> list[str]:
