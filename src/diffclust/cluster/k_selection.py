@@ -30,7 +30,7 @@ from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silho
 from sklearn.mixture import GaussianMixture
 
 from diffclust.choices import K_CRITERIA
-from diffclust.cluster.manifold import umap_embedding, umap_settings
+from diffclust.cluster.manifold import umap_embedding, umap_rows, umap_settings
 from diffclust.cluster.neighbours import nearest_neighbours
 from diffclust.cluster.start_choice import knn_modularity
 from diffclust.errors import DiffclustError
@@ -137,7 +137,7 @@ def density_clusters(data: np.ndarray, seed: int, embedded: np.ndarray | None = 
     smallest = max(MIN_DENSITY_CLUSTER, math.ceil(DENSITY_CLUSTER_SHARE * len(data)))
     if len(data) < 2 * smallest:
         return 0, f"{len(data)} items are too few for density clusters of at least {smallest} items"
-    settings = umap_settings(data)  # one neighbour search for every draw
+    settings = umap_settings(umap_rows(data))  # one neighbour search for every draw, on the rows UMAP reads
     counts, noise = [], []
     for draw in range(DENSITY_DRAWS):
         embedding = embedded if draw == 0 and embedded is not None else umap_embedding(

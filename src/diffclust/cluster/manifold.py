@@ -29,7 +29,7 @@ from diffclust.errors import DiffclustError
 #: neighbourhoods of 15, packed clusters (min_dist 0, as for clustering rather than display), 10 dimensions
 UMAP_SETTINGS = {"n_neighbors": 15, "min_dist": 0.0, "n_components": 10}
 #: UMAP computes in float32: beyond this size, squared distances overflow and its graph comes
-#: out empty (a crash inside umap-learn), so larger rows are scaled down first (_rows)
+#: out empty (a crash inside umap-learn), so larger rows are scaled down first (umap_rows)
 UMAP_MAX_MAGNITUDE = 2.0**40
 #: umap-learn's own neighbour search is exact below 4,096 rows; from there up to this many rows diffclust's
 #: is (an N x N distance pass in chunks), above it pynndescent's approximate one
@@ -74,7 +74,7 @@ def exact_neighbours(array: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, n
     return indices, distances.astype(np.float32)
 
 
-def _rows(data) -> np.ndarray:
+def umap_rows(data) -> np.ndarray:
     """The rows as float32, as UMAP computes; rows larger than UMAP_MAX_MAGNITUDE are first
     scaled down by a power of two (exactly: the same neighbours, the same embedding)."""
     array = data.detach().cpu().numpy() if hasattr(data, "detach") else np.asarray(data)
@@ -100,7 +100,7 @@ def umap_embedding(data, seed: int, needed_by: str = "this setting", settings: d
     """A seeded UMAP embedding of the rows of `data` (`settings`, by default umap_settings), or
     a clear error without umap-learn. Too few rows for a neighbourhood graph (fewer than
     n_components + 2) come back unchanged: there is nothing to unfold."""
-    array = _rows(data)
+    array = umap_rows(data)
     guard_numba_cache()
     try:
         import umap
@@ -122,7 +122,7 @@ def umap_partition(features, n_clusters: int, seed: int, needed_by: str = "this 
     """Labels (N,) of k-means in seeded UMAP embeddings of `features`: with several `draws`
     (seeds seed, seed + 1, ...; one neighbour search for all), the median partition of them
     (see UMAP_PARTITION_DRAWS)."""
-    array = _rows(features)
+    array = umap_rows(features)
     settings = umap_settings(array)
     candidates = {draw: fit_kmeans(umap_embedding(array, seed + draw, needed_by, settings), n_clusters, seed=seed + draw)[1]
                   for draw in range(max(1, draws))}
