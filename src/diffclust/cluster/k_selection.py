@@ -50,6 +50,8 @@ DENSITY_DRAWS = 3
 #: MIN_DENSITY_CLUSTER items): K = 100, the top of the default range, at equal sizes
 DENSITY_CLUSTER_SHARE = 0.01
 MIN_DENSITY_CLUSTER = 5
+#: what a curve in k_selection.png shows, where its name alone does not say
+PLOT_TITLES = {"umap_hdbscan": ": -|K - HDBSCAN's count|"}
 
 
 def default_k_range(count: int) -> tuple[int, int]:
@@ -242,7 +244,7 @@ def write_k_selection(folder: str | Path, selection: KSelection) -> dict[str, Pa
         if name == selection.criterion:
             axis.axvline(selection.k, color="red", linewidth=1.5, label=f"chosen K = {selection.k}")
             axis.legend(fontsize=7)
-        axis.set_title(name + ("" if CRITERIA[name] else " (lower is better)"), fontsize=8)
+        axis.set_title(name + PLOT_TITLES.get(name, "" if CRITERIA[name] else " (lower is better)"), fontsize=8)
         axis.set_xlabel("K", fontsize=8)
         axis.tick_params(labelsize=7)
     figure.tight_layout()
