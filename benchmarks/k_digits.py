@@ -78,12 +78,11 @@ def representations(folder: Path, cache: Path, methods: tuple[str, ...] = ("diec
 
 
 def _labels_of(folder: Path, files: list[str]):
-    import csv
-
     import numpy as np
 
-    with open(folder / "labels.csv", newline="") as handle:
-        label = {row["file"]: int(row["label"]) for row in csv.DictReader(handle)}
+    from diffclust.outputs import read_labels
+
+    label = read_labels(folder / "labels.csv")
     return np.array([label[file] for file in files])
 
 

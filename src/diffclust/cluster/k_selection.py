@@ -133,13 +133,14 @@ def _silhouette(data: np.ndarray, labels: np.ndarray, seed: int) -> float:
     return silhouette_score(data, labels, sample_size=min(2000, len(data)), random_state=seed)
 
 
-def density_clusters(data: np.ndarray, seed: int, embedded: np.ndarray | None = None) -> tuple[int, str]:
+def density_clusters(data: np.ndarray, seed: int, embedded: np.ndarray | None = None, settings: dict | None = None) -> tuple[int, str]:
     """The median number of clusters HDBSCAN finds in DENSITY_DRAWS seeded UMAP embeddings of
-    `data` (the first may be given as `embedded`), and those counts in words for the log."""
+    `data` (the first may be given as `embedded`; `settings`, umap_settings of the rows, shares
+    one neighbour search among the draws), and those counts in words for the log."""
     smallest = max(MIN_DENSITY_CLUSTER, math.ceil(DENSITY_CLUSTER_SHARE * len(data)))
     if len(data) < 2 * smallest:
         return 0, f"{len(data)} items are too few for density clusters of at least {smallest} items"
-    settings = umap_settings(umap_rows(data))  # one neighbour search for every draw, on the rows UMAP reads
+    settings = settings or umap_settings(umap_rows(data))
     counts, noise = [], []
     for draw in range(DENSITY_DRAWS):
         embedding = embedded if draw == 0 and embedded is not None else umap_embedding(
@@ -203,12 +204,14 @@ def choose_k(features, k_range: tuple[int, int] | None = None, criterion: str = 
     data = reduce_dimensions(data, 50, seed)
     wanted = list(dict.fromkeys([criterion, *(criteria or RECORDED)]))
     candidates = list(range(low, high + 1))
-    embedded = umap_embedding(data, seed, "The umap_silhouette criterion (--k-criterion)") if "umap_silhouette" in wanted else None
+    # one neighbour search for every UMAP embedding the criteria make, on the rows UMAP reads
+    settings = umap_settings(umap_rows(data)) if {"umap_silhouette", "umap_hdbscan"} & set(wanted) else None
+    embedded = umap_embedding(data, seed, "The umap_silhouette criterion (--k-criterion)", settings) if "umap_silhouette" in wanted else None
     neighbours = nearest_neighbours(data, min(MODULARITY_NEIGHBOURS, len(data) - 1), metric="euclidean") if "knn_modularity" in wanted else None
     notes = {}
     density_count = None
     if "umap_hdbscan" in wanted:
-        density_count, notes["umap_hdbscan"] = density_clusters(data, seed, embedded)
+        density_count, notes["umap_hdbscan"] = density_clusters(data, seed, embedded, settings)
         if density_count < 2 and criterion == "umap_hdbscan":  # no density structure to count: the k-means criterion decides
             criterion = "silhouette"
             wanted.append(criterion)
