@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from peak_memory import peak_resident_bytes  # noqa: E402
 from provenance import save_results  # noqa: E402
 
 KINDS = ("separable", "non-convex", "overlapping")
@@ -75,7 +75,7 @@ def one_run(kind: str, rows: int) -> dict:
     seconds = time.perf_counter() - started
     start = model.history_[0]
     return {"kind": kind, "rows": len(labels), "dims": features.shape[1], "k": k, "seconds": round(seconds, 1),
-            "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), "start_seconds": start["seconds"],
+            "peak_mb": round(peak_resident_bytes() / 2**20), "start_seconds": start["seconds"],
             "start_acc": start.get("acc"), "copy_agreement": start.get("agreement_with_start"),
             "acc": clustering_scores(labels, model.labels_)["acc"], "kmeans_acc": kmeans_acc, "kept": model.kept_partition_,
             "agreement_with_start": model.start_agreement_, "timings": model.timings_}

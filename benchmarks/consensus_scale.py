@@ -21,12 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from peak_memory import peak_resident_bytes  # noqa: E402
 from provenance import save_results  # noqa: E402
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -76,7 +76,7 @@ def one_size(rows: int, scalable: bool | None, kind: str = "moons") -> dict:
     seconds = time.perf_counter() - started
     kmeans = clustering_scores(labels, fit_kmeans(features, k, seed=0)[1])
     return {"rows": rows, "path": "approximate" if len(features) > consensus.MAX_SPECTRAL_ROWS else "exact", "seconds": round(seconds, 1),
-            "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), "chosen": result.chosen,
+            "peak_mb": round(peak_resident_bytes() / 2**20), "chosen": result.chosen,
             "acc": clustering_scores(labels, result.labels)["acc"], "kmeans_acc": kmeans["acc"], "labels": result.labels.tolist()}
 
 
@@ -93,7 +93,7 @@ def cludi_size(rows: int, epochs: int, predict_samples: int | None) -> dict:
     seconds = time.perf_counter() - started
     start = model.history_[0]
     trained = [record for record in model.history_ if record.get("epoch", 0) > 0]
-    return {"rows": rows, "path": "cludi", "seconds": round(seconds, 1), "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    return {"rows": rows, "path": "cludi", "seconds": round(seconds, 1), "peak_mb": round(peak_resident_bytes() / 2**20),
             "start_seconds": start["seconds"], "epoch_seconds": [record["seconds"] for record in trained],
             "predict_seconds": round(seconds - start["seconds"] - sum(record["seconds"] for record in trained), 1),
             "start_acc": start["acc"], "acc": clustering_scores(labels, model.labels_)["acc"], "epochs": epochs,

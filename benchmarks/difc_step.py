@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from peak_memory import peak_resident_bytes  # noqa: E402
 from provenance import save_results  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -88,10 +88,7 @@ def peak_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         torch.cuda.synchronize()
         return int(torch.cuda.max_memory_allocated())
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return peak_resident_bytes()
 
 
 # ---------------------------------------------------------------------------------- one configuration

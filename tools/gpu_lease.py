@@ -85,9 +85,9 @@ def sizes(dry_run: bool) -> dict:
         return {"device": "cpu", "images": 12, "k": 3, "epochs": 2, "batch": 4,
                 "sd15": ["--resolution", "32", "--batch-sizes", "2", "--steps", "1", "--warmup", "0", "--neighbour-points", "2000"],
                 "mini": ["--channels-per-level", "16,16,32,32", "--layers-per-block", "1", "--batch-size", "4", "--lr", "1e-3",
-                         "--eval-images", "4", "--eval-timesteps", "2", "--eval-seconds", "5", "--sample-steps", "2", "--log-every", "2"],
+                         "--eval-images", "4", "--eval-timesteps", "2", "--eval-seconds", "2", "--sample-steps", "2", "--log-every", "2"],
                 "diec": ["--noise-draws", "1"], "cludi": ["--teacher-steps", "2", "--predict-samples", "2", "--predict-steps", "2"],
-                "mini_reserve": 45, "mini_budget": 5, "limit": 240, "per_source": 6}
+                "mini_reserve": 45, "mini_budget": 3, "limit": 240, "per_source": 6}
     return {"device": "cuda", "images": 64, "k": 4, "epochs": 2, "batch": 16,
             "sd15": ["--resolution", "512", "--batch-sizes", "8,16,32", "--steps", "3", "--warmup", "1", "--neighbour-points", "100000"],
             "mini": ["--channels-per-level", "32,64,128,128", "--layers-per-block", "2", "--batch-size", "256", "--lr", "4e-4",
@@ -260,11 +260,14 @@ def stage_setup(args, size: dict) -> dict:
     return result
 
 
+#: the versions in the lease's environment, read from the packages' metadata (importing diffusers
+#: and transformers here would cost the seconds the cuda stage spends on it again)
 VERSIONS = """
-import json, platform, torch, accelerate, transformers, diffusers, umap, diffclust
+import json, platform, torch, diffclust
+from importlib.metadata import version
 info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-        "cuda_available": torch.cuda.is_available(), "accelerate": accelerate.__version__,
-        "transformers": transformers.__version__, "diffusers": diffusers.__version__, "umap": umap.__version__,
+        "cuda_available": torch.cuda.is_available(), "accelerate": version("accelerate"),
+        "transformers": version("transformers"), "diffusers": version("diffusers"), "umap": version("umap-learn"),
         "diffclust": diffclust.__version__}
 if torch.cuda.is_available():
     props = torch.cuda.get_device_properties(0)
