@@ -29,7 +29,7 @@ from diffclust.engine.checkpoint import atomic_write_text
 from diffclust.engine.run_lock import RunFolderLock
 from diffclust.errors import DiffclustError
 
-from conftest import cli_failure, write_subset
+from conftest import REPO, cli_failure, write_subset
 
 QUICK = ["--backbone", "tiny-random", "--epochs", "1", "--no-cluster-guidance", "--device", "cpu", "--quiet"]
 
@@ -123,13 +123,10 @@ def test_an_unreadable_sub_folder_is_listed_and_warned_about(butterflies, tmp_pa
 # ---------------------------------------------------------------------------------- odd images
 def test_a_one_pixel_high_strip_costs_little_memory(tmp_path):
     Image.new("RGB", (200_000, 1), (10, 200, 30)).save(tmp_path / "strip.png")
-    # the child's own peak: Linux's VmHWM starts afresh at exec, while ru_maxrss keeps the parent's
-    # peak from the fork (a pytest process past 1 GB failed this test with a child that was not)
-    peak = ("next((int(line.split()[1]) for line in open('/proc/self/status') if line.startswith('VmHWM')), None) "
-            "if os.path.exists('/proc/self/status') else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss")
-    code = (f"import os, resource, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from diffclust.data import scan_images; "
-            f"from diffclust.data.dataset import ImageTensorDataset; c = scan_images({str(tmp_path)!r}); "
-            f"x = ImageTensorDataset(c, 512)[0][1]; print(tuple(x.shape), {peak})")
+    # the child's own peak (benchmarks/peak_memory.py: ru_maxrss would carry this pytest process's peak over)
+    code = (f"import sys; sys.path[:0] = [{str(REPO / 'benchmarks')!r}]; from peak_memory import peak_resident_bytes; "
+            f"from diffclust.data import scan_images; from diffclust.data.dataset import ImageTensorDataset; c = scan_images({str(tmp_path)!r}); "
+            "x = ImageTensorDataset(c, 512)[0][1]; print(tuple(x.shape), peak_resident_bytes() // 1024)")
     shape, peak_kb = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.rsplit(" ", 1)
     assert shape == "(3, 512, 512)"
     assert int(peak_kb) < 1_000_000  # under 1 GB (it was 4.45 GB at 64 px)
