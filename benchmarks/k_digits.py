@@ -6,7 +6,7 @@ Representations, as a fit with `--k auto` would scan them:
 
 - diec: usps-ddpm's pooled UNet features at the pair DiEC's search picks (what DiEC chooses K on);
 - difc-words: DiFiC's proxy words S* on usps-text after one distillation epoch (the end of the
-  warm-up of the example's `--epochs 2`, where DiFiC chooses K);
+  warm-up of the example's `--epochs 2`, where DiFiC chooses K), or after `--difc-epochs`;
 - difc-z: the UNet feature z the proxy words are computed from, which the head's start partition
   (UMAP + k-means) is built on.
 
@@ -53,10 +53,10 @@ def digits_folder(spec: str, parent: Path) -> Path:
     return folder
 
 
-def representations(folder: Path, cache: Path, methods: tuple[str, ...] = ("diec", "difc")):
+def representations(folder: Path, cache: Path, methods: tuple[str, ...] = ("diec", "difc"), difc_epochs: int = 1):
     """Yield (kind, the (N, D) rows a `--k auto` fit of that kind scans, their images' labels,
-    what they are) for DiEC, DiFiC's proxy words and DiFiC's z (of the `methods` asked for);
-    DiFiC runs once for its two."""
+    what they are) for DiEC, DiFiC's proxy words after `difc_epochs` epochs of distillation and
+    DiFiC's z (of the `methods` asked for); DiFiC runs once for its two."""
     import numpy as np
 
     from diffclust import DiEC, DiFiC
@@ -68,10 +68,10 @@ def representations(folder: Path, cache: Path, methods: tuple[str, ...] = ("diec
         yield "diec", features.numpy(), collection.labels, f"{layer}, t = {timestep}"
     if "difc" not in methods:
         return
-    model = DiFiC("auto", backbone="usps-text", epochs=1, cluster_guidance=False, device="cpu", progress=False, cache_dir=cache,
+    model = DiFiC("auto", backbone="usps-text", epochs=difc_epochs, cluster_guidance=False, device="cpu", progress=False, cache_dir=cache,
                   random_state=0).fit(folder)
     labels = _labels_of(folder, model.files_)
-    yield "difc-words", model.proxy_words_, labels, "after one epoch"
+    yield "difc-words", model.proxy_words_, labels, "after one epoch" if difc_epochs == 1 else f"after {difc_epochs} epochs"
     (arrays,) = {path.parent for path in cache.rglob("features.npy")}
     store = ConstantStore({path.stem: np.load(path, mmap_mode="r", allow_pickle=False) for path in arrays.glob("*.npy")})
     yield "difc-z", feature_rows(store, 0), labels, f"z {tuple(store.shape('features'))}"
@@ -86,13 +86,14 @@ def _labels_of(folder: Path, files: list[str]):
     return np.array([label[file] for file in files])
 
 
-def kept_or_computed(spec: str, keep: Path | None, methods: tuple[str, ...] = ("diec", "difc")):
+def kept_or_computed(spec: str, keep: Path | None, methods: tuple[str, ...] = ("diec", "difc"), difc_epochs: int = 1):
     """The set's representations [(kind, rows, labels, where, seconds)], read from `keep` when an
     earlier run stored them there (criteria can then be re-scored in seconds), else computed
     (and stored, with `keep`)."""
     import numpy as np
 
-    stored = keep / f"{spec.replace(':', '-')}{'' if len(methods) == 2 else '-' + methods[0]}.npz" if keep else None
+    name = spec.replace(":", "-") + ("" if len(methods) == 2 else "-" + methods[0]) + ("" if difc_epochs == 1 else f"-{difc_epochs}ep")
+    stored = keep / f"{name}.npz" if keep else None
     if stored is not None and stored.is_file():
         with np.load(stored, allow_pickle=False) as arrays:
             meta = json.loads(str(arrays["meta"]))
@@ -101,7 +102,7 @@ def kept_or_computed(spec: str, keep: Path | None, methods: tuple[str, ...] = ("
     with tempfile.TemporaryDirectory() as scratch:
         folder = digits_folder(spec, Path(scratch))
         started = time.perf_counter()
-        for kind, rows, labels, where in representations(folder, Path(scratch) / "cache", methods):
+        for kind, rows, labels, where in representations(folder, Path(scratch) / "cache", methods, difc_epochs):
             result.append((kind, np.asarray(rows, np.float32), np.asarray(labels), where, round(time.perf_counter() - started, 1)))
             started = time.perf_counter()
     if stored is not None:
@@ -111,14 +112,14 @@ def kept_or_computed(spec: str, keep: Path | None, methods: tuple[str, ...] = ("
     return result
 
 
-def one_set(spec: str, keep: Path | None = None, methods: tuple[str, ...] = ("diec", "difc")) -> list[dict]:
+def one_set(spec: str, keep: Path | None = None, methods: tuple[str, ...] = ("diec", "difc"), difc_epochs: int = 1) -> list[dict]:
     """Every representation of one set (of the `methods`), scanned with every criterion (in this process)."""
     from diffclust.cluster.k_selection import CRITERIA, choose_k
     from diffclust.cluster.kmeans import fit_kmeans
     from diffclust.cluster.metrics import clustering_scores
 
     rows = []
-    for kind, features, labels, where, seconds in kept_or_computed(spec, keep, methods):
+    for kind, features, labels, where, seconds in kept_or_computed(spec, keep, methods, difc_epochs):
         truth = len(set(labels.tolist()))
         started = time.perf_counter()
         selection = choose_k(features, criterion="silhouette", seed=0, criteria=tuple(CRITERIA))
@@ -147,6 +148,11 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def row_key(row: dict) -> tuple:
+    """What a new row replaces: the same set and representation (DiFiC's words: after as many epochs)."""
+    return row["set"], row["representation"], row["where"] if row["representation"] == "difc-words" else ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", default="odd:300,odd:1000,all:300,all:1000")
@@ -155,25 +161,29 @@ def main() -> None:
                         help="store each set's representations here and reuse them (re-scoring criteria without a new fit)")
     parser.add_argument("--methods", default="diec,difc", help="whose representations to scan: diec, difc or both (DiFiC's epoch "
                                                                     "takes the most time on the whole sets)")
+    parser.add_argument("--difc-epochs", type=int, default=1, help="distillation epochs before DiFiC's proxy words are scanned "
+                                                                     "(1: the end of the example's warm-up)")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     methods = tuple(name for name in ("diec", "difc") if name in args.methods.split(","))
     if not methods:
         parser.error(f"--methods takes diec, difc or diec,difc, got {args.methods!r}")
     if args.one is not None:  # the child: one set, its rows on stdout
-        print(json.dumps(one_set(args.one, args.keep, methods)))
+        print(json.dumps(one_set(args.one, args.keep, methods, args.difc_epochs)))
         return
     args.out.mkdir(parents=True, exist_ok=True)
     results_file = args.out / "k_digits.json"
     done = json.loads(results_file.read_text())["results"] if results_file.is_file() else []
     for spec in args.sets.split(","):
         child = subprocess.run([sys.executable, __file__, "--out", str(args.out), "--one", spec, "--methods", ",".join(methods),
-                                *(["--keep", str(args.keep)] if args.keep else [])], capture_output=True, text=True)
+                                "--difc-epochs", str(args.difc_epochs), *(["--keep", str(args.keep)] if args.keep else [])],
+                               capture_output=True, text=True)
         if child.returncode != 0:
             print(child.stderr[-3000:], file=sys.stderr)
             raise SystemExit(f"{spec} failed")
         rows = json.loads(child.stdout.strip().splitlines()[-1])
-        done = [row for row in done if (row["set"], row["representation"]) not in {(spec, new["representation"]) for new in rows}] + rows
+        measured = {row_key(new) for new in rows}
+        done = [row for row in done if row_key(row) not in measured] + rows
         for row in rows:
             print(json.dumps(row), flush=True)
         save_results(args.out, "k_digits", done, markdown(done))
