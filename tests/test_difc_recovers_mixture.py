@@ -91,23 +91,31 @@ def auto_run(mixture_folder, tmp_path_factory):
     return _fit(mixture_folder, folder, output_dir=folder / "run", **AUTO), folder / "run"
 
 
-def test_auto_k_is_chosen_on_the_proxy_words_at_the_end_of_warm_up(auto_run, mixture_folder):
+def test_auto_k_is_chosen_on_z_before_training(auto_run, mixture_folder):
+    from diffclust.cluster.k_selection import choose_k
+    from diffclust.methods.difc.constants import ConstantStore
+    from diffclust.methods.difc.hand_over import feature_rows
+
     model, run = auto_run
-    assert model.n_clusters_ == GROUPS and model.k_selection_.k == GROUPS
+    assert model.n_clusters_ == GROUPS and model.k_selection_.k == GROUPS and model.k_selection_.criterion == "umap_hdbscan"
     assert model.k_selection_.candidates == list(range(2, 9))
+    # the scan is of every image's cached z, the rows the head's start partition is drawn from
+    (arrays,) = {path.parent for path in (run.parent / "cache").rglob("features.npy")}
+    store = ConstantStore({path.stem: np.load(path, mmap_mode="r", allow_pickle=False) for path in arrays.glob("*.npy")})
+    on_z = choose_k(feature_rows(store, 0), (2, 8), "umap_hdbscan", 0)
+    assert model.k_selection_.scores == on_z.scores
     assert model.network_.head.layers[-1].out_features == GROUPS
-    # warm-up epochs before the choice assign no clusters; the last warm-up epoch uses the chosen K
-    assert all("acc" not in record for record in model.history_[:14])
-    assert model.history_[14]["phase"] == "warm-up" and model.history_[14]["clusters_used"] == GROUPS
-    assert model.history_[-1]["phase"] == "guided" and model.kmeans_centres_ is None
+    # K is known from the first epoch on: warm-up epochs cluster with it, as with a given K
+    assert all(record["clusters_used"] <= GROUPS and "acc" in record for record in model.history_)
+    assert model.history_[14]["phase"] == "warm-up" and model.history_[-1]["phase"] == "guided" and model.kmeans_centres_ is None
     assert hungarian_accuracy(scan_images(mixture_folder).labels, model.labels_) >= 0.95
     table = (run / "k_selection.csv").read_text().splitlines()
-    assert table[0].startswith("k,silhouette") and len(table) == 1 + 7
+    assert table[0].startswith("k,umap_hdbscan,silhouette") and len(table) == 1 + 7
     assert DiFiC.load(run).n_clusters_ == GROUPS
 
 
-@pytest.mark.parametrize("crash_after", [8, 15, 20])  # in warm-up, just after K is chosen, during guidance
-def test_auto_k_run_resumes_to_the_same_result(auto_run, mixture_folder, tmp_path, monkeypatch, crash_after):
+@pytest.mark.parametrize("crash_after", [8, 15, 20])  # in warm-up, at the hand-over, during guidance
+def test_auto_k_run_resumes_to_the_same_result(auto_run, mixture_folder, tmp_path, monkeypatch, caplog, crash_after):
     original = training.DiFiCTrainer.save_checkpoint
 
     def crash(self, epochs_done):
@@ -119,16 +127,43 @@ def test_auto_k_run_resumes_to_the_same_result(auto_run, mixture_folder, tmp_pat
     with pytest.raises(KeyboardInterrupt):
         _fit(mixture_folder, tmp_path, output_dir=tmp_path / "run", **AUTO)
     state = load_training_state(tmp_path / "run" / "checkpoint.pt")
-    assert ("n_clusters" in state) == (crash_after >= 15)  # K is kept from the end of warm-up on
+    assert state["n_clusters"] == GROUPS  # K is kept from the first checkpoint on
     monkeypatch.setattr(training.DiFiCTrainer, "save_checkpoint", original)
-    resumed = _fit(mixture_folder, tmp_path, output_dir=tmp_path / "run", resume=True, **AUTO)
-    assert resumed.n_clusters_ == GROUPS
+    with caplog.at_level(logging.INFO, logger="diffclust"):
+        resumed = _fit(mixture_folder, tmp_path, output_dir=tmp_path / "run", resume=True, **AUTO)
+    assert resumed.n_clusters_ == GROUPS and f"K = {GROUPS}, as the interrupted run chose it" in caplog.text
     assert [record["epoch"] for record in resumed.history_] == list(range(1, 31))
     np.testing.assert_array_equal(resumed.labels_, auto_run[0].labels_)
     np.testing.assert_allclose(resumed.proxy_words_, auto_run[0].proxy_words_, rtol=1e-4, atol=1e-5)
     # the hand-over partition travels in the checkpoint, so a resume past it still checks against it
     assert auto_run[0].start_agreement_ is not None
     assert (resumed.start_agreement_, resumed.kept_partition_) == (auto_run[0].start_agreement_, auto_run[0].kept_partition_)
+
+
+def test_a_warm_up_checkpoint_without_a_head_is_refused_with_the_reason(mixture_folder, tmp_path, monkeypatch):
+    """Earlier versions chose K after warm-up and saved warm-up checkpoints of an "auto" run
+    without the head; such a run cannot continue, and the error says what to do."""
+    from diffclust.engine.checkpoint import atomic_torch_save
+    from diffclust.errors import DiffclustError
+
+    original = training.DiFiCTrainer.save_checkpoint
+
+    def crash(self, epochs_done):
+        original(self, epochs_done)
+        if epochs_done == 2:
+            raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(training.DiFiCTrainer, "save_checkpoint", crash)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(mixture_folder, tmp_path, output_dir=tmp_path / "run", **AUTO)
+    monkeypatch.setattr(training.DiFiCTrainer, "save_checkpoint", original)
+    path = tmp_path / "run" / "checkpoint.pt"
+    state = load_training_state(path)
+    state["network"] = {name: value for name, value in state["network"].items() if not name.startswith("head.")}
+    del state["n_clusters"]  # as an earlier version wrote it before K was chosen
+    atomic_torch_save(path, state)
+    with pytest.raises(DiffclustError, match=r"warm-up of a `--k auto` run of an earlier diffclust.*without --resume"):
+        _fit(mixture_folder, tmp_path, output_dir=tmp_path / "run", resume=True, **AUTO)
 
 
 def test_the_size_prior_keeps_an_imbalanced_partition_where_equal_sizes_break_it(mixture_folder, tmp_path):

@@ -135,14 +135,14 @@ def test_k_auto_on_the_command_line(tmp_path, capsys):
 
 
 def test_difc_k_auto_on_the_command_line(usps_subset, tmp_path, capsys):
-    """DiFiC chooses K after warm-up (the API's behaviour is tested on a known mixture in
+    """DiFiC chooses K on z before training (the API's behaviour is tested on a known mixture in
     test_difc_recovers_mixture): here the CLI path, its files and its message."""
     run = tmp_path / "difc"
     assert main(["fit", str(usps_subset), "--k", "auto", "--k-range", "2:5", "--backbone", "tiny-random", "--resolution", "32",
                  "--epochs", "2", "--batch-size", "20", "--device", "cpu", "--quiet", "--out", str(run)]) == 0
     out = capsys.readouterr().out
     chosen = int(out.split(" of ")[1].split(" clusters")[0])
-    assert 2 <= chosen <= 5 and "clustered 60 images into" in out and "(K chosen by silhouette" in out
+    assert 2 <= chosen <= 5 and "clustered 60 images into" in out and "(K chosen by umap_hdbscan" in out
     assert len((run / "k_selection.csv").read_text().splitlines()) == 1 + 4
     assert json.loads((run / "run.json").read_text())["n_clusters"] == chosen
 

@@ -52,7 +52,7 @@ def add_parser(commands) -> None:
     fit.add_argument("--lr", type=positive_number, default=None, help="AdamW learning rate (default: DiFiC 2e-4, DiEC 1e-3, CLUDI 1e-3 with a cosine to 1e-6)")
     fit.add_argument("--k-range", type=k_range_type, default=None, help="with --k auto: the Ks scanned, MIN:MAX (default 2 to N/5, at most 100)")
     fit.add_argument("--k-criterion", default=None, choices=list(K_CRITERIA),
-                     help="with --k auto: the label-free criterion that chooses K (default: DiEC umap_hdbscan, DiFiC and CLUDI silhouette; "
+                     help="with --k auto: the label-free criterion that chooses K (default: DiEC and DiFiC umap_hdbscan, CLUDI silhouette; "
                           "see the docs' Unknown K page)")
     fit.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its last checkpoint")
     fit.add_argument("--report", action="store_true", help="write RUN_DIR/report/index.html at the end (see `diffclust report`)")

@@ -88,12 +88,14 @@ class EpochTrainer:
                             self.log.records, self.p, self.identity_keys + self.resume_keys)
 
     @classmethod
-    def check_resumable(cls, run_dir: Path | None, params: dict[str, Any]) -> None:
+    def check_resumable(cls, run_dir: Path | None, params: dict[str, Any]) -> dict[str, Any] | None:
         """Refuse a resume with other data, backbone, resolution or settings before any costly
-        or destructive work (DiFiC's cache is rewritten for other data)."""
+        or destructive work (DiFiC's cache is rewritten for other data); return the saved state
+        (None without a checkpoint)."""
         path = checkpoint_path(run_dir)
         if path is None or path.is_file():  # no folder: the same clear error as resume(); no checkpoint: resume() says so
-            load_resume_state(path, params, cls.identity_keys + cls.resume_keys)
+            return load_resume_state(path, params, cls.identity_keys + cls.resume_keys)
+        return None
 
     def resume(self) -> bool:
         """Load the interrupted run's state; False when there was none (the run starts afresh)."""

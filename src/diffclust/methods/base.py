@@ -105,11 +105,11 @@ SHARED_PARAMETER_DOCS = {
         K, or "auto" to choose it without labels (see ``k_range`` and ``k_criterion``).
     k_range : (int, int), optional
         The K searched by "auto" (default 2 to N/5, at most 100).
-    k_criterion : str, default="silhouette" (DiEC: "umap_hdbscan")
+    k_criterion : str, default="umap_hdbscan" (CLUDI: "silhouette")
         The label-free criterion "auto" maximises: "silhouette", "calinski_harabasz",
         "davies_bouldin", "bic", "prediction_strength", "umap_silhouette", "knn_modularity" or
-        "umap_hdbscan" (the K nearest the clusters HDBSCAN finds in UMAP embeddings; DiEC's
-        default, where it came within one of the true K on digits and silhouette did not).""",
+        "umap_hdbscan" (the K nearest the clusters HDBSCAN finds in UMAP embeddings; the
+        default of DiEC and DiFiC, which came nearer the true K on digits than silhouette).""",
     "{run_parameters}": """device : {"auto", "cpu", "cuda", "mps"}, default="auto"
         Where to run; "auto" takes a GPU when there is one.
     random_state : int, default=0

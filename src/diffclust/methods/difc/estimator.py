@@ -27,7 +27,15 @@ from diffclust.engine.trainer import files_identity
 from diffclust.errors import DiffclustError
 from diffclust.home import cache_root
 from diffclust.methods.base import ClusteringEstimator
-from diffclust.methods.difc.constants import FEATURE_STORAGES, ConstantComputer, ConstantSettings, fingerprint, load_or_compute_constants
+from diffclust.methods.difc.constants import (
+    FEATURE_STORAGES,
+    ConstantComputer,
+    ConstantSettings,
+    ConstantStore,
+    fingerprint,
+    load_or_compute_constants,
+)
+from diffclust.methods.difc.hand_over import feature_rows
 from diffclust.methods.difc.network import DiFiCNetwork, assign
 from diffclust.methods.difc.training import TIMESTEP_DISTRIBUTIONS, DiFiCTrainer
 from diffclust.outputs import collection_outputs
@@ -181,7 +189,7 @@ class DiFiC(ClusteringEstimator):
         n_clusters: int | str = 10,
         *,
         k_range: tuple[int, int] | None = None,
-        k_criterion: str = "silhouette",
+        k_criterion: str = "umap_hdbscan",
         backbone: str | DiffusionBackbone = SD15_HUB_ID,
         resolution: int | None = None,
         feature_layer: str = "up_blocks.2.attentions.0",
@@ -286,11 +294,24 @@ class DiFiC(ClusteringEstimator):
         return torch.randn(backbone.latent_shape(resolution), generator=make_generator(self.random_state))
 
     # ------------------------------------------------------------------ fit
+    def _choose_k_on_z(self, store: ConstantStore, saved: dict | None, run_dir: Path | None, is_main: bool) -> np.ndarray | None:
+        """n_clusters "auto": K from the interrupted run's checkpoint, else chosen on every image's
+        z, the rows the hand-over partition (UMAP + k-means) is built from, before training: the
+        log shows K at once, not after warm-up (S* after warm-up counted worse on the built-in
+        digits: docs/benchmarks/k-selection.md). Returns the z rows when it read them."""
+        if saved is not None and "n_clusters" in saved:
+            self.n_clusters_ = int(saved["n_clusters"])
+            logger.info("K = %d, as the interrupted run chose it.", self.n_clusters_)
+            return None
+        rows = feature_rows(store, self.random_state)
+        self._resolve_k(rows, run_dir, is_main)
+        return rows
+
     def _fit(self, data, y, run_dir: Path | None, resume: bool) -> None:
         """Learn proxy words (and the cluster head) for the images in `data`: a folder (flat,
         class sub-folders, or with labels.csv), image files, PIL images, arrays or an ImageCollection."""
         timer = StageTimer()
-        self._resolve_k(None, run_dir)  # a given K; "auto" waits for the proxy words at the end of warm-up
+        self._resolve_k(None, run_dir)  # a given K; "auto" is chosen on z once the constants are at hand
         accelerator = make_accelerator(self.device, self.mixed_precision)
         seed_everything(self.random_state)
         with timer("scan images"):
@@ -309,22 +330,21 @@ class DiFiC(ClusteringEstimator):
         self._check_for_backbone(backbone, resolution, feature_timestep=self.feature_timestep, mask_timestep=self.mask_timestep)
         self.warmup_epochs_ = self.resolved_warmup_epochs()
         params = self._trainer_params(files_identity(collection.files), resolution, warmup_epochs=self.warmup_epochs_)
-        if resume:
-            DiFiCTrainer.check_resumable(run_dir, params)
+        saved = DiFiCTrainer.check_resumable(run_dir, params) if resume else None
         shared_noise = self._shared_noise(backbone, resolution)
         settings = self._constant_settings(resolution, self.object_concentration)
         computer = ConstantComputer(backbone, settings, shared_noise)
         with timer("constants (latent, z, mask)"):
             store = load_or_compute_constants(computer, collection, self._cache_folder(backbone, collection, settings), accelerator,
                                               self.batch_size, self.num_workers, self.progress)
+        z_rows = None
+        if self.n_clusters == "auto":
+            with timer("choose K"):
+                z_rows = self._choose_k_on_z(store, saved, run_dir, accelerator.is_main_process)
         seed_everything(self.random_state)  # the network's initial weights must not depend on the cache's history
         network = DiFiCNetwork(store.shape("features")[0], backbone.token_dim, self.n_clusters_, self.cluster_guidance,
                                self.extractor_hidden).to(accelerator.device)
-
-        def choose_k_on(proxies: torch.Tensor) -> int:
-            return self._resolve_k(proxies.cpu().numpy(), run_dir, accelerator.is_main_process)
-
-        trainer = DiFiCTrainer(params, backbone, store, network, accelerator, collection.labels, run_dir, choose_k_on)
+        trainer = DiFiCTrainer(params, backbone, store, network, accelerator, collection.labels, run_dir, self.n_clusters_, z_rows)
         efficiency = self._efficiency().resolved(accelerator.device)
         logger.info("Training passes: UNet weights %s, text encoder weights %s, gradient checkpointing %s, VAE offloaded %s, "
                     "channels_last %s, fused attention %s, compiled UNet %s.", efficiency.weights_dtype,
@@ -336,7 +356,6 @@ class DiFiC(ClusteringEstimator):
                 trainer.run(resume=resume)
         finally:
             backbone.finish_training()
-        self.n_clusters_ = trainer.k  # the chosen K too (restored from the checkpoint on resume)
 
         self.backbone_ = backbone
         self.resolution_ = resolution

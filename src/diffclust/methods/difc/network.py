@@ -14,24 +14,15 @@ from diffclust.methods.difc.extractor import SemanticExtractor
 
 
 class DiFiCNetwork(nn.Module):
-    """`n_clusters` None (K still to be chosen, n_clusters="auto") builds no head yet: `add_head`
-    builds it once K is known, at the end of warm-up."""
+    """f, and g for `n_clusters` clusters when `with_head` (cluster guidance)."""
 
-    def __init__(self, feature_channels: int, token_dim: int, n_clusters: int | None, with_head: bool,
+    def __init__(self, feature_channels: int, token_dim: int, n_clusters: int, with_head: bool,
                  extractor_hidden: int | None = None):
         super().__init__()
         self.extractor = SemanticExtractor(feature_channels, token_dim, extractor_hidden)
-        self.head = ClusterHead(token_dim, n_clusters) if with_head and n_clusters is not None else None
+        self.head = ClusterHead(token_dim, n_clusters) if with_head else None
         #: how much of the cluster loss's gradient reaches the extractor (see balance.py); None: all of it
         self.gradient_share: GradientShare | None = None
-
-    def add_head(self, n_clusters: int, seed: int) -> ClusterHead:
-        """Build g for `n_clusters` clusters (seeded, on the extractor's device) and return it."""
-        device = next(self.extractor.parameters()).device
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.head = ClusterHead(self.extractor.project.out_features, n_clusters).to(device)
-        return self.head
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """z -> (proxy words S*, cluster logits g(S*) or None); in training, the head reads a copy

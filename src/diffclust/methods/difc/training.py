@@ -6,9 +6,8 @@ ends with an assignment of every image (head, or k-means during warm-up), a log 
 atomic checkpoint. Randomness is drawn from generators seeded by (seed, epoch, process), so a
 resumed run continues exactly as an uninterrupted one would.
 
-With n_clusters "auto", warm-up runs without a head and without per-epoch clusters (it needs no
-K); K is chosen on the proxy words S* at the end of warm-up (`choose_k`), kept in the
-checkpoint, and the head and memory bank are built with it before cluster guidance starts.
+With n_clusters "auto", the estimator chooses K on z before training (the rows the hand-over
+partition is built from) and the trainer runs as with a given K; the checkpoint keeps K.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ from diffclust.cluster.losses import AssignmentMemoryBank, cluster_guidance_loss
 from diffclust.cluster.neighbours import nearest_neighbours
 from diffclust.engine.runtime import epoch_batches, progress
 from diffclust.engine.trainer import EpochTrainer
+from diffclust.errors import DiffclustError
 from diffclust.methods.difc.balance import GradientShare
 from diffclust.methods.difc.constants import ConstantStore
 from diffclust.methods.difc.hand_over import feature_rows, manifold_start
@@ -59,22 +59,19 @@ class DiFiCTrainer(EpochTrainer):
     resume_keys = RESUME_KEYS
 
     def __init__(self, params: dict, backbone: DiffusionBackbone, store: ConstantStore, network: DiFiCNetwork,
-                 accelerator: Accelerator, labels: np.ndarray | None, run_dir: Path | None,
-                 choose_k: Callable[[torch.Tensor], int] | None = None):
+                 accelerator: Accelerator, labels: np.ndarray | None, run_dir: Path | None, k: int | None = None,
+                 z_rows: np.ndarray | None = None):
         super().__init__(params, accelerator, labels, run_dir)
         self.backbone = backbone
         self.store = store
         self.network = network
         network.gradient_share = GradientShare(params["cluster_gradient_ratio"])
-        #: K: given, or (n_clusters "auto") None until `choose_k(proxy words)` picks it
-        self.k: int | None = None if params["n_clusters"] == "auto" else int(params["n_clusters"])
-        if self.k is None and choose_k is None:
-            raise ValueError("n_clusters='auto' needs a choose_k function")
-        self.choose_k = choose_k
+        #: K: `k` (n_clusters "auto": chosen by the estimator), else the given n_clusters
+        self.k = int(params["n_clusters"] if k is None else k)
         self.optimizer = torch.optim.AdamW([{"params": network.extractor.parameters()}], lr=params["lr"], weight_decay=params["weight_decay"])
-        self.bank = AssignmentMemoryBank(params["memory_bank_size"], self.k or 0)
-        if network.head is not None:
-            self._train_head(network.head)
+        self.bank = AssignmentMemoryBank(params["memory_bank_size"], self.k)
+        if network.head is not None:  # in a group of its own: its learning rate ramps up (HEAD_WARMUP_STEPS)
+            self.optimizer.add_param_group({"params": network.head.parameters(), "name": "head"})
         self.sampler = TimestepSampler(TIMESTEP_DISTRIBUTIONS[params["timestep_sampling"]](backbone.num_train_timesteps))
         self.centres: np.ndarray | None = None
         #: (proxy words, labels, confidence) of every image after the last epoch run
@@ -86,7 +83,7 @@ class DiFiCTrainer(EpochTrainer):
         #: checkpoint: a resume past the hand-over does not compute it again)
         self.start_labels: np.ndarray | None = None
         #: every image's z as a row (see hand_over), read once when the hand-over or the neighbours need it
-        self._feature_rows: np.ndarray | None = None
+        self._feature_rows: np.ndarray | None = z_rows
         #: with neighbour_space "features": each image's neighbours in z, found once (z never changes)
         self._feature_neighbours: torch.Tensor | None = None
 
@@ -102,29 +99,6 @@ class DiFiCTrainer(EpochTrainer):
             return "guided"
         return "warm-up" if self.p["cluster_guidance"] else "distillation"
 
-    def k_due(self, epoch: int) -> bool:
-        """True when the epoch that just ran ends the distillation that K is chosen after: the
-        last warm-up epoch (or, without guidance, the last epoch)."""
-        end = self.p["warmup_epochs"] if self.p["cluster_guidance"] else self.p["epochs"]
-        return epoch + 1 >= min(end, self.p["epochs"])
-
-    def k_for(self, proxies: torch.Tensor) -> int:
-        """K: given, chosen before (or restored), or chosen now on these proxy words."""
-        if self.k is None:
-            self.k = int(self.choose_k(proxies))
-        return self.k
-
-    def _train_head(self, head: torch.nn.Module) -> None:
-        """Give the head its own optimiser group (its learning rate ramps up, see HEAD_WARMUP_STEPS)
-        and a memory bank sized for its K."""
-        self.optimizer.add_param_group({"params": head.parameters(), "name": "head"})
-        self.bank = AssignmentMemoryBank(self.p["memory_bank_size"], self.k)
-
-    def add_head(self) -> None:
-        """Build the head for the chosen K (n_clusters "auto", at the end of warm-up or on resume)."""
-        network = self.accelerator.unwrap_model(self.network)
-        self._train_head(network.add_head(self.k, self.p["random_state"]))
-
     @torch.no_grad()
     def all_proxies(self, chunk: int = 256) -> torch.Tensor:
         extractor = self.accelerator.unwrap_model(self.network).extractor
@@ -137,21 +111,15 @@ class DiFiCTrainer(EpochTrainer):
         return torch.cat(words)
 
     def assign_all(self, epoch: int) -> tuple[torch.Tensor, np.ndarray | None, np.ndarray | None]:
-        """(proxy words, labels, confidence) for every image with the model as it is after `epoch`.
-
-        Labels and confidence are None during an "auto" warm-up before K is due: there is no K
-        to cluster with yet.
-        """
+        """(proxy words, labels, confidence) for every image with the model as it is after `epoch`."""
         proxies = self.all_proxies()
         if self.guided(epoch):
             self.centres = None
             head = self.accelerator.unwrap_model(self.network).head
             head.calibrate(proxies)
             labels, confidence = assign(proxies, head, None)
-        elif self.k is None and not self.k_due(epoch):
-            self.centres, labels, confidence = None, None, None
         else:
-            self.centres, _ = fit_kmeans(proxies, self.k_for(proxies), seed=self.p["random_state"])
+            self.centres, _ = fit_kmeans(proxies, self.k, seed=self.p["random_state"])
             labels, confidence = assign(proxies, None, self.centres)
         return proxies, labels, confidence
 
@@ -232,8 +200,7 @@ class DiFiCTrainer(EpochTrainer):
     def checkpoint_state(self) -> dict:
         state = {"network": self.accelerator.unwrap_model(self.network).state_dict(), "optimizer": self.optimizer.state_dict(),
                  "bank": self.bank.state()}
-        if self.k is not None:
-            state["n_clusters"] = self.k
+        state["n_clusters"] = self.k
         if self.size_shares is not None:
             state["size_shares"] = self.size_shares
         if self.start_labels is not None:
@@ -241,10 +208,10 @@ class DiFiCTrainer(EpochTrainer):
         return state
 
     def restore(self, state: dict) -> None:
-        if self.p["n_clusters"] == "auto" and "n_clusters" in state:  # K was chosen before the interruption
-            self.k = int(state["n_clusters"])
-            if self.network.head is None and any(name.startswith("head.") for name in state["network"]):
-                self.add_head()
+        if self.network.head is not None and not any(name.startswith("head.") for name in state["network"]):
+            raise DiffclustError(f"{self.run_dir} holds a checkpoint from the warm-up of a `--k auto` run of an earlier diffclust, "
+                                 "which chose K after warm-up; this version chooses it before training and cannot continue that "
+                                 "run. Start it again without --resume (or with another --out).")
         self.network.load_state_dict(state["network"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.bank.load_state(state["bank"])
@@ -334,13 +301,6 @@ class DiFiCTrainer(EpochTrainer):
         model, optimizer = self.accelerator.prepare(self.network, self.optimizer)
         for epoch in range(self.start_epoch, self.p["epochs"]):
             started = time.perf_counter()
-            if self.guided(epoch) and self.accelerator.unwrap_model(model).head is None:
-                # n_clusters "auto": K is known now (chosen at the end of warm-up); the head joins
-                # the model, and the model is prepared again so that a DDP wrapper covers it
-                self.network = self.accelerator.unwrap_model(model)
-                self.k_for(self.all_proxies())
-                self.add_head()
-                model, optimizer = self.accelerator.prepare(self.network, self.optimizer)
             record: dict = {"epoch": epoch + 1, "phase": self.phase(epoch)}
             record.update(self.train_epoch(model, optimizer, epoch))
             self.assignment = self.assign_all(epoch)
