@@ -5,10 +5,11 @@ bundled usps-text never saw), whole or as seeded random subsets of 300 and 1,000
 Representations, as a fit with `--k auto` would scan them:
 
 - diec: usps-ddpm's pooled UNet features at the pair DiEC's search picks (what DiEC chooses K on);
-- difc-words: DiFiC's proxy words S* on usps-text after one distillation epoch (the end of the
-  warm-up of the example's `--epochs 2`, where DiFiC chooses K), or after `--difc-epochs`;
 - difc-z: the UNet feature z the proxy words are computed from, which the head's start partition
-  (UMAP + k-means) is built on.
+  (UMAP + k-means) is built on (what DiFiC chooses K on, before training);
+- difc-words: DiFiC's proxy words S* on usps-text after one distillation epoch (the end of the
+  warm-up of the example's `--epochs 2`, where DiFiC chose K until 2026-12-07), or after
+  `--difc-epochs`.
 
 Each representation is scanned once with every criterion (umap_silhouette included); labels
 only score. Each set runs in its own process, one after the other, and the table is rewritten
