@@ -114,8 +114,8 @@ def test_auto_k_is_chosen_on_z_before_training(auto_run, mixture_folder):
     assert DiFiC.load(run).n_clusters_ == GROUPS
 
 
-@pytest.mark.parametrize("crash_after", [8, 15, 20])  # in warm-up, at the hand-over, during guidance
-def test_auto_k_run_resumes_to_the_same_result(auto_run, mixture_folder, tmp_path, monkeypatch, caplog, crash_after):
+def _interrupted_auto_run(mixture_folder, tmp_path, monkeypatch, crash_after: int):
+    """An n_clusters="auto" run stopped by a simulated crash after epoch `crash_after`'s checkpoint."""
     original = training.DiFiCTrainer.save_checkpoint
 
     def crash(self, epochs_done):
@@ -123,12 +123,17 @@ def test_auto_k_run_resumes_to_the_same_result(auto_run, mixture_folder, tmp_pat
         if epochs_done == crash_after:
             raise KeyboardInterrupt("simulated crash")
 
-    monkeypatch.setattr(training.DiFiCTrainer, "save_checkpoint", crash)
-    with pytest.raises(KeyboardInterrupt):
-        _fit(mixture_folder, tmp_path, output_dir=tmp_path / "run", **AUTO)
-    state = load_training_state(tmp_path / "run" / "checkpoint.pt")
-    assert state["n_clusters"] == GROUPS  # K is kept from the first checkpoint on
-    monkeypatch.setattr(training.DiFiCTrainer, "save_checkpoint", original)
+    with monkeypatch.context() as patch:
+        patch.setattr(training.DiFiCTrainer, "save_checkpoint", crash)
+        with pytest.raises(KeyboardInterrupt):
+            _fit(mixture_folder, tmp_path, output_dir=tmp_path / "run", **AUTO)
+    return tmp_path / "run" / "checkpoint.pt"
+
+
+@pytest.mark.parametrize("crash_after", [8, 15, 20])  # in warm-up, at the hand-over, during guidance
+def test_auto_k_run_resumes_to_the_same_result(auto_run, mixture_folder, tmp_path, monkeypatch, caplog, crash_after):
+    checkpoint = _interrupted_auto_run(mixture_folder, tmp_path, monkeypatch, crash_after)
+    assert load_training_state(checkpoint)["n_clusters"] == GROUPS  # K is kept from the first checkpoint on
     with caplog.at_level(logging.INFO, logger="diffclust"):
         resumed = _fit(mixture_folder, tmp_path, output_dir=tmp_path / "run", resume=True, **AUTO)
     assert resumed.n_clusters_ == GROUPS and f"K = {GROUPS}, as the interrupted run chose it" in caplog.text
@@ -146,18 +151,7 @@ def test_a_warm_up_checkpoint_without_a_head_is_refused_with_the_reason(mixture_
     from diffclust.engine.checkpoint import atomic_torch_save
     from diffclust.errors import DiffclustError
 
-    original = training.DiFiCTrainer.save_checkpoint
-
-    def crash(self, epochs_done):
-        original(self, epochs_done)
-        if epochs_done == 2:
-            raise KeyboardInterrupt("simulated crash")
-
-    monkeypatch.setattr(training.DiFiCTrainer, "save_checkpoint", crash)
-    with pytest.raises(KeyboardInterrupt):
-        _fit(mixture_folder, tmp_path, output_dir=tmp_path / "run", **AUTO)
-    monkeypatch.setattr(training.DiFiCTrainer, "save_checkpoint", original)
-    path = tmp_path / "run" / "checkpoint.pt"
+    path = _interrupted_auto_run(mixture_folder, tmp_path, monkeypatch, 2)
     state = load_training_state(path)
     state["network"] = {name: value for name, value in state["network"].items() if not name.startswith("head.")}
     del state["n_clusters"]  # as an earlier version wrote it before K was chosen
