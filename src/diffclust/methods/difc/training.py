@@ -110,7 +110,7 @@ class DiFiCTrainer(EpochTrainer):
         extractor.train(was_training)
         return torch.cat(words)
 
-    def assign_all(self, epoch: int) -> tuple[torch.Tensor, np.ndarray | None, np.ndarray | None]:
+    def assign_all(self, epoch: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """(proxy words, labels, confidence) for every image with the model as it is after `epoch`."""
         proxies = self.all_proxies()
         if self.guided(epoch):
@@ -199,8 +199,7 @@ class DiFiCTrainer(EpochTrainer):
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_state(self) -> dict:
         state = {"network": self.accelerator.unwrap_model(self.network).state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "bank": self.bank.state()}
-        state["n_clusters"] = self.k
+                 "bank": self.bank.state(), "n_clusters": self.k}
         if self.size_shares is not None:
             state["size_shares"] = self.size_shares
         if self.start_labels is not None:
@@ -305,8 +304,7 @@ class DiFiCTrainer(EpochTrainer):
             record.update(self.train_epoch(model, optimizer, epoch))
             self.assignment = self.assign_all(epoch)
             _, labels, confidence = self.assignment
-            if confidence is not None:
-                record["mean_confidence"] = float(confidence.mean())
+            record["mean_confidence"] = float(confidence.mean())
             self.end_epoch(epoch + 1, record, labels, started)
         self.network = self.accelerator.unwrap_model(model)
         if self.assignment is None:  # nothing left to train (a finished run resumed, or epochs == 0)
