@@ -127,9 +127,13 @@ def usps_subset(usps, tmp_path_factory) -> Path:
 SMALL_CLUDI = ["--hidden-dim", "64", "--embedding-dim", "16"]
 
 
-#: the test files that take longest (the lease's dry run, ~75 s alone): started first, so that two
-#: workers finish together instead of one waiting on the other's last long file
-LONGEST_FIRST = ("test_gpu_lease.py", "test_pretrain.py", "test_end_to_end.py")
+#: the test files by the time they take, longest first (pyproject's --no-loadscope-reorder keeps
+#: this order): the two workers then end together instead of one waiting on the other's last long file
+LONGEST_FIRST = ("test_cludi.py", "test_pretrain.py", "test_difc_recovers_mixture.py", "test_usps_text.py", "test_hostile_input.py",
+                 "test_diec.py", "test_hostile_input_3.py", "test_end_to_end.py", "test_k_selection.py", "test_first_hour.py",
+                 "test_hostile_input_2.py", "test_newcomer.py", "test_self_labelling.py", "test_manifold.py")
+#: the runs whose every selected test must run on a bare clone: the default and CI's integration run
+NO_SKIP_RUNS = ("not slow and not integration", "integration")
 
 
 def pytest_collection_modifyitems(items):
@@ -138,9 +142,9 @@ def pytest_collection_modifyitems(items):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """The default run (-m 'not slow') fails when any test was skipped: every default test must
-    run on a bare clone, so a skip means a missing dependency or fixture, not an optional extra."""
-    if hasattr(session.config, "workerinput") or session.config.getoption("markexpr") != "not slow":
+    """The default and the integration run fail when any test was skipped: their tests must run
+    on a bare clone, so a skip means a missing dependency or fixture, not an optional extra."""
+    if hasattr(session.config, "workerinput") or session.config.getoption("markexpr") not in NO_SKIP_RUNS:
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = reporter.stats.get("skipped", []) if reporter else []

@@ -114,8 +114,8 @@ def test_auto_k_is_chosen_on_z_before_training(auto_run, mixture_folder):
     assert DiFiC.load(run).n_clusters_ == GROUPS
 
 
-def _interrupted_auto_run(mixture_folder, tmp_path, monkeypatch, crash_after: int):
-    """An n_clusters="auto" run stopped by a simulated crash after epoch `crash_after`'s checkpoint."""
+def _interrupted_auto_run(mixture_folder, tmp_path, monkeypatch, crash_after: int, resume: bool = False):
+    """An n_clusters="auto" run (or its resume) stopped by a simulated crash after epoch `crash_after`'s checkpoint."""
     original = training.DiFiCTrainer.save_checkpoint
 
     def crash(self, epochs_done):
@@ -126,17 +126,21 @@ def _interrupted_auto_run(mixture_folder, tmp_path, monkeypatch, crash_after: in
     with monkeypatch.context() as patch:
         patch.setattr(training.DiFiCTrainer, "save_checkpoint", crash)
         with pytest.raises(KeyboardInterrupt):
-            _fit(mixture_folder, tmp_path, output_dir=tmp_path / "run", **AUTO)
+            _fit(mixture_folder, tmp_path, output_dir=tmp_path / "run", resume=resume, **AUTO)
     return tmp_path / "run" / "checkpoint.pt"
 
 
-@pytest.mark.parametrize("crash_after", [8, 15, 20])  # in warm-up, at the hand-over, during guidance
-def test_auto_k_run_resumes_to_the_same_result(auto_run, mixture_folder, tmp_path, monkeypatch, caplog, crash_after):
-    checkpoint = _interrupted_auto_run(mixture_folder, tmp_path, monkeypatch, crash_after)
-    assert load_training_state(checkpoint)["n_clusters"] == GROUPS  # K is kept from the first checkpoint on
+def test_auto_k_run_resumes_to_the_same_result(auto_run, mixture_folder, tmp_path, monkeypatch, caplog):
+    """Crashed in warm-up, at the hand-over and during guidance, one resume after another: each
+    resume takes K from the checkpoint, and the last ends where the uninterrupted run ended."""
+    for number, crash_after in enumerate((8, 15, 20)):  # in warm-up, at the hand-over, during guidance
+        checkpoint = _interrupted_auto_run(mixture_folder, tmp_path, monkeypatch, crash_after, resume=number > 0)
+        state = load_training_state(checkpoint)
+        assert state["n_clusters"] == GROUPS and state["epochs_done"] == crash_after  # K is kept from the first checkpoint on
+    caplog.clear()
     with caplog.at_level(logging.INFO, logger="diffclust"):
         resumed = _fit(mixture_folder, tmp_path, output_dir=tmp_path / "run", resume=True, **AUTO)
-    assert resumed.n_clusters_ == GROUPS and f"K = {GROUPS}, as the interrupted run chose it" in caplog.text
+    assert resumed.n_clusters_ == GROUPS and caplog.text.count(f"K = {GROUPS}, as the interrupted run chose it") == 1
     assert [record["epoch"] for record in resumed.history_] == list(range(1, 31))
     np.testing.assert_array_equal(resumed.labels_, auto_run[0].labels_)
     np.testing.assert_allclose(resumed.proxy_words_, auto_run[0].proxy_words_, rtol=1e-4, atol=1e-5)

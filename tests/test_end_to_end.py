@@ -205,6 +205,7 @@ def in_test_folder(tmp_path: Path) -> dict:
     return {**os.environ, "TMPDIR": str(tmp_path)}
 
 
+@pytest.mark.integration  # two torchrun processes: CI runs it, the quick default run does not
 def test_two_cpu_processes_complete_with_the_same_output_shape(butterflies, tmp_path):
     manifest = rows(butterflies / "labels.csv")[::10]
     folder = write_subset(butterflies, manifest, tmp_path / "subset")
@@ -219,6 +220,7 @@ def test_two_cpu_processes_complete_with_the_same_output_shape(butterflies, tmp_
     assert len(rows(out / "metrics.csv")) == 2
 
 
+@pytest.mark.integration  # two torchrun processes: CI runs it, the quick default run does not
 def test_a_cache_the_disk_cannot_hold_stops_every_process_with_the_same_error(butterflies, tmp_path):
     """The main process checks the disk; the refusal reaches the other process instead of leaving
     it waiting at a barrier. The disk is made too small by a cache share of 0."""

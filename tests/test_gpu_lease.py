@@ -4,6 +4,10 @@ A lease has 15 minutes of device time and no second chance to debug, so this is 
 keeps it from meeting an untested line. It also checks the pieces the lease relies on: the
 packed corpus, the caption embeddings that replace the text encoder, the time budget, and the
 bounded end-of-run work of `diffclust pretrain`.
+
+The dry run itself (the tests that use the `lease` fixture) is an integration test: about a
+minute and a quarter of process start-ups and toy stages, run by `.ci/run` and before a lease
+(`python -m pytest -m integration tests/test_gpu_lease.py`), not by the quick default run.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ def lease(photo_root, tmp_path_factory):
     return SimpleNamespace(root=root, carry=carry, out=out, results=json.loads((out / "lease.json").read_text()))
 
 
+@pytest.mark.integration
 def test_every_stage_of_the_dry_run_passes_within_its_limit(lease):
     stages = lease.results["stages"]
     assert list(stages) == ["setup", "cuda", "sd15", "mini"]
@@ -44,6 +49,7 @@ def test_every_stage_of_the_dry_run_passes_within_its_limit(lease):
     assert lease.results["elapsed_s"] <= lease.results["limit_s"]
 
 
+@pytest.mark.integration
 def test_setup_installs_the_carried_wheels_and_records_versions(lease):
     setup = lease.results["stages"]["setup"]
     assert setup["wheels"] == ["lease_probe-0.1-py3-none-any.whl"] and setup["pip"] == "ok"
@@ -52,6 +58,7 @@ def test_setup_installs_the_carried_wheels_and_records_versions(lease):
     assert setup["images"] == 24  # 6 per source, unpacked from corpus.npz
 
 
+@pytest.mark.integration
 def test_cuda_stage_checks_every_path_for_rows_and_finite_losses(lease):
     cuda = lease.results["stages"]["cuda"]
     for name in ("difc", "diec", "cludi"):
@@ -60,6 +67,7 @@ def test_cuda_stage_checks_every_path_for_rows_and_finite_losses(lease):
     assert cuda["predict"]["ok"] and cuda["predict"]["rows"] == cuda["difc"]["rows"]
 
 
+@pytest.mark.integration
 def test_sd15_stage_times_naive_cached_and_all_with_flops(lease):
     step = lease.results["stages"]["sd15"]
     assert [r["configuration"] for r in step["results"]] == ["naive", "cached", "all"]
@@ -68,6 +76,7 @@ def test_sd15_stage_times_naive_cached_and_all_with_flops(lease):
     assert (lease.out / "sd15-step.md").read_text().count("| 2 |") == 3
 
 
+@pytest.mark.integration
 def test_mini_stage_trains_to_its_budget_and_brings_back_a_loadable_fp16_model(lease, tmp_path):
     from safetensors import safe_open
 

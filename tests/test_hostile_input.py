@@ -63,6 +63,7 @@ def test_a_second_writer_is_refused_while_a_run_holds_the_folder(twelve, tmp_pat
     assert not (out / "cache").exists()  # the refused run touched nothing
 
 
+@pytest.mark.integration  # two CLI processes at once: CI runs it; the test above checks the lock in-process
 def test_two_processes_racing_for_one_folder_leave_one_correct_run(twelve, run, tmp_path):
     out = tmp_path / "raced"
     command = [sys.executable, "-m", "diffclust.cli", "fit", str(twelve), "--k", "3", *QUICK, "--out", str(out)]

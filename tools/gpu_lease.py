@@ -4,7 +4,7 @@ A lease is 15 minutes of device time in all (the machine's start, idle time and 
 included; one call at most 10 minutes), on a bare machine with torch, accelerate and
 transformers but no diffusers and no MiniLM, where nothing can be fetched. So everything is
 prepared here, on the CPU, and the lease is one call that cannot meet an untested line: the
-same stages run on the CPU with `--dry-run` at toy size, as a test of the default suite.
+same stages run on the CPU with `--dry-run` at toy size, as an integration test that CI runs.
 
 1. Here, once (downloads the wheels from PyPI; about a minute):
 
@@ -41,7 +41,8 @@ same stages run on the CPU with `--dry-run` at toy size, as a test of the defaul
 3. Afterwards, here: `python tools/gpu_lease.py collect /work/.device/... --into .data/mini`
    joins the parts and unpacks the model.
 
-Dry run (CPU, about a minute and a half; tests/test_gpu_lease.py runs it):
+Dry run (CPU, about a minute and a half; `python -m pytest -m integration tests/test_gpu_lease.py` runs it and
+checks every stage; run it before a lease):
 
        python tools/gpu_lease.py prepare --dry-run --data ../shared/data --carry DIR/.lease --wheels DIR/.whl
        python tools/gpu_lease.py run --dry-run --carry DIR/.lease --wheels DIR/.whl --out DIR/out
