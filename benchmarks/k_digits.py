@@ -34,6 +34,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from provenance import save_results  # noqa: E402
 
+#: the most items a scan reads (choose_k's default)
+MAX_ITEMS = 3000
+
 
 def digits_folder(spec: str, parent: Path) -> Path:
     """A data folder for "odd[:N]" or "all[:N]": the built-in set, or a seeded random subset of
@@ -113,6 +116,25 @@ def kept_or_computed(spec: str, keep: Path | None, methods: tuple[str, ...] = ("
     return result
 
 
+def classes_sharing_a_dense_group(features, labels, seed: int = 0) -> list[list[int]]:
+    """The true classes that UMAP + HDBSCAN's first draw (as choose_k makes it, on the same
+    scanned rows) puts in one dense group: each class goes where most of its items are; groups
+    that receive two or more classes are listed (labels only score)."""
+    import numpy as np
+
+    from diffclust.cluster.k_selection import density_labels, scanned_items, scanned_rows
+
+    data = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
+    dense = density_labels(scanned_rows(data, MAX_ITEMS, seed), seed)
+    truth = np.asarray(labels)[scanned_items(len(data), MAX_ITEMS, seed)]
+    groups: dict[int, list[int]] = {}
+    for label in np.unique(truth):
+        home = int(np.bincount(dense[truth == label] + 1).argmax()) - 1
+        if home >= 0:  # a class that is mostly noise shares nothing
+            groups.setdefault(home, []).append(int(label))
+    return sorted(members for members in groups.values() if len(members) > 1)
+
+
 def one_set(spec: str, keep: Path | None = None, methods: tuple[str, ...] = ("diec", "difc"), difc_epochs: int = 1) -> list[dict]:
     """Every representation of one set (of the `methods`), scanned with every criterion (in this process)."""
     from diffclust.cluster.k_selection import CRITERIA, choose_k
@@ -123,12 +145,13 @@ def one_set(spec: str, keep: Path | None = None, methods: tuple[str, ...] = ("di
     for kind, features, labels, where, seconds in kept_or_computed(spec, keep, methods, difc_epochs):
         truth = len(set(labels.tolist()))
         started = time.perf_counter()
-        selection = choose_k(features, criterion="silhouette", seed=0, criteria=tuple(CRITERIA))
+        selection = choose_k(features, criterion="silhouette", seed=0, max_items=MAX_ITEMS, criteria=tuple(CRITERIA))
         picks = {name: selection.pick(name) for name in CRITERIA}
         at_truth = clustering_scores(labels, fit_kmeans(features, truth, seed=0)[1])["acc"]
         at_pick = clustering_scores(labels, fit_kmeans(features, picks["silhouette"], seed=0)[1])["acc"]
         rows.append({"set": spec, "rows": len(features), "true_k": truth, "representation": kind, "where": where, "picks": picks,
                      "kmeans_acc_at_true_k": at_truth, "kmeans_acc_at_silhouette_k": at_pick,
+                     "classes_sharing_a_dense_group": classes_sharing_a_dense_group(features, labels),
                      "seconds": round(seconds + time.perf_counter() - started, 1)})
     return rows
 
@@ -139,14 +162,24 @@ def markdown(rows: list[dict]) -> str:
     lines = ["# `--k auto` on the built-in digits: the K each criterion picks", "",
              "Labels only score. Subsets: seeded random draws (seed 0). Range K = 2..min(N/5, 100). "
              "**Bold**: within one of the true K.", "",
-             "| set | rows | true K | scanned | " + " | ".join(CRITERIA) + " | k-means ACC % at true K / at silhouette's K |",
-             "|---|---|---|---|" + "---|" * len(CRITERIA) + "---|"]
+             "The last column: the true classes that share one dense group in the first UMAP + HDBSCAN draw "
+             "(each class placed where most of its items are; – where not measured).", "",
+             "| set | rows | true K | scanned | " + " | ".join(CRITERIA) + " | k-means ACC % at true K / at silhouette's K "
+             "| classes sharing a dense group |",
+             "|---|---|---|---|" + "---|" * len(CRITERIA) + "---|---|"]
     for row in rows:
         picks = [row["picks"].get(name) for name in CRITERIA]  # None: a criterion added after the row was measured
         cells = ["–" if k is None else f"**{k}**" if abs(k - row["true_k"]) <= 1 else str(k) for k in picks]
         lines.append(f"| {row['set']} | {row['rows']:,} | {row['true_k']} | {row['representation']} ({row['where']}) | "
-                     + " | ".join(cells) + f" | {100 * row['kmeans_acc_at_true_k']:.1f} / {100 * row['kmeans_acc_at_silhouette_k']:.1f} |")
+                     + " | ".join(cells) + f" | {100 * row['kmeans_acc_at_true_k']:.1f} / {100 * row['kmeans_acc_at_silhouette_k']:.1f} | "
+                     + shared_groups(row.get("classes_sharing_a_dense_group")) + " |")
     return "\n".join(lines) + "\n"
+
+
+def shared_groups(groups: list[list[int]] | None) -> str:
+    if groups is None:
+        return "–"
+    return ", ".join(" & ".join(map(str, members)) for members in groups) or "none"
 
 
 def row_key(row: dict) -> tuple:

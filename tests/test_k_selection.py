@@ -160,3 +160,29 @@ def test_diec_chooses_k_on_the_features_at_its_pair(tiny_ddpm, usps_subset, tmp_
     loaded = DiEC.load(tmp_path / "run")
     assert loaded.n_clusters_ == model.n_clusters_
     assert np.array_equal(loaded.predict(usps_subset), model.labels_)
+
+
+def test_the_digit_benchmark_names_the_classes_that_share_one_dense_group():
+    """Two classes drawn from one blob are one dense group; the benchmark says which two."""
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from k_digits import classes_sharing_a_dense_group
+
+    from diffclust.cluster.k_selection import density_labels, scanned_rows
+
+    features, blob = blobs(3, 80, spread=12.0)
+    labels = np.where(blob == 0, np.arange(len(blob)) % 2, blob + 1)  # blob 0 holds classes 0 and 1; blobs 1, 2 hold 2, 3
+    assert len(set(density_labels(scanned_rows(features, 3000, 0), 0).tolist()) - {-1}) == 3
+    assert classes_sharing_a_dense_group(features, labels) == [[0, 1]]
+    assert classes_sharing_a_dense_group(features, blob) == []  # one class per blob: nothing shared
+
+
+def test_choose_k_scans_a_seeded_draw_of_at_most_max_items():
+    from diffclust.cluster.k_selection import scanned_items, scanned_rows
+
+    assert scanned_items(5, 10, 0).tolist() == [0, 1, 2, 3, 4]
+    draw = scanned_items(100, 10, 3)
+    assert len(draw) == 10 and (np.diff(draw) > 0).all() and draw.tolist() == scanned_items(100, 10, 3).tolist()
+    rows = np.random.default_rng(0).normal(size=(100, 4))
+    np.testing.assert_array_equal(scanned_rows(rows, 10, 3), rows[draw])  # 4 columns: no PCA

@@ -107,6 +107,19 @@ def reduce_dimensions(data: np.ndarray, dimensions: int, seed: int) -> np.ndarra
     return PCA(target, random_state=seed).fit_transform(data)
 
 
+def scanned_items(count: int, max_items: int, seed: int) -> np.ndarray:
+    """Which of `count` items choose_k scans: all, or a seeded sorted draw of `max_items`."""
+    if count <= max_items:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, max_items, replace=False))
+
+
+def scanned_rows(data: np.ndarray, max_items: int, seed: int) -> np.ndarray:
+    """The rows choose_k scores: the scanned items, PCA-reduced to at most 50 dimensions."""
+    items = scanned_items(len(data), max_items, seed)
+    return reduce_dimensions(data if len(items) == len(data) else data[items], 50, seed)
+
+
 def _prediction_strength(data: np.ndarray, k: int, seed: int) -> float:
     """How well clusters fitted on one half predict the co-membership of the other half's clusters."""
     rng = np.random.default_rng(seed)
@@ -133,19 +146,29 @@ def _silhouette(data: np.ndarray, labels: np.ndarray, seed: int) -> float:
     return silhouette_score(data, labels, sample_size=min(2000, len(data)), random_state=seed)
 
 
+def smallest_density_cluster(count: int) -> int:
+    """The fewest items HDBSCAN may call a cluster among `count`: a share of them, at least a few."""
+    return max(MIN_DENSITY_CLUSTER, math.ceil(DENSITY_CLUSTER_SHARE * count))
+
+
+def density_labels(data: np.ndarray, seed: int, embedded: np.ndarray | None = None, settings: dict | None = None) -> np.ndarray:
+    """HDBSCAN's cluster of each row (-1: noise) in the seeded UMAP embedding of `data` (or in `embedded`)."""
+    if embedded is None:
+        embedded = umap_embedding(data, seed, "The umap_hdbscan criterion (--k-criterion)", settings or umap_settings(umap_rows(data)))
+    return HDBSCAN(min_cluster_size=smallest_density_cluster(len(data)), copy=True).fit(embedded).labels_
+
+
 def density_clusters(data: np.ndarray, seed: int, embedded: np.ndarray | None = None, settings: dict | None = None) -> tuple[int, str]:
     """The median number of clusters HDBSCAN finds in DENSITY_DRAWS seeded UMAP embeddings of
     `data` (the first may be given as `embedded`; `settings`, umap_settings of the rows, shares
     one neighbour search among the draws), and those counts in words for the log."""
-    smallest = max(MIN_DENSITY_CLUSTER, math.ceil(DENSITY_CLUSTER_SHARE * len(data)))
+    smallest = smallest_density_cluster(len(data))
     if len(data) < 2 * smallest:
         return 0, f"{len(data)} items are too few for density clusters of at least {smallest} items"
     settings = settings or umap_settings(umap_rows(data))
     counts, noise = [], []
     for draw in range(DENSITY_DRAWS):
-        embedding = embedded if draw == 0 and embedded is not None else umap_embedding(
-            data, seed + draw, "The umap_hdbscan criterion (--k-criterion)", settings)
-        labels = HDBSCAN(min_cluster_size=smallest, copy=True).fit(embedding).labels_
+        labels = density_labels(data, seed + draw, embedded if draw == 0 else None, settings)
         counts.append(len(set(labels.tolist()) - {-1}))
         noise.append(float(np.mean(labels == -1)))
     count = int(np.median(counts))
@@ -199,9 +222,7 @@ def choose_k(features, k_range: tuple[int, int] | None = None, criterion: str = 
     if high < low:
         raise DiffclustError(f"Cannot choose K in {low}..{high}: only {len(data)} items ({distinct} distinct). "
                              "Give the number of clusters yourself (--k N), or cluster more items.")
-    if len(data) > max_items:
-        data = data[np.sort(np.random.default_rng(seed).choice(len(data), max_items, replace=False))]
-    data = reduce_dimensions(data, 50, seed)
+    data = scanned_rows(data, max_items, seed)
     wanted = list(dict.fromkeys([criterion, *(criteria or RECORDED)]))
     candidates = list(range(low, high + 1))
     # one neighbour search for every UMAP embedding the criteria make, on the rows UMAP reads
