@@ -115,6 +115,26 @@ def test_the_packed_corpus_unpacks_byte_for_byte(tmp_path):
     image = Image.open(tmp_path / "folder" / "images" / "set" / "i1.jpg")
     assert image.size == (8, 8) and np.asarray(image)[4, 4, 2] > 200  # the blue one, centre-cropped to 8 px
     assert (tmp_path / "folder" / "labels.csv").read_text().splitlines()[2].endswith("a photo of c1,set")
+    assert sorted(path.name for path in (tmp_path / "pack").iterdir()) == ["corpus.npz"]  # labels.csv travels inside it, gzipped
+
+
+def test_prepare_lowers_the_corpus_quality_until_what_travels_fits(capsys):
+    """The checkout grows with the project; the corpus, repacked at a lower JPEG quality, gives."""
+    corpus_mib = {90: 31, 85: 27, 80: 24, 75: 21, 70: 19}
+    packed = [90]
+
+    def measure():
+        return {"checkout": 15 * 2**20, ".lease": (corpus_mib[packed[-1]] + 13) * 2**20, ".whl": 6 * 2**20}
+
+    travel = gpu_lease.fit_travel(measure, packed.append, limit_mib=60)
+    assert packed == [90, 85, 80] and travel == {"checkout": 15.0, ".lease": 37.0, ".whl": 6.0, "total": 58.0}
+    printed = capsys.readouterr().out  # 65 MiB at 90, 61 at 85, 58 at 80
+    assert "= 65.0 MiB (limit 60 MiB" in printed and "packing the corpus again at JPEG quality 80" in printed
+
+    packed[:] = [90]
+    with pytest.raises(SystemExit, match=r"over 40 MiB even with the corpus at JPEG quality 70.*git status --short"):
+        gpu_lease.fit_travel(measure, packed.append, limit_mib=40)
+    assert packed == [90, 85, 80, 75, 70]
 
 
 def test_time_budget_sets_the_step_count_from_the_first_speed_and_ends_at_the_budget(tmp_path):

@@ -10,16 +10,18 @@ classes' test images stay held out for the zero-shot diffusion-classifier check.
     python tools/build_mini_corpus.py ../shared/data .data/mini-corpus --resolution 32
     python tools/build_mini_corpus.py ../shared/data .lease/corpus --pack   # one file, to travel
 
-`--pack` writes the JPEGs into one `corpus.npz` (their bytes end to end, and the offsets) beside
-labels.csv: 27,691 images at 32 px, quality 90, are about 31 MiB, which fits the GPU lease's
-travel budget where a folder of files or a raw uint8 array (85 MiB) would not. `unpack` lays it
-out again as a data folder that `diffclust pretrain` reads.
+`--pack` writes everything into one `corpus.npz`: the JPEGs' bytes end to end, their offsets and
+labels.csv compressed. That fits the GPU lease's travel budget where a folder of files or a raw
+uint8 array would not (the figures: docs/development.md); `gpu_lease.py prepare` lowers the JPEG
+quality where the checkout has grown. `unpack` lays it out again as a data folder that
+`diffclust pretrain` reads.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import io
 from pathlib import Path
 
@@ -86,12 +88,18 @@ def jpeg_bytes(source_file: str, resolution: int, quality: int) -> bytes:
     return buffer.getvalue()
 
 
+def labels_csv(rows: list[dict]) -> str:
+    """The corpus's labels.csv (file, label, class_name, split, caption, source)."""
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=("file", "label", "class_name", "split", "caption", "source"), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
 def write_labels(rows: list[dict], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "labels.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=("file", "label", "class_name", "split", "caption", "source"), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    (out / "labels.csv").write_text(labels_csv(rows), encoding="utf-8", newline="")
 
 
 def write_folder(rows: list[dict], out: Path, resolution: int, quality: int) -> int:
@@ -107,12 +115,14 @@ def write_folder(rows: list[dict], out: Path, resolution: int, quality: int) -> 
 
 
 def write_pack(rows: list[dict], out: Path, resolution: int, quality: int) -> int:
-    """Every row's JPEG end to end in out/corpus.npz (uint8 `jpeg`, int64 `offsets`) and labels.csv."""
+    """Every row's JPEG end to end in out/corpus.npz (uint8 `jpeg`, int64 `offsets`, and labels.csv
+    gzipped in `labels_csv_gz`: its repeated paths and captions shrink about tenfold); returns the JPEG bytes."""
     encoded = [jpeg_bytes(row["source_file"], resolution, quality) for row in rows]
     offsets = np.cumsum([0] + [len(data) for data in encoded]).astype(np.int64)
+    labels = gzip.compress(labels_csv(rows).encode("utf-8"), mtime=0)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "corpus.npz", jpeg=np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets=offsets)
-    write_labels(rows, out)
+    np.savez(out / "corpus.npz", jpeg=np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets=offsets,
+             labels_csv_gz=np.frombuffer(labels, dtype=np.uint8), quality=np.int64(quality))
     return int(offsets[-1])
 
 
@@ -120,8 +130,8 @@ def unpack(pack: Path, folder: Path) -> int:
     """A packed corpus as a data folder (images/ + labels.csv); returns the image count."""
     with np.load(pack / "corpus.npz", allow_pickle=False) as arrays:
         blob, offsets = arrays["jpeg"], arrays["offsets"]
-    with open(pack / "labels.csv", newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+        text = gzip.decompress(arrays["labels_csv_gz"].tobytes()).decode("utf-8")
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
     if len(rows) != len(offsets) - 1:
         raise ValueError(f"{pack}: labels.csv has {len(rows)} rows for {len(offsets) - 1} packed images")
     for index, row in enumerate(rows):
