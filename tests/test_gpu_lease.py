@@ -5,9 +5,9 @@ keeps it from meeting an untested line. It also checks the pieces the lease reli
 packed corpus, the caption embeddings that replace the text encoder, the time budget, and the
 bounded end-of-run work of `diffclust pretrain`.
 
-The dry run itself (the tests that use the `lease` fixture) is an integration test: about a
-minute and a quarter of process start-ups and toy stages, run by `.ci/run` and before a lease
-(`python -m pytest -m integration tests/test_gpu_lease.py`), not by the quick default run.
+The dry run itself (the tests that use the `lease` fixture) is an integration test, mostly
+process start-ups: `.ci/run` runs it, and so does whoever prepares a lease
+(`python -m pytest -m integration tests/test_gpu_lease.py`); the quick default run does not.
 """
 
 from __future__ import annotations

@@ -146,6 +146,7 @@ def prepare(args) -> dict:
         fake_wheel(wheels)
     elif not any(wheels.glob("*.whl")) or args.refresh_wheels:
         download_wheels(wheels)
+
     def pack_corpus(quality: int) -> None:
         shutil.rmtree(carry / "corpus", ignore_errors=True)  # nothing of an earlier pack travels
         print(build(args.data, carry / "corpus", quality=quality, pack=True, per_source=size["per_source"]) + f" (JPEG quality {quality})",
