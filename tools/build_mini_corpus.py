@@ -126,6 +126,12 @@ def write_pack(rows: list[dict], out: Path, resolution: int, quality: int) -> in
     return int(offsets[-1])
 
 
+def pack_quality(pack: Path) -> int:
+    """The JPEG quality a corpus was packed at (`gpu_lease.py prepare` may have lowered it)."""
+    with np.load(pack / "corpus.npz", allow_pickle=False) as arrays:
+        return int(arrays["quality"])
+
+
 def unpack(pack: Path, folder: Path) -> int:
     """A packed corpus as a data folder (images/ + labels.csv); returns the image count."""
     with np.load(pack / "corpus.npz", allow_pickle=False) as arrays:

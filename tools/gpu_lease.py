@@ -24,7 +24,7 @@ same stages run on the CPU with `--dry-run` at toy size, as an integration test 
    It ends within `--limit` seconds of wall time (530 s: 8 m 50 s). Each stage runs in a process
    of its own under a time guard; a stage that fails or overruns is recorded and the next runs.
      setup      install the carried wheels into /tmp/lease-site; record the GPU, driver and versions;
-                unpack the corpus
+                unpack the corpus (and record the JPEG quality it was packed at)
      cuda       on CUDA: DiFiC with tiny-random and the 'auto' training options (bf16 weights,
                 checkpointing, SDPA, TF32), DiEC, CLUDI, predict; each checked for finite losses
                 and one row per input; `--compile-unet` too if at least 150 s are left
@@ -263,7 +263,7 @@ def write_result(args, name: str, result: dict) -> None:
 
 
 def stage_setup(args, size: dict) -> dict:
-    from build_mini_corpus import unpack
+    from build_mini_corpus import pack_quality, unpack
 
     site = args.work / "site"
     wheels = sorted(str(path) for path in args.wheels.glob("*.whl"))
@@ -281,6 +281,7 @@ def stage_setup(args, size: dict) -> dict:
                            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])})
     result["versions"] = json.loads(probe.stdout) if probe.returncode == 0 else {"error": probe.stderr.strip().splitlines()[-3:]}
     result["images"] = unpack(args.carry / "corpus", args.work / "corpus")
+    result["corpus_jpeg_quality"] = pack_quality(args.carry / "corpus")  # what `mini` trains on: prepare may have lowered it
     result["failed"] = result.get("pip", "ok") != "ok" or "error" in result["versions"]
     return result
 
