@@ -34,9 +34,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from provenance import save_results  # noqa: E402
 
-#: the most items a scan reads (choose_k's default)
-MAX_ITEMS = 3000
-
 
 def digits_folder(spec: str, parent: Path) -> Path:
     """A data folder for "odd[:N]" or "all[:N]": the built-in set, or a seeded random subset of
@@ -122,11 +119,11 @@ def classes_sharing_a_dense_group(features, labels, seed: int = 0) -> list[list[
     that receive two or more classes are listed (labels only score)."""
     import numpy as np
 
-    from diffclust.cluster.k_selection import density_labels, scanned_items, scanned_rows
+    from diffclust.cluster.k_selection import MAX_SCANNED_ITEMS, density_labels, scanned_items, scanned_rows
 
     data = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
-    dense = density_labels(scanned_rows(data, MAX_ITEMS, seed), seed)
-    truth = np.asarray(labels)[scanned_items(len(data), MAX_ITEMS, seed)]
+    dense = density_labels(scanned_rows(data, MAX_SCANNED_ITEMS, seed), seed)
+    truth = np.asarray(labels)[scanned_items(len(data), MAX_SCANNED_ITEMS, seed)]
     groups: dict[int, list[int]] = {}
     for label in np.unique(truth):
         home = int(np.bincount(dense[truth == label] + 1).argmax()) - 1
@@ -145,7 +142,7 @@ def one_set(spec: str, keep: Path | None = None, methods: tuple[str, ...] = ("di
     for kind, features, labels, where, seconds in kept_or_computed(spec, keep, methods, difc_epochs):
         truth = len(set(labels.tolist()))
         started = time.perf_counter()
-        selection = choose_k(features, criterion="silhouette", seed=0, max_items=MAX_ITEMS, criteria=tuple(CRITERIA))
+        selection = choose_k(features, criterion="silhouette", seed=0, criteria=tuple(CRITERIA))
         picks = {name: selection.pick(name) for name in CRITERIA}
         at_truth = clustering_scores(labels, fit_kmeans(features, truth, seed=0)[1])["acc"]
         at_pick = clustering_scores(labels, fit_kmeans(features, picks["silhouette"], seed=0)[1])["acc"]

@@ -169,11 +169,11 @@ def test_the_digit_benchmark_names_the_classes_that_share_one_dense_group():
     sys.path.insert(0, str(REPO / "benchmarks"))
     from k_digits import classes_sharing_a_dense_group
 
-    from diffclust.cluster.k_selection import density_labels, scanned_rows
+    from diffclust.cluster.k_selection import MAX_SCANNED_ITEMS, density_labels, scanned_rows
 
     features, blob = blobs(3, 80, spread=12.0)
     labels = np.where(blob == 0, np.arange(len(blob)) % 2, blob + 1)  # blob 0 holds classes 0 and 1; blobs 1, 2 hold 2, 3
-    assert len(set(density_labels(scanned_rows(features, 3000, 0), 0).tolist()) - {-1}) == 3
+    assert len(set(density_labels(scanned_rows(features, MAX_SCANNED_ITEMS, 0), 0).tolist()) - {-1}) == 3
     assert classes_sharing_a_dense_group(features, labels) == [[0, 1]]
     assert classes_sharing_a_dense_group(features, blob) == []  # one class per blob: nothing shared
 

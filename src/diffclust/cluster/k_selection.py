@@ -50,6 +50,8 @@ DENSITY_DRAWS = 3
 #: MIN_DENSITY_CLUSTER items): K = 100, the top of the default range, at equal sizes
 DENSITY_CLUSTER_SHARE = 0.01
 MIN_DENSITY_CLUSTER = 5
+#: the most items choose_k scans by default, a seeded draw of them (why: choose_k)
+MAX_SCANNED_ITEMS = 3000
 #: what a curve in k_selection.png shows, where its name alone does not say
 PLOT_TITLES = {"umap_hdbscan": ": -|K - HDBSCAN's count|"}
 
@@ -205,7 +207,7 @@ def _criterion(name: str, data: np.ndarray, k: int, fit: KMeans | None, embedded
 
 
 def choose_k(features, k_range: tuple[int, int] | None = None, criterion: str = "silhouette", seed: int = 0,
-             max_items: int = 3000, criteria: tuple[str, ...] | None = None) -> KSelection:
+             max_items: int = MAX_SCANNED_ITEMS, criteria: tuple[str, ...] | None = None) -> KSelection:
     """Scan K over `k_range` (default: default_k_range) and choose it by `criterion`.
 
     `criteria` lists the scores computed for the record (default: RECORDED; the chosen
